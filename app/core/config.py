@@ -1,0 +1,99 @@
+"""The one settings class, read from ``TUNELAB_*`` variables by the web app, the worker and the CLI.
+
+With no variables set at all tunelab runs in embedded mode: SQLite and an embedded broker in a
+data folder, artifacts on local disk.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEV_SECRET = "tunelab-development-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNELAB_", env_file=None, extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".tunelab")
+    database_url: str | None = None
+    broker_url: str | None = None
+    secret_key: SecretStr = SecretStr(DEV_SECRET)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    upload_max_bytes: int = 200 * 1024 * 1024
+    # Seconds between worker heartbeats, and how stale a heartbeat may get before the reaper
+    # hands the job to another worker.
+    heartbeat_seconds: float = 5.0
+    lease_seconds: float = 120.0
+    # Queue that training jobs go to; cluster workers listen on their own (e.g. gpu-80g).
+    default_queue: str = "training"
+    # Where base models given by hub id come from; off-line installs set HF_HUB_OFFLINE too.
+    allow_hub_downloads: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_in_production(self) -> Settings:
+        if self.env == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
+            raise ValueError(
+                "TUNELAB_SECRET_KEY must be set to a long random value when TUNELAB_ENV=production"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external database or broker is configured."""
+        return self.database_url is None and self.broker_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tunelab.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        # kombu's SQLAlchemy transport on a SQLite file works across processes and keeps
+        # messages while no worker runs, so embedded jobs survive a restart.
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def ensure_dirs(self) -> None:
+        for path in (
+            self.data_dir,
+            self.uploads_dir,
+            self.datasets_dir,
+            self.artifacts_dir,
+            self.runs_dir,
+            self.model_cache_dir,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

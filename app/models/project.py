@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey, utcnow
+
+
+class Project(UUIDPrimaryKey, Timestamped, Base):
+    """The goal: what the specialist model is for and how success is measured."""
+
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(200))
+    task_description: Mapped[str] = mapped_column(Text, default="")
+    domain: Mapped[str] = mapped_column(String(200), default="")
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    # e.g. ["rougeL >= 0.40", "human win rate >= 60%"]; parsed and checked by the evaluation step.
+    success_criteria: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # [{"input": ..., "output": ...}] written by the domain expert to illustrate the task.
+    examples: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

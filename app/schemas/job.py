@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: uuid.UUID
+    dataset_id: uuid.UUID
+    # Validated against worker.training.config.TrainConfig by the jobs service, so that the
+    # error names the field inside `config` the way the form and the YAML file name it.
+    config: dict[str, Any] = Field(
+        examples=[{"base_model": "smollm2-135m-instruct", "method": "lora", "max_steps": 30}]
+    )
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    dataset_id: uuid.UUID
+    dataset_version_id: uuid.UUID
+    config: dict[str, Any]
+    status: str
+    queue: str
+    attempts: int
+    worker: str | None
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    cancel_requested_at: datetime | None
+    error: str | None
+    current_step: int
+    total_steps: int | None
+    progress: float = Field(default=0.0, description="0..1, steps done over total steps")
+    result: dict[str, Any]
+
+
+class JobEventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    level: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class MetricPointRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int
+    name: str
+    value: float
+    created_at: datetime
+
+
+class ArtifactRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    kind: str
+    size_bytes: int
+    files: list[str]
+    created_at: datetime

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    task_description: str = Field(default="", max_length=20_000)
+    domain: str = Field(default="", max_length=200)
+    system_prompt: str = Field(default="", max_length=20_000)
+    success_criteria: list[str] = Field(default_factory=list, max_length=50)
+    examples: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
+
+
+class ProjectRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    task_description: str
+    domain: str
+    system_prompt: str
+    success_criteria: list[str]
+    examples: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime

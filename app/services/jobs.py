@@ -1,0 +1,391 @@
+"""Training jobs: creation, the state machine, and the lease that workers hold while running.
+
+Every state change is a conditional UPDATE on the job row (``WHERE status = ...``), so a
+cancel racing a claim, a message delivered twice, or a reaper racing a slow heartbeat each
+resolve to exactly one winner without locks held across the network.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.db import utcnow
+from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.models import Artifact, DatasetVersion, Job, JobEvent, JobStatus, MetricPoint
+from app.schemas.job import JobCreate, JobRead
+from app.services import datasets as datasets_service
+from app.services.projects import get_project
+from app.services.queue import enqueue_training
+from worker.training.config import TrainConfig
+
+ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+
+
+def validate_config(config: dict[str, Any]) -> TrainConfig:
+    """Parse a run config, naming each bad field the way the form and YAML file name it."""
+    try:
+        return TrainConfig.model_validate(config)
+    except ValidationError as exc:
+        errors = [
+            FieldError(
+                field="config." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "config",
+                message=err["msg"],
+            )
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{e.field}: {e.message}" for e in errors[:3])
+        raise InvalidInput(f"the training config is not valid: {summary}", errors=errors) from None
+
+
+def create_job(session: Session, *, settings: Settings, data: JobCreate) -> Job:
+    """Validate the request and its files, and leave the job ``queued`` (not yet enqueued)."""
+    project = get_project(session, project_id=data.project_id)
+    dataset = datasets_service.get_dataset(session, dataset_id=data.dataset_id)
+    if dataset.project_id != project.id:
+        raise NotFound("dataset not found in this project")
+    config = validate_config(data.config)
+    if config.system_prompt is None and project.system_prompt:
+        config.system_prompt = project.system_prompt
+    version = datasets_service.latest_version(dataset)
+
+    job = Job(
+        project_id=project.id,
+        dataset_id=dataset.id,
+        dataset_version_id=version.id,
+        config=config.model_dump(mode="json"),
+        status=JobStatus.validating_files,
+        queue=settings.default_queue,
+        result={},
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job_id=job.id, message="Job created")
+
+    records = datasets_service.records_file(settings, version)
+    if not records.is_file():
+        job.status = JobStatus.failed
+        job.finished_at = utcnow()
+        job.error = f"the data of dataset version {version.number} is missing on the server"
+        add_event(session, job_id=job.id, level="error", message=job.error)
+        return job
+
+    job.status = JobStatus.queued
+    job.queued_at = utcnow()
+    add_event(
+        session,
+        job_id=job.id,
+        message=f"Files validated ({version.records} records); queued on '{job.queue}'",
+    )
+    session.flush()
+    return job
+
+
+def fail_unqueued_job(session: Session, *, job_id: uuid.UUID, reason: str) -> None:
+    """Mark a job that could not be handed to the queue as failed, so nothing waits forever."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.failed, error=reason, finished_at=now)
+    )
+    add_event(session, job_id=job_id, level="error", message=reason)
+
+
+def get_job(session: Session, *, job_id: uuid.UUID) -> Job:
+    """Return the job or raise NotFound."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound("job not found")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    limit: int,
+    offset: int,
+    project_id: uuid.UUID | None = None,
+    status: str | None = None,
+) -> tuple[list[Job], int]:
+    """Newest first, optionally for one project or one status."""
+    conditions = []
+    if project_id is not None:
+        conditions.append(Job.project_id == project_id)
+    if status is not None:
+        conditions.append(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
+    rows = session.scalars(
+        select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), total
+
+
+def cancel_job(session: Session, *, job_id: uuid.UUID) -> Job:
+    """Cancel a waiting job at once; ask a running job's worker to stop at its next step."""
+    job = get_job(session, job_id=job_id)
+    now = utcnow()
+    waiting = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.validating_files, JobStatus.queued]))
+        .values(status=JobStatus.cancelled, finished_at=now, cancel_requested_at=now)
+    )
+    if waiting.rowcount:  # type: ignore[attr-defined]
+        add_event(session, job_id=job_id, message="Cancelled before it started")
+    else:
+        running = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
+        )
+        if running.rowcount:  # type: ignore[attr-defined]
+            add_event(session, job_id=job_id, message="Cancellation requested; stopping")
+        else:
+            session.refresh(job)
+            raise Conflict(f"the job has already {job.status} and cannot be cancelled")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def list_events(
+    session: Session, *, job_id: uuid.UUID, after_id: int = 0, limit: int = 500
+) -> list[JobEvent]:
+    """Events in order; pass the last seen id to get only newer ones."""
+    return list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        ).all()
+    )
+
+
+def list_metrics(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    name: str | None = None,
+    after_step: int = -1,
+    limit: int = 10_000,
+) -> list[MetricPoint]:
+    """Metric points ordered by step; filter by name or ask only for steps after one."""
+    conditions = [MetricPoint.job_id == job_id, MetricPoint.step > after_step]
+    if name is not None:
+        conditions.append(MetricPoint.name == name)
+    return list(
+        session.scalars(
+            select(MetricPoint).where(*conditions).order_by(MetricPoint.step, MetricPoint.name)
+            .limit(limit)
+        ).all()
+    )
+
+
+def list_artifacts(session: Session, *, job_id: uuid.UUID) -> list[Artifact]:
+    return list(
+        session.scalars(
+            select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.created_at)
+        ).all()
+    )
+
+
+def add_event(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    message: str,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        JobEvent(job_id=job_id, level=level, message=message, data=data, created_at=utcnow())
+    )
+
+
+# --- The worker's side: claim, heartbeat, record, finish, reap ------------------------------
+
+
+def claim_job(session: Session, *, job_id: uuid.UUID, worker: str) -> Job | None:
+    """Take a queued job for this worker; None if it is not queued (taken, cancelled, done)."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            worker=worker,
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            error=None,
+        )
+    )
+    if not claimed.rowcount:  # type: ignore[attr-defined]
+        return None
+    add_event(session, job_id=job_id, message=f"Started on worker {worker}")
+    session.flush()
+    job = session.get(Job, job_id)
+    if job is not None:
+        session.refresh(job)
+    return job
+
+
+def heartbeat(session: Session, *, job_id: uuid.UUID, worker: str) -> tuple[bool, bool]:
+    """Renew the lease. Returns (still ours, cancel requested)."""
+    renewed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+        .values(heartbeat_at=utcnow())
+    )
+    cancel = session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id))
+    return bool(renewed.rowcount), cancel is not None  # type: ignore[attr-defined]
+
+
+def record_step(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    worker: str,
+    step: int,
+    total_steps: int,
+    values: dict[str, float],
+) -> None:
+    """Store one step's metrics; a step already stored (a re-delivered job) is left as is."""
+    now = utcnow()
+    rows = [
+        {"job_id": job_id, "step": step, "name": name, "value": float(value), "created_at": now}
+        for name, value in values.items()
+    ]
+    if rows:
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(insert(MetricPoint).values(rows).on_conflict_do_nothing())
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker)
+        .values(current_step=step, total_steps=total_steps, heartbeat_at=now)
+    )
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    worker: str,
+    status: JobStatus,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """End a running job held by ``worker``; False if the lease was lost meanwhile."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+    if result is not None:
+        values["result"] = result
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+        .values(**values)
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        return False
+    messages = {
+        JobStatus.succeeded: "Succeeded",
+        JobStatus.cancelled: "Cancelled",
+        JobStatus.failed: f"Failed: {error}",
+    }
+    level = "error" if status == JobStatus.failed else "info"
+    add_event(session, job_id=job_id, level=level, message=messages.get(status, str(status)))
+    return True
+
+
+def reap_stale_jobs(
+    session: Session, *, lease_seconds: float, max_attempts: int = 3, now: datetime | None = None
+) -> list[tuple[uuid.UUID, str]]:
+    """Re-queue running jobs whose worker stopped heartbeating; returns (id, queue) to enqueue.
+
+    A job that has used up its attempts fails instead, so a job that kills its worker every
+    time (out of memory, say) cannot loop forever.
+    """
+    cutoff = (now or utcnow()) - timedelta(seconds=lease_seconds)
+    stale = session.scalars(
+        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+    ).all()
+    requeued: list[tuple[uuid.UUID, str]] = []
+    for job in stale:
+        lost = f"worker {job.worker} stopped responding"
+        if job.cancel_requested_at is not None:
+            values: dict[str, Any] = {"status": JobStatus.cancelled, "finished_at": utcnow()}
+            message, level = f"{lost}; cancelled as requested", "info"
+        elif job.attempts >= max_attempts:
+            values = {
+                "status": JobStatus.failed,
+                "finished_at": utcnow(),
+                "error": f"{lost} on each of {job.attempts} attempts",
+            }
+            message, level = values["error"], "error"
+        else:
+            values = {"status": JobStatus.queued, "worker": None, "queued_at": utcnow()}
+            message, level = f"{lost}; re-queued (attempt {job.attempts + 1})", "warning"
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+            .values(**values)
+        )
+        if changed.rowcount:  # type: ignore[attr-defined]
+            add_event(session, job_id=job.id, level=level, message=message)
+            if values["status"] == JobStatus.queued:
+                requeued.append((job.id, job.queue))
+    session.flush()
+    return requeued
+
+
+def store_artifact(
+    session: Session, *, job_id: uuid.UUID, kind: str, path: str, size_bytes: int, files: list[str]
+) -> Artifact:
+    artifact = Artifact(job_id=job_id, kind=kind, path=path, size_bytes=size_bytes, files=files)
+    session.add(artifact)
+    session.flush()
+    return artifact
+
+
+def cancel_requested(session: Session, *, job_id: uuid.UUID) -> bool:
+    return session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id)) is not None
+
+
+def job_dataset_version(session: Session, *, job: Job) -> DatasetVersion:
+    version = session.get(DatasetVersion, job.dataset_version_id)
+    if version is None:
+        raise NotFound("the job's dataset version no longer exists")
+    return version
+
+
+def enqueue_or_fail(session: Session, *, job: Job) -> None:
+    """Hand a committed, queued job to the broker; if the broker is unreachable, fail the job
+    with that reason rather than leave it waiting for a message that was never sent."""
+    try:
+        enqueue_training(job_id=job.id, queue=job.queue)
+    except Exception as exc:
+        fail_unqueued_job(
+            session, job_id=job.id, reason=f"the job queue could not be reached ({exc})"
+        )
+        session.commit()
+        session.refresh(job)
+
+
+def job_read(job: Job) -> JobRead:
+    progress = 0.0
+    if job.status == JobStatus.succeeded:
+        progress = 1.0
+    elif job.total_steps:
+        progress = min(1.0, job.current_step / job.total_steps)
+    return JobRead.model_validate(job).model_copy(
+        update={"progress": progress}
+    )

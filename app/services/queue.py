@@ -1,0 +1,12 @@
+"""Handing job ids to the queue. Only ids travel: the job row holds everything else."""
+
+from __future__ import annotations
+
+import uuid
+
+from worker.celery_app import TRAIN_JOB, celery_app
+
+
+def enqueue_training(*, job_id: uuid.UUID, queue: str) -> None:
+    """Send the job to its queue; call only after the job row is committed."""
+    celery_app.send_task(TRAIN_JOB, args=[str(job_id)], queue=queue)

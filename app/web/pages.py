@@ -1,0 +1,207 @@
+"""Server-rendered pages. They call the same services as the JSON API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from app.api.deps import SessionDep, SettingsDep
+from app.core.config import PROJECT_ROOT
+from app.core.errors import FieldError, InvalidInput, TunelabError
+from app.core.uploads import receive_upload
+from app.models import JobStatus
+from app.schemas.job import JobCreate
+from app.schemas.project import ProjectCreate
+from app.services import datasets as datasets_service
+from app.services import jobs as jobs_service
+from app.services import projects as projects_service
+from app.web.charts import line_chart
+from worker.training.config import TrainConfig
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=PROJECT_ROOT / "templates")
+PAGE = 50
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def error_page(
+    request: Request, status_code: int, message: str, errors: list[FieldError]
+) -> HTMLResponse:
+    return render(request, "error.html", status_code, message=message, errors=errors)
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/projects", status_code=303)
+
+
+@router.get("/projects")
+def projects_page(request: Request, session: SessionDep, offset: int = 0) -> HTMLResponse:
+    rows, total = projects_service.list_projects(session, limit=PAGE, offset=max(0, offset))
+    return render(request, "projects/list.html", projects=rows, total=total, offset=offset,
+                  page=PAGE, form={}, errors=[])
+
+
+@router.post("/projects")
+async def create_project(request: Request, session: SessionDep) -> Response:
+    form = dict(await request.form())
+    data = {
+        "name": str(form.get("name", "")).strip(),
+        "task_description": str(form.get("task_description", "")),
+        "domain": str(form.get("domain", "")),
+        "system_prompt": str(form.get("system_prompt", "")),
+        "success_criteria": [
+            line.strip()
+            for line in str(form.get("success_criteria", "")).splitlines()
+            if line.strip()
+        ],
+    }
+    try:
+        body = ProjectCreate.model_validate(data)
+    except Exception as exc:
+        rows, total = projects_service.list_projects(session, limit=PAGE, offset=0)
+        errors = _pydantic_errors(exc)
+        return render(request, "projects/list.html", 422, projects=rows, total=total, offset=0,
+                      page=PAGE, form=form, errors=errors)
+    project = projects_service.create_project(session, data=body)
+    session.commit()
+    return RedirectResponse(f"/projects/{project.id}", status_code=303)
+
+
+def _pydantic_errors(exc: Exception) -> list[FieldError]:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return [
+            FieldError(field=".".join(str(p) for p in e["loc"]), message=e["msg"])
+            for e in exc.errors()
+        ]
+    raise exc
+
+
+def _project_context(session: SessionDep, project_id: uuid.UUID) -> dict[str, Any]:
+    project = projects_service.get_project(session, project_id=project_id)
+    datasets, _ = datasets_service.list_datasets(session, project_id=project_id, limit=200,
+                                                  offset=0)
+    jobs, _ = jobs_service.list_jobs(session, project_id=project_id, limit=PAGE, offset=0)
+    return {
+        "project": project,
+        "datasets": datasets,
+        "jobs": jobs,
+        "defaults": TrainConfig(base_model="smollm2-135m-instruct", max_steps=30),
+        "upload_errors": [],
+        "upload_message": None,
+        "job_errors": [],
+    }
+
+
+@router.get("/projects/{project_id}")
+def project_page(project_id: uuid.UUID, request: Request, session: SessionDep) -> HTMLResponse:
+    return render(request, "projects/detail.html", **_project_context(session, project_id))
+
+
+@router.post("/projects/{project_id}/datasets")
+async def upload_dataset(
+    project_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep
+) -> Response:
+    projects_service.get_project(session, project_id=project_id)
+    try:
+        upload = await receive_upload(
+            request, directory=settings.uploads_dir, max_bytes=settings.upload_max_bytes
+        )
+        datasets_service.create_dataset_from_upload(
+            session,
+            settings=settings,
+            project_id=project_id,
+            upload=upload,
+            name=upload.fields.get("name") or None,
+            format=upload.fields.get("format") or None,
+        )
+    except TunelabError as exc:
+        session.rollback()
+        context = _project_context(session, project_id)
+        context["upload_message"] = exc.message
+        context["upload_errors"] = exc.errors
+        context["upload_error_count"] = exc.error_count
+        return render(request, "projects/detail.html", exc.status_code, **context)
+    session.commit()
+    return RedirectResponse(f"/projects/{project_id}#datasets", status_code=303)
+
+
+@router.post("/projects/{project_id}/jobs")
+async def start_job(
+    project_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep
+) -> Response:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    dataset_id = form.pop("dataset_id", "")
+    config: dict[str, Any] = {k: v for k, v in form.items() if v.strip() != ""}
+    try:
+        body = JobCreate(
+            project_id=project_id, dataset_id=uuid.UUID(dataset_id), config=config
+        )
+    except ValueError:
+        context = _project_context(session, project_id)
+        context["job_errors"] = [FieldError(field="dataset_id", message="choose a dataset")]
+        return render(request, "projects/detail.html", 422, **context)
+    try:
+        job = jobs_service.create_job(session, settings=settings, data=body)
+    except InvalidInput as exc:
+        session.rollback()
+        context = _project_context(session, project_id)
+        context["job_errors"] = exc.errors
+        return render(request, "projects/detail.html", 422, **context)
+    session.commit()
+    if job.status == JobStatus.queued:
+        jobs_service.enqueue_or_fail(session, job=job)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+
+def _job_context(session: SessionDep, job_id: uuid.UUID) -> dict[str, Any]:
+    job = jobs_service.get_job(session, job_id=job_id)
+    losses = jobs_service.list_metrics(session, job_id=job_id, name="loss")
+    latest = {
+        p.name: p.value
+        for p in jobs_service.list_metrics(
+            session, job_id=job_id, after_step=max(job.current_step - 1, -1)
+        )
+    }
+    return {
+        "job": job,
+        "read": jobs_service.job_read(job),
+        "project": projects_service.get_project(session, project_id=job.project_id),
+        "events": jobs_service.list_events(session, job_id=job_id)[-200:],
+        "artifacts": jobs_service.list_artifacts(session, job_id=job_id),
+        "chart": line_chart([(p.step, p.value) for p in losses], label="training loss"),
+        "latest": latest,
+        "active": not JobStatus(job.status).finished,
+    }
+
+
+@router.get("/jobs/{job_id}")
+def job_page(job_id: uuid.UUID, request: Request, session: SessionDep) -> HTMLResponse:
+    return render(request, "jobs/detail.html", **_job_context(session, job_id))
+
+
+@router.get("/jobs/{job_id}/live")
+def job_live(job_id: uuid.UUID, request: Request, session: SessionDep) -> HTMLResponse:
+    """The part of the job page that HTMX refreshes while the job is active."""
+    return render(request, "jobs/_live.html", **_job_context(session, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
+    try:
+        jobs_service.cancel_job(session, job_id=job_id)
+        session.commit()
+    except TunelabError:
+        session.rollback()
+    if request.headers.get("hx-request"):
+        return render(request, "jobs/_live.html", **_job_context(session, job_id))
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)

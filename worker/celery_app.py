@@ -1,0 +1,35 @@
+"""The Celery app. The web process imports this module only to send tasks by name, so it must
+not import torch; the worker loads the task modules listed in ``include``."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.core.config import get_settings
+
+TRAIN_JOB = "tunelab.train_job"
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    if settings.broker_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("tunelab", broker=settings.celery_broker_url, include=["worker.tasks.training"])
+    app.conf.update(
+        # A training task runs for hours: take one message at a time and acknowledge it only
+        # when the task returns, so a worker that dies hands its message back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=settings.default_queue,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        # Redis re-delivers an unacknowledged message after this long; the job row's
+        # conditional claim makes such a second delivery harmless.
+        broker_transport_options={"visibility_timeout": 12 * 3600, "polling_interval": 1},
+    )
+    return app
+
+
+celery_app = make_celery()

@@ -1,0 +1,231 @@
+"""Celery task that trains one job: claim the row, run the engine, record what it reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery.signals import worker_ready
+
+from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.models import JobStatus
+from app.services import jobs as jobs_service
+from app.services.queue import enqueue_training
+from worker.celery_app import TRAIN_JOB, celery_app
+from worker.training import (
+    StepMetrics,
+    TrainingCancelled,
+    TrainingError,
+    TrainResult,
+    train,
+)
+from worker.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobReporter:
+    """The engine's callbacks, writing to the job row; a thread keeps the lease alive.
+
+    The training loop blocks the main thread for long stretches (loading a model, one slow
+    step), so heartbeats and the cancel check run on their own thread and the loop only reads
+    a flag.
+    """
+
+    def __init__(self, job_id: uuid.UUID, worker: str, settings: Settings) -> None:
+        self.job_id = job_id
+        self.worker = worker
+        self.settings = settings
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self.lease_lost = False
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        # Cancellation is checked every second so a cancelled job stops within seconds; the
+        # heartbeat itself is written at the configured (slower) pace.
+        since_beat = self.settings.heartbeat_seconds
+        while not self._done.wait(1.0):
+            since_beat += 1.0
+            try:
+                with session_scope() as session:
+                    if since_beat >= self.settings.heartbeat_seconds:
+                        ours, cancel = jobs_service.heartbeat(
+                            session, job_id=self.job_id, worker=self.worker
+                        )
+                        since_beat = 0.0
+                        if not ours:
+                            self.lease_lost = True
+                    else:
+                        cancel = jobs_service.cancel_requested(session, job_id=self.job_id)
+                if cancel or self.lease_lost:
+                    self._stop.set()
+            except Exception:  # the database may blink; the next beat tries again
+                log.exception("heartbeat for job %s failed", self.job_id)
+
+    # TrainCallbacks -------------------------------------------------------------------------
+    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        with session_scope() as session:
+            jobs_service.add_event(
+                session, job_id=self.job_id, level=level, message=message, data=data
+            )
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        values = {
+            "loss": metrics.loss,
+            "learning_rate": metrics.learning_rate,
+            "grad_norm": metrics.grad_norm,
+            "tokens_per_second": metrics.tokens_per_second,
+            "epoch": metrics.epoch,
+        }
+        with session_scope() as session:
+            jobs_service.record_step(
+                session,
+                job_id=self.job_id,
+                worker=self.worker,
+                step=metrics.step,
+                total_steps=metrics.total_steps,
+                values=values,
+            )
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+
+def _load_records(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _dir_size(path: Path) -> tuple[int, list[str]]:
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in files), [str(p.relative_to(path)) for p in files]
+
+
+@celery_app.task(name=TRAIN_JOB)
+def train_job(job_id: str) -> str:
+    """Run one training job. Idempotent: a job that is not queued is left alone."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    jid = uuid.UUID(job_id)
+    me = worker_name()
+    with session_scope() as session:
+        job = jobs_service.claim_job(session, job_id=jid, worker=me)
+        if job is None:
+            return "skipped"
+        config = TrainConfig.model_validate(job.config)
+        version = jobs_service.job_dataset_version(session, job=job)
+        records_path = settings.data_dir / version.records_path
+        attempt = job.attempts
+
+    reporter = JobReporter(jid, me, settings)
+    reporter.start()
+    # One folder per attempt, so a worker that lost its lease and a new one never share files.
+    out_dir = settings.artifacts_dir / job_id / f"attempt-{attempt}" / "adapter"
+    status, error = JobStatus.failed, None
+    result: TrainResult | None = None
+    try:
+        records = _load_records(records_path)
+        result = train(
+            config,
+            records=records,
+            output_dir=out_dir,
+            model_cache_dir=settings.model_cache_dir,
+            callbacks=reporter,
+            allow_downloads=settings.allow_hub_downloads,
+        )
+        status = JobStatus.succeeded
+    except TrainingCancelled:
+        status = JobStatus.cancelled
+    except TrainingError as exc:
+        error = str(exc)
+    except Exception as exc:
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        error = f"internal error in the worker ({type(exc).__name__}: {exc})"
+    finally:
+        reporter.close()
+
+    if reporter.lease_lost:
+        # Another worker owns the job now; what this one produced is not recorded.
+        shutil.rmtree(out_dir.parent, ignore_errors=True)
+        return "lease lost"
+
+    with session_scope() as session:
+        summary: dict[str, Any] | None = None
+        if status == JobStatus.succeeded and result is not None:
+            size, files = _dir_size(result.adapter_dir)
+            artifact = jobs_service.store_artifact(
+                session,
+                job_id=jid,
+                kind="adapter",
+                path=str(result.adapter_dir.relative_to(settings.data_dir)),
+                size_bytes=size,
+                files=files,
+            )
+            summary = {
+                "steps": result.steps,
+                "final_loss": result.final_loss,
+                "train_seconds": round(result.train_seconds, 2),
+                "tokens": result.tokens,
+                "artifact_id": str(artifact.id),
+            }
+        ended = jobs_service.finish_job(
+            session, job_id=jid, worker=me, status=status, error=error, result=summary
+        )
+        if not ended:
+            session.rollback()
+    if status != JobStatus.succeeded or not ended:
+        shutil.rmtree(out_dir.parent, ignore_errors=True)
+    return str(status)
+
+
+def requeue_stale_jobs() -> int:
+    """Hand jobs of dead workers back to the queue (called periodically by every worker)."""
+    settings = get_settings()
+    with session_scope() as session:
+        stale = jobs_service.reap_stale_jobs(session, lease_seconds=settings.lease_seconds)
+    for jid, queue in stale:
+        enqueue_training(job_id=jid, queue=queue)
+    return len(stale)
+
+
+def _reap_forever(stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            requeue_stale_jobs()
+        except Exception:
+            log.exception("reaping stale jobs failed")
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    # Every worker reaps; the conditional UPDATE lets exactly one of them re-queue a given job.
+    settings = get_settings()
+    try:
+        requeue_stale_jobs()
+    except Exception:
+        log.exception("reaping stale jobs failed")
+    interval = max(1.0, settings.lease_seconds / 4)
+    threading.Thread(
+        target=_reap_forever, args=(threading.Event(), interval), name="reaper", daemon=True
+    ).start()

@@ -99,12 +99,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     if proc.poll() is not None:
         return
-    # Cold shutdown: a running training step is abandoned; its job is re-queued on the next
-    # start (embedded) or when its lease expires (cluster).
-    proc.send_signal(signal.SIGQUIT)
+    # Warm shutdown: the worker stops its job at the next step and hands it back to the queue.
+    # Should that take too long, the kill leaves the job to be re-queued on the next start.
+    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
@@ -132,10 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
     group = serve.add_mutually_exclusive_group()
-    group.add_argument("--worker", dest="worker", action="store_true", default=None,
-                       help="also start a local worker (default in embedded mode)")
-    group.add_argument("--no-worker", dest="worker", action="store_false",
-                       help="serve only; workers run elsewhere (default in cluster mode)")
+    group.add_argument(
+        "--worker",
+        dest="worker",
+        action="store_true",
+        default=None,
+        help="also start a local worker (default in embedded mode)",
+    )
+    group.add_argument(
+        "--no-worker",
+        dest="worker",
+        action="store_false",
+        help="serve only; workers run elsewhere (default in cluster mode)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a training worker (one per GPU)")

@@ -20,8 +20,6 @@ PG_SERVER = os.environ.get("TUNELAB_TEST_PG", "postgresql+psycopg://postgres@127
 PG_URL = f"{PG_SERVER}/tunelab_test_{RUN_ID}"
 REDIS_URL = os.environ.get("TUNELAB_TEST_REDIS", "redis://127.0.0.1:6379/11")
 DATA_DIR = Path(tempfile.mkdtemp(prefix=f"tunelab-test-{RUN_ID}-"))
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.update(
     {
@@ -33,13 +31,14 @@ os.environ.update(
         "TUNELAB_HEARTBEAT_SECONDS": "1",
         "TUNELAB_LEASE_SECONDS": "15",
         "TUNELAB_ALLOW_HUB_DOWNLOADS": "false",
+        "TUNELAB_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
 )
 # A persistent model cache (e.g. the converted SmolLM2) saves ~30 s per run where it is set.
 if os.environ.get("TUNELAB_TEST_MODEL_CACHE"):
-    os.environ.setdefault("TUNELAB_MODEL_CACHE_DIR", os.environ["TUNELAB_TEST_MODEL_CACHE"])
+    os.environ.setdefault("TUNELAB_MODELS_DIR", os.environ["TUNELAB_TEST_MODEL_CACHE"])
 
 from tests.live import LiveServer, free_port, start_server, start_worker  # noqa: E402
 
@@ -112,8 +111,9 @@ def cluster() -> Iterator[LiveServer]:
     logs = DATA_DIR / "logs"
     logs.mkdir(exist_ok=True)
     worker = start_worker(env=dict(os.environ), log=logs / "worker.log")
-    server = start_server(port=free_port(), env=dict(os.environ), log=logs / "server.log",
-                          extra_args=["--no-worker"])
+    server = start_server(
+        port=free_port(), env=dict(os.environ), log=logs / "server.log", extra_args=["--no-worker"]
+    )
     server.children.append(worker)
     try:
         yield server

@@ -24,8 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, interval: float = 0.5,
-                what: str = "condition") -> T:
+def wait_for(
+    check: Callable[[], T | None], timeout: float, interval: float = 0.5, what: str = "condition"
+) -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -72,13 +73,19 @@ def tunelab(*args: str) -> list[str]:
 
 
 def start_server(
-    *, port: int, env: dict[str, str], log: Path, extra_args: list[str] | None = None,
+    *,
+    port: int,
+    env: dict[str, str],
+    log: Path,
+    extra_args: list[str] | None = None,
     timeout: float = 90,
 ) -> LiveServer:
     handle = log.open("ab")
     proc = subprocess.Popen(
         tunelab("serve", "--host", "127.0.0.1", "--port", str(port), *(extra_args or [])),
-        env=env, stdout=handle, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
     )
     server = LiveServer(url=f"http://127.0.0.1:{port}", process=proc, log=log, _handles=[handle])
 
@@ -101,7 +108,10 @@ def start_worker(*, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 def embedded_env(data_dir: Path) -> dict[str, str]:
     """The environment of a fresh machine: no database or broker settings at all."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TUNELAB_DATABASE_URL", "TUNELAB_BROKER_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TUNELAB_DATABASE_URL", "TUNELAB_BROKER_URL")
+    }
     env["TUNELAB_DATA_DIR"] = str(data_dir)
     return env

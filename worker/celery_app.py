@@ -25,10 +25,11 @@ def make_celery() -> Celery:
         task_default_queue=settings.default_queue,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+    )
+    if settings.celery_broker_url.startswith(("redis://", "rediss://")):
         # Redis re-delivers an unacknowledged message after this long; the job row's
         # conditional claim makes such a second delivery harmless.
-        broker_transport_options={"visibility_timeout": 12 * 3600, "polling_interval": 1},
-    )
+        app.conf.broker_transport_options = {"visibility_timeout": 12 * 3600}
     return app
 
 

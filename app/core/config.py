@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     default_queue: str = "training"
     # Where base models given by hub id come from; off-line installs set HF_HUB_OFFLINE too.
     allow_hub_downloads: bool = True
+    # Converted and downloaded base models; can be shared between data folders.
+    models_dir: Path | None = None
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
@@ -80,7 +82,7 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.models_dir or self.data_dir / "models"
 
     def ensure_dirs(self) -> None:
         for path in (

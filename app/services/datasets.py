@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import FieldError, InvalidDataset, NotFound
+from app.core.errors import FieldError, InvalidDataset, InvalidInput, NotFound
 from app.core.uploads import ReceivedUpload
 from app.models import Dataset, DatasetVersion
-from app.services import dataset_parsing
+from app.services import dataset_formats, dataset_parsing
 from app.services.projects import get_project
 
 
@@ -41,6 +41,11 @@ def create_dataset_from_upload(
             dataset = session.get(Dataset, dataset_id)
             if dataset is None or dataset.project_id != project.id:
                 raise NotFound("dataset not found")
+        if format and format not in dataset_formats.FORMATS:
+            known = ", ".join(sorted(dataset_formats.FORMATS))
+            raise InvalidInput(f"unknown format `{format}`: use one of {known}", errors=[
+                FieldError(field="format", message=f"use one of {known}")
+            ])
         assert upload.path is not None
         staging = upload.path.with_suffix(".records.jsonl")
         report = dataset_parsing.validate_file(upload.path, dest=staging, format=format or None)
@@ -122,9 +127,7 @@ def _invalid(report: dataset_parsing.ValidationReport, filename: str) -> Invalid
     else:
         message = f"{filename or 'the file'} has no records to train on"
         errors = [FieldError(message="the file holds no records")]
-    return InvalidDataset(
-        message, errors=errors, error_count=max(report.error_count, len(errors))
-    )
+    return InvalidDataset(message, errors=errors, error_count=max(report.error_count, len(errors)))
 
 
 def compute_stats(records_path: Path) -> dict[str, Any]:
@@ -137,8 +140,12 @@ def compute_stats(records_path: Path) -> dict[str, Any]:
             messages = json.loads(line)["messages"]
             count += 1
             turns += len(messages)
-            prompt_chars.append(sum(len(m["content"]) for m in messages if m["role"] != "assistant"))
-            answer_chars.append(sum(len(m["content"]) for m in messages if m["role"] == "assistant"))
+            prompt_chars.append(
+                sum(len(m["content"]) for m in messages if m["role"] != "assistant")
+            )
+            answer_chars.append(
+                sum(len(m["content"]) for m in messages if m["role"] == "assistant")
+            )
 
     def summary(values: list[int]) -> dict[str, float]:
         if not values:
@@ -181,4 +188,3 @@ def latest_version(dataset: Dataset) -> DatasetVersion:
 
 def records_file(settings: Settings, version: DatasetVersion) -> Path:
     return settings.data_dir / version.records_path
-

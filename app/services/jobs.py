@@ -124,7 +124,10 @@ def list_jobs(
         conditions.append(Job.status == status)
     total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
     rows = session.scalars(
-        select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).limit(limit)
+        select(Job)
+        .where(*conditions)
+        .order_by(Job.created_at.desc(), Job.id)
+        .limit(limit)
         .offset(offset)
     ).all()
     return list(rows), total
@@ -185,7 +188,9 @@ def list_metrics(
         conditions.append(MetricPoint.name == name)
     return list(
         session.scalars(
-            select(MetricPoint).where(*conditions).order_by(MetricPoint.step, MetricPoint.name)
+            select(MetricPoint)
+            .where(*conditions)
+            .order_by(MetricPoint.step, MetricPoint.name)
             .limit(limit)
         ).all()
     )
@@ -306,6 +311,24 @@ def finish_job(
     return True
 
 
+def release_job(session: Session, *, job_id: uuid.UUID, worker: str) -> str | None:
+    """A stopping worker gives its running job back to the queue; returns the queue to send
+    it to, or None if the job is no longer this worker's."""
+    released = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+        .values(status=JobStatus.queued, worker=None, queued_at=utcnow())
+    )
+    if not released.rowcount:  # type: ignore[attr-defined]
+        return None
+    add_event(
+        session, job_id=job_id, level="warning",
+        message=f"Worker {worker} is shutting down; the job was handed back to the queue",
+    )
+    job = session.get(Job, job_id)
+    return job.queue if job is not None else None
+
+
 def reap_stale_jobs(
     session: Session, *, lease_seconds: float, max_attempts: int = 3, now: datetime | None = None
 ) -> list[tuple[uuid.UUID, str]]:
@@ -386,6 +409,4 @@ def job_read(job: Job) -> JobRead:
         progress = 1.0
     elif job.total_steps:
         progress = min(1.0, job.current_step / job.total_steps)
-    return JobRead.model_validate(job).model_copy(
-        update={"progress": progress}
-    )
+    return JobRead.model_validate(job).model_copy(update={"progress": progress})

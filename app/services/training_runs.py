@@ -36,7 +36,8 @@ class ProgressReporter:
             self.bar = tqdm(total=metrics.total_steps, unit="step", dynamic_ncols=True)
         self.bar.update(metrics.step - self.bar.n)
         self.bar.set_postfix(
-            loss=f"{metrics.loss:.4f}", lr=f"{metrics.learning_rate:.2e}",
+            loss=f"{metrics.loss:.4f}",
+            lr=f"{metrics.learning_rate:.2e}",
             tok_s=f"{metrics.tokens_per_second:.0f}",
         )
 
@@ -68,15 +69,16 @@ def run_config_file(
     try:
         config = validate_config(raw)
     except InvalidInput as exc:
-        for e in exc.errors:
-            print(f"{config_path}: {e.field}: {e.message}", file=sys.stderr)
+        for field_error in exc.errors:
+            print(f"{config_path}: {field_error.field}: {field_error.message}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         records_path = Path(tmp) / "records.jsonl"
         report = dataset_parsing.validate_file(data_path, dest=records_path)
         if not report.ok:
-            for e in report.errors:
-                print(f"{data_path}:{e.line}: {e.field or ''} {e.message}", file=sys.stderr)
+            for record_error in report.errors:
+                where = f"`{record_error.field}` " if record_error.field else ""
+                print(f"{data_path}:{record_error.line}: {where}{record_error.message}", file=sys.stderr)
             if report.error_count > len(report.errors):
                 print(f"... {report.error_count} errors in all", file=sys.stderr)
             if not report.errors:

@@ -45,8 +45,16 @@ def home() -> Response:
 @router.get("/projects")
 def projects_page(request: Request, session: SessionDep, offset: int = 0) -> HTMLResponse:
     rows, total = projects_service.list_projects(session, limit=PAGE, offset=max(0, offset))
-    return render(request, "projects/list.html", projects=rows, total=total, offset=offset,
-                  page=PAGE, form={}, errors=[])
+    return render(
+        request,
+        "projects/list.html",
+        projects=rows,
+        total=total,
+        offset=offset,
+        page=PAGE,
+        form={},
+        errors=[],
+    )
 
 
 @router.post("/projects")
@@ -68,8 +76,17 @@ async def create_project(request: Request, session: SessionDep) -> Response:
     except Exception as exc:
         rows, total = projects_service.list_projects(session, limit=PAGE, offset=0)
         errors = _pydantic_errors(exc)
-        return render(request, "projects/list.html", 422, projects=rows, total=total, offset=0,
-                      page=PAGE, form=form, errors=errors)
+        return render(
+            request,
+            "projects/list.html",
+            422,
+            projects=rows,
+            total=total,
+            offset=0,
+            page=PAGE,
+            form=form,
+            errors=errors,
+        )
     project = projects_service.create_project(session, data=body)
     session.commit()
     return RedirectResponse(f"/projects/{project.id}", status_code=303)
@@ -88,8 +105,9 @@ def _pydantic_errors(exc: Exception) -> list[FieldError]:
 
 def _project_context(session: SessionDep, project_id: uuid.UUID) -> dict[str, Any]:
     project = projects_service.get_project(session, project_id=project_id)
-    datasets, _ = datasets_service.list_datasets(session, project_id=project_id, limit=200,
-                                                  offset=0)
+    datasets, _ = datasets_service.list_datasets(
+        session, project_id=project_id, limit=200, offset=0
+    )
     jobs, _ = jobs_service.list_jobs(session, project_id=project_id, limit=PAGE, offset=0)
     return {
         "project": project,
@@ -143,9 +161,7 @@ async def start_job(
     dataset_id = form.pop("dataset_id", "")
     config: dict[str, Any] = {k: v for k, v in form.items() if v.strip() != ""}
     try:
-        body = JobCreate(
-            project_id=project_id, dataset_id=uuid.UUID(dataset_id), config=config
-        )
+        body = JobCreate(project_id=project_id, dataset_id=uuid.UUID(dataset_id), config=config)
     except ValueError:
         context = _project_context(session, project_id)
         context["job_errors"] = [FieldError(field="dataset_id", message="choose a dataset")]

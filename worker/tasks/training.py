@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
@@ -31,6 +31,15 @@ from worker.training import (
 from worker.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# Set when this worker process is asked to stop: the running job stops at its next step and is
+# handed back to the queue at once, instead of waiting for its lease to expire.
+SHUTTING_DOWN = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    SHUTTING_DOWN.set()
 
 
 def worker_name() -> str:
@@ -52,6 +61,7 @@ class JobReporter:
         self._stop = threading.Event()
         self._done = threading.Event()
         self.lease_lost = False
+        self.cancel_requested = False
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
     def start(self) -> None:
@@ -78,6 +88,8 @@ class JobReporter:
                             self.lease_lost = True
                     else:
                         cancel = jobs_service.cancel_requested(session, job_id=self.job_id)
+                if cancel:
+                    self.cancel_requested = True
                 if cancel or self.lease_lost:
                     self._stop.set()
             except Exception:  # the database may blink; the next beat tries again
@@ -109,7 +121,7 @@ class JobReporter:
             )
 
     def should_stop(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.is_set() or SHUTTING_DOWN.is_set()
 
 
 def _load_records(path: Path) -> list[dict[str, Any]]:
@@ -165,6 +177,11 @@ def train_job(job_id: str) -> str:
     finally:
         reporter.close()
 
+    if status == JobStatus.cancelled and SHUTTING_DOWN.is_set() and not reporter.cancel_requested:
+        # Stopped because this worker is stopping, not because anyone cancelled the job.
+        shutil.rmtree(out_dir.parent, ignore_errors=True)
+        _hand_back(jid, me)
+        return "handed back"
     if reporter.lease_lost:
         # Another worker owns the job now; what this one produced is not recorded.
         shutil.rmtree(out_dir.parent, ignore_errors=True)
@@ -197,6 +214,13 @@ def train_job(job_id: str) -> str:
     if status != JobStatus.succeeded or not ended:
         shutil.rmtree(out_dir.parent, ignore_errors=True)
     return str(status)
+
+
+def _hand_back(job_id: uuid.UUID, worker: str) -> None:
+    with session_scope() as session:
+        queue = jobs_service.release_job(session, job_id=job_id, worker=worker)
+    if queue is not None:
+        enqueue_training(job_id=job_id, queue=queue)
 
 
 def requeue_stale_jobs() -> int:

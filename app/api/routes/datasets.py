@@ -111,9 +111,7 @@ def list_datasets(
     project_id: uuid.UUID, session: SessionDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[DatasetRead]:
     get_project(session, project_id=project_id)
-    rows, total = service.list_datasets(
-        session, project_id=project_id, limit=limit, offset=offset
-    )
+    rows, total = service.list_datasets(session, project_id=project_id, limit=limit, offset=offset)
     return Page(items=[dataset_read(d) for d in rows], total=total, limit=limit, offset=offset)
 
 

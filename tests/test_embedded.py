@@ -1,0 +1,145 @@
+"""Embedded mode: `tunelab serve` with no settings at all — SQLite, an embedded broker, and a
+worker process of its own — as the README's first command starts it."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.factories import (
+    alpaca_records,
+    create_dataset,
+    create_project,
+    start_job,
+    tiny_config,
+    wait_for_status,
+)
+from tests.live import embedded_env, free_port, start_server, wait_for
+
+
+def test_embedded_serve_trains_a_job_end_to_end_on_sqlite(tmp_path: Path, tiny_model: Path) -> None:
+    data = tmp_path / "data"
+    server = start_server(port=free_port(), env=embedded_env(data), log=tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=server.url + "/api/v1", timeout=30) as api:
+            project = create_project(api)
+            dataset = create_dataset(api, project["id"], alpaca_records(8))
+            job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=4))
+            done = wait_for_status(api, job["id"])
+            assert done["status"] == "succeeded", f"{done['error']}\n{server.tail()}"
+    finally:
+        server.stop()
+    assert (data / "tunelab.db").is_file() and (data / "broker.db").is_file()
+    with sqlite3.connect(data / "tunelab.db") as db:
+        steps = db.execute("select count(*) from metric_points where name = 'loss'").fetchone()[0]
+    assert steps == 4
+
+
+def test_a_job_queued_when_serve_stops_runs_after_it_starts_again(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data, port = tmp_path / "data", free_port()
+    env = embedded_env(data)
+    # First start without a worker, so the job is certain to be waiting when tunelab stops.
+    first = start_server(port=port, env=env, log=tmp_path / "first.log", extra_args=["--no-worker"])
+    try:
+        with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
+            project = create_project(api)
+            dataset = create_dataset(api, project["id"], alpaca_records(8))
+            job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=3))
+    finally:
+        first.stop(sig=signal.SIGINT)
+    assert job["status"] == "queued"
+
+    second = start_server(port=port, env=env, log=tmp_path / "second.log")
+    try:
+        with httpx.Client(base_url=second.url + "/api/v1", timeout=30) as api:
+            done = wait_for_status(api, job["id"])
+            assert done["status"] == "succeeded", f"{done['error']}\n{second.tail()}"
+    finally:
+        second.stop()
+
+
+def test_a_job_cut_off_mid_run_is_resumed_by_the_next_start(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data, port = tmp_path / "data", free_port()
+    env = embedded_env(data)
+    first = start_server(port=port, env=env, log=tmp_path / "first.log")
+    try:
+        with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
+            project = create_project(api)
+            dataset = create_dataset(api, project["id"], alpaca_records(8))
+            job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=40))
+            wait_for(
+                lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 1, 120,
+                what="the job to train a step",
+            )
+    finally:
+        # SIGKILL leaves no chance to clean up: the job row still says running.
+        subprocess.run(["pkill", "-9", "-P", str(first.process.pid)], check=False)
+        first.stop(sig=signal.SIGKILL)
+
+    second = start_server(port=port, env=env, log=tmp_path / "second.log")
+    try:
+        with httpx.Client(base_url=second.url + "/api/v1", timeout=30) as api:
+            done = wait_for_status(api, job["id"], timeout=300)
+            assert done["status"] == "succeeded", f"{done['error']}\n{second.tail()}"
+            assert done["attempts"] == 2
+            messages = [e["message"] for e in api.get(f"/jobs/{job['id']}/events").json()]
+            assert any("re-queued" in m for m in messages)
+    finally:
+        second.stop()
+
+
+def test_stopping_serve_hands_a_running_job_back_to_the_queue(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data, port = tmp_path / "data", free_port()
+    env = embedded_env(data)
+    first = start_server(port=port, env=env, log=tmp_path / "first.log")
+    try:
+        with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
+            project = create_project(api)
+            dataset = create_dataset(api, project["id"], alpaca_records(8))
+            job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=40))
+            wait_for(
+                lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 1, 120,
+                what="the job to train a step",
+            )
+    finally:
+        first.stop(sig=signal.SIGINT)  # Ctrl+C
+    with sqlite3.connect(data / "tunelab.db") as db:
+        status = db.execute("select status from jobs").fetchone()[0]
+    assert status == "queued", "a stopped worker gives its job back at once"
+
+    second = start_server(port=port, env=env, log=tmp_path / "second.log")
+    try:
+        with httpx.Client(base_url=second.url + "/api/v1", timeout=30) as api:
+            done = wait_for_status(api, job["id"], timeout=300)
+            assert done["status"] == "succeeded", f"{done['error']}\n{second.tail()}"
+            messages = [e["message"] for e in api.get(f"/jobs/{job['id']}/events").json()]
+            assert any("handed back" in m for m in messages)
+    finally:
+        second.stop()
+
+
+def test_tunelab_db_upgrade_creates_the_sqlite_schema(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path / "data")
+    subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, check=True)
+    with sqlite3.connect(tmp_path / "data" / "tunelab.db") as db:
+        tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
+    assert {
+        "projects",
+        "datasets",
+        "dataset_versions",
+        "jobs",
+        "job_events",
+        "metric_points",
+        "artifacts",
+    } <= tables

@@ -1,0 +1,105 @@
+"""The guided flow in a real browser: Playwright driving Debian's Chromium against a live server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.factories import alpaca_records, jsonl
+from tests.live import LiveServer
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: run `make browser` (apt-get install chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, cluster: LiveServer) -> Iterator[Page]:
+    context = browser.new_context(base_url=cluster.url)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
+    page: Page, tmp_path: Path, tiny_model: Path
+) -> None:
+    page.goto("/")
+    page.get_by_label("Name").fill("合同审核 contract review")
+    page.get_by_label("Domain").fill("法律")
+    page.get_by_role("button", name="Create project").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("合同审核 contract review")
+
+    bad = tmp_path / "bad.jsonl"
+    lines = jsonl(alpaca_records(8)).decode().splitlines()
+    lines[6] = "{oops"
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    page.locator("#upload-form input[type=file]").set_input_files(bad)
+    page.get_by_role("button", name="Upload and validate").click()
+    error = page.get_by_test_id("upload-error")
+    expect(error).to_contain_text("line 7")
+    expect(error.locator("td").first).to_have_text("7")
+
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl(alpaca_records(12)))
+    page.locator("#upload-form input[type=file]").set_input_files(good)
+    page.get_by_role("button", name="Upload and validate").click()
+    expect(page.locator("#datasets ~ table").first).to_contain_text("good.jsonl")
+
+    page.get_by_label("Base model").fill(str(tiny_model))
+    page.get_by_label("Max steps").fill("10")
+    page.get_by_label("Learning rate").fill("0.005")
+    page.get_by_label("Max sequence length").fill("64")
+    page.get_by_role("button", name="Start training").click()
+
+    # The status, progress bar and chart update in place while the job trains.
+    expect(page.get_by_test_id("status")).to_have_text("succeeded", timeout=180_000)
+    expect(page.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    expect(page.get_by_test_id("loss-chart").locator("polyline")).to_have_count(1)
+    expect(page.get_by_text("download .zip")).to_be_visible()
+
+
+def test_bad_job_settings_are_shown_next_to_the_form(page: Page, tiny_model: Path) -> None:
+    page.goto("/projects")
+    page.get_by_label("Name").fill("settings check")
+    page.get_by_role("button", name="Create project").click()
+    data = jsonl(alpaca_records(4))
+    page.locator("#upload-form input[type=file]").set_input_files(
+        {"name": "d.jsonl", "mimeType": "application/json", "buffer": data}
+    )
+    page.get_by_role("button", name="Upload and validate").click()
+    page.get_by_label("Base model").fill(str(tiny_model))
+    page.get_by_label("Learning rate").fill("-1")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_test_id("errors")).to_contain_text("config.learning_rate")
+
+
+def test_model_output_and_names_are_escaped(page: Page) -> None:
+    page.goto("/projects")
+    page.get_by_label("Name").fill("<script>window.pwned=1</script>")
+    page.get_by_role("button", name="Create project").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("<script>window.pwned=1</script>")
+    assert page.evaluate("window.pwned") is None

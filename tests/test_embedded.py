@@ -75,9 +75,12 @@ def test_a_job_cut_off_mid_run_is_resumed_by_the_next_start(
         with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
             project = create_project(api)
             dataset = create_dataset(api, project["id"], alpaca_records(8))
-            job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=40))
+            job = start_job(
+                api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=40)
+            )
             wait_for(
-                lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 1, 120,
+                lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 1,
+                120,
                 what="the job to train a step",
             )
     finally:
@@ -107,9 +110,12 @@ def test_stopping_serve_hands_a_running_job_back_to_the_queue(
         with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
             project = create_project(api)
             dataset = create_dataset(api, project["id"], alpaca_records(8))
-            job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=40))
+            job = start_job(
+                api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=40)
+            )
             wait_for(
-                lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 1, 120,
+                lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 1,
+                120,
                 what="the job to train a step",
             )
     finally:

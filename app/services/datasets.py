@@ -43,9 +43,10 @@ def create_dataset_from_upload(
                 raise NotFound("dataset not found")
         if format and format not in dataset_formats.FORMATS:
             known = ", ".join(sorted(dataset_formats.FORMATS))
-            raise InvalidInput(f"unknown format `{format}`: use one of {known}", errors=[
-                FieldError(field="format", message=f"use one of {known}")
-            ])
+            raise InvalidInput(
+                f"unknown format `{format}`: use one of {known}",
+                errors=[FieldError(field="format", message=f"use one of {known}")],
+            )
         assert upload.path is not None
         staging = upload.path.with_suffix(".records.jsonl")
         report = dataset_parsing.validate_file(upload.path, dest=staging, format=format or None)

@@ -322,7 +322,9 @@ def release_job(session: Session, *, job_id: uuid.UUID, worker: str) -> str | No
     if not released.rowcount:  # type: ignore[attr-defined]
         return None
     add_event(
-        session, job_id=job_id, level="warning",
+        session,
+        job_id=job_id,
+        level="warning",
         message=f"Worker {worker} is shutting down; the job was handed back to the queue",
     )
     job = session.get(Job, job_id)

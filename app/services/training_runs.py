@@ -78,7 +78,10 @@ def run_config_file(
         if not report.ok:
             for record_error in report.errors:
                 where = f"`{record_error.field}` " if record_error.field else ""
-                print(f"{data_path}:{record_error.line}: {where}{record_error.message}", file=sys.stderr)
+                print(
+                    f"{data_path}:{record_error.line}: {where}{record_error.message}",
+                    file=sys.stderr,
+                )
             if report.error_count > len(report.errors):
                 print(f"... {report.error_count} errors in all", file=sys.stderr)
             if not report.errors:

@@ -168,23 +168,29 @@ def test_valid_alpaca_is_written_to_dest_as_chat_messages(tmp_path: Path) -> Non
     report = validate_file(write(tmp_path, "data.jsonl", jsonl(*records)), dest=dest)
     assert report.ok
     assert read_jsonl(dest) == [
-        {"messages": [
-            {"role": "user", "content": "把第1句话翻译成英文。\n\n第1句：今天天气很好。"},
-            {"role": "assistant", "content": "Sentence 1: the weather is nice today."},
-        ]},
-        {"messages": [
-            {"role": "user", "content": "把第2句话翻译成英文。"},
-            {"role": "assistant", "content": "Sentence 2: the weather is nice today."},
-        ]},
-        {"messages": [
-            {"role": "system", "content": "你是一名翻译。"},
-            {"role": "user", "content": "你好"},
-            {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "谢谢"},
-            {"role": "assistant", "content": "Thanks"},
-            {"role": "user", "content": "把第3句话翻译成英文。"},
-            {"role": "assistant", "content": "Sentence 3: the weather is nice today."},
-        ]},
+        {
+            "messages": [
+                {"role": "user", "content": "把第1句话翻译成英文。\n\n第1句：今天天气很好。"},
+                {"role": "assistant", "content": "Sentence 1: the weather is nice today."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "把第2句话翻译成英文。"},
+                {"role": "assistant", "content": "Sentence 2: the weather is nice today."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "system", "content": "你是一名翻译。"},
+                {"role": "user", "content": "你好"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "谢谢"},
+                {"role": "assistant", "content": "Thanks"},
+                {"role": "user", "content": "把第3句话翻译成英文。"},
+                {"role": "assistant", "content": "Sentence 3: the weather is nice today."},
+            ]
+        },
     ]
 
 
@@ -201,11 +207,15 @@ def test_valid_chat_is_written_with_only_role_and_content(tmp_path: Path) -> Non
     record["messages"][1]["weight"] = 0
     dest = tmp_path / "records.jsonl"
     assert validate_file(write(tmp_path, "chat.jsonl", jsonl(record)), dest=dest).ok
-    assert read_jsonl(dest) == [{"messages": [
-        {"role": "system", "content": "简洁回答。"},
-        {"role": "user", "content": "一加一？"},
-        {"role": "assistant", "content": "二"},
-    ]}]
+    assert read_jsonl(dest) == [
+        {
+            "messages": [
+                {"role": "system", "content": "简洁回答。"},
+                {"role": "user", "content": "一加一？"},
+                {"role": "assistant", "content": "二"},
+            ]
+        }
+    ]
 
 
 def test_dest_is_not_written_and_no_temp_file_is_left_when_invalid(tmp_path: Path) -> None:
@@ -365,12 +375,21 @@ def test_json_array_syntax_error_reports_line_and_column(tmp_path: Path) -> None
     ("text", "line", "expected"),
     [
         ('[\n {"instruction": "a", "output": "bb"},\n]', 3, "comma right before `]`"),
-        ('[\n {"instruction": "a", "output": "bb"}\n {"instruction": "c", "output": "dd"}\n]',
-         3, "a comma is missing between this record and the one before it (which ends on line 2)"),
-        ('[\n {"instruction": "a", "output": "bb"},\n {"instruction": "c", "output": "dd"}\n',
-         4, "the file ends before the list is closed"),
-        ('[\n {"instruction": "a", "output": "bb"}\n]\n[]',
-         4, "more after the `]` that closes the list"),
+        (
+            '[\n {"instruction": "a", "output": "bb"}\n {"instruction": "c", "output": "dd"}\n]',
+            3,
+            "a comma is missing between this record and the one before it (which ends on line 2)",
+        ),
+        (
+            '[\n {"instruction": "a", "output": "bb"},\n {"instruction": "c", "output": "dd"}\n',
+            4,
+            "the file ends before the list is closed",
+        ),
+        (
+            '[\n {"instruction": "a", "output": "bb"}\n]\n[]',
+            4,
+            "more after the `]` that closes the list",
+        ),
         ("[\n]\n", 1, "the list is empty"),
     ],
 )
@@ -450,8 +469,10 @@ def test_chinese_text_saved_as_gbk_is_explained() -> None:
     [
         (jsonl({"instruction": "Say hi", "output": "Hi"}).encode("utf-16-be"), "UTF-16"),
         (bytes(100), "looks like a binary file"),
-        (jsonl({"instruction": "Traduis: café", "output": "coffee"}).encode("latin-1"),
-         "this file is not UTF-8 text (byte 0xE9 at byte 30 of the line)"),
+        (
+            jsonl({"instruction": "Traduis: café", "output": "coffee"}).encode("latin-1"),
+            "this file is not UTF-8 text (byte 0xE9 at byte 30 of the line)",
+        ),
     ],
     ids=["utf16-without-bom", "all-zero-bytes", "latin-1"],
 )
@@ -464,9 +485,11 @@ def test_files_in_other_encodings_get_one_error_saying_what_they_are(
 
 def test_json_array_with_a_gbk_line_reports_that_line(tmp_path: Path) -> None:
     text = json.dumps([alpaca(1), alpaca(2)], ensure_ascii=False, indent=2)
-    raw = "\n".join(text.splitlines()[:7]).encode() + b"\n" + "\n".join(
-        text.splitlines()[7:]
-    ).encode("gbk")
+    raw = (
+        "\n".join(text.splitlines()[:7]).encode()
+        + b"\n"
+        + "\n".join(text.splitlines()[7:]).encode("gbk")
+    )
     error = only_error(validate_file(write(tmp_path, "data.json", raw)))
     assert error.line == 8  # the second record's `instruction`, its first Chinese text
     assert error.message.startswith("this file is not UTF-8 text: it looks like Chinese text")
@@ -479,8 +502,10 @@ def test_one_line_in_another_encoding_is_reported_and_the_rest_still_checked(
     gbk = json.dumps(alpaca(4), ensure_ascii=False)
     raw = (
         jsonl(alpaca(1), alpaca(2)).encode()
-        + latin1.encode("latin-1") + b"\n"
-        + gbk.encode("gbk") + b"\n"
+        + latin1.encode("latin-1")
+        + b"\n"
+        + gbk.encode("gbk")
+        + b"\n"
         + jsonl(alpaca(5)).encode()
     )
     report = validate_file(write(tmp_path, "data.jsonl", raw))
@@ -570,7 +595,9 @@ def test_every_wrong_field_of_a_record_is_reported(tmp_path: Path) -> None:
     text = jsonl(alpaca(1), {"instruction": "", "input": 3, "output": 42})
     report = validate_file(write(tmp_path, "data.jsonl", text))
     assert [(e.line, e.field) for e in report.errors] == [
-        (2, "instruction"), (2, "input"), (2, "output")
+        (2, "instruction"),
+        (2, "input"),
+        (2, "output"),
     ]
     assert report.records == 1
 
@@ -593,8 +620,11 @@ def test_optional_alpaca_fields_may_be_null_or_absent(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("role", "expected"),
     [
-        ("bot", '`messages[1].role` is "bot": a role must be system, user or assistant'
-         ' (use "assistant")'),
+        (
+            "bot",
+            '`messages[1].role` is "bot": a role must be system, user or assistant'
+            ' (use "assistant")',
+        ),
         ("Assistant", '(use "assistant")'),
         ("助手", '`messages[1].role` is "助手": a role must be system, user or assistant'),
         ("", 'is "": a role must be'),
@@ -611,7 +641,8 @@ def test_chat_invalid_role_reports_the_turn(tmp_path: Path, role: str, expected:
 def test_chat_with_sharegpt_roles_gets_a_suggestion_for_each_turn() -> None:
     report = validate_file(BROKEN / "chat_sharegpt_roles.jsonl")
     assert [(e.line, e.field) for e in report.errors] == [
-        (2, "messages[0].role"), (2, "messages[1].role")
+        (2, "messages[0].role"),
+        (2, "messages[1].role"),
     ]
     assert '(use "user")' in report.errors[0].message
     assert '(use "assistant")' in report.errors[1].message
@@ -727,8 +758,10 @@ def test_more_than_max_errors_lists_the_first_and_counts_all(tmp_path: Path) -> 
 
 
 def test_duplicate_records_are_counted_in_a_warning(tmp_path: Path) -> None:
-    same_as_chat = chat(("user", "把第1句话翻译成英文。\n\n第1句：今天天气很好。"),
-                        ("assistant", "Sentence 1: the weather is nice today."))
+    same_as_chat = chat(
+        ("user", "把第1句话翻译成英文。\n\n第1句：今天天气很好。"),
+        ("assistant", "Sentence 1: the weather is nice today."),
+    )
     text = jsonl(alpaca(1), alpaca(2), alpaca(1), alpaca(1), alpaca(3))
     report = validate_file(write(tmp_path, "data.jsonl", text))
     assert report.ok and report.records == 5

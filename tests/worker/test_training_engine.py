@@ -344,6 +344,12 @@ def test_template_that_rewrites_history_still_labels_every_answer(tiny_model_dir
     ]
 
 
+def test_an_opening_assistant_greeting_is_context_not_an_answer(chatml: Any) -> None:
+    greeting = {"role": "assistant", "content": "Hi, I am the support bot."}
+    sample = training_data.encode(chatml, [greeting, *TWO_TURNS[2:]], max_seq_length=512)
+    assert labelled_runs(chatml, sample) == ["Blue.<|im_end|>"]
+
+
 def test_system_prompt_is_added_only_to_samples_without_one() -> None:
     plain = training_data.with_system_prompt(TWO_TURNS, "Answer briefly.")
     assert plain[0] == {"role": "system", "content": "Answer briefly."}

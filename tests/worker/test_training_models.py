@@ -157,7 +157,7 @@ def test_catalog_name_resolves_to_a_converted_safetensors_folder(
     assert (smollm2.path / "model.safetensors").is_file()
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2.path))
     assert tokenizer.chat_template
-    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
 
     started = time.perf_counter()
     again = resolve_model("smollm2-135m-instruct", model_cache_dir)

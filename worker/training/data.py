@@ -89,7 +89,8 @@ def answer_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list
     prefix_spans: dict[int, tuple[int, int]] = {}
     end_marker = ""
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        # An opening assistant turn answers nothing and has no prompt to render before it.
+        if message["role"] != "assistant" or i == 0:
             continue
         prompt = render(tokenizer, messages[:i], generation_prompt=True)
         turn = render(tokenizer, messages[: i + 1], generation_prompt=False)
@@ -110,7 +111,7 @@ def answer_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list
                 found = _extend_over(full, found, end_marker)
         if found is None:
             continue
-        if message["role"] == "assistant" and found[1] > found[0]:
+        if message["role"] == "assistant" and i > 0 and found[1] > found[0]:
             spans.append(found)
         cursor = max(cursor, found[1])
     return full, spans

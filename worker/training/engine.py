@@ -167,7 +167,12 @@ def _run(
     callbacks.on_event(
         "info",
         f"Model loaded ({_human(total)} parameters, {_human(trainable)} trainable)",
-        {"parameters": total, "trainable": trainable, "device": str(device), "dtype": str(dtype)},
+        {
+            "parameters": total,
+            "trainable": trainable,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+        },
     )
     stop_if_asked()
 

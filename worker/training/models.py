@@ -164,12 +164,16 @@ def _hub_snapshot(repo_id: str, allow_downloads: bool) -> Path:
 
 # --- GGUF conversion -----------------------------------------------------------------------
 
+# Part of the cache key: bump it when the conversion changes, so stale copies are redone.
+_CONVERSION_VERSION = 2
+
 
 def gguf_cache_folder(gguf_path: Path, cache_dir: Path) -> Path:
     """Where the converted copy of ``gguf_path`` lives; a changed file gets a new folder."""
     real = gguf_path.resolve()
     stat = real.stat()
-    key = hashlib.sha256(f"{real}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    source = f"{_CONVERSION_VERSION}|{real}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(source.encode()).hexdigest()
     return cache_dir / "gguf" / f"{real.stem}-{key[:16]}"
 
 
@@ -215,7 +219,17 @@ def _convert_into(gguf_path: Path, dest: Path) -> None:
     del loaded
     plain.save_pretrained(dest, safe_serialization=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname, trust_remote_code=False)
+    _align_special_tokens(tokenizer, config)
     tokenizer.save_pretrained(dest)
+
+
+def _align_special_tokens(tokenizer: Any, config: Any) -> None:
+    # The model config carries GGUF's bos/eos/pad ids faithfully, but some transformers
+    # versions (5.17) map the tokenizer's eos to the bos token and drop the pad token.
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int) and getattr(tokenizer, f"{role}_token_id") != token_id:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 def _remove_abandoned(final: Path) -> None:

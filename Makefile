@@ -10,7 +10,9 @@ TORCH ?= torch==2.13.0
 
 .PHONY: install serve test lint browser clean
 
-install: $(VENV)/.installed static/vendor/htmx.min.js
+SWAGGER_UI_VERSION := 5.35.0
+
+install: $(VENV)/.installed static/vendor/htmx.min.js static/vendor/swagger-ui/swagger-ui-bundle.js
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +31,14 @@ static/vendor/htmx.min.js:
 	  && tar -xzf htmx.org-$(HTMX_VERSION).tgz package/dist/htmx.min.js package/LICENSE \
 	  && mv package/dist/htmx.min.js htmx.min.js && mv package/LICENSE htmx.LICENSE \
 	  && rm -rf package htmx.org-$(HTMX_VERSION).tgz
+
+# Swagger UI for /docs, served from here so the API docs work without internet.
+static/vendor/swagger-ui/swagger-ui-bundle.js:
+	mkdir -p static/vendor/swagger-ui
+	cd static/vendor/swagger-ui && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null \
+	  && tar -xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz package/swagger-ui-bundle.js \
+	     package/swagger-ui.css package/LICENSE \
+	  && mv package/* . && rm -rf package swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz
 
 # Debian's chromium for the browser tests (Playwright cannot download its own browser here).
 browser:

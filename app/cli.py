@@ -89,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for job_id, queue in stale:
                 enqueue_training(job_id=job_id, queue=queue)
         worker = subprocess.Popen(worker_command(settings.default_queue, "WARNING"))
+    if settings.embedded and host in ("127.0.0.1", "localhost", "::1"):
+        _first_start(settings, host, port)
     mode = "embedded" if settings.embedded else "cluster"
     print(f"tunelab ({mode} mode, data in {settings.data_dir}) at http://{host}:{port}", flush=True)
     try:
@@ -97,6 +99,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if worker is not None:
             _stop(worker)
     return 0
+
+
+def _first_start(settings: Any, host: str, port: int) -> None:
+    """On loopback in embedded mode, the first start makes a local admin and prints a one-time
+    login link (as Jupyter does), so the quick start needs no account setup."""
+    from datetime import timedelta
+
+    from app.core.db import session_scope
+    from app.services import accounts
+
+    with session_scope() as session:
+        admin, created = accounts.ensure_local_admin(session)
+        if created:
+            secret = accounts.create_login_link(session, user=admin, valid_for=timedelta(days=1))
+            print(
+                f"\n  First start: log in as {admin.email} with this one-time link:\n"
+                f"  http://{host}:{port}/login/link/{secret}\n"
+                f"  (another one any time: tunelab user login-link {admin.email})\n",
+                flush=True,
+            )
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
@@ -110,6 +132,86 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    import getpass
+
+    from app.core.db import session_scope
+    from app.core.errors import TunelabError
+    from app.models import Role
+    from app.services import accounts
+
+    _settings()
+    role = Role.admin if args.admin else Role(args.role)
+    password = args.password
+    if password is None and not args.no_password and sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.email} (empty: use a login link): ") or None
+    try:
+        with session_scope() as session:
+            user = accounts.create_user(session, email=args.email, role=role, password=password)
+            print(f"created {role} {user.email}")
+            if password is None:
+                _print_login_link(session, user)
+    except TunelabError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_login_link(session: Any, user: Any) -> None:
+    from datetime import timedelta
+
+    from app.services import accounts
+
+    settings = _settings()
+    secret = accounts.create_login_link(session, user=user, valid_for=timedelta(days=1))
+    print(
+        f"one-time login link (valid for a day): "
+        f"http://{settings.host}:{settings.port}/login/link/{secret}",
+        flush=True,
+    )
+
+
+def cmd_user_login_link(args: argparse.Namespace) -> int:
+    from app.core.db import session_scope
+    from app.core.errors import TunelabError
+    from app.services import accounts
+
+    _settings()
+    try:
+        with session_scope() as session:
+            _print_login_link(session, accounts.find_user(session, email=args.email))
+    except TunelabError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from app.core.db import session_scope, utcnow
+    from app.core.errors import TunelabError
+    from app.services import accounts, credentials
+
+    _settings()
+    expires = utcnow() + timedelta(days=args.expires_days) if args.expires_days else None
+    try:
+        with session_scope() as session:
+            user = accounts.find_user(session, email=args.user)
+            _, secret = credentials.create_token(
+                session,
+                user=user,
+                name=args.name,
+                scopes=args.scopes.split(","),
+                expires_at=expires,
+            )
+    except TunelabError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(secret)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -157,6 +259,32 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="apply migrations")
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(func=cmd_db_upgrade)
+
+    user = sub.add_parser("user", help="manage accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    create = user_sub.add_parser("create", help="create an account")
+    create.add_argument("--email", required=True)
+    create.add_argument("--admin", action="store_true", help="shorthand for --role admin")
+    create.add_argument("--role", default="trainer", choices=["admin", "trainer", "reviewer"])
+    create.add_argument("--password", help="prompted for when omitted on a terminal")
+    create.add_argument(
+        "--no-password",
+        action="store_true",
+        help="no password: print a one-time login link instead",
+    )
+    create.set_defaults(func=cmd_user_create)
+    link = user_sub.add_parser("login-link", help="print a one-time login link for a user")
+    link.add_argument("email")
+    link.set_defaults(func=cmd_user_login_link)
+
+    token = sub.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    tcreate = token_sub.add_parser("create", help="create a token and print it (shown once)")
+    tcreate.add_argument("--user", required=True, help="e-mail of the token's owner")
+    tcreate.add_argument("--name", default="cli")
+    tcreate.add_argument("--scopes", default="read,write", help="comma-separated: read,write,admin")
+    tcreate.add_argument("--expires-days", type=int)
+    tcreate.set_defaults(func=cmd_token_create)
 
     train = sub.add_parser("train", help="train locally from a YAML config, no server needed")
     train.add_argument("config", help="YAML file: the training config plus `data` and `output`")

@@ -6,13 +6,21 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import datasets, jobs, projects
+from app.api.deps import Public
+from app.api.routes import accounts, datasets, jobs, projects
 from app.core.config import PROJECT_ROOT
-from app.core.errors import TunelabError
-from app.web import pages
+from app.core.errors import TunelabError, Unauthorized
+from app.core.security_headers import (
+    CONTENT_SECURITY_POLICY,
+    SECURITY_HEADERS,
+    SecurityHeadersMiddleware,
+)
+from app.web import auth_pages, pages
+from app.web.rendering import error_page
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +36,25 @@ def create_app() -> FastAPI:
         title="tunelab",
         summary="Fine-tune open LLMs into specialists, measured against a prompting baseline.",
         version="0.1.0",
-        docs_url="/docs",
+        # The docs page is served below from vendored Swagger UI files, so it works offline.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
+    app.add_middleware(SecurityHeadersMiddleware, docs_policies={"/docs": CONTENT_SECURITY_POLICY})
     api_prefix = "/api/v1"
-    for module in (projects, datasets, jobs):
+    for module in (projects, datasets, jobs, accounts):
         app.include_router(module.router, prefix=api_prefix)
     app.include_router(pages.router)
+    app.include_router(auth_pages.router)
     app.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
 
     @app.exception_handler(TunelabError)
     async def _domain_error(request: Request, exc: TunelabError) -> Response:
         if _wants_html(request):
-            return pages.error_page(request, exc.status_code, exc.message, exc.errors)
+            if isinstance(exc, Unauthorized):
+                return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            return error_page(request, exc.status_code, exc.message, exc.errors)
         return JSONResponse(exc.body(), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -67,11 +81,25 @@ def create_app() -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         message = "something went wrong on the server; the error was logged"
         if _wants_html(request):
-            return pages.error_page(request, 500, message, [])
-        return JSONResponse({"detail": message, "code": "internal_error"}, status_code=500)
+            response: Response = error_page(request, 500, message, [])
+        else:
+            response = JSONResponse({"detail": message, "code": "internal_error"}, status_code=500)
+        # Starlette runs this handler outside the middleware stack, so the headers go on here.
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(_: Public) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="tunelab API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
     @app.get("/healthz", tags=["meta"])
-    def healthz() -> dict[str, str]:
+    def healthz(_: Public) -> dict[str, str]:
         return {"status": "ok"}
 
     return app

@@ -40,14 +40,23 @@ os.environ.update(
 if os.environ.get("TUNELAB_TEST_MODEL_CACHE"):
     os.environ.setdefault("TUNELAB_MODELS_DIR", os.environ["TUNELAB_TEST_MODEL_CACHE"])
 
-from tests.live import LiveServer, free_port, start_server, start_worker  # noqa: E402
+from tests.live import (  # noqa: E402
+    LiveServer,
+    cli_token,
+    free_port,
+    start_server,
+    start_worker,
+    tunelab,
+)
+
+ADMIN_EMAIL = "admin@tunelab.test"
+ADMIN_PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def postgres_database() -> Iterator[str]:
     """Create this run's database, migrate it with ``tunelab db upgrade``, drop it at the end."""
     import subprocess
-    import sys
 
     from sqlalchemy import create_engine, text
 
@@ -55,8 +64,11 @@ def postgres_database() -> Iterator[str]:
     name = PG_URL.rsplit("/", 1)[1]
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+    subprocess.run(tunelab("db", "upgrade"), check=True, capture_output=True)
     subprocess.run(
-        [sys.executable, "-m", "app.cli", "db", "upgrade"], check=True, capture_output=True
+        tunelab("user", "create", "--admin", "--email", ADMIN_EMAIL, "--password", ADMIN_PASSWORD),
+        check=True,
+        capture_output=True,
     )
     yield PG_URL
     from app.core.db import get_engine
@@ -121,9 +133,28 @@ def cluster() -> Iterator[LiveServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def admin_token(postgres_database: str) -> str:
+    """An admin API token made with `tunelab token create`."""
+    return cli_token(ADMIN_EMAIL, dict(os.environ), scopes="read,write,admin")
+
+
 @pytest.fixture
-def api(cluster: LiveServer) -> Iterator[object]:
+def api(cluster: LiveServer, admin_token: str) -> Iterator[object]:
+    """An API client authenticated as the admin."""
     import httpx
 
-    with httpx.Client(base_url=cluster.url + "/api/v1", timeout=60) as client:
+    with httpx.Client(
+        base_url=cluster.url + "/api/v1",
+        timeout=60,
+        headers={"Authorization": f"Bearer {admin_token}"},
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def anonymous(cluster: LiveServer) -> Iterator[object]:
+    import httpx
+
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
         yield client

@@ -106,6 +106,26 @@ def start_worker(*, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(tunelab("worker"), env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
+def cli_token(email: str, env: dict[str, str], scopes: str = "read,write") -> str:
+    """An API token for ``email`` from `tunelab token create`."""
+    out = subprocess.run(
+        tunelab("token", "create", "--user", email, "--scopes", scopes, "--name", "tests"),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def embedded_api(server: LiveServer, env: dict[str, str]) -> httpx.Client:
+    """A client for an embedded server, as the local admin its first start created."""
+    token = cli_token("admin@localhost", env, scopes="read,write,admin")
+    return httpx.Client(
+        base_url=server.url + "/api/v1", timeout=30, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
 def embedded_env(data_dir: Path) -> dict[str, str]:
     """The environment of a fresh machine: no database or broker settings at all."""
     env = {

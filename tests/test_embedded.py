@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-
 from tests.factories import (
     alpaca_records,
     create_dataset,
@@ -19,14 +17,14 @@ from tests.factories import (
     tiny_config,
     wait_for_status,
 )
-from tests.live import embedded_env, free_port, start_server, wait_for
+from tests.live import embedded_api, embedded_env, free_port, start_server, wait_for
 
 
 def test_embedded_serve_trains_a_job_end_to_end_on_sqlite(tmp_path: Path, tiny_model: Path) -> None:
     data = tmp_path / "data"
     server = start_server(port=free_port(), env=embedded_env(data), log=tmp_path / "serve.log")
     try:
-        with httpx.Client(base_url=server.url + "/api/v1", timeout=30) as api:
+        with embedded_api(server, embedded_env(data)) as api:
             project = create_project(api)
             dataset = create_dataset(api, project["id"], alpaca_records(8))
             job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=4))
@@ -48,7 +46,7 @@ def test_a_job_queued_when_serve_stops_runs_after_it_starts_again(
     # First start without a worker, so the job is certain to be waiting when tunelab stops.
     first = start_server(port=port, env=env, log=tmp_path / "first.log", extra_args=["--no-worker"])
     try:
-        with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
+        with embedded_api(first, env) as api:
             project = create_project(api)
             dataset = create_dataset(api, project["id"], alpaca_records(8))
             job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=3))
@@ -58,7 +56,7 @@ def test_a_job_queued_when_serve_stops_runs_after_it_starts_again(
 
     second = start_server(port=port, env=env, log=tmp_path / "second.log")
     try:
-        with httpx.Client(base_url=second.url + "/api/v1", timeout=30) as api:
+        with embedded_api(second, env) as api:
             done = wait_for_status(api, job["id"])
             assert done["status"] == "succeeded", f"{done['error']}\n{second.tail()}"
     finally:
@@ -72,7 +70,7 @@ def test_a_job_cut_off_mid_run_is_resumed_by_the_next_start(
     env = embedded_env(data)
     first = start_server(port=port, env=env, log=tmp_path / "first.log")
     try:
-        with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
+        with embedded_api(first, env) as api:
             project = create_project(api)
             dataset = create_dataset(api, project["id"], alpaca_records(8))
             job = start_job(
@@ -90,7 +88,7 @@ def test_a_job_cut_off_mid_run_is_resumed_by_the_next_start(
 
     second = start_server(port=port, env=env, log=tmp_path / "second.log")
     try:
-        with httpx.Client(base_url=second.url + "/api/v1", timeout=30) as api:
+        with embedded_api(second, env) as api:
             done = wait_for_status(api, job["id"], timeout=300)
             assert done["status"] == "succeeded", f"{done['error']}\n{second.tail()}"
             assert done["attempts"] == 2
@@ -107,7 +105,7 @@ def test_stopping_serve_hands_a_running_job_back_to_the_queue(
     env = embedded_env(data)
     first = start_server(port=port, env=env, log=tmp_path / "first.log")
     try:
-        with httpx.Client(base_url=first.url + "/api/v1", timeout=30) as api:
+        with embedded_api(first, env) as api:
             project = create_project(api)
             dataset = create_dataset(api, project["id"], alpaca_records(8))
             job = start_job(
@@ -126,7 +124,7 @@ def test_stopping_serve_hands_a_running_job_back_to_the_queue(
 
     second = start_server(port=port, env=env, log=tmp_path / "second.log")
     try:
-        with httpx.Client(base_url=second.url + "/api/v1", timeout=30) as api:
+        with embedded_api(second, env) as api:
             done = wait_for_status(api, job["id"], timeout=300)
             assert done["status"] == "succeeded", f"{done['error']}\n{second.tail()}"
             messages = [e["message"] for e in api.get(f"/jobs/{job['id']}/events").json()]
@@ -149,3 +147,30 @@ def test_tunelab_db_upgrade_creates_the_sqlite_schema(tmp_path: Path) -> None:
         "metric_points",
         "artifacts",
     } <= tables
+
+
+def test_first_start_prints_a_one_time_login_link_for_a_local_admin(tmp_path: Path) -> None:
+    import re
+
+    import httpx
+
+    env = embedded_env(tmp_path / "data")
+    server = start_server(
+        port=free_port(), env=env, log=tmp_path / "serve.log", extra_args=["--no-worker"]
+    )
+    try:
+        link = re.search(r"http://127\.0\.0\.1:\d+/login/link/\S+", server.log.read_text())
+        assert link, server.tail()
+        with httpx.Client() as browser:
+            first = browser.get(link.group(0), follow_redirects=False)
+            assert first.status_code == 303 and first.headers["location"] == "/"
+            assert browser.get(server.url + "/projects").status_code == 200
+        again = httpx.get(link.group(0), follow_redirects=False)
+        assert again.status_code == 401, "the link works once"
+    finally:
+        server.stop()
+    restarted = start_server(
+        port=free_port(), env=env, log=tmp_path / "again.log", extra_args=["--no-worker"]
+    )
+    restarted.stop()
+    assert "/login/link/" not in (tmp_path / "again.log").read_text(), "only on the first start"

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     port: int = 8000
 
     upload_max_bytes: int = 200 * 1024 * 1024
+    # Default per-user storage for uploaded files; an admin can set a user's own quota.
+    user_quota_bytes: int = 10 * 1024**3
     # Seconds between worker heartbeats, and how stale a heartbeat may get before the reaper
     # hands the job to another worker.
     heartbeat_seconds: float = 5.0

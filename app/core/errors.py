@@ -45,6 +45,21 @@ class TunelabError(Exception):
         return body
 
 
+class Unauthorized(TunelabError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(TunelabError):
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyRequests(TunelabError):
+    status_code = 429
+    code = "too_many_requests"
+
+
 class NotFound(TunelabError):
     status_code = 404
     code = "not_found"

@@ -17,7 +17,8 @@ from typing import IO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.core.errors import Forbidden, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.core.security import same
 
 
 @dataclass
@@ -74,7 +75,8 @@ class _Receiver:
                 raise InvalidInput(f"send one file in the `{self.file_field}` field, not several")
             raw_name = options.get(b"filename", b"").decode("utf-8", "replace")
             # Only the last path component is kept, and only for display.
-            self.upload.filename = raw_name.replace("\\", "/").rsplit("/", 1)[-1][:255]
+            base = raw_name.replace("\\", "/").rsplit("/", 1)[-1]
+            self.upload.filename = "".join(c for c in base if c.isprintable())[:255]
             fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.directory)
             self._out = os.fdopen(fd, "wb")
             self.upload.path = Path(name)
@@ -95,7 +97,8 @@ class _Receiver:
 
     def on_part_end(self) -> None:
         if not self._is_file and self._name:
-            self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
+            value = self._value.decode("utf-8", "replace")
+            self.upload.fields[self._name] = "".join(c for c in value if c.isprintable())
 
     def close(self) -> None:
         if self._out is not None:
@@ -152,6 +155,10 @@ async def receive_upload(
             raise InvalidInput("the upload could not be read as multipart/form-data") from exc
         raise
     receiver.close()
+    expected = getattr(request.state, "csrf_expected", None)
+    if expected is not None and not same(receiver.upload.fields.get("csrf_token", ""), expected):
+        receiver.upload.discard()
+        raise Forbidden("the form has expired or did not come from tunelab: reload the page")
     if receiver.upload.path is None:
         raise InvalidInput(f"no file was sent: attach it in a form field named `{file_field}`")
     return receiver.upload

@@ -1,17 +1,28 @@
 """Every model, imported here so that Base.metadata is complete for Alembic and the tests."""
 
 from app.models.artifact import Artifact
+from app.models.auth import ApiToken, LoginAttempt, LoginLink, ModelPermission, WebSession
 from app.models.dataset import Dataset, DatasetVersion
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
 from app.models.project import Project
+from app.models.user import AuditEvent, ProjectMember, Role, User
 
 __all__ = [
+    "ApiToken",
     "Artifact",
+    "AuditEvent",
     "Dataset",
     "DatasetVersion",
     "Job",
     "JobEvent",
     "JobStatus",
+    "LoginAttempt",
+    "LoginLink",
     "MetricPoint",
+    "ModelPermission",
     "Project",
+    "ProjectMember",
+    "Role",
+    "User",
+    "WebSession",
 ]

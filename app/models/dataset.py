@@ -49,5 +49,9 @@ class DatasetVersion(UUIDPrimaryKey, Timestamped, Base):
     raw_path: Mapped[str] = mapped_column(String(512))
     stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Whose storage quota the upload counts against.
+    uploaded_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
 
     dataset: Mapped[Dataset] = relationship(back_populates="versions")

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, Text
+from sqlalchemy import JSON, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey, utcnow
@@ -22,4 +23,7 @@ class Project(UUIDPrimaryKey, Timestamped, Base):
     success_criteria: Mapped[list[str]] = mapped_column(JSON, default=list)
     # [{"input": ..., "output": ...}] written by the domain expert to illustrate the task.
     examples: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import Input
 
-class JobCreate(BaseModel):
+
+class JobCreate(Input):
     model_config = ConfigDict(extra="forbid")
 
     project_id: uuid.UUID

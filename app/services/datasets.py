@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import FieldError, InvalidDataset, InvalidInput, NotFound
+from app.core.errors import FieldError, InvalidDataset, InvalidInput, NotFound, PayloadTooLarge
 from app.core.uploads import ReceivedUpload
-from app.models import Dataset, DatasetVersion
+from app.models import Dataset, DatasetVersion, User
 from app.services import dataset_formats, dataset_parsing
 from app.services.projects import get_project
 
@@ -25,6 +25,7 @@ def create_dataset_from_upload(
     settings: Settings,
     project_id: uuid.UUID,
     upload: ReceivedUpload,
+    user: User,
     name: str | None = None,
     dataset_id: uuid.UUID | None = None,
     format: str | None = None,
@@ -48,6 +49,7 @@ def create_dataset_from_upload(
                 errors=[FieldError(field="format", message=f"use one of {known}")],
             )
         assert upload.path is not None
+        check_quota(session, settings=settings, user=user, adding=upload.size)
         staging = upload.path.with_suffix(".records.jsonl")
         report = dataset_parsing.validate_file(upload.path, dest=staging, format=format or None)
         if not report.ok:
@@ -101,6 +103,7 @@ def create_dataset_from_upload(
             records_path=str(records_path.relative_to(settings.data_dir)),
             stats=compute_stats(records_path),
             warnings=list(report.warnings),
+            uploaded_by_id=user.id,
         )
         session.add(version)
         session.flush()
@@ -116,6 +119,28 @@ def create_dataset_from_upload(
         if upload.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 upload.path.with_suffix(".records.jsonl").unlink()
+
+
+def storage_used(session: Session, *, user: User) -> int:
+    """Bytes of uploaded files that count against ``user``'s quota."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(DatasetVersion.size_bytes), 0)).where(
+                DatasetVersion.uploaded_by_id == user.id
+            )
+        )
+        or 0
+    )
+
+
+def check_quota(session: Session, *, settings: Settings, user: User, adding: int) -> None:
+    quota = user.storage_quota_bytes or settings.user_quota_bytes
+    used = storage_used(session, user=user)
+    if used + adding > quota:
+        raise PayloadTooLarge(
+            f"this upload would take your storage to {(used + adding) / 1e6:.1f} MB, over your "
+            f"quota of {quota / 1e6:.1f} MB; delete old datasets or ask an admin for more"
+        )
 
 
 def _invalid(report: dataset_parsing.ValidationReport, filename: str) -> InvalidDataset:

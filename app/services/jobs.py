@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -20,14 +20,26 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
-from app.models import Artifact, DatasetVersion, Job, JobEvent, JobStatus, MetricPoint
+from app.models import (
+    Artifact,
+    DatasetVersion,
+    Job,
+    JobEvent,
+    JobStatus,
+    MetricPoint,
+    ModelPermission,
+    User,
+)
 from app.schemas.job import JobCreate, JobRead
+from app.services import access
 from app.services import datasets as datasets_service
-from app.services.projects import get_project
 from app.services.queue import enqueue_training
 from worker.training.config import TrainConfig
 
 ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+
+
+SERVER_SET_FIELDS = ("trust_remote_code", "allow_pickle_weights")
 
 
 def validate_config(config: dict[str, Any]) -> TrainConfig:
@@ -46,13 +58,14 @@ def validate_config(config: dict[str, Any]) -> TrainConfig:
         raise InvalidInput(f"the training config is not valid: {summary}", errors=errors) from None
 
 
-def create_job(session: Session, *, settings: Settings, data: JobCreate) -> Job:
+def create_job(session: Session, *, settings: Settings, data: JobCreate, user: User) -> Job:
     """Validate the request and its files, and leave the job ``queued`` (not yet enqueued)."""
-    project = get_project(session, project_id=data.project_id)
-    dataset = datasets_service.get_dataset(session, dataset_id=data.dataset_id)
+    project = access.project_for(session, user, data.project_id)
+    dataset = access.dataset_for(session, user, data.dataset_id)
     if dataset.project_id != project.id:
         raise NotFound("dataset not found in this project")
     config = validate_config(data.config)
+    check_model_permissions(session, config=config)
     if config.system_prompt is None and project.system_prompt:
         config.system_prompt = project.system_prompt
     version = datasets_service.latest_version(dataset)
@@ -65,6 +78,7 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate) -> Job:
         status=JobStatus.validating_files,
         queue=settings.default_queue,
         result={},
+        created_by_id=user.id,
     )
     session.add(job)
     session.flush()
@@ -89,6 +103,34 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate) -> Job:
     return job
 
 
+def check_model_permissions(session: Session, *, config: TrainConfig) -> None:
+    """Fill in what an admin allowed for this base model; refuse what a user asked for alone.
+
+    Running a model's own code or unpickling its weights can execute anything on the worker,
+    so only an admin's entry for that exact model name turns either on.
+    """
+    asked = {name for name in SERVER_SET_FIELDS if getattr(config, name, False)}
+    permission = session.scalar(
+        select(ModelPermission).where(ModelPermission.model == config.base_model)
+    )
+    allowed = {
+        name for name in SERVER_SET_FIELDS if permission is not None and getattr(permission, name)
+    }
+    refused = asked - allowed
+    if refused:
+        raise InvalidInput(
+            "an admin must allow this for the model first",
+            errors=[
+                FieldError(
+                    field=f"config.{name}", message="only an admin can allow this, per model"
+                )
+                for name in sorted(refused)
+            ],
+        )
+    for name in allowed:
+        setattr(config, name, True)
+
+
 def fail_unqueued_job(session: Session, *, job_id: uuid.UUID, reason: str) -> None:
     """Mark a job that could not be handed to the queue as failed, so nothing waits forever."""
     now = utcnow()
@@ -111,13 +153,14 @@ def get_job(session: Session, *, job_id: uuid.UUID) -> Job:
 def list_jobs(
     session: Session,
     *,
+    user: User,
     limit: int,
     offset: int,
     project_id: uuid.UUID | None = None,
     status: str | None = None,
 ) -> tuple[list[Job], int]:
-    """Newest first, optionally for one project or one status."""
-    conditions = []
+    """The jobs ``user`` may see, newest first, optionally for one project or one status."""
+    conditions: list[ColumnElement[bool]] = [Job.project_id.in_(access.visible_projects(user))]
     if project_id is not None:
         conditions.append(Job.project_id == project_id)
     if status is not None:

@@ -7,44 +7,49 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
-from app.api.deps import SessionDep, SettingsDep
-from app.core.config import PROJECT_ROOT
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    Offset,
+    Public,
+    SessionDep,
+    SettingsDep,
+    authenticate,
+)
 from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.core.uploads import receive_upload
-from app.models import JobStatus
+from app.models import JobStatus, Role
 from app.schemas.job import JobCreate
 from app.schemas.project import ProjectCreate
+from app.services import access, accounts
 from app.services import datasets as datasets_service
 from app.services import jobs as jobs_service
 from app.services import projects as projects_service
 from app.web.charts import line_chart
+from app.web.rendering import render
 from worker.training.config import TrainConfig
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=PROJECT_ROOT / "templates")
 PAGE = 50
 
 
-def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
-
-
-def error_page(
-    request: Request, status_code: int, message: str, errors: list[FieldError]
-) -> HTMLResponse:
-    return render(request, "error.html", status_code, message=message, errors=errors)
-
-
 @router.get("/")
-def home() -> Response:
-    return RedirectResponse("/projects", status_code=303)
+async def home(request: Request, session: SessionDep, _: Public) -> Response:
+    # Reviewers have no projects to see: their page is their account (and, later, reviews).
+    principal = await authenticate(request, session)
+    target = "/account" if principal and principal.user.role == Role.reviewer else "/projects"
+    return RedirectResponse(target, status_code=303)
 
 
 @router.get("/projects")
-def projects_page(request: Request, session: SessionDep, offset: int = 0) -> HTMLResponse:
-    rows, total = projects_service.list_projects(session, limit=PAGE, offset=max(0, offset))
+def projects_page(
+    request: Request, session: SessionDep, me: CurrentReader, offset: Offset = 0
+) -> HTMLResponse:
+    rows, total = projects_service.list_projects(
+        session, user=me.user, limit=PAGE, offset=max(0, offset)
+    )
     return render(
         request,
         "projects/list.html",
@@ -58,7 +63,7 @@ def projects_page(request: Request, session: SessionDep, offset: int = 0) -> HTM
 
 
 @router.post("/projects")
-async def create_project(request: Request, session: SessionDep) -> Response:
+async def create_project(request: Request, session: SessionDep, me: CurrentTrainer) -> Response:
     form = dict(await request.form())
     data = {
         "name": str(form.get("name", "")).strip(),
@@ -73,9 +78,12 @@ async def create_project(request: Request, session: SessionDep) -> Response:
     }
     try:
         body = ProjectCreate.model_validate(data)
-    except Exception as exc:
-        rows, total = projects_service.list_projects(session, limit=PAGE, offset=0)
-        errors = _pydantic_errors(exc)
+    except ValidationError as exc:
+        rows, total = projects_service.list_projects(session, user=me.user, limit=PAGE, offset=0)
+        errors = [
+            FieldError(field=".".join(str(p) for p in e["loc"]), message=e["msg"])
+            for e in exc.errors()
+        ]
         return render(
             request,
             "projects/list.html",
@@ -87,28 +95,19 @@ async def create_project(request: Request, session: SessionDep) -> Response:
             form=form,
             errors=errors,
         )
-    project = projects_service.create_project(session, data=body)
+    project = projects_service.create_project(session, data=body, creator=me.user)
     session.commit()
     return RedirectResponse(f"/projects/{project.id}", status_code=303)
 
 
-def _pydantic_errors(exc: Exception) -> list[FieldError]:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return [
-            FieldError(field=".".join(str(p) for p in e["loc"]), message=e["msg"])
-            for e in exc.errors()
-        ]
-    raise exc
-
-
-def _project_context(session: SessionDep, project_id: uuid.UUID) -> dict[str, Any]:
-    project = projects_service.get_project(session, project_id=project_id)
+def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dict[str, Any]:
+    project = access.project_for(session, me.user, project_id)
     datasets, _ = datasets_service.list_datasets(
         session, project_id=project_id, limit=200, offset=0
     )
-    jobs, _ = jobs_service.list_jobs(session, project_id=project_id, limit=PAGE, offset=0)
+    jobs, _ = jobs_service.list_jobs(
+        session, user=me.user, project_id=project_id, limit=PAGE, offset=0
+    )
     return {
         "project": project,
         "datasets": datasets,
@@ -117,19 +116,27 @@ def _project_context(session: SessionDep, project_id: uuid.UUID) -> dict[str, An
         "upload_errors": [],
         "upload_message": None,
         "job_errors": [],
+        "members": access.members(session, project=project),
+        "member_error": None,
     }
 
 
 @router.get("/projects/{project_id}")
-def project_page(project_id: uuid.UUID, request: Request, session: SessionDep) -> HTMLResponse:
-    return render(request, "projects/detail.html", **_project_context(session, project_id))
+def project_page(
+    project_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
+) -> HTMLResponse:
+    return render(request, "projects/detail.html", **_project_context(session, me, project_id))
 
 
 @router.post("/projects/{project_id}/datasets")
 async def upload_dataset(
-    project_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep
+    project_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    me: CurrentTrainer,
 ) -> Response:
-    projects_service.get_project(session, project_id=project_id)
+    access.project_for(session, me.user, project_id)
     try:
         upload = await receive_upload(
             request, directory=settings.uploads_dir, max_bytes=settings.upload_max_bytes
@@ -139,12 +146,13 @@ async def upload_dataset(
             settings=settings,
             project_id=project_id,
             upload=upload,
+            user=me.user,
             name=upload.fields.get("name") or None,
             format=upload.fields.get("format") or None,
         )
     except TunelabError as exc:
         session.rollback()
-        context = _project_context(session, project_id)
+        context = _project_context(session, me, project_id)
         context["upload_message"] = exc.message
         context["upload_errors"] = exc.errors
         context["upload_error_count"] = exc.error_count
@@ -153,24 +161,46 @@ async def upload_dataset(
     return RedirectResponse(f"/projects/{project_id}#datasets", status_code=303)
 
 
+@router.post("/projects/{project_id}/members")
+async def add_member(
+    project_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentTrainer
+) -> Response:
+    project = access.project_for(session, me.user, project_id)
+    email = str((await request.form()).get("email", ""))
+    try:
+        user = accounts.find_user(session, email=email)
+    except TunelabError as exc:
+        context = _project_context(session, me, project_id)
+        context["member_error"] = exc.message
+        return render(request, "projects/detail.html", 422, **context)
+    access.add_member(session, project=project, user=user, actor=me.user)
+    session.commit()
+    return RedirectResponse(f"/projects/{project_id}#members", status_code=303)
+
+
 @router.post("/projects/{project_id}/jobs")
 async def start_job(
-    project_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep
+    project_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    me: CurrentTrainer,
 ) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
+    form.pop("csrf_token", None)
     dataset_id = form.pop("dataset_id", "")
     config: dict[str, Any] = {k: v for k, v in form.items() if v.strip() != ""}
     try:
         body = JobCreate(project_id=project_id, dataset_id=uuid.UUID(dataset_id), config=config)
     except ValueError:
-        context = _project_context(session, project_id)
+        context = _project_context(session, me, project_id)
         context["job_errors"] = [FieldError(field="dataset_id", message="choose a dataset")]
         return render(request, "projects/detail.html", 422, **context)
     try:
-        job = jobs_service.create_job(session, settings=settings, data=body)
+        job = jobs_service.create_job(session, settings=settings, data=body, user=me.user)
     except InvalidInput as exc:
         session.rollback()
-        context = _project_context(session, project_id)
+        context = _project_context(session, me, project_id)
         context["job_errors"] = exc.errors
         return render(request, "projects/detail.html", 422, **context)
     session.commit()
@@ -179,8 +209,8 @@ async def start_job(
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
-def _job_context(session: SessionDep, job_id: uuid.UUID) -> dict[str, Any]:
-    job = jobs_service.get_job(session, job_id=job_id)
+def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, Any]:
+    job = access.job_for(session, me.user, job_id)
     losses = jobs_service.list_metrics(session, job_id=job_id, name="loss")
     latest = {
         p.name: p.value
@@ -201,23 +231,30 @@ def _job_context(session: SessionDep, job_id: uuid.UUID) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}")
-def job_page(job_id: uuid.UUID, request: Request, session: SessionDep) -> HTMLResponse:
-    return render(request, "jobs/detail.html", **_job_context(session, job_id))
+def job_page(
+    job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
+) -> HTMLResponse:
+    return render(request, "jobs/detail.html", **_job_context(session, me, job_id))
 
 
 @router.get("/jobs/{job_id}/live")
-def job_live(job_id: uuid.UUID, request: Request, session: SessionDep) -> HTMLResponse:
+def job_live(
+    job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
+) -> HTMLResponse:
     """The part of the job page that HTMX refreshes while the job is active."""
-    return render(request, "jobs/_live.html", **_job_context(session, job_id))
+    return render(request, "jobs/_live.html", **_job_context(session, me, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
+def cancel_job(
+    job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentTrainer
+) -> Response:
+    access.job_for(session, me.user, job_id)
     try:
         jobs_service.cancel_job(session, job_id=job_id)
         session.commit()
     except TunelabError:
         session.rollback()
     if request.headers.get("hx-request"):
-        return render(request, "jobs/_live.html", **_job_context(session, job_id))
+        return render(request, "jobs/_live.html", **_job_context(session, me, job_id))
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)

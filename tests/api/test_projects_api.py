@@ -43,3 +43,12 @@ def test_openapi_documents_the_upload_field(cluster: object) -> None:
     body = spec["paths"]["/api/v1/projects/{project_id}/datasets"]["post"]["requestBody"]
     assert "file" in body["content"]["multipart/form-data"]["schema"]["properties"]
     assert httpx.get(f"{cluster.url}/docs").status_code == 200  # type: ignore[attr-defined]
+
+
+def test_deleting_a_project_removes_it_and_is_audited(api: httpx.Client) -> None:
+    project = create_project(api, name="to delete")
+    assert api.delete(f"/projects/{project['id']}").status_code == 204
+    assert api.get(f"/projects/{project['id']}").status_code == 404
+    assert api.delete(f"/projects/{project['id']}").status_code == 404
+    events = api.get("/audit", params={"action": "project.deleted"}).json()["items"]
+    assert events[0]["target"] == f"project {project['id']}"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.factories import alpaca_records, jsonl
 from tests.live import LiveServer
 
@@ -37,11 +39,22 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, cluster: LiveServer) -> Iterator[Page]:
+    """A browser logged in as the admin through the login form."""
     context = browser.new_context(base_url=cluster.url)
     page = context.new_page()
     page.set_default_timeout(20_000)
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.goto("/projects")
+    expect(page).to_have_url(re.compile(r"/login\?next=/projects$"))
+    page.get_by_label("E-mail").fill(ADMIN_EMAIL)
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/projects$"))
     yield page
     context.close()
+    # Our pages must work under their own Content-Security-Policy.
+    assert [e for e in console_errors if "Content Security Policy" in e] == []
 
 
 def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
@@ -77,7 +90,7 @@ def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
 
     # The status, progress bar and chart update in place while the job trains.
     expect(page.get_by_test_id("status")).to_have_text("succeeded", timeout=180_000)
-    expect(page.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    expect(page.locator("progress")).to_have_attribute("aria-valuenow", "100")
     expect(page.get_by_test_id("loss-chart").locator("polyline")).to_have_count(1)
     expect(page.get_by_text("download .zip")).to_be_visible()
 
@@ -103,3 +116,28 @@ def test_model_output_and_names_are_escaped(page: Page) -> None:
     page.get_by_role("button", name="Create project").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("<script>window.pwned=1</script>")
     assert page.evaluate("window.pwned") is None
+
+
+def test_an_api_token_is_created_shown_once_and_revoked(page: Page) -> None:
+    page.goto("/account")
+    page.get_by_label("Name").fill("notebook")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.get_by_test_id("new-token").locator("code").inner_text()
+    assert secret.startswith("tl_")
+    page.goto("/account")
+    assert secret not in page.content()
+    row = page.get_by_test_id("tokens").locator("tr", has_text="notebook").first
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_test_id("tokens").locator("tr", has_text="notebook").first).to_contain_text(
+        "revoked"
+    )
+
+
+def test_admin_sees_logins_in_the_audit_log(page: Page) -> None:
+    page.goto("/admin/audit")
+    expect(page.get_by_test_id("audit")).to_contain_text("login.succeeded")
+
+
+def test_api_docs_render_offline_under_the_csp(page: Page) -> None:
+    page.goto("/docs")
+    expect(page.get_by_text("/api/v1/projects").first).to_be_visible()

@@ -139,8 +139,10 @@ def test_loaded_model_uses_safetensors_only(tiny_model_dir: Path, tmp_path: Path
     shutil.copytree(tiny_model_dir, pickled)
     weights = pickled / "model.safetensors"
     weights.rename(pickled / "pytorch_model.bin")
-    resolved = resolve_model(str(pickled), tmp_path)
-    with pytest.raises(TrainingError, match="only loads safetensors"):
+    # Built by hand: resolve_model itself already refuses such a folder (see
+    # test_model_loading_security); load_model must refuse it too.
+    resolved = models.ResolvedModel(str(pickled), pickled, "folder")
+    with pytest.raises(TrainingError, match="has only pickle weights"):
         models.load_model(resolved, dtype=torch.float32, device=torch.device("cpu"))
 
 

@@ -47,6 +47,23 @@ class TrainConfig(BaseModel):
         default=None, description="Prepended as a system turn to samples that have none"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Both flags can make loading a model run arbitrary code on the worker, so they come from
+    # an admin's per-model allow-list (filled in by the server), never from a user's request.
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Run Python code shipped with the model (transformers' trust_remote_code). Set by "
+            "the server from an admin's allow-list of models, not by users."
+        ),
+    )
+    allow_pickle_weights: bool = Field(
+        default=False,
+        description=(
+            "Load pickle checkpoints (pytorch_model.bin, *.pt, *.pth, *.ckpt) when a model has "
+            "no safetensors weights; unpickling can run code. Set by the server from an "
+            "admin's allow-list of models, not by users."
+        ),
+    )
 
     @model_validator(mode="after")
     def _length_of_training(self) -> TrainConfig:

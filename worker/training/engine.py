@@ -135,11 +135,18 @@ def _run(
         callbacks.on_event("info", message)
 
     info(f"Loading model '{config.base_model}' …")
+    # trust_remote_code / allow_pickle_weights come from an admin's allow-list (the server
+    # fills them in); every step that reads the model folder gets the same answer.
     resolved = models.resolve_model(
-        config.base_model, model_cache_dir, allow_downloads, notify=info
+        config.base_model,
+        model_cache_dir,
+        allow_downloads,
+        notify=info,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle_weights=config.allow_pickle_weights,
     )
     stop_if_asked()
-    tokenizer = models.load_tokenizer(resolved)
+    tokenizer = models.load_tokenizer(resolved, trust_remote_code=config.trust_remote_code)
     if data.ensure_chat_template(tokenizer):
         callbacks.on_event(
             "warning",
@@ -154,7 +161,13 @@ def _run(
     stop_if_asked()
 
     device, dtype = models.pick_device_and_dtype(config.dtype)
-    model = models.load_model(resolved, dtype=dtype, device=device)
+    model = models.load_model(
+        resolved,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle_weights=config.allow_pickle_weights,
+    )
     stop_if_asked()
     # Seeded right before the adapter is created so its initial weights, and the dropout
     # masks after them, depend on the seed alone and not on what loading consumed.

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,8 +26,14 @@ from worker.training.errors import TrainingError
 Notify = Callable[[str], None]
 Source = Literal["catalog", "gguf", "folder", "hub"]
 
-# Only weights that cannot run code on load; pickle-based *.bin files are never fetched.
+# Only weights that cannot run code on load; pickle checkpoints and Python files are fetched
+# only for models an admin allowed them for (see _hub_snapshot).
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+_HUB_PICKLE_PATTERNS = ["pytorch_model*.bin"]
+_HUB_CODE_PATTERNS = ["*.py"]
+
+# Checkpoint formats that torch unpickles: loading one can run code that the file carries.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,45 @@ def resolve_model(
     allow_downloads: bool = False,
     *,
     notify: Notify | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> ResolvedModel:
-    """Turn a catalog name, .gguf path, model folder or hub id into a local model folder."""
-    name = name.strip()
+    """Turn a catalog name, .gguf path, model folder or hub id into a local model folder.
+
+    The folder is checked before anything is loaded from it: a model that needs its own code
+    or has only pickle weights is refused unless ``trust_remote_code`` /
+    ``allow_pickle_weights`` (an admin's decision for this model) say otherwise.
+    """
+    resolved = _locate(
+        name.strip(),
+        cache_dir,
+        allow_downloads,
+        notify=notify,
+        trust_remote_code=trust_remote_code,
+        allow_pickle_weights=allow_pickle_weights,
+    )
+    check_remote_code(resolved, trust_remote_code=trust_remote_code, notify=notify)
+    check_weight_format(resolved, allow_pickle_weights=allow_pickle_weights, notify=notify)
+    return resolved
+
+
+def _locate(
+    name: str,
+    cache_dir: Path,
+    allow_downloads: bool,
+    *,
+    notify: Notify | None,
+    trust_remote_code: bool,
+    allow_pickle_weights: bool,
+) -> ResolvedModel:
+    hub_options = {
+        "trust_remote_code": trust_remote_code,
+        "allow_pickle_weights": allow_pickle_weights,
+    }
     if name in CATALOG:
         entry = CATALOG[name]
         if entry.hub_id is not None:
-            folder = _hub_snapshot(entry.hub_id, allow_downloads)
+            folder = _hub_snapshot(entry.hub_id, allow_downloads, **hub_options)
         else:
             folder = convert_gguf(_catalog_file(name, entry), cache_dir, notify=notify)
         return ResolvedModel(name, folder, "catalog", entry)
@@ -95,7 +134,7 @@ def resolve_model(
         )
     if _looks_like_path(name):
         raise TrainingError(f"Model '{name}' was not found: no such file or folder.")
-    return ResolvedModel(name, _hub_snapshot(name, allow_downloads), "hub")
+    return ResolvedModel(name, _hub_snapshot(name, allow_downloads, **hub_options), "hub")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -117,7 +156,25 @@ def _catalog_file(name: str, entry: CatalogEntry) -> Path:
     )
 
 
-def _hub_snapshot(repo_id: str, allow_downloads: bool) -> Path:
+def _hub_snapshot(
+    repo_id: str,
+    allow_downloads: bool,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+) -> Path:
+    patterns = _HUB_PATTERNS + (_HUB_CODE_PATTERNS if trust_remote_code else [])
+    path = _snapshot(repo_id, patterns, allow_downloads)
+    # Pickle weights are fetched only when allowed and only when the repo has no safetensors,
+    # so an allowed model that has both still downloads (and loads) just the safetensors.
+    if allow_pickle_weights and not any(path.glob("*.safetensors")):
+        path = _snapshot(repo_id, patterns + _HUB_PICKLE_PATTERNS, allow_downloads)
+    if not (path / "config.json").is_file():
+        raise TrainingError(f"Model '{repo_id}' has no config.json; it is not a usable model.")
+    return path
+
+
+def _snapshot(repo_id: str, patterns: list[str], allow_downloads: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -128,7 +185,7 @@ def _hub_snapshot(repo_id: str, allow_downloads: bool) -> Path:
 
     try:
         folder = snapshot_download(
-            repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=not allow_downloads
+            repo_id, allow_patterns=patterns, local_files_only=not allow_downloads
         )
     except HFValidationError as exc:
         raise TrainingError(
@@ -156,10 +213,94 @@ def _hub_snapshot(repo_id: str, allow_downloads: bool) -> Path:
         raise TrainingError(
             f"Model '{repo_id}' could not be fetched from the Hugging Face hub: {exc}"
         ) from exc
-    path = Path(folder)
-    if not (path / "config.json").is_file():
-        raise TrainingError(f"Model '{repo_id}' has no config.json; it is not a usable model.")
-    return path
+    return Path(folder)
+
+
+# --- What loading a model folder would run --------------------------------------------------
+
+
+def remote_code_refused(name: str) -> str:
+    """The message for a model that needs its own code when no admin allowed it."""
+    return (
+        f"Model '{name}' needs to run its own code (trust_remote_code); an admin must allow it "
+        "for this model."
+    )
+
+
+def check_remote_code(
+    model: ResolvedModel, *, trust_remote_code: bool, notify: Notify | None = None
+) -> None:
+    """Refuse a model that transformers could only build by running code from its folder.
+
+    ``auto_map`` in config.json points at Python files shipped with the model. When
+    transformers has its own implementation of the ``model_type`` it ignores them (unless
+    told to trust them), as for Phi-3, so only an unknown model type with an ``auto_map``
+    needs the code. Custom code that only the tokenizer asks for is caught when loading.
+    """
+    if trust_remote_code:
+        return
+    config = _read_json(model, "config.json")
+    if not config.get("auto_map"):
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise TrainingError(remote_code_refused(model.name))
+    if notify is not None:
+        notify(
+            f"Model '{model.name}' ships its own code; it is not run: transformers' built-in "
+            f"'{model_type}' implementation is used instead."
+        )
+
+
+def pickle_only_weights(folder: Path) -> list[str]:
+    """The pickle checkpoints in ``folder`` when it has no safetensors weights, else []."""
+    if any(folder.glob("*.safetensors")):
+        return []
+    names = [
+        p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()
+    ]
+    # The weights themselves first, then extras such as training_args.bin.
+    return sorted(names, key=lambda n: (not n.startswith("pytorch_model"), n))
+
+
+def check_weight_format(
+    model: ResolvedModel, *, allow_pickle_weights: bool, notify: Notify | None = None
+) -> None:
+    """Refuse a model whose only weights are pickle checkpoints, unless an admin allowed it."""
+    pickled = pickle_only_weights(model.path)
+    if not pickled:
+        return
+    shown = ", ".join(pickled[:3]) + (f" and {len(pickled) - 3} more" if len(pickled) > 3 else "")
+    if not allow_pickle_weights:
+        raise TrainingError(
+            f"Model '{model.name}' has only pickle weights ({shown}), which can run code when "
+            "loaded; convert it to safetensors, or an admin can allow pickle weights for this "
+            "model."
+        )
+    if notify is not None:
+        notify(f"Loading pickle weights ({shown}): an admin allowed them for this model")
+
+
+def _read_json(model: ResolvedModel, filename: str) -> dict[str, Any]:
+    path = model.path / filename
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"Model '{model.name}' has an unreadable {filename}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TrainingError(f"Model '{model.name}' has a {filename} that is not a JSON object.")
+    return data
+
+
+def _raise_if_remote_code_refused(model: ResolvedModel, exc: Exception, trusted: bool) -> None:
+    # transformers' own refusal (a ValueError naming trust_remote_code) for cases the folder
+    # check leaves to it, e.g. a tokenizer with custom code.
+    if not trusted and isinstance(exc, ValueError) and "trust_remote_code" in str(exc):
+        raise TrainingError(remote_code_refused(model.name)) from exc
 
 
 # --- GGUF conversion -----------------------------------------------------------------------
@@ -208,6 +349,8 @@ def convert_gguf(gguf_path: Path, cache_dir: Path, *, notify: Notify | None = No
 def _convert_into(gguf_path: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # GGUF files carry no code: transformers builds a known architecture from the metadata,
+    # so the conversion (shared by every job that uses the file) never trusts remote code.
     folder, fname = str(gguf_path.parent), gguf_path.name
     loaded = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=fname, dtype=torch.float32, trust_remote_code=False
@@ -262,29 +405,41 @@ def pick_device_and_dtype(requested: str) -> tuple[torch.device, torch.dtype]:
     return device, explicit.get(requested, auto)
 
 
-def load_tokenizer(model: ResolvedModel) -> Any:
-    """The model's own tokenizer, without running code shipped with the model."""
+def load_tokenizer(model: ResolvedModel, *, trust_remote_code: bool = False) -> Any:
+    """The model's own tokenizer; code shipped with the model runs only if trusted."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
     except Exception as exc:
+        _raise_if_remote_code_refused(model, exc, trust_remote_code)
         raise TrainingError(f"Could not load the tokenizer of model '{model.name}': {exc}") from exc
 
 
-def load_model(model: ResolvedModel, *, dtype: torch.dtype, device: torch.device) -> Any:
-    """The causal LM from safetensors weights only, placed on ``device``."""
+def load_model(
+    model: ResolvedModel,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+) -> Any:
+    """The causal LM, placed on ``device``, from safetensors weights unless pickle is allowed."""
     from transformers import AutoModelForCausalLM
 
+    # Checked again here for callers that built the ResolvedModel themselves.
+    check_weight_format(model, allow_pickle_weights=allow_pickle_weights)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(model.path),
             dtype=dtype,
             device_map={"": str(device)},
-            trust_remote_code=False,
-            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            # None: safetensors when present, else the pickle checkpoint an admin allowed.
+            use_safetensors=None if allow_pickle_weights else True,
         )
     except Exception as exc:
+        _raise_if_remote_code_refused(model, exc, trust_remote_code)
         if not any(model.path.glob("*.safetensors")):
             raise TrainingError(
                 f"Model '{model.name}' has no .safetensors weights; tunelab only loads "

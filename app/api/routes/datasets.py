@@ -4,14 +4,14 @@ import uuid
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
 from app.core.errors import InvalidInput
 from app.core.uploads import receive_upload
 from app.models import Dataset
 from app.schemas.common import Page
 from app.schemas.dataset import DatasetRead, DatasetVersionRead
+from app.services import access
 from app.services import datasets as service
-from app.services.projects import get_project
 
 router = APIRouter(tags=["datasets"])
 
@@ -72,10 +72,14 @@ def dataset_read(dataset: Dataset) -> DatasetRead:
     responses={413: {"description": "file over the upload limit"}, 422: {"description": "errors"}},
 )
 async def upload_dataset(
-    project_id: uuid.UUID, request: Request, session: SessionDep, settings: SettingsDep
+    project_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    me: CurrentTrainer,
 ) -> DatasetRead:
     """Upload a training file; every bad line is reported and nothing is kept if any is bad."""
-    get_project(session, project_id=project_id)
+    access.project_for(session, me.user, project_id)
     upload = await receive_upload(
         request, directory=settings.uploads_dir, max_bytes=settings.upload_max_bytes
     )
@@ -89,6 +93,7 @@ async def upload_dataset(
         settings=settings,
         project_id=project_id,
         upload=upload,
+        user=me.user,
         name=upload.fields.get("name") or None,
         dataset_id=dataset_id,
         format=upload.fields.get("format") or None,
@@ -108,13 +113,17 @@ def _optional_uuid(value: str | None, field: str) -> uuid.UUID | None:
 
 @router.get("/projects/{project_id}/datasets", response_model=Page[DatasetRead])
 def list_datasets(
-    project_id: uuid.UUID, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+    project_id: uuid.UUID,
+    session: SessionDep,
+    me: CurrentReader,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[DatasetRead]:
-    get_project(session, project_id=project_id)
+    access.project_for(session, me.user, project_id)
     rows, total = service.list_datasets(session, project_id=project_id, limit=limit, offset=offset)
     return Page(items=[dataset_read(d) for d in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetRead)
-def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetRead:
-    return dataset_read(service.get_dataset(session, dataset_id=dataset_id))
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> DatasetRead:
+    return dataset_read(access.dataset_for(session, me.user, dataset_id))

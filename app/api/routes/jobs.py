@@ -6,10 +6,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
 from app.models import JobStatus
 from app.schemas.common import Page
 from app.schemas.job import ArtifactRead, JobCreate, JobEventRead, JobRead, MetricPointRead
+from app.services import access
 from app.services import artifacts as artifacts_service
 from app.services import jobs as service
 from app.services.jobs import job_read
@@ -18,9 +19,11 @@ router = APIRouter(tags=["jobs"])
 
 
 @router.post("/jobs", status_code=201, response_model=JobRead)
-def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> JobRead:
+def create_job(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, me: CurrentTrainer
+) -> JobRead:
     """Validate the config and the dataset, and queue the job for a worker."""
-    job = service.create_job(session, settings=settings, data=body)
+    job = service.create_job(session, settings=settings, data=body, user=me.user)
     session.commit()
     if job.status == JobStatus.queued:
         service.enqueue_or_fail(session, job=job)
@@ -30,30 +33,32 @@ def create_job(body: JobCreate, session: SessionDep, settings: SettingsDep) -> J
 @router.get("/jobs", response_model=Page[JobRead])
 def list_jobs(
     session: SessionDep,
+    me: CurrentReader,
     limit: Limit = 50,
     offset: Offset = 0,
     project_id: uuid.UUID | None = None,
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> Page[JobRead]:
     rows, total = service.list_jobs(
-        session, limit=limit, offset=offset, project_id=project_id, status=status
+        session, user=me.user, limit=limit, offset=offset, project_id=project_id, status=status
     )
     return Page(items=[job_read(j) for j in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead)
-def get_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
-    return job_read(service.get_job(session, job_id=job_id))
+def get_job(job_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> JobRead:
+    return job_read(access.job_for(session, me.user, job_id))
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[JobEventRead])
 def list_events(
     job_id: uuid.UUID,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
+    me: CurrentReader,
+    after: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> list[JobEventRead]:
-    service.get_job(session, job_id=job_id)
+    access.job_for(session, me.user, job_id)
     events = service.list_events(session, job_id=job_id, after_id=after, limit=limit)
     return [JobEventRead.model_validate(e) for e in events]
 
@@ -62,11 +67,14 @@ def list_events(
 def list_metrics(
     job_id: uuid.UUID,
     session: SessionDep,
+    me: CurrentReader,
     name: str | None = None,
-    after_step: Annotated[int, Query(ge=-1, description="only steps after this one")] = -1,
+    after_step: Annotated[
+        int, Query(ge=-1, le=2**31 - 1, description="only steps after this one")
+    ] = -1,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> list[MetricPointRead]:
-    service.get_job(session, job_id=job_id)
+    access.job_for(session, me.user, job_id)
     points = service.list_metrics(
         session, job_id=job_id, name=name, after_step=after_step, limit=limit
     )
@@ -74,16 +82,17 @@ def list_metrics(
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+def cancel_job(job_id: uuid.UUID, session: SessionDep, me: CurrentTrainer) -> JobRead:
     """Cancel: a waiting job at once, a running one within seconds (at its next step)."""
+    access.job_for(session, me.user, job_id)
     job = service.cancel_job(session, job_id=job_id)
     session.commit()
     return job_read(job)
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactRead])
-def list_artifacts(job_id: uuid.UUID, session: SessionDep) -> list[ArtifactRead]:
-    service.get_job(session, job_id=job_id)
+def list_artifacts(job_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> list[ArtifactRead]:
+    access.job_for(session, me.user, job_id)
     return [ArtifactRead.model_validate(a) for a in service.list_artifacts(session, job_id=job_id)]
 
 
@@ -93,10 +102,10 @@ def list_artifacts(job_id: uuid.UUID, session: SessionDep) -> list[ArtifactRead]
     responses={200: {"content": {"application/zip": {}}}},
 )
 def download_artifact(
-    artifact_id: uuid.UUID, session: SessionDep, settings: SettingsDep
+    artifact_id: uuid.UUID, session: SessionDep, settings: SettingsDep, me: CurrentReader
 ) -> StreamingResponse:
     """The artifact's files as a zip archive, streamed."""
-    artifact = artifacts_service.get_artifact(session, artifact_id=artifact_id)
+    artifact = access.artifact_for(session, me.user, artifact_id)
     return StreamingResponse(
         artifacts_service.zip_stream(settings, artifact),
         media_type="application/zip",

@@ -1,32 +1,49 @@
 from __future__ import annotations
 
+import shutil
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from app.api.deps import Limit, Offset, SessionDep
+from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
 from app.schemas.common import Page
 from app.schemas.project import ProjectCreate, ProjectRead
+from app.services import access
 from app.services import projects as service
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
 
 @router.post("", status_code=201, response_model=ProjectRead)
-def create_project(body: ProjectCreate, session: SessionDep) -> ProjectRead:
-    project = service.create_project(session, data=body)
+def create_project(body: ProjectCreate, session: SessionDep, me: CurrentTrainer) -> ProjectRead:
+    project = service.create_project(session, data=body, creator=me.user)
     session.commit()
     return ProjectRead.model_validate(project)
 
 
 @router.get("", response_model=Page[ProjectRead])
-def list_projects(session: SessionDep, limit: Limit = 50, offset: Offset = 0) -> Page[ProjectRead]:
-    rows, total = service.list_projects(session, limit=limit, offset=offset)
+def list_projects(
+    session: SessionDep, me: CurrentReader, limit: Limit = 50, offset: Offset = 0
+) -> Page[ProjectRead]:
+    rows, total = service.list_projects(session, user=me.user, limit=limit, offset=offset)
     return Page(
         items=[ProjectRead.model_validate(p) for p in rows], total=total, limit=limit, offset=offset
     )
 
 
 @router.get("/{project_id}", response_model=ProjectRead)
-def get_project(project_id: uuid.UUID, session: SessionDep) -> ProjectRead:
-    return ProjectRead.model_validate(service.get_project(session, project_id=project_id))
+def get_project(project_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> ProjectRead:
+    return ProjectRead.model_validate(access.project_for(session, me.user, project_id))
+
+
+@router.delete("/{project_id}", status_code=204)
+def delete_project(
+    project_id: uuid.UUID, session: SessionDep, settings: SettingsDep, me: CurrentTrainer
+) -> Response:
+    """Delete a project with its datasets, jobs, metrics and artifacts (not while a job runs)."""
+    project = access.project_for(session, me.user, project_id)
+    folders = service.delete_project(session, project=project, actor=me.user, ip=me.ip)
+    session.commit()
+    for folder in folders:
+        shutil.rmtree(settings.data_dir / folder, ignore_errors=True)
+    return Response(status_code=204)

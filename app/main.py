@@ -19,7 +19,7 @@ from app.core.security_headers import (
     SECURITY_HEADERS,
     SecurityHeadersMiddleware,
 )
-from app.web import auth_pages, pages
+from app.web import auth_pages, data_pages, pages
 from app.web.rendering import error_page
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def create_app() -> FastAPI:
     for module in (projects, datasets, jobs, accounts):
         app.include_router(module.router, prefix=api_prefix)
     app.include_router(pages.router)
+    app.include_router(data_pages.router)
     app.include_router(auth_pages.router)
     app.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
 

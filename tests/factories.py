@@ -61,6 +61,22 @@ def upload(
     )
 
 
+def stage(
+    api: httpx.Client, project_id: str, content: bytes, filename: str = "train.jsonl"
+) -> dict[str, Any]:
+    """Send a file to the upload step (before any import choices); returns the upload."""
+    response = api.post(
+        f"/projects/{project_id}/uploads",
+        files={"file": (filename, content, "application/octet-stream")},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def import_upload(api: httpx.Client, upload_id: str, **body: Any) -> httpx.Response:
+    return api.post(f"/uploads/{upload_id}/import", json=body)
+
+
 def create_dataset(api: httpx.Client, project_id: str, records: list[dict[str, Any]]) -> dict:
     response = upload(api, project_id, jsonl(records))
     assert response.status_code == 201, response.text

@@ -29,19 +29,27 @@ class ReceivedUpload:
     filename: str
     size: int
     fields: dict[str, str] = field(default_factory=dict)
+    # Files of the optional extra fields (e.g. a separate validation file), by field name.
+    companions: dict[str, ReceivedUpload] = field(default_factory=dict)
 
     def discard(self) -> None:
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        for part in (self, *self.companions.values()):
+            if part.path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    part.path.unlink()
 
 
 class _Receiver:
-    def __init__(self, file_field: str, directory: Path, max_bytes: int) -> None:
+    def __init__(
+        self, file_field: str, directory: Path, max_bytes: int, extra_files: tuple[str, ...] = ()
+    ) -> None:
         self.file_field = file_field
+        self.file_fields = (file_field, *extra_files)
         self.directory = directory
         self.max_bytes = max_bytes
         self.upload = ReceivedUpload(path=None, filename="", size=0)
+        self._part: ReceivedUpload | None = None
+        self._total = 0
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
         self._header_value = b""
@@ -70,22 +78,33 @@ class _Receiver:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
         self._is_file = b"filename" in options
-        if self._is_file and self._name == self.file_field:
-            if self._out is not None:
-                raise InvalidInput(f"send one file in the `{self.file_field}` field, not several")
+        self._part = None
+        if self._is_file and self._name in self.file_fields:
+            if self._name == self.file_field:
+                part = self.upload
+            else:
+                part = self.upload.companions.setdefault(
+                    self._name, ReceivedUpload(path=None, filename="", size=0)
+                )
+            if part.path is not None:
+                raise InvalidInput(f"send one file in the `{self._name}` field, not several")
             raw_name = options.get(b"filename", b"").decode("utf-8", "replace")
             # Only the last path component is kept, and only for display.
             base = raw_name.replace("\\", "/").rsplit("/", 1)[-1]
-            self.upload.filename = "".join(c for c in base if c.isprintable())[:255]
+            part.filename = "".join(c for c in base if c.isprintable())[:255]
             fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.directory)
+            if self._out is not None:
+                self._out.close()
             self._out = os.fdopen(fd, "wb")
-            self.upload.path = Path(name)
+            part.path = Path(name)
+            self._part = part
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if self._is_file and self._name == self.file_field and self._out is not None:
-            self.upload.size += len(chunk)
-            if self.upload.size > self.max_bytes:
+        if self._is_file and self._part is not None and self._out is not None:
+            self._part.size += len(chunk)
+            self._total += len(chunk)
+            if self._total > self.max_bytes:
                 raise PayloadTooLarge(
                     f"the file is larger than the upload limit of {_human(self.max_bytes)}"
                 )
@@ -115,9 +134,18 @@ def _human(n: int) -> str:
 
 
 async def receive_upload(
-    request: Request, *, directory: Path, max_bytes: int, file_field: str = "file"
+    request: Request,
+    *,
+    directory: Path,
+    max_bytes: int,
+    file_field: str = "file",
+    extra_files: tuple[str, ...] = (),
 ) -> ReceivedUpload:
-    """Stream a multipart body to a temporary file in ``directory``; 413 past ``max_bytes``."""
+    """Stream a multipart body to temporary files in ``directory``; 413 past ``max_bytes``.
+
+    ``extra_files`` names optional further file fields; those that came with a non-empty file
+    are in the result's ``companions``.
+    """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise UnsupportedMediaType(
@@ -128,7 +156,7 @@ async def receive_upload(
     if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
         raise PayloadTooLarge(f"the file is larger than the upload limit of {_human(max_bytes)}")
     directory.mkdir(parents=True, exist_ok=True)
-    receiver = _Receiver(file_field, directory, max_bytes)
+    receiver = _Receiver(file_field, directory, max_bytes, extra_files)
     callbacks = {
         name: getattr(receiver, name)
         for name in (
@@ -159,6 +187,12 @@ async def receive_upload(
     if expected is not None and not same(receiver.upload.fields.get("csrf_token", ""), expected):
         receiver.upload.discard()
         raise Forbidden("the form has expired or did not come from tunelab: reload the page")
-    if receiver.upload.path is None:
+    # A browser sends an empty part for a file input left empty.
+    for name, part in list(receiver.upload.companions.items()):
+        if part.size == 0:
+            part.discard()
+            del receiver.upload.companions[name]
+    if receiver.upload.path is None or (receiver.upload.size == 0 and not receiver.upload.filename):
+        receiver.upload.discard()
         raise InvalidInput(f"no file was sent: attach it in a form field named `{file_field}`")
     return receiver.upload

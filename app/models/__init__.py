@@ -2,7 +2,7 @@
 
 from app.models.artifact import Artifact
 from app.models.auth import ApiToken, LoginAttempt, LoginLink, ModelPermission, WebSession
-from app.models.dataset import Dataset, DatasetVersion
+from app.models.dataset import Dataset, DatasetUpload, DatasetVersion, UploadStatus
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
 from app.models.project import Project
 from app.models.user import AuditEvent, ProjectMember, Role, User
@@ -12,6 +12,7 @@ __all__ = [
     "Artifact",
     "AuditEvent",
     "Dataset",
+    "DatasetUpload",
     "DatasetVersion",
     "Job",
     "JobEvent",
@@ -23,6 +24,7 @@ __all__ = [
     "Project",
     "ProjectMember",
     "Role",
+    "UploadStatus",
     "User",
     "WebSession",
 ]

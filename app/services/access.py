@@ -14,7 +14,16 @@ from sqlalchemy import Select, false, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
-from app.models import Artifact, Dataset, Job, Project, ProjectMember, Role, User
+from app.models import (
+    Artifact,
+    Dataset,
+    DatasetUpload,
+    Job,
+    Project,
+    ProjectMember,
+    Role,
+    User,
+)
 from app.services import audit
 
 
@@ -67,6 +76,13 @@ def dataset_for(session: Session, user: User, dataset_id: uuid.UUID) -> Dataset:
     if dataset is None or not _can_see(session, user, dataset.project_id):
         raise NotFound("dataset not found")
     return dataset
+
+
+def upload_for(session: Session, user: User, upload_id: uuid.UUID) -> DatasetUpload:
+    upload = session.get(DatasetUpload, upload_id)
+    if upload is None or not _can_see(session, user, upload.project_id):
+        raise NotFound("upload not found")
+    return upload
 
 
 def job_for(session: Session, user: User, job_id: uuid.UUID) -> Job:

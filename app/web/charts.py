@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -46,3 +48,204 @@ def line_chart(
     x_ticks = [(sx(x0 + (x1 - x0) * i / 4), str(round(x0 + (x1 - x0) * i / 4))) for i in range(5)]
     y_ticks = [(sy(y0 + (y1 - y0) * i / 4), _fmt(y0 + (y1 - y0) * i / 4)) for i in range(5)]
     return Chart(width, height, points, x_ticks, y_ticks, label, False)
+
+
+# --- Dataset statistics ----------------------------------------------------------------------
+
+
+def format_number(value: float) -> str:
+    """Whole numbers with thousands separators ("12,345"); others to three significant digits."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def compact_number(value: float) -> str:
+    """Short axis labels: 950, 1.2k, 35k, 1.5M."""
+    for limit, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if abs(value) >= limit:
+            scaled = value / limit
+            text = f"{scaled:.1f}" if abs(scaled) < 10 else f"{scaled:.0f}"
+            return text.removesuffix(".0") + suffix
+    return format_number(value)
+
+
+@dataclass
+class HistogramBar:
+    x: float
+    y: float
+    width: float
+    height: float
+    title: str  # hover text: the bin's range and its count
+
+
+@dataclass
+class HistogramChart:
+    width: int
+    height: int
+    bars: list[HistogramBar]
+    x_ticks: list[tuple[float, str]]
+    y_ticks: list[tuple[float, str]]
+    plot_left: float
+    plot_right: float
+    baseline: float  # y of the x axis
+    label: str  # what is counted, e.g. "Total length (tokens)"
+    empty: bool
+
+
+def _nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 5 × 10^k that is at least ``raw``."""
+    if raw <= 0:
+        return 1.0
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(s * magnitude for s in (1, 2, 5, 10) if s * magnitude >= raw)
+
+
+def histogram_chart(
+    edges: list[int],
+    counts: list[int],
+    *,
+    label: str,
+    unit: str = "",
+    width: int = 640,
+    height: int = 220,
+) -> HistogramChart:
+    """Bars for bins ``[edges[i], edges[i+1])`` with ``counts[i]`` samples each."""
+    pad_l, pad_r, pad_t, pad_b = 48, 20, 12, 28
+    baseline = height - pad_b
+    if not counts or len(edges) != len(counts) + 1 or not any(counts):
+        return HistogramChart(
+            width, height, [], [], [], pad_l, width - pad_r, baseline, label, True
+        )
+    plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
+    step = _nice_step(max(counts) / 4)
+    top = step * math.ceil(max(counts) / step)
+    slot = plot_w / len(counts)
+    gap = 1.0 if slot > 4 else 0.0
+    suffix = f" {unit}" if unit else ""
+    bars = []
+    for i, count in enumerate(counts):
+        # A bin with a few samples in a long tail still shows as a sliver.
+        bar_h = max(count / top * plot_h, 1.0) if count else 0.0
+        last = edges[i + 1] - 1 if edges[i + 1] - edges[i] > 1 else None
+        span = (
+            f"{format_number(edges[i])}–{format_number(last)}" if last else format_number(edges[i])
+        )
+        bars.append(
+            HistogramBar(
+                x=round(pad_l + i * slot + gap / 2, 1),
+                y=round(baseline - bar_h, 1),
+                width=round(max(slot - gap, 0.5), 1),
+                height=round(bar_h, 1),
+                title=f"{span}{suffix}: {format_number(count)} samples",
+            )
+        )
+    # At most about eight edge labels, so that "12.5k" labels never overlap.
+    every = max(1, math.ceil(len(edges) / 8))
+    x_ticks = [
+        (round(pad_l + i * slot, 1), compact_number(edge))
+        for i, edge in enumerate(edges)
+        if i % every == 0 or i == len(edges) - 1
+    ]
+    if len(x_ticks) > 1 and x_ticks[-1][0] - x_ticks[-2][0] < plot_w / 10:
+        del x_ticks[-2]  # the forced last label would collide with the one before it
+    n_y = round(top / step)
+    y_ticks = [
+        (round(baseline - k * step / top * plot_h, 1), compact_number(k * step))
+        for k in range(n_y + 1)
+    ]
+    return HistogramChart(
+        width, height, bars, x_ticks, y_ticks, pad_l, width - pad_r, baseline, label, False
+    )
+
+
+@dataclass
+class BarRow:
+    label: str
+    value: int
+    value_text: str  # "1,234 (56%)"
+    y: float
+    bar_width: float
+
+
+@dataclass
+class BarChart:
+    width: int
+    height: int
+    rows: list[BarRow]
+    label_width: int  # the bars start here; row labels are right-aligned before it
+    bar_space: float  # the full length of a bar at 100 %
+    row_height: int
+    bar_height: int
+    label: str
+    empty: bool
+
+
+LANGUAGE_NAMES = {
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "latin": "Latin script",
+    "other": "Other scripts",
+    "none": "No letters",
+}
+
+
+def bar_chart(
+    items: list[tuple[str, int]], *, label: str, width: int = 480, row_height: int = 24
+) -> BarChart:
+    """Horizontal bars, one row per (label, count), lengths relative to the largest count."""
+    label_width, value_width = 110, 110
+    bar_space = width - label_width - value_width - 8
+    total = sum(value for _, value in items)
+    if not items or total <= 0:
+        return BarChart(width, row_height, [], label_width, bar_space, row_height, 14, label, True)
+    biggest = max(value for _, value in items)
+    rows = [
+        BarRow(
+            label=name,
+            value=value,
+            value_text=f"{format_number(value)} ({_percent(value, total)})",
+            y=i * row_height,
+            bar_width=round(max(value / biggest * bar_space, 1.0 if value else 0.0), 1),
+        )
+        for i, (name, value) in enumerate(items)
+    ]
+    bar_height = max(row_height - 10, 4)
+    height = row_height * len(rows)
+    return BarChart(
+        width, height, rows, label_width, bar_space, row_height, bar_height, label, False
+    )
+
+
+def language_chart(languages: dict[str, int], *, width: int = 480) -> BarChart:
+    """The language mix of ``compute_stats``, largest first, languages with no record left out."""
+    items = sorted(
+        ((LANGUAGE_NAMES.get(code, code), n) for code, n in languages.items() if n > 0),
+        key=lambda item: -item[1],
+    )
+    return bar_chart(items, label="Records by language", width=width)
+
+
+def _percent(value: int, total: int) -> str:
+    share = 100 * value / total
+    if 0 < share < 1:
+        return "<1%"
+    if 99 < share < 100:
+        return ">99%"
+    return f"{share:.0f}%"
+
+
+def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
+    """The charts of ``dataset_stats.compute_stats``: a histogram each for "prompt", "answer"
+    and "total" lengths, and the "languages" bar chart."""
+    unit = stats.get("unit", "characters")
+    by = f" of {stats['tokenizer']}" if stats.get("tokenizer") else ""
+    charts: dict[str, Any] = {}
+    for part, title in (("prompt", "Prompt"), ("answer", "Answer"), ("total", "Total")):
+        hist = (stats.get(part) or {}).get("histogram") or {"edges": [], "counts": []}
+        charts[part] = histogram_chart(
+            hist["edges"], hist["counts"], label=f"{title} length ({unit}{by})", unit=unit
+        )
+    charts["languages"] = language_chart(stats.get("languages") or {})
+    return charts

@@ -19,7 +19,6 @@ from app.api.deps import (
     authenticate,
 )
 from app.core.errors import FieldError, InvalidInput, TunelabError
-from app.core.uploads import receive_upload
 from app.models import JobStatus, Role
 from app.schemas.job import JobCreate
 from app.schemas.project import ProjectCreate
@@ -105,12 +104,14 @@ def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dic
     datasets, _ = datasets_service.list_datasets(
         session, project_id=project_id, limit=200, offset=0
     )
+    uploads, _ = datasets_service.list_uploads(session, project_id=project_id, limit=20, offset=0)
     jobs, _ = jobs_service.list_jobs(
         session, user=me.user, project_id=project_id, limit=PAGE, offset=0
     )
     return {
         "project": project,
         "datasets": datasets,
+        "uploads": uploads,
         "jobs": jobs,
         "defaults": TrainConfig(base_model="smollm2-135m-instruct", max_steps=30),
         "upload_errors": [],
@@ -128,37 +129,15 @@ def project_page(
     return render(request, "projects/detail.html", **_project_context(session, me, project_id))
 
 
-@router.post("/projects/{project_id}/datasets")
-async def upload_dataset(
-    project_id: uuid.UUID,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    me: CurrentTrainer,
-) -> Response:
-    access.project_for(session, me.user, project_id)
-    try:
-        upload = await receive_upload(
-            request, directory=settings.uploads_dir, max_bytes=settings.upload_max_bytes
-        )
-        datasets_service.create_dataset_from_upload(
-            session,
-            settings=settings,
-            project_id=project_id,
-            upload=upload,
-            user=me.user,
-            name=upload.fields.get("name") or None,
-            format=upload.fields.get("format") or None,
-        )
-    except TunelabError as exc:
-        session.rollback()
-        context = _project_context(session, me, project_id)
-        context["upload_message"] = exc.message
-        context["upload_errors"] = exc.errors
-        context["upload_error_count"] = exc.error_count
-        return render(request, "projects/detail.html", exc.status_code, **context)
-    session.commit()
-    return RedirectResponse(f"/projects/{project_id}#datasets", status_code=303)
+def project_page_with_error(
+    request: Request, session: SessionDep, me: Any, project_id: uuid.UUID, exc: TunelabError
+) -> HTMLResponse:
+    """The project page again, with why the upload was refused."""
+    context = _project_context(session, me, project_id)
+    context["upload_message"] = exc.message
+    context["upload_errors"] = exc.errors
+    context["upload_error_count"] = exc.error_count
+    return render(request, "projects/detail.html", exc.status_code, **context)
 
 
 @router.post("/projects/{project_id}/members")

@@ -2,59 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.factories import alpaca_records, jsonl
-from tests.live import LiveServer
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is missing: run `make browser` (apt-get install chromium)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, cluster: LiveServer) -> Iterator[Page]:
-    """A browser logged in as the admin through the login form."""
-    context = browser.new_context(base_url=cluster.url)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    console_errors: list[str] = []
-    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-    page.goto("/projects")
-    expect(page).to_have_url(re.compile(r"/login\?next=/projects$"))
-    page.get_by_label("E-mail").fill(ADMIN_EMAIL)
-    page.get_by_label("Password").fill(ADMIN_PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(re.compile(r"/projects$"))
-    yield page
-    context.close()
-    # Our pages must work under their own Content-Security-Policy.
-    assert [e for e in console_errors if "Content Security Policy" in e] == []
+from tests.web.conftest import upload_file
 
 
 def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
@@ -66,21 +19,25 @@ def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
     page.get_by_role("button", name="Create project").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("合同审核 contract review")
 
+    project_url = page.url
     bad = tmp_path / "bad.jsonl"
     lines = jsonl(alpaca_records(8)).decode().splitlines()
     lines[6] = "{oops"
     bad.write_text("\n".join(lines), encoding="utf-8")
-    page.locator("#upload-form input[type=file]").set_input_files(bad)
-    page.get_by_role("button", name="Upload and validate").click()
-    error = page.get_by_test_id("upload-error")
+    upload_file(page, bad)
+    page.get_by_role("button", name="Validate and import").click()
+    error = page.get_by_test_id("import-error")
     expect(error).to_contain_text("line 7")
     expect(error.locator("td").first).to_have_text("7")
 
+    page.goto(project_url)
     good = tmp_path / "good.jsonl"
     good.write_bytes(jsonl(alpaca_records(12)))
-    page.locator("#upload-form input[type=file]").set_input_files(good)
-    page.get_by_role("button", name="Upload and validate").click()
-    expect(page.locator("#datasets ~ table").first).to_contain_text("good.jsonl")
+    upload_file(page, good)
+    page.get_by_role("button", name="Validate and import").click()
+    expect(page.get_by_test_id("split-counts")).to_contain_text("train 10")
+    page.goto(project_url)
+    expect(page.get_by_test_id("datasets")).to_contain_text("good.jsonl")
 
     page.get_by_label("Base model").fill(str(tiny_model))
     page.get_by_label("Max steps").fill("10")
@@ -99,11 +56,12 @@ def test_bad_job_settings_are_shown_next_to_the_form(page: Page, tiny_model: Pat
     page.goto("/projects")
     page.get_by_label("Name").fill("settings check")
     page.get_by_role("button", name="Create project").click()
+    project_url = page.url
     data = jsonl(alpaca_records(4))
-    page.locator("#upload-form input[type=file]").set_input_files(
-        {"name": "d.jsonl", "mimeType": "application/json", "buffer": data}
-    )
-    page.get_by_role("button", name="Upload and validate").click()
+    upload_file(page, {"name": "d.jsonl", "mimeType": "application/json", "buffer": data})
+    page.get_by_role("button", name="Validate and import").click()
+    expect(page.get_by_test_id("split-counts")).to_be_visible()
+    page.goto(project_url)
     page.get_by_label("Base model").fill(str(tiny_model))
     page.get_by_label("Learning rate").fill("-1")
     page.get_by_role("button", name="Start training").click()

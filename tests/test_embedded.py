@@ -13,8 +13,10 @@ from tests.factories import (
     alpaca_records,
     create_dataset,
     create_project,
+    jsonl,
     start_job,
     tiny_config,
+    upload,
     wait_for_status,
 )
 from tests.live import embedded_api, embedded_env, free_port, start_server, wait_for
@@ -36,6 +38,30 @@ def test_embedded_serve_trains_a_job_end_to_end_on_sqlite(tmp_path: Path, tiny_m
     with sqlite3.connect(data / "tunelab.db") as db:
         steps = db.execute("select count(*) from metric_points where name = 'loss'").fetchone()[0]
     assert steps == 4
+
+
+def test_embedded_import_keeps_errors_and_a_retry_drops_invalid_rows(tmp_path: Path) -> None:
+    """The upload's progress and errors are written in their own transactions while the import
+    runs: on SQLite that must not lock the import out."""
+    data = tmp_path / "data"
+    env = embedded_env(data)
+    server = start_server(
+        port=free_port(), env=env, log=tmp_path / "serve.log", extra_args=["--no-worker"]
+    )
+    try:
+        with embedded_api(server, env) as api:
+            project = create_project(api)
+            records: list[dict] = alpaca_records(30)
+            records[3]["output"] = ""
+            refused = upload(api, project["id"], jsonl(records))
+            assert refused.status_code == 422, refused.text
+            upload_id = refused.json()["upload_id"]
+            assert api.get(f"/uploads/{upload_id}").json()["status"] == "invalid"
+            retried = api.post(f"/uploads/{upload_id}/import", json={"drop_invalid": True})
+            assert retried.status_code == 201, f"{retried.text}\n{server.tail()}"
+            assert retried.json()["versions"][0]["dropped_invalid"] == 1
+    finally:
+        server.stop()
 
 
 def test_a_job_queued_when_serve_stops_runs_after_it_starts_again(

@@ -159,6 +159,11 @@ def test_cross_project_access_by_id_is_404_for_every_resource(
     job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=1))
     assert wait_for_status(api, job["id"])["status"] == "succeeded"
     artifact = api.get(f"/jobs/{job['id']}/artifacts").json()[0]
+    staged = api.post(
+        f"/projects/{project['id']}/uploads",
+        files={"file": ("t.jsonl", jsonl(alpaca_records(2)), "application/octet-stream")},
+    ).json()
+    version = f"/api/v1/datasets/{dataset['id']}/versions/1"
 
     outsider = make_user(api, "trainer")
     secret = token_for(cluster, outsider["email"])
@@ -168,6 +173,17 @@ def test_cross_project_access_by_id_is_404_for_every_resource(
             f"/api/v1/projects/{project['id']}/datasets",
             f"/api/v1/projects/{project['id']}/members",
             f"/api/v1/datasets/{dataset['id']}",
+            f"/api/v1/projects/{project['id']}/uploads",
+            f"/api/v1/uploads/{staged['id']}",
+            f"/api/v1/uploads/{staged['id']}/errors.csv",
+            version,
+            f"{version}/records",
+            f"{version}/stats",
+            f"{version}/preview?tokenizer=qwen3",
+            f"{version}/download",
+            f"/uploads/{staged['id']}",
+            f"/datasets/{dataset['id']}",
+            f"/datasets/{dataset['id']}/versions/1/preview",
             f"/api/v1/jobs/{job['id']}",
             f"/api/v1/jobs/{job['id']}/events",
             f"/api/v1/jobs/{job['id']}/metrics",
@@ -178,6 +194,10 @@ def test_cross_project_access_by_id_is_404_for_every_resource(
         ):
             assert other.get(path).status_code == 404, path
         assert other.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 404
+        assert other.post(f"/api/v1/uploads/{staged['id']}/import", json={}).status_code == 404
+        assert other.delete(f"/api/v1/uploads/{staged['id']}").status_code == 404
+        for action in ("clean", "split"):
+            assert other.post(f"{version}/{action}", json={}).status_code == 404
         refused = other.post(
             "/api/v1/jobs",
             json={

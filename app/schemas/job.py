@@ -14,6 +14,9 @@ class JobCreate(Input):
 
     project_id: uuid.UUID
     dataset_id: uuid.UUID
+    dataset_version: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="version number; the newest when left out"
+    )
     # Validated against worker.training.config.TrainConfig by the jobs service, so that the
     # error names the field inside `config` the way the form and the YAML file name it.
     config: dict[str, Any] = Field(

@@ -68,7 +68,11 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
     check_model_permissions(session, config=config)
     if config.system_prompt is None and project.system_prompt:
         config.system_prompt = project.system_prompt
-    version = datasets_service.latest_version(dataset)
+    version = (
+        datasets_service.version_by_number(dataset, data.dataset_version)
+        if data.dataset_version is not None
+        else datasets_service.latest_version(dataset)
+    )
 
     job = Job(
         project_id=project.id,

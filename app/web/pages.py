@@ -167,10 +167,16 @@ async def start_job(
 ) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
     form.pop("csrf_token", None)
-    dataset_id = form.pop("dataset_id", "")
+    # "<dataset id>@<version number>": the job form lists every version of every dataset.
+    dataset_id, _, number = form.pop("dataset_id", "").partition("@")
     config: dict[str, Any] = {k: v for k, v in form.items() if v.strip() != ""}
     try:
-        body = JobCreate(project_id=project_id, dataset_id=uuid.UUID(dataset_id), config=config)
+        body = JobCreate(
+            project_id=project_id,
+            dataset_id=uuid.UUID(dataset_id),
+            dataset_version=int(number) if number else None,
+            config=config,
+        )
     except ValueError:
         context = _project_context(session, me, project_id)
         context["job_errors"] = [FieldError(field="dataset_id", message="choose a dataset")]

@@ -10,6 +10,7 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,7 +26,9 @@ from tests.factories import (
     import_upload,
     jsonl,
     stage,
+    tiny_config,
     upload,
+    wait_for_status,
 )
 from tests.live import LiveServer
 
@@ -332,3 +335,21 @@ def test_another_project_cannot_see_or_import_an_upload(
     assert trainer_api.get(f"/uploads/{staged['id']}/errors.csv").status_code == 404
     with get_sessionmaker()() as session:
         assert session.get(DatasetUpload, uuid.UUID(staged["id"])) is not None
+
+
+def test_a_job_points_at_the_version_it_names(
+    api: httpx.Client, project: dict, tiny_model: Path
+) -> None:
+    dataset = upload(api, project["id"], jsonl(numbered(40) + numbered(10))).json()
+    cleaned = api.post(f"/datasets/{dataset['id']}/versions/1/clean", json={"dedupe": True})
+    assert cleaned.status_code == 201
+    config = tiny_config(tiny_model, max_steps=1)
+    body = {"project_id": project["id"], "dataset_id": dataset["id"], "config": config}
+    newest = api.post("/jobs", json=body).json()
+    assert newest["dataset_version_id"] == cleaned.json()["id"]
+    first = api.post("/jobs", json={**body, "dataset_version": 1}).json()
+    assert first["dataset_version_id"] == dataset["version_id"]
+    missing = api.post("/jobs", json={**body, "dataset_version": 9})
+    assert missing.status_code == 404
+    for job in (newest, first):
+        wait_for_status(api, job["id"])

@@ -34,6 +34,22 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=4, ge=1, le=1024)
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     max_seq_length: int = Field(default=1024, ge=16, le=131072)
+    packing: bool = Field(
+        default=True,
+        description=(
+            "Pack each step's samples end to end into rows without padding (each sample still "
+            "attends only to itself); off pads every batch to its longest sample"
+        ),
+    )
+    micro_batch_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        le=1_048_576,
+        description=(
+            "Tokens per packed forward pass; unset picks one from the model's size and the "
+            "free GPU memory. Does not change the samples per optimiser step"
+        ),
+    )
     warmup_steps: int = Field(default=0, ge=0)
     lr_scheduler: Scheduler = "linear"
     weight_decay: float = Field(default=0.0, ge=0, le=1)

@@ -1,6 +1,7 @@
-"""From chat records to padded training batches: encoding every record (see `formatting` for
-the chat template and the answer-only labels), and batching (kept here, in one place, so
-packing or token-budget batching can replace it later)."""
+"""From chat records to training batches: encoding every record (see `formatting` for the chat
+template and the answer-only labels) and choosing each optimiser step's samples. How a step's
+samples are then cut into forward passes (packed rows under a token budget, or padded rows)
+is `packing`'s job; `collate` here is the plain padded form, for evaluation and tests."""
 
 from __future__ import annotations
 

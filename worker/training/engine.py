@@ -4,6 +4,7 @@ runs under a Celery task, the CLI and a bare GPU machine."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import random
@@ -16,20 +17,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
-from worker.training import data, models
+from worker.training import attention, data, fused, models, packing
 from worker.training.config import TrainConfig
 from worker.training.errors import TrainingCancelled, TrainingError
 from worker.training.methods import build_peft_config
+from worker.training.steps import StepPlan, micro_batches, optimiser_step, plan_steps
 
 __all__ = [
     "StepMetrics",
     "TrainCallbacks",
     "TrainResult",
+    "TrainedModel",
     "TrainingCancelled",
     "TrainingError",
     "train",
+    "train_model",
 ]
 
 
@@ -169,33 +172,13 @@ def _run(
         allow_pickle_weights=config.allow_pickle_weights,
     )
     stop_if_asked()
-    # Seeded right before the adapter is created so its initial weights, and the dropout
-    # masks after them, depend on the seed alone and not on what loading consumed.
-    _seed_everything(config.seed)
-    from peft import get_peft_model
-
-    model = get_peft_model(model, build_peft_config(config, model))
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    callbacks.on_event(
-        "info",
-        f"Model loaded ({_human(total)} parameters, {_human(trainable)} trainable)",
-        {
-            "parameters": total,
-            "trainable": trainable,
-            "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."),
-        },
-    )
-    stop_if_asked()
-
-    steps, final_loss, seconds, tokens = _loop(model, samples, pad_id, config, device, callbacks)
+    trained = train_model(model, samples, config, pad_id=pad_id, callbacks=callbacks)
     stop_if_asked()
 
     info("Saving adapter")
-    model.save_pretrained(str(staging), safe_serialization=True)
+    trained.model.save_pretrained(str(staging), safe_serialization=True)
     tokenizer.save_pretrained(str(staging))
-    return steps, final_loss, seconds, tokens
+    return trained.steps, trained.final_loss, trained.seconds, trained.tokens
 
 
 def _prepare(
@@ -234,23 +217,82 @@ def _prepare(
     return prepared.samples
 
 
+@dataclass
+class TrainedModel:
+    """What ``train_model`` returns: the adapted model and how training went."""
+
+    model: Any  # the PEFT-wrapped model, ready for save_pretrained
+    steps: int
+    final_loss: float
+    seconds: float
+    tokens: int
+
+
+def train_model(
+    model: Any,
+    samples: Sequence[data.Sample],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    callbacks: TrainCallbacks | None = None,
+) -> TrainedModel:
+    """Add the config's adapter to a loaded causal LM and train it on encoded ``samples``.
+
+    The part of ``train`` after loading, public so a benchmark can run the very same loop on
+    a model it built itself. The model's own modules are patched (fused layers, packed
+    attention) only while training runs and restored before this returns.
+    """
+    callbacks = callbacks or _Silent()
+    device = next(model.parameters()).device
+    # Seeded right before the adapter is created so its initial weights, and the dropout
+    # masks after them, depend on the seed alone and not on what loading consumed.
+    _seed_everything(config.seed)
+    from peft import get_peft_model
+
+    model = get_peft_model(model, build_peft_config(config, model))
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype = next((p.dtype for p in model.parameters() if not p.requires_grad), torch.float32)
+    callbacks.on_event(
+        "info",
+        f"Model loaded ({_human(total)} parameters, {_human(trainable)} trainable)",
+        {
+            "parameters": total,
+            "trainable": trainable,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+        },
+    )
+    if callbacks.should_stop():
+        raise TrainingCancelled("Training was cancelled")
+    steps, final_loss, seconds, tokens = _loop(model, list(samples), pad_id, config, callbacks)
+    return TrainedModel(model, steps, final_loss, seconds, tokens)
+
+
 def _loop(
     model: Any,
     samples: list[data.Sample],
     pad_id: int,
     config: TrainConfig,
-    device: torch.device,
     callbacks: TrainCallbacks,
 ) -> tuple[int, float, float, int]:
     from transformers import get_scheduler
 
+    device = next(model.parameters()).device
     accum = config.gradient_accumulation_steps
     batches_per_epoch = math.ceil(len(samples) / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * (config.epochs or 1.0)))
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        # One kernel for all adapters instead of several per tensor; CUDA only, so CPU runs
+        # keep the reference implementation.
+        fused=device.type == "cuda" or None,
+    )
     scheduler_name: str = config.lr_scheduler
     if scheduler_name == "constant" and config.warmup_steps:
         scheduler_name = "constant_with_warmup"  # plain "constant" would ignore the warmup
@@ -260,14 +302,72 @@ def _loop(
         num_warmup_steps=config.warmup_steps,
         num_training_steps=total_steps,
     )
-    callbacks.on_event(
-        "info",
-        "Training started",
-        {"total_steps": total_steps, "samples": len(samples), "device": str(device)},
-    )
+    lm = model.get_base_model()
+    plan = plan_steps(lm, samples, config)
 
-    model.train()
-    step, loss, tokens_total = 0, float("nan"), 0
+    with contextlib.ExitStack() as stack:
+        fused_report = stack.enter_context(fused.fused_modules(model))
+        if plan.packed:
+            stack.enter_context(attention.packed_attention(lm))
+        if plan.checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            stack.callback(lm.gradient_checkpointing_disable)
+        callbacks.on_event(
+            "info",
+            "Training started",
+            {
+                "total_steps": total_steps,
+                "samples": len(samples),
+                "device": str(device),
+                "packing": plan.packed,
+                "micro_batch_tokens": plan.token_budget if plan.packed else None,
+                "gradient_checkpointing": plan.checkpointing,
+                "fused_layers": fused_report.lora_linear
+                + fused_report.rms_norm
+                + fused_report.gated_mlp,
+            },
+        )
+        if plan.note and config.packing:
+            callbacks.on_event("info", f"Batches are padded, not packed: {plan.note}.")
+        if plan.checkpointing:
+            callbacks.on_event(
+                "info",
+                "Gradient checkpointing is on: a forward pass over the longest samples would "
+                "not fit in GPU memory without it (each step recomputes its forward pass, about "
+                "half as much work again); a shorter max_seq_length avoids it.",
+            )
+        model.train()
+        return _steps(
+            model,
+            lm,
+            samples,
+            pad_id,
+            config,
+            plan,
+            optimizer,
+            scheduler,
+            params,
+            total_steps,
+            callbacks,
+        )
+
+
+def _steps(
+    model: Any,
+    lm: Any,
+    samples: list[data.Sample],
+    pad_id: int,
+    config: TrainConfig,
+    plan: StepPlan,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    params: list[torch.nn.Parameter],
+    total_steps: int,
+    callbacks: TrainCallbacks,
+) -> tuple[int, float, float, int]:
+    device = next(model.parameters()).device
+    accum = config.gradient_accumulation_steps
+    step, loss_value, tokens_total = 0, float("nan"), 0
     started = time.perf_counter()
     epoch = 0
     while step < total_steps:
@@ -278,17 +378,19 @@ def _loop(
             if callbacks.should_stop():
                 raise TrainingCancelled("Training was cancelled")
             step_started = time.perf_counter()
-            group = [data.collate(b, pad_id) for b in batches[first : first + accum]]
-            loss, tokens = _optimiser_step(model, group, device)
+            group = batches[first : first + accum]
+            micro = micro_batches(group, plan, pad_id)
+            answer_tokens = sum(packing.answer_token_count(s) for b in group for s in b)
+            loss_value, tokens = optimiser_step(lm, micro, answer_tokens, plan, device)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if not math.isfinite(loss):
+            if not math.isfinite(loss_value):
                 raise TrainingError(
-                    f"The loss became {loss} at step {step}; lower the learning rate."
+                    f"The loss became {loss_value} at step {step}; lower the learning rate."
                 )
             tokens_total += tokens
             elapsed = time.perf_counter() - step_started
@@ -298,7 +400,7 @@ def _loop(
                     step=step,
                     total_steps=total_steps,
                     epoch=epoch + done / len(batches),
-                    loss=loss,
+                    loss=loss_value,
                     learning_rate=learning_rate,
                     grad_norm=grad_norm,
                     tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
@@ -306,31 +408,7 @@ def _loop(
                 )
             )
         epoch += 1
-    return step, loss, time.perf_counter() - started, tokens_total
-
-
-def _optimiser_step(
-    model: Any, group: list[dict[str, torch.Tensor]], device: torch.device
-) -> tuple[float, int]:
-    """Forward and backward over the accumulated batches; the loss is the mean over every
-    answer token of the group, so it does not depend on how the group was split."""
-    answer_tokens = sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for b in group)
-    tokens = sum(int(b["attention_mask"].sum()) for b in group)
-    loss_sum = torch.zeros((), device=device)
-    for batch in group:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        batch_loss = F.cross_entropy(
-            logits[:, :-1, :].float().flatten(0, 1),
-            batch["labels"][:, 1:].flatten(),
-            ignore_index=data.IGNORE_INDEX,
-            reduction="sum",
-        )
-        (batch_loss / answer_tokens).backward()
-        loss_sum += batch_loss.detach()
-    return float(loss_sum) / answer_tokens, tokens
+    return step, loss_value, time.perf_counter() - started, tokens_total
 
 
 def _seed_everything(seed: int) -> None:

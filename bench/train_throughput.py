@@ -1,0 +1,553 @@
+"""LoRA training throughput: plain transformers Trainer + PEFT against tunelab's engine.
+
+    python bench/train_throughput.py --shape qwen2.5-0.5b --shape llama-3-8b
+
+For each model shape: the same random-initialised bf16 model (weights do not change speed),
+the same samples in the same order, the same LoRA (rank, alpha, dropout, target modules),
+learning rate and schedule, and the same samples per optimiser step (8 per batch x 4
+accumulation steps) go through
+
+(a) the usual recipe: ``transformers.Trainer`` with ``bf16=True``, SDPA attention, each batch
+    padded to its longest sample (DataCollatorForSeq2Seq style), gradient checkpointing only
+    if the largest padded batch does not fit without it (probed first, reported);
+(b) ``worker.training.engine.train_model``: the loop ``train()`` runs after loading.
+
+One JSON line per shape: real (non-pad) tokens per second of each over the timed steps (all
+but the first), the ratio, peak allocated GPU memory of each, the final loss of each, and MFU
+(4 x parameters FLOPs per real token against the GPU's dense bf16 peak).
+
+Sample lengths follow a long-tailed (log-normal) distribution between 50 and 2048 tokens,
+the shape of chat/instruction data; the first 20-80% of each sample is prompt (unlabelled).
+Tokens follow a Zipf law over 8,192 ids so the loss has something to learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.training import data
+from worker.training.config import TrainConfig
+from worker.training.engine import StepMetrics, train_model
+from worker.training.formatting import IGNORE_INDEX, Sample
+from worker.training.methods import build_peft_config
+
+# Public architecture hyper-parameters of each model; weights are random.
+SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2",
+        "vocab_size": 151936,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+    },
+    "llama-3.2-1b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    },
+    # For a smoke run of this script on a CPU; not a real model.
+    "tiny": {
+        "model_type": "llama",
+        "vocab_size": 8200,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+    },
+    "llama-3-8b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+    },
+}
+
+# Dense bf16 matrix peak by the datasheets (SXM parts), for MFU.
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
+
+
+@dataclass
+class RunResult:
+    tokens_per_second: float
+    peak_memory_gib: float
+    losses: list[float]
+    seconds: float
+    notes: dict[str, Any]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", action="append", choices=sorted(SHAPES), required=True)
+    parser.add_argument("--steps", type=int, default=6, help="optimiser steps per run")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed first steps")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--accumulation", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--median-length", type=int, default=320)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--baseline-checkpointing",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto: on only if the largest padded batch does not fit without it",
+    )
+    parser.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        action="append",
+        help="engine token budget(s) to time (default: the engine's own choice)",
+    )
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the engine's second and third steps; print its busiest GPU kernels",
+    )
+    parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    args = parser.parse_args()
+    if not torch.cuda.is_available() and set(args.shape) != {"tiny"}:
+        sys.exit("This benchmark needs a CUDA GPU (only the 'tiny' smoke shape runs on a CPU).")
+
+    for shape in args.shape:
+        try:
+            line = bench_shape(shape, args)
+        except Exception as exc:  # one shape failing should not lose the others' numbers
+            traceback.print_exc()
+            line = {"shape": shape, "error": f"{type(exc).__name__}: {exc}"}
+        text = json.dumps(line, separators=(",", ":"))
+        print(text, flush=True)
+        if args.out:
+            with args.out.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+
+
+def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
+    samples_per_step = args.batch_size * args.accumulation
+    samples = make_samples(
+        args.steps * samples_per_step, args.median_length, args.max_length, args.seed
+    )
+    # The engine's own order (one epoch, shuffled by seed); the baseline reads it as is.
+    ordered = [
+        s for b in data.make_batches(samples, args.batch_size, seed=args.seed, epoch=0) for s in b
+    ]
+    step_tokens = [
+        sum(len(s.input_ids) for s in ordered[i : i + samples_per_step])
+        for i in range(0, len(ordered), samples_per_step)
+    ]
+    padded = [
+        len(batch) * max(len(s.input_ids) for s in batch)
+        for batch in (
+            ordered[i : i + args.batch_size] for i in range(0, len(ordered), args.batch_size)
+        )
+    ]
+    config = TrainConfig(
+        base_model=f"random {shape}",
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.accumulation,
+        learning_rate=args.learning_rate,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        max_seq_length=args.max_length,
+        seed=args.seed,
+    )
+    parameters = count_parameters(shape)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu), None)
+
+    line: dict[str, Any] = {"shape": shape, "gpu": gpu, "parameters": parameters}
+    baseline = None
+    if not args.skip_baseline:
+        baseline = run_baseline(shape, ordered, config, args, step_tokens)
+        log(f"{shape} baseline: {baseline}")
+    engines = []
+    for budget in args.micro_batch_tokens or [None]:
+        engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
+        log(f"{shape} engine: {engines[-1]}")
+    engine = engines[0]
+
+    def mfu(result: RunResult) -> float | None:
+        if peak is None:
+            return None
+        return round(4 * parameters * result.tokens_per_second / (peak * 1e12), 4)
+
+    line.update(
+        {
+            "engine_tokens_per_s": round(engine.tokens_per_second, 1),
+            "engine_peak_mem_gib": round(engine.peak_memory_gib, 2),
+            "engine_final_loss": round(engine.losses[-1], 4),
+            "engine_mfu": mfu(engine),
+        }
+    )
+    if baseline is not None:
+        line.update(
+            {
+                "baseline_tokens_per_s": round(baseline.tokens_per_second, 1),
+                "baseline_peak_mem_gib": round(baseline.peak_memory_gib, 2),
+                "baseline_final_loss": round(baseline.losses[-1], 4),
+                "baseline_mfu": mfu(baseline),
+                "speedup": round(engine.tokens_per_second / baseline.tokens_per_second, 2),
+                "memory_ratio": round(engine.peak_memory_gib / baseline.peak_memory_gib, 3)
+                if baseline.peak_memory_gib
+                else None,
+                "loss_rel_diff": round(
+                    abs(engine.losses[-1] - baseline.losses[-1]) / abs(baseline.losses[-1]), 5
+                ),
+            }
+        )
+    line.update(
+        {
+            "bf16_peak_tflops": peak,
+            "steps": args.steps,
+            "timed_steps": args.steps - args.warmup_steps,
+            "samples_per_step": samples_per_step,
+            "real_tokens": sum(step_tokens),
+            "padding_overhead": round(sum(padded) / sum(step_tokens), 3),
+            "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout},
+            "learning_rate": args.learning_rate,
+            "engine_notes": engine.notes,
+            "engine_losses": [round(x, 4) for x in engine.losses],
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": __import__("transformers").__version__,
+                "peft": __import__("peft").__version__,
+            },
+        }
+    )
+    if baseline is not None:
+        line["baseline_notes"] = baseline.notes
+        line["baseline_losses"] = [round(x, 4) for x in baseline.losses]
+    for extra in engines[1:]:
+        line.setdefault("engine_other_budgets", []).append(
+            {
+                "micro_batch_tokens": extra.notes.get("micro_batch_tokens"),
+                "tokens_per_s": round(extra.tokens_per_second, 1),
+                "peak_mem_gib": round(extra.peak_memory_gib, 2),
+                "final_loss": round(extra.losses[-1], 4),
+            }
+        )
+    return line
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --- Data ----------------------------------------------------------------------------------
+
+
+def make_samples(count: int, median: int, longest: int, seed: int) -> list[Sample]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.exp(math.log(median) + 0.9 * torch.randn(count, generator=generator)).clamp(
+        50, longest
+    )
+    prompt_share = 0.2 + 0.6 * torch.rand(count, generator=generator)
+    vocabulary = 8192
+    zipf = 1.0 / torch.arange(1, vocabulary + 1, dtype=torch.float64)
+    samples = []
+    for length, share in zip(lengths.tolist(), prompt_share.tolist(), strict=True):
+        n = int(length)
+        ids = (torch.multinomial(zipf, n, replacement=True, generator=generator) + 1).tolist()
+        prompt = max(1, min(n - 2, int(n * share)))
+        labels = [IGNORE_INDEX] * prompt + ids[prompt:]
+        samples.append(Sample(input_ids=ids, labels=labels))
+    return samples
+
+
+# --- Models --------------------------------------------------------------------------------
+
+
+def build_model(shape: str, seed: int) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(SHAPES[shape])
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    return model
+
+
+def count_parameters(shape: str) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(SHAPES[shape])
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def release() -> None:
+    """Free what the previous run left (callers drop their references first)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+# --- (b) tunelab's engine ------------------------------------------------------------------
+
+
+class StepClock:
+    """Callbacks that time each optimiser step (the engine syncs on the loss every step)."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+        self.losses: list[float] = []
+        self.events: list[tuple[str, dict[str, Any] | None]] = []
+
+    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append((message, data))
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        synchronize()
+        self.marks.append(time.perf_counter())
+        self.losses.append(metrics.loss)
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def run_engine(
+    shape: str,
+    samples: list[Sample],
+    config: TrainConfig,
+    budget: int | None,
+    args: argparse.Namespace,
+    step_tokens: list[int],
+) -> RunResult:
+    model = build_model(shape, args.seed)
+    release()
+    clock = StepClock()
+    config = config.model_copy(update={"micro_batch_tokens": budget})
+    started = time.perf_counter()
+    if args.profile:
+        trained = profile_engine(model, samples, config, clock)
+    else:
+        trained = train_model(model, samples, config, pad_id=0, callbacks=clock)
+    seconds = time.perf_counter() - started
+    peak = peak_memory_gib()
+    notes = next((d for m, d in clock.events if m == "Training started"), None) or {}
+    del trained, model
+    release()
+    return RunResult(
+        tokens_per_second=timed_rate(clock.marks, step_tokens, args.warmup_steps),
+        peak_memory_gib=peak,
+        losses=clock.losses,
+        seconds=round(seconds, 1),
+        notes={
+            k: notes.get(k)
+            for k in ("packing", "micro_batch_tokens", "gradient_checkpointing", "fused_layers")
+        },
+    )
+
+
+def profile_engine(model: Any, samples: list[Sample], config: TrainConfig, clock: StepClock) -> Any:
+    """Run the engine under torch.profiler, recording steps 2 and 3, and print where the
+    GPU's time went and how much of the wall time it was busy."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(
+        activities=activities, schedule=schedule(wait=0, warmup=1, active=2, repeat=1)
+    ) as prof:
+        on_step = clock.on_step
+
+        def stepping(metrics: StepMetrics) -> None:
+            on_step(metrics)
+            prof.step()
+
+        clock.on_step = stepping  # type: ignore[method-assign]
+        trained = train_model(model, samples, config, pad_id=0, callbacks=clock)
+    events = prof.key_averages()
+    # Kernels only: an operator's row repeats the time of the kernels it launched.
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e3
+    wall = (clock.marks[2] - clock.marks[0]) * 1e3
+    log(f"profile: GPU busy {busy:.0f} ms of {wall:.0f} ms wall over 2 steps")
+    log(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
+    log(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+    return trained
+
+
+def timed_rate(marks: list[float], step_tokens: list[int], warmup: int) -> float:
+    """Real tokens per second over the steps after ``warmup``: from the end of the last
+    warm-up step to the end of the run."""
+    tokens = sum(step_tokens[warmup : len(marks)])
+    return tokens / (marks[-1] - marks[warmup - 1])
+
+
+# --- (a) Trainer + PEFT with dynamic padding -----------------------------------------------
+
+
+def pad_batch(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """DataCollatorForSeq2Seq's behaviour without a tokenizer: pad right to the longest."""
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.zeros((len(features), width), dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, feature in enumerate(features):
+        n = len(feature["input_ids"])
+        input_ids[row, :n] = torch.tensor(feature["input_ids"])
+        labels[row, :n] = torch.tensor(feature["labels"])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def run_baseline(
+    shape: str,
+    ordered: list[Sample],
+    config: TrainConfig,
+    args: argparse.Namespace,
+    step_tokens: list[int],
+) -> RunResult:
+    from peft import get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    model = build_model(shape, args.seed)
+    torch.manual_seed(config.seed)
+    model = get_peft_model(model, build_peft_config(config, model))
+    dataset = [{"input_ids": s.input_ids, "labels": s.labels} for s in ordered]
+    checkpointing = {"on": True, "off": False}.get(args.baseline_checkpointing)
+    if checkpointing is None:
+        checkpointing = not fits_without_checkpointing(model, dataset, args.batch_size)
+    release()
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+            self.losses: list[float] = []
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            synchronize()
+            self.marks.append(time.perf_counter())
+
+        def on_log(self, *_: Any, logs: dict[str, float] | None = None, **__: Any) -> None:
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    class InOrder(Trainer):
+        # The engine's shuffle is already applied; keep it so both see the same steps.
+        def _get_train_sampler(self, *_: Any, **__: Any) -> SequentialSampler:
+            return SequentialSampler(dataset)
+
+    clock = Clock()
+    training_args = TrainingArguments(
+        output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "bench-trainer"),
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.accumulation,
+        max_steps=args.steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=config.max_grad_norm,
+        bf16=True,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = InOrder(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=pad_batch,
+        callbacks=[clock],
+    )
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    peak = peak_memory_gib()
+    notes = {"gradient_checkpointing": checkpointing, "optim": str(training_args.optim)}
+    del trainer, model
+    release()
+    return RunResult(
+        tokens_per_second=timed_rate(clock.marks, step_tokens, args.warmup_steps),
+        peak_memory_gib=peak,
+        losses=clock.losses,
+        seconds=round(seconds, 1),
+        notes=notes,
+    )
+
+
+def fits_without_checkpointing(model: Any, dataset: list[dict[str, Any]], batch_size: int) -> bool:
+    """Forward and backward of the largest padded batch, as the Trainer would run it."""
+    batches = [dataset[i : i + batch_size] for i in range(0, len(dataset), batch_size)]
+    largest = max(batches, key=lambda b: len(b) * max(len(f["input_ids"]) for f in b))
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in pad_batch(largest).items()}
+    model.train()
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(**inputs)
+        out.loss.backward()
+        fits = True
+    except torch.OutOfMemoryError:
+        fits = False
+    out = None
+    model.zero_grad(set_to_none=True)
+    return fits
+
+
+if __name__ == "__main__":
+    main()

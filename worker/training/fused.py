@@ -1,0 +1,281 @@
+"""Leaner forward/backward for the layers LoRA training spends its time and memory in.
+
+Three replacements, each an autograd function written in plain PyTorch (so they run, and are
+tested, on the CPU too) and installed on a model's modules for the duration of training only:
+
+- LoRA linear: base projection, dropout, A and B in one function. PEFT's path casts the
+  input to the adapters' float32, keeps a dropped-out copy of it for every adapted
+  projection and launches a kernel per step; here the adapters compute in the input's dtype
+  (bf16 on a GPU) from float32 master weights, and backward keeps the shared input plus a
+  one-byte dropout mask instead of a copy.
+- RMSNorm (Llama-style ``weight * normalised``): keeps the bf16 input and one float per
+  token rather than float32 copies of the whole row.
+- SwiGLU (``silu(gate) * up``): keeps gate and up and recomputes the SiLU in backward.
+
+Each replacement is the same function of its inputs as the module it stands in for, to
+float rounding (tests compare them on random inputs). A module whose type or settings this
+file does not know keeps its own forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Classes whose forward is exactly ``weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`` with the
+# statistics in float32. Gemma's RMSNorm scales by (1 + weight) and is deliberately absent.
+_RMS_NORM_CLASSES = frozenset(
+    {
+        "LlamaRMSNorm",
+        "MistralRMSNorm",
+        "Qwen2RMSNorm",
+        "Qwen3RMSNorm",
+        "Qwen3MoeRMSNorm",
+        "OlmoRMSNorm",
+        "Olmo2RMSNorm",
+        "GraniteRMSNorm",
+    }
+)
+# Classes whose forward is exactly ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``.
+_GATED_MLP_CLASSES = frozenset(
+    {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "OlmoMLP", "Olmo2MLP", "GraniteMLP"}
+)
+
+
+@dataclass
+class FusedReport:
+    """How many modules of each kind run through the fused functions."""
+
+    lora_linear: int = 0
+    rms_norm: int = 0
+    gated_mlp: int = 0
+    skipped_lora: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def fused_modules(model: nn.Module) -> Iterator[FusedReport]:
+    """Install the fused forwards on every module of ``model`` that qualifies; undo on exit."""
+    report = FusedReport()
+    patched: list[nn.Module] = []
+    try:
+        for name, module in model.named_modules():
+            forward = _fused_forward_for(module)
+            if forward is None:
+                if _is_lora_linear(module):
+                    report.skipped_lora.append(name)
+                continue
+            kind, method = forward
+            module.forward = types.MethodType(method, module)
+            patched.append(module)
+            setattr(report, kind, getattr(report, kind) + 1)
+        yield report
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _fused_forward_for(module: nn.Module) -> tuple[str, Any] | None:
+    if _lora_fusable(module):
+        return "lora_linear", _lora_forward
+    cls = type(module).__name__
+    if (
+        cls in _RMS_NORM_CLASSES
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and isinstance(getattr(module, "variance_epsilon", None), float)
+    ):
+        return "rms_norm", _rms_norm_forward
+    if cls in _GATED_MLP_CLASSES and _is_silu(module):
+        return "gated_mlp", _gated_mlp_forward
+    return None
+
+
+# --- LoRA linear ---------------------------------------------------------------------------
+
+
+def _is_lora_linear(module: nn.Module) -> bool:
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(module, LoraLinear)
+
+
+def _lora_fusable(module: nn.Module) -> bool:
+    from peft.tuners.lora import Linear as LoraLinear
+
+    # Exact type: quantised subclasses (bitsandbytes, …) have their own base computation.
+    if type(module) is not LoraLinear or type(module.base_layer) is not nn.Linear:
+        return False
+    adapters = list(module.active_adapters)
+    if len(adapters) != 1 or module.merged or module.disable_adapters:
+        return False
+    name = adapters[0]
+    if name not in module.lora_A or name in getattr(module, "lora_variant", {}):
+        return False  # DoRA and other variants change the computation
+    if getattr(module, "fan_in_fan_out", False):
+        return False
+    if type(module.lora_A[name]) is not nn.Linear or type(module.lora_B[name]) is not nn.Linear:
+        return False
+    if module.lora_A[name].bias is not None or module.lora_B[name].bias is not None:
+        return False
+    dropout = module.lora_dropout[name]
+    return isinstance(dropout, nn.Identity) or type(dropout) is nn.Dropout
+
+
+def _lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    name = self.active_adapters[0]
+    dropout = self.lora_dropout[name]
+    p = float(dropout.p) if isinstance(dropout, nn.Dropout) and self.training else 0.0
+    base = self.base_layer
+    out: torch.Tensor = _LoraLinear.apply(
+        x,
+        base.weight,
+        base.bias,
+        self.lora_A[name].weight,
+        self.lora_B[name].weight,
+        float(self.scaling[name]),
+        p,
+    )
+    return out
+
+
+class _LoraLinear(torch.autograd.Function):
+    """y = x W^T + b + s * dropout(x) A^T B^T, A and B cast to x's dtype for the products."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        p: float,
+    ) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        a = lora_a.to(x.dtype)
+        b = lora_b.to(x.dtype)
+        if p > 0.0:
+            dropped, mask = torch.native_dropout(x2, p, True)
+        else:
+            dropped, mask = x2, None
+        xa = dropped @ a.t()
+        out = F.linear(x2, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        out.addmm_(xa, b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, weight, mask, a, b, xa)
+        ctx.scaling, ctx.p, ctx.shape = scaling, p, shape
+        ctx.dtypes = (
+            weight.dtype,
+            None if bias is None else bias.dtype,
+            lora_a.dtype,
+            lora_b.dtype,
+        )
+        return out.view(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x2, weight, mask, a, b, xa = ctx.saved_tensors
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        w_dtype, bias_dtype, a_dtype, b_dtype = ctx.dtypes
+        s, p = ctx.scaling, ctx.p
+        g = grad.reshape(-1, grad.shape[-1])
+        g_b = g @ b if (need_x or need_a) else None  # [tokens, r]
+        grad_x = grad_w = grad_bias = grad_a = grad_b = None
+        if need_x:
+            assert g_b is not None
+            grad_x = g @ weight.to(g.dtype)
+            if mask is None:
+                grad_x.addmm_(g_b, a, alpha=s)
+            else:
+                grad_x += torch.ops.aten.native_dropout_backward(g_b @ a, mask, s / (1.0 - p))
+            grad_x = grad_x.view(ctx.shape)
+        if need_a:
+            assert g_b is not None
+            dropped = (
+                x2
+                if mask is None
+                else torch.ops.aten.native_dropout_backward(x2, mask, 1 / (1 - p))
+            )
+            grad_a = (g_b.t() @ dropped).mul_(s).to(a_dtype)
+        if need_b:
+            grad_b = (g.t() @ xa).mul_(s).to(b_dtype)
+        if need_w:
+            grad_w = (g.t() @ x2).to(w_dtype)
+        if need_bias:
+            grad_bias = g.sum(0).to(bias_dtype)
+        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None
+
+
+# --- RMSNorm -------------------------------------------------------------------------------
+
+
+def _rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+    return out
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        normed = (xf * rstd).to(x.dtype)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * normed
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, rstd = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        xhat = x.float() * rstd  # a fresh tensor: the in-place steps below never touch x
+        grad_x = grad_w = None
+        if need_w:
+            normed = xhat.to(x.dtype)
+            grad_w = (grad * normed).float().reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        if need_x:
+            g = (grad * weight).float()
+            dot = (g * xhat).mean(-1, keepdim=True)
+            grad_x = g.sub_(xhat.mul_(dot)).mul_(rstd).to(x.dtype)
+        return grad_x, grad_w, None
+
+
+# --- SwiGLU --------------------------------------------------------------------------------
+
+
+def _is_silu(module: nn.Module) -> bool:
+    config = getattr(module, "config", None)
+    act = getattr(config, "hidden_act", getattr(config, "hidden_activation", None))
+    return act in ("silu", "swish") and all(
+        isinstance(getattr(module, name, None), nn.Module)
+        for name in ("gate_proj", "up_proj", "down_proj")
+    )
+
+
+def _gated_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    hidden: torch.Tensor = _SiluMul.apply(self.gate_proj(x), self.up_proj(x))
+    out: torch.Tensor = self.down_proj(hidden)
+    return out
+
+
+class _SiluMul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        gate, up = ctx.saved_tensors
+        # The same kernels autograd would run for silu(gate) * up, with silu recomputed.
+        grad_up = grad * F.silu(gate)
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
+        return grad_gate, grad_up

@@ -1,0 +1,107 @@
+"""The answer-token loss without full-vocabulary fp32 logits.
+
+Only the positions that carry a label go through the output head, a chunk of rows at a time:
+each chunk's logits live in fp32 just long enough to give that chunk's cross-entropy and its
+gradient, so memory holds at most ``chunk_rows x vocabulary`` logits instead of
+``tokens x vocabulary``. The gradient with respect to the hidden states is computed in the
+same pass (the loss is a plain sum, so d(loss)/d(hidden) does not depend on anything after
+it) and only scaled by the incoming gradient in backward; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# fp32 elements of one chunk's logits (2**27 x 4 bytes = 512 MiB): about 1,000 rows of a
+# 128k vocabulary, plenty of work per matrix product and a small share of an 80 GB card.
+DEFAULT_CHUNK_ELEMENTS = 2**27
+
+
+def linear_cross_entropy_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Sum over rows of cross_entropy(hidden @ weight.T + bias, targets) as a scalar of at
+    least float32 precision.
+
+    ``hidden`` is [rows, hidden_size] (only labelled positions), ``weight`` [vocab,
+    hidden_size], ``targets`` [rows] (every row labelled). Logits are computed in the
+    hidden states' dtype, as the model's own head would, and reduced in float32 (float64
+    for float64 inputs).
+    """
+    if hidden.shape[0] == 0:
+        return (0.0 * hidden.sum()).to(torch.promote_types(hidden.dtype, torch.float32))
+    rows = max(1, chunk_elements // max(1, weight.shape[0]))
+    result: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows)
+    return result
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        rows: int,
+    ) -> torch.Tensor:
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        weight = weight.to(hidden.dtype)
+        if bias is not None:
+            bias = bias.to(hidden.dtype)
+        exact = torch.promote_types(hidden.dtype, torch.float32)
+        total = torch.zeros((), dtype=exact, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=exact, device=weight.device) if need_weight else None
+        )
+        grad_bias = (
+            torch.zeros(weight.shape[0], dtype=exact, device=weight.device) if need_bias else None
+        )
+        for start in range(0, hidden.shape[0], rows):
+            chunk = hidden[start : start + rows]
+            target = targets[start : start + rows]
+            logits = F.linear(chunk, weight, bias).to(exact)
+            log_z = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+            total += (log_z - picked).sum()
+            if grad_hidden is None and grad_weight is None and grad_bias is None:
+                continue
+            # d(loss)/d(logits) = softmax - one_hot, built in place over the fp32 logits.
+            probs = logits.sub_(log_z.unsqueeze(1)).exp_()
+            probs[torch.arange(target.shape[0], device=probs.device), target] -= 1.0
+            grad_logits = probs.to(hidden.dtype)
+            del logits, probs
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[start : start + rows])
+            if grad_weight is not None:
+                grad_weight += (grad_logits.t() @ chunk).to(exact)
+            if grad_bias is not None:
+                grad_bias += grad_logits.to(exact).sum(0)
+        ctx.save_for_backward(
+            *(t if t is not None else torch.empty(0) for t in (grad_hidden, grad_weight, grad_bias))
+        )
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Any, ...]:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        scale = grad_total
+        return (
+            grad_hidden * scale.to(grad_hidden.dtype) if need_hidden else None,
+            (grad_weight * scale).to(ctx.weight_dtype) if need_weight else None,
+            (grad_bias * scale).to(ctx.bias_dtype) if need_bias else None,
+            None,
+            None,
+        )

@@ -1,0 +1,163 @@
+"""One optimiser step: how its samples become forward passes and how each pass's loss is
+computed.
+
+The plan is made once per run. Models whose attention can be packed (see ``attention``) get
+their step's samples packed into rows under a token budget (see ``packing``); others get the
+step's batches padded. Either way the loss covers the answer positions only and, for the
+model types listed in ``_PLAIN_HEAD_TYPES``, comes from the decoder's hidden states without
+full-vocabulary logits (see ``loss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from worker.training import attention
+from worker.training.config import TrainConfig
+from worker.training.formatting import Sample
+from worker.training.loss import DEFAULT_CHUNK_ELEMENTS, linear_cross_entropy_sum
+from worker.training.packing import (
+    MicroBatch,
+    activation_bytes_per_token,
+    collate_packed,
+    collate_padded,
+    default_token_budget,
+    pack,
+)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How each optimiser step runs, decided once per run from the model and the data."""
+
+    packed: bool
+    token_budget: int
+    checkpointing: bool
+    fused_head: bool
+    note: str  # why packing is off, when it is
+
+
+def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
+    """Packed or padded rows, the token budget per packed row, and checkpointing if needed."""
+    note = "" if config.packing else "packing is off in the run config"
+    if config.packing:
+        note = attention.unsupported_reason(lm) or ""
+    packed = not note
+    longest = max(len(s.input_ids) for s in samples)
+    budget = config.micro_batch_tokens or default_token_budget(lm.config)
+    budget = max(budget, longest)
+    checkpointing = False
+    device = next(lm.parameters()).device
+    if device.type == "cuda":
+        budget, checkpointing = _fit_in_memory(lm, budget, longest, config, device, packed)
+    return StepPlan(packed, budget, checkpointing, _plain_head(lm), note)
+
+
+def _fit_in_memory(
+    lm: Any,
+    budget: int,
+    longest: int,
+    config: TrainConfig,
+    device: torch.device,
+    packed: bool,
+) -> tuple[int, bool]:
+    """Shrink the token budget, then turn on gradient checkpointing, only if memory needs it.
+
+    Checkpointing recomputes every layer's forward in backward (about half as much work
+    again for LoRA, whose backward skips the frozen weights' gradients), so it is the last
+    resort, used when even one packed row of the longest sample would not fit.
+    """
+    per_token = activation_bytes_per_token(lm.config, config.lora_dropout)
+    free, _ = torch.cuda.mem_get_info(device)
+    trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
+    # fp32 gradient and two AdamW moments per trainable weight, the loss head's chunk of
+    # fp32 logits (three copies at most), and a tenth left to the allocator's fragmentation.
+    workspace = 12 * trainable + 3 * 4 * DEFAULT_CHUNK_ELEMENTS
+    available = int(free * 0.9) - workspace
+    rows = budget if packed else config.batch_size * longest
+    if rows * per_token <= available:
+        return budget, False
+    if packed and longest * per_token <= available:
+        return max(longest, available // per_token), False
+    return budget, True
+
+
+# Model types whose causal-LM head is a plain ``lm_head(hidden)``: for these the loss is
+# computed from the decoder's hidden states (see ``loss``). Others (logit soft-capping or
+# scaling, mixtures of experts with auxiliary losses, ...) go through their own forward.
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2"})
+
+
+def _plain_head(lm: Any) -> bool:
+    head = lm.get_output_embeddings()
+    return (
+        getattr(lm.config, "model_type", None) in _PLAIN_HEAD_TYPES
+        and type(head) is torch.nn.Linear
+    )
+
+
+def optimiser_step(
+    lm: Any,
+    micro: list[MicroBatch],
+    answer_tokens: int,
+    plan: StepPlan,
+    device: torch.device,
+) -> tuple[float, int]:
+    """Forward and backward over the step's micro-batches. Each one's summed loss is divided
+    by the answer tokens of the whole step, so the gradient is that of the mean over every
+    answer token of the step however the samples were cut into micro-batches."""
+    loss_sum = torch.zeros((), device=device)
+    # All copies queued up front: the host runs ahead of the GPU from here to the step's end.
+    for batch in [b.to(device) for b in micro]:
+        batch_loss = micro_batch_loss(lm, batch, plan)
+        (batch_loss / answer_tokens).backward()
+        loss_sum += batch_loss.detach()
+    return float(loss_sum) / answer_tokens, sum(b.tokens for b in micro)
+
+
+def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor:
+    """Summed cross-entropy over the answer positions of one micro-batch (float32)."""
+    inputs: dict[str, Any] = {"input_ids": batch.input_ids, "use_cache": False}
+    if batch.cu_seq_lens is not None:
+        inputs.update(
+            position_ids=batch.position_ids,
+            cu_seq_lens_q=batch.cu_seq_lens,
+            cu_seq_lens_k=batch.cu_seq_lens,
+            max_length_q=batch.max_length,
+            max_length_k=batch.max_length,
+        )
+    else:
+        inputs["attention_mask"] = batch.attention_mask
+    if plan.fused_head:
+        hidden = lm.get_decoder()(**inputs).last_hidden_state
+        picked = hidden.flatten(0, 1).index_select(0, batch.label_positions)
+        head = lm.get_output_embeddings()
+        return linear_cross_entropy_sum(picked, head.weight, batch.label_targets, head.bias)
+    logits = lm(**inputs).logits
+    picked = logits.flatten(0, 1).index_select(0, batch.label_positions)
+    del logits
+    rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, picked.shape[-1]))
+    total = torch.zeros((), device=picked.device)
+    for start in range(0, picked.shape[0], rows):
+        total = total + F.cross_entropy(
+            picked[start : start + rows].float(),
+            batch.label_targets[start : start + rows],
+            reduction="sum",
+        )
+    return total
+
+
+def micro_batches(
+    group: Sequence[Sequence[Sample]], plan: StepPlan, pad_id: int
+) -> list[MicroBatch]:
+    """The forward passes of one step whose batches are ``group``."""
+    if plan.packed:
+        return [
+            collate_packed(row) for row in pack([s for b in group for s in b], plan.token_budget)
+        ]
+    return [collate_padded(batch, pad_id) for batch in group]

@@ -89,6 +89,10 @@ class ImportRequest(Input):
 
     @model_validator(mode="after")
     def _mapping_complete(self) -> ImportRequest:
+        if self.format == "columns" and not self.mapping:
+            raise ValueError('format "columns" needs a `mapping` of your columns')
+        if self.mapping is not None and self.format not in (None, "columns", "prompt_completion"):
+            raise ValueError(f"a `mapping` cannot be combined with format {self.format!r}")
         if self.mapping is not None:
             missing = [r for r in ("prompt", "completion") if not self.mapping.get(r)]
             if missing:

@@ -12,8 +12,9 @@ import re
 
 BOM = codecs.BOM_UTF8
 BINARY = (
-    "this is not UTF-8 text: it looks like a binary file (an image, an archive or a spreadsheet?); "
-    "upload a .json or .jsonl file"
+    "this is not UTF-8 text: it looks like a binary file (an image, an archive or an old .xls "
+    "spreadsheet?); "
+    "upload a .json, .jsonl, .csv or .xlsx file"
 )
 UTF16 = (
     'this file is UTF-16 text, not UTF-8 (Windows Notepad calls it "Unicode"): '
@@ -53,16 +54,19 @@ def sniff(head: bytes, *, whole: bool) -> tuple[int, str] | None:
     return line, not_utf8(raw, offset - line_start, complete=complete, file=True)
 
 
-def not_utf8(raw: bytes, offset: int, *, complete: bool = True, file: bool = False) -> str:
-    """Why a line is not UTF-8, guessing the Chinese Windows encoding when it fits."""
-    subject = "this file" if file else "this line"
+def not_utf8(
+    raw: bytes, offset: int, *, complete: bool = True, file: bool = False, unit: str = "line"
+) -> str:
+    """Why a line (or a table row: `unit`) is not UTF-8, guessing the Chinese Windows encoding
+    when it fits."""
+    subject = "this file" if file else f"this {unit}"
     if _looks_gb18030(raw, complete=complete):
         return (
             f"{subject} is not UTF-8 text: it looks like Chinese text saved as GBK/GB18030 "
             "(common on Windows); save the file as UTF-8 and upload it again"
         )
     return (
-        f"{subject} is not UTF-8 text (byte 0x{raw[offset]:02X} at byte {offset + 1} of the line): "
+        f"{subject} is not UTF-8 text (byte 0x{raw[offset]:02X} at byte {offset + 1} of the {unit}): "
         "save the file as UTF-8 and upload it again"
     )
 

@@ -8,16 +8,21 @@ the shared real datasets.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.core import errors
-from app.services import dataset_containers
+from app.services import dataset_containers, dataset_parsing
 from app.services.dataset_parsing import (
     InvalidDataset,
     RecordError,
@@ -72,7 +77,8 @@ def only_error(report: ValidationReport) -> RecordError:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # split on \n only: answers may hold U+2028 or other characters splitlines() breaks at
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 # --- valid files ---------------------------------------------------------------------------
@@ -172,13 +178,15 @@ def test_valid_alpaca_is_written_to_dest_as_chat_messages(tmp_path: Path) -> Non
             "messages": [
                 {"role": "user", "content": "把第1句话翻译成英文。\n\n第1句：今天天气很好。"},
                 {"role": "assistant", "content": "Sentence 1: the weather is nice today."},
-            ]
+            ],
+            "line": 1,
         },
         {
             "messages": [
                 {"role": "user", "content": "把第2句话翻译成英文。"},
                 {"role": "assistant", "content": "Sentence 2: the weather is nice today."},
-            ]
+            ],
+            "line": 2,
         },
         {
             "messages": [
@@ -189,7 +197,8 @@ def test_valid_alpaca_is_written_to_dest_as_chat_messages(tmp_path: Path) -> Non
                 {"role": "assistant", "content": "Thanks"},
                 {"role": "user", "content": "把第3句话翻译成英文。"},
                 {"role": "assistant", "content": "Sentence 3: the weather is nice today."},
-            ]
+            ],
+            "line": 3,
         },
     ]
 
@@ -213,7 +222,8 @@ def test_valid_chat_is_written_with_only_role_and_content(tmp_path: Path) -> Non
                 {"role": "system", "content": "简洁回答。"},
                 {"role": "user", "content": "一加一？"},
                 {"role": "assistant", "content": "二"},
-            ]
+            ],
+            "line": 1,
         }
     ]
 
@@ -305,12 +315,13 @@ def test_a_record_that_is_not_an_object_is_reported(tmp_path: Path) -> None:
     assert report.records == 2
 
 
-def test_file_that_is_neither_json_nor_jsonl_gets_one_clear_error(tmp_path: Path) -> None:
-    report = validate_file(write(tmp_path, "data.csv", "instruction,input,output\n你好,,Hello\n"))
+def test_file_that_is_neither_json_nor_a_table_gets_one_clear_error(tmp_path: Path) -> None:
+    text = "我的训练数据\n问：你好\n答：你好！\n"
+    report = validate_file(write(tmp_path, "notes.txt", text))
     error = only_error(report)
     assert error.line == 1 and report.container is None
-    assert "does not look like JSON or JSONL" in error.message
-    assert "`instruction,input,output`" in error.message
+    assert "does not look like JSON, JSONL or CSV" in error.message
+    assert "`我的训练数据`" in error.message
 
 
 def test_pretty_printed_object_in_jsonl_gives_one_clear_error() -> None:
@@ -401,15 +412,41 @@ def test_json_array_structure_errors_are_explained(
     assert expected in error.message
 
 
-def test_json_array_larger_than_the_cap_asks_for_jsonl(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
+def test_json_array_is_streamed_in_chunks_and_keeps_lines_and_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr(dataset_containers, "MAX_JSON_BYTES", 100)
-    text = json.dumps([alpaca(i) for i in range(5)], ensure_ascii=False)
-    error = only_error(validate_file(write(tmp_path, "big.json", text)))
-    assert "upload large datasets as JSONL" in error.message
-    # the same records as JSONL are read line by line, whatever the size
-    assert validate_file(write(tmp_path, "big.jsonl", jsonl(*(alpaca(i) for i in range(5))))).ok
+    # tiny chunks cut every value, string, number and \u escape somewhere
+    monkeypatch.setattr(dataset_containers, "READ_CHUNK", chunk)
+    records = [
+        alpaca(i, output=f"答案{i}\u00e9 " * (i % 7) + "结尾", n=12345.5e-3) for i in range(60)
+    ]
+    records[41] = alpaca(41, output=...)
+    text = json.dumps(records, ensure_ascii=bool(chunk % 2), indent=1)
+    dest = tmp_path / "out.jsonl"
+    report = validate_file(write(tmp_path, "data.json", text), dest=dest, drop_invalid=True)
+    starts = [number for number, line in enumerate(text.splitlines(), 1) if line == " {"]
+    assert [(e.line, e.field) for e in report.errors] == [(starts[41], "output")]
+    assert report.ok and (report.records, report.dropped) == (59, 1)
+    written = read_jsonl(dest)
+    assert [r["line"] for r in written] == starts[:41] + starts[42:]
+    assert written[5]["messages"][1]["content"] == records[5]["output"]
+
+    # a syntax error far down the file: the same line, column and words as decoding it whole
+    at = -1
+    for _ in range(45):
+        at = text.index('"input"', at + 1)
+    broken = text[:at] + '"input" "x"' + text[at + len('"input"') :]
+    with pytest.raises(json.JSONDecodeError) as whole:
+        json.loads(broken)
+    report = validate_file(write(tmp_path, "broken.json", broken))
+    assert report.unusable and report.error_count == 2  # record 41, then the syntax error
+    error = report.errors[-1]
+    assert (error.line, error.message) == (
+        whole.value.lineno,
+        dataset_containers.syntax_message(whole.value),
+    )
+    assert error.message.startswith("invalid JSON at column 11: a `:` is missing")
 
 
 # --- empty, binary and other encodings -----------------------------------------------------
@@ -434,8 +471,8 @@ def test_png_image_is_reported_as_binary() -> None:
     error = only_error(validate_file(BROKEN / "image.png"))
     assert error.line == 1
     assert str(error) == (
-        "line 1: this is not UTF-8 text: it looks like a binary file (an image, an archive or a "
-        "spreadsheet?); upload a .json or .jsonl file"
+        "line 1: this is not UTF-8 text: it looks like a binary file (an image, an archive or an "
+        "old .xls spreadsheet?); upload a .json, .jsonl, .csv or .xlsx file"
     )
 
 
@@ -518,11 +555,13 @@ def test_one_line_in_another_encoding_is_reported_and_the_rest_still_checked(
 def test_overlong_line_is_reported_without_reading_it_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dataset_containers, "MAX_LINE_BYTES", 300)
+    monkeypatch.setattr(dataset_containers, "MAX_RECORD_BYTES", 300)
     text = jsonl(alpaca(1), alpaca(2, output="很长" * 200), alpaca(3))
+    size = len(text.splitlines()[1].encode())
     report = validate_file(write(tmp_path, "data.jsonl", text))
     error = only_error(report)
-    assert error.line == 2 and "this line is longer than 300 bytes" in error.message
+    assert error.line == 2
+    assert f"this line is {size:,} bytes long; a record may be at most 300 bytes" in error.message
     assert report.records == 2
 
 
@@ -692,15 +731,28 @@ def test_chat_turn_order_is_only_checked_once_the_turns_are_valid(tmp_path: Path
 # --- formats -------------------------------------------------------------------------------
 
 
-def test_a_record_of_another_format_is_reported_as_such() -> None:
-    report = validate_file(BROKEN / "mixed_formats.jsonl")
+def test_a_record_of_another_format_is_an_error_when_the_format_was_chosen() -> None:
+    report = validate_file(BROKEN / "mixed_formats.jsonl", format="alpaca")
     assert report.format == "alpaca"
     error = only_error(report)
     assert (error.line, error.field) == (3, None)
     assert str(error).startswith(
-        "line 3: this record looks like chat (it has `messages`) but the file is alpaca"
+        "line 3: this record looks like chat (it has `messages`) but the file was declared as "
+        "alpaca"
     )
     assert report.records == 3
+
+
+def test_a_file_mixing_formats_is_read_record_by_record_with_a_warning(tmp_path: Path) -> None:
+    dest = tmp_path / "out.jsonl"
+    report = validate_file(BROKEN / "mixed_formats.jsonl", dest=dest)
+    assert report.ok and report.errors == []
+    assert (report.format, report.formats) == ("alpaca", {"alpaca": 3, "chat": 1})
+    assert report.warnings == [
+        "the file mixes record formats (3 alpaca, 1 chat; e.g. line 3 is chat); each record "
+        "was converted according to its own format"
+    ]
+    assert [r["line"] for r in read_jsonl(dest)] == [1, 2, 3, 4]
 
 
 def test_the_format_most_records_have_wins_even_when_the_first_record_is_odd(
@@ -709,8 +761,8 @@ def test_the_format_most_records_have_wins_even_when_the_first_record_is_odd(
     first = chat(("user", "你好"), ("assistant", "你好！"))
     text = jsonl(first, *(alpaca(i) for i in range(5)))
     report = validate_file(write(tmp_path, "data.jsonl", text))
-    assert report.format == "alpaca"
-    assert [e.line for e in report.errors] == [1]
+    assert report.format == "alpaca" and report.formats == {"chat": 1, "alpaca": 5}
+    assert report.ok and report.records == 6
 
 
 def test_declared_format_overrides_detection(tmp_path: Path) -> None:
@@ -722,8 +774,8 @@ def test_declared_format_overrides_detection(tmp_path: Path) -> None:
 
 
 def test_unknown_declared_format_is_a_programming_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown dataset format 'sharegpt'"):
-        validate_file(write(tmp_path, "data.jsonl", jsonl(alpaca(1))), format="sharegpt")
+    with pytest.raises(ValueError, match="unknown dataset format 'csv-ish'"):
+        validate_file(write(tmp_path, "data.jsonl", jsonl(alpaca(1))), format="csv-ish")
 
 
 def test_records_of_no_known_format_get_one_error_naming_their_fields(tmp_path: Path) -> None:
@@ -801,11 +853,11 @@ def test_validate_file_or_raise_raises_with_the_report_and_a_one_line_summary(
     assert exc.report.error_count == 2
     summary = str(exc)
     assert "\n" not in summary
-    assert summary.startswith("line 2: this record looks like chat")
+    assert summary.startswith('line 2: `messages[1].role` is "机器人\\n": a role must be')
     assert summary.endswith("and 1 more error; 1 valid alpaca record")
     # the domain error, so the one error handler maps it to a response with the listed errors
     assert isinstance(exc, errors.InvalidDataset)
-    assert [(e.line, e.field) for e in exc.errors] == [(2, None), (3, "output")]
+    assert [(e.line, e.field) for e in exc.errors] == [(2, "messages[1].role"), (3, "output")]
     assert exc.error_count == 2
 
 
@@ -858,33 +910,184 @@ def test_llamafactory_demo_duplicates_are_warned_about() -> None:
     )
 
 
-@needs_shared_data
-@pytest.mark.parametrize(
-    ("path", "fields"),
-    [
-        ("samsum-subset/samsum_train_first200.jsonl", "`dialogue`, `index`, `summary`"),
-        ("gsm8k/train.jsonl", "`answer`, `question`"),
-        ("gsm8k/test.jsonl", "`answer`, `question`"),
-        ("belle-eval-zh/eval_set.jsonl", "`class`, `question`, `std_answer`"),
-    ],
-)
-def test_shared_files_in_formats_we_do_not_read_get_one_error_naming_their_fields(
-    path: str, fields: str
-) -> None:
-    report = validate_file(SHARED_DATA / path)
-    assert (report.container, report.format, report.records) == ("jsonl", None, 0)
-    assert f"this one has {fields}" in only_error(report).message
+# --- leaving out invalid records, the errors file, progress --------------------------------
 
 
-@needs_shared_data
-@pytest.mark.parametrize(
-    ("name", "records"), [("seed_tasks.jsonl", 175), ("user_oriented_instructions.jsonl", 252)]
-)
-def test_self_instruct_files_look_like_alpaca_but_keep_answers_under_instances(
-    name: str, records: int
+def test_left_out_records_are_counted_and_the_rest_written(tmp_path: Path) -> None:
+    records = [alpaca(i, output="" if i % 4 == 1 else f"答案{i}") for i in range(12)]
+    text = jsonl(*records).replace(json.dumps(records[6], ensure_ascii=False), "{oops")
+    dest = tmp_path / "out.jsonl"
+    report = validate_file(write(tmp_path, "data.jsonl", text), dest=dest, drop_invalid=True)
+    assert report.ok and (report.records, report.dropped, report.error_count) == (8, 4, 4)
+    assert [e.line for e in report.errors] == [2, 6, 7, 10]
+    assert [r["line"] for r in read_jsonl(dest)] == [1, 3, 4, 5, 8, 9, 11, 12]
+    assert report.summary() == "8 valid alpaca records (4 invalid records left out)"
+    refused = validate_file(write(tmp_path, "data.jsonl", text), dest=tmp_path / "no.jsonl")
+    assert not refused.ok and refused.dropped == 0 and not (tmp_path / "no.jsonl").exists()
+
+
+def test_every_error_goes_to_the_errors_file_as_csv_excel_can_open(tmp_path: Path) -> None:
+    records = [alpaca(i, output="") for i in range(300)] + [{"instruction": "问", "output": 1}]
+    errors_file = tmp_path / "errors.csv"
+    report = validate_file(
+        write(tmp_path, "data.jsonl", jsonl(*records)), max_errors=5, errors_file=errors_file
+    )
+    assert (report.error_count, len(report.errors)) == (301, 5)
+    raw = errors_file.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfline,field,message\r\n")  # Excel reads the BOM as UTF-8
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert len(rows) == 302
+    assert rows[1] == ["1", "output", "`output` is empty: every record needs an answer"]
+    assert rows[-1] == ["301", "output", "`output` must be text, but it is a number (1)"]
+
+
+def test_the_errors_file_stops_at_its_cap_and_says_how_many_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    report = validate_file(SHARED_DATA / "self-instruct" / name)
-    assert report.format == "alpaca" and report.records == 0
-    assert report.error_count == records
-    assert {e.field for e in report.errors} == {"output"}
-    assert "`instances`" in report.errors[0].message
+    monkeypatch.setattr(dataset_parsing, "ERRORS_FILE_CAP", 3)
+    errors_file = tmp_path / "errors.csv"
+    text = jsonl(*(alpaca(i, output="") for i in range(10)))
+    validate_file(write(tmp_path, "data.jsonl", text), errors_file=errors_file)
+    rows = list(csv.reader(io.StringIO(errors_file.read_text(encoding="utf-8-sig"))))
+    assert [row[0] for row in rows] == ["line", "1", "2", "3", ""]
+    assert rows[-1][2] == "… and 7 more errors, not listed: fix these first"
+
+
+def test_a_valid_file_gets_an_errors_file_with_only_the_header(tmp_path: Path) -> None:
+    errors_file = tmp_path / "errors.csv"
+    assert validate_file(write(tmp_path, "d.jsonl", jsonl(alpaca(1))), errors_file=errors_file).ok
+    assert errors_file.read_bytes() == b"\xef\xbb\xbfline,field,message\r\n"
+
+
+@pytest.mark.parametrize("name", ["data.jsonl", "data.json", "data.csv"])
+def test_progress_is_reported_as_the_file_is_read_and_once_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setattr(dataset_parsing, "PROGRESS_INTERVAL_S", 0.0)  # report at every chance
+    monkeypatch.setattr(dataset_containers, "READ_CHUNK", 4096)
+    records = [alpaca(i, output="很长的答案。" * 50) for i in range(2000)]
+    if name == "data.json":
+        content = json.dumps(records, ensure_ascii=False)
+    elif name == "data.csv":
+        content = "instruction,input,output\n" + "".join(
+            f"{r['instruction']},{r['input']},{r['output']}\n" for r in records
+        )
+    else:
+        content = jsonl(*records)
+    src = write(tmp_path, name, content)
+    size = src.stat().st_size
+    calls: list[tuple[int, int]] = []
+    assert validate_file(src, progress=lambda done, total: calls.append((done, total))).ok
+    assert len(calls) > 5 and calls[-1] == (size, size)
+    assert all(total == size for _, total in calls)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_progress_is_reported_at_most_twenty_times_a_second(tmp_path: Path) -> None:
+    src = write(tmp_path, "d.jsonl", jsonl(*(alpaca(i) for i in range(20_000))))
+    calls: list[float] = []
+    start = time.monotonic()
+    validate_file(src, progress=lambda done, total: calls.append(time.monotonic()))
+    took = time.monotonic() - start
+    assert 1 <= len(calls) <= took * 20 + 2
+
+
+# --- large files: several worker processes -------------------------------------------------
+
+
+def _mixed_file(tmp_path: Path) -> Path:
+    lines = []
+    for i in range(3000):
+        if i % 97 == 5:
+            lines.append(json.dumps(alpaca(i, output=""), ensure_ascii=False))
+        elif i % 131 == 7:
+            lines.append('{"instruction": "x", "output": "y" "z"}')
+        elif i % 50 == 0:
+            lines.append(json.dumps(alpaca(0), ensure_ascii=False))  # duplicates across ranges
+        elif i % 3 == 0:
+            lines.append(
+                json.dumps(chat(("user", f"问题{i}"), ("assistant", "Answer.")), ensure_ascii=False)
+            )
+        else:
+            lines.append(json.dumps(alpaca(i), ensure_ascii=False))
+    return write(tmp_path, "big.jsonl", "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("drop_invalid", [False, True])
+def test_workers_find_exactly_what_one_process_finds(tmp_path: Path, drop_invalid: bool) -> None:
+    src = _mixed_file(tmp_path)
+    reports = {}
+    for workers in (1, 3):
+        reports[workers] = validate_file(
+            src,
+            dest=tmp_path / f"out{workers}.jsonl",
+            errors_file=tmp_path / f"errors{workers}.csv",
+            workers=workers,
+            drop_invalid=drop_invalid,
+            max_errors=7,
+        )
+    one, three = reports[1], reports[3]
+    assert one == three
+    assert (one.records, one.error_count, len(one.errors)) == (2946, 54, 7)
+    assert one.warnings[0].startswith("58 duplicate records") and one.formats["chat"] > 900
+    assert (tmp_path / "errors1.csv").read_bytes() == (tmp_path / "errors3.csv").read_bytes()
+    if drop_invalid:
+        assert (tmp_path / "out1.jsonl").read_bytes() == (tmp_path / "out3.jsonl").read_bytes()
+    else:
+        assert not (tmp_path / "out1.jsonl").exists() and not (tmp_path / "out3.jsonl").exists()
+
+
+def test_when_a_worker_cannot_start_one_process_does_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _mixed_file(tmp_path)
+    expected = validate_file(src, dest=tmp_path / "one.jsonl", workers=1, drop_invalid=True)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    report = validate_file(src, dest=tmp_path / "two.jsonl", workers=2, drop_invalid=True)
+    assert report == expected
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+
+
+def test_the_benchmark_runs_quickly_and_prints_one_json_line() -> None:
+    bench = Path(__file__).resolve().parents[2] / "bench" / "dataset_validation.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    keys = {
+        "size_mb",
+        "records",
+        "baseline_mb_s",
+        "tunelab_mb_s",
+        "ratio",
+        "baseline_peak_rss_mb",
+        "tunelab_peak_rss_mb",
+        "tunelab_worker_peak_rss_mb",
+    }
+    assert keys <= result.keys() and keys <= result["half"].keys()
+    assert result["size_mb"] == 20 and result["records"] > 1000
+
+
+def test_half_a_surrogate_pair_in_a_json_array_is_located(tmp_path: Path) -> None:
+    text = '[{"instruction": "a", "output": "bb"},\n{"instruction": "c", "output": "\\ud83d"}]'
+    error = only_error(validate_file(write(tmp_path, "data.json", text)))
+    assert (error.line, error.field) == (2, "output")
+    assert "broken character (an unpaired \\ud83d at character 1)" in error.message
+
+
+@pytest.mark.parametrize("chunk", [5, 100, 1 << 20])
+def test_a_minified_json_array_on_one_line_keeps_its_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(dataset_containers, "READ_CHUNK", chunk)
+    text = json.dumps([alpaca(i) for i in range(300)], ensure_ascii=False, separators=(",", ":"))
+    at = text.index('"output"', len(text) // 2)
+    broken = text[:at] + '"output" "x"' + text[at + len('"output"') :]
+    with pytest.raises(json.JSONDecodeError) as whole:
+        json.loads(broken)
+    report = validate_file(write(tmp_path, "min.json", broken))
+    error = report.errors[-1]
+    assert (error.line, error.message) == (1, dataset_containers.syntax_message(whole.value))
+    assert f"at column {whole.value.colno}:" in error.message and whole.value.colno > 10_000
+    assert report.records == text[:at].count('{"instruction"') - 1  # those before the error

@@ -27,6 +27,7 @@ def job(db_session: Session) -> Job:
         dataset_id=dataset.id,
         number=1,
         sha256="0" * 64,
+        digest="0" * 64,
         format="alpaca",
         container="jsonl",
         records=1,

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    upload_max_bytes: int = 200 * 1024 * 1024
+    upload_max_bytes: int = 2 * 1024**3
     # Default per-user storage for uploaded files; an admin can set a user's own quota.
     user_quota_bytes: int = 10 * 1024**3
     # Seconds between worker heartbeats, and how stale a heartbeat may get before the reaper

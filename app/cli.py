@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     upgrade()
-    from app.services.datasets import purge_stale_uploads
+    from app.services.dataset_imports import purge_stale_uploads
 
     with session_scope() as session:
         # Uploads nobody imported within a week; they count against their owner's quota.

@@ -19,6 +19,8 @@ from app.core.uploads import receive_upload
 from app.models import Dataset, DatasetUpload, DatasetVersion
 from app.schemas.dataset import CleanRequest, ImportRequest, SplitOptions
 from app.services import access, dataset_preview, tokenization
+from app.services import dataset_cleaning as cleaning
+from app.services import dataset_imports as imports
 from app.services import datasets as service
 from app.services.dataset_splits import SPLITS
 from app.web import charts
@@ -63,7 +65,7 @@ async def stage_upload(
             max_bytes=settings.upload_max_bytes,
             extra_files=FILE_FIELDS,
         )
-        upload = service.stage_upload(
+        upload = imports.stage_upload(
             session, settings=settings, project_id=project_id, received=received, user=me.user
         )
     except TunelabError as exc:
@@ -173,7 +175,7 @@ async def import_upload(
     form = {k: str(v) for k, v in (await request.form()).items()}
     try:
         options = _import_form(form, upload)
-        dataset, version = service.import_upload(
+        dataset, version = imports.import_upload(
             session, settings=settings, upload=upload, options=options, user=me.user
         )
     except TunelabError as exc:
@@ -202,7 +204,7 @@ async def delete_upload(
 ) -> Response:
     upload = access.upload_for(session, me.user, upload_id)
     project_id = upload.project_id
-    service.discard_upload(session, settings=settings, upload=upload)
+    imports.discard_upload(session, settings=settings, upload=upload)
     session.commit()
     return RedirectResponse(f"/projects/{project_id}#datasets", status_code=303)
 
@@ -310,7 +312,7 @@ async def clean_version(
             options = CleanRequest.model_validate(body)
         except ValidationError as exc:
             raise invalid_fields(exc) from None
-        new = service.clean_version(
+        new = cleaning.clean_version(
             session, settings=settings, version=version, options=options, user=me.user
         )
     except TunelabError as exc:
@@ -342,7 +344,7 @@ async def resplit_version(
             )
         except ValidationError as exc:
             raise invalid_fields(exc) from None
-        new = service.resplit_version(
+        new = cleaning.resplit_version(
             session, settings=settings, version=version, options=options, user=me.user
         )
     except TunelabError as exc:

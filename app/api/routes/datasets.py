@@ -31,6 +31,8 @@ from app.schemas.dataset import (
     UploadRead,
 )
 from app.services import access, dataset_preview, tokenization
+from app.services import dataset_cleaning as cleaning
+from app.services import dataset_imports as imports
 from app.services import datasets as service
 
 router = APIRouter(tags=["datasets"])
@@ -183,7 +185,7 @@ async def stage_upload(
     the mapping step; `POST /uploads/{id}/import` makes it a dataset."""
     access.project_for(session, me.user, project_id)
     received = await receive(request, settings)
-    upload = service.stage_upload(
+    upload = imports.stage_upload(
         session, settings=settings, project_id=project_id, received=received, user=me.user
     )
     session.commit()
@@ -222,7 +224,7 @@ def download_errors(
 ) -> FileResponse:
     """Every error found in the file (not only the first 200), as CSV: line, field, message."""
     upload = access.upload_for(session, me.user, upload_id)
-    path = service.errors_file(settings, upload)
+    path = imports.errors_file(settings, upload)
     name = f"{Path(upload.filename or 'upload').stem}-errors.csv"
     if path is not None and path.exists():
         return FileResponse(path, media_type="text/csv; charset=utf-8", filename=name)
@@ -230,7 +232,7 @@ def download_errors(
         raise NotFound("this upload has no errors")
     fd, tmp = tempfile.mkstemp(suffix=".csv")
     os.close(fd)
-    service.write_errors_csv(upload, Path(tmp))
+    imports.write_errors_csv(upload, Path(tmp))
     return FileResponse(
         tmp,
         media_type="text/csv; charset=utf-8",
@@ -255,7 +257,7 @@ def import_upload(
     """Validate the upload with these choices and make it a dataset version (or a new version
     of `dataset_id`). A file with errors gets 422 with the errors; nothing is created."""
     upload = access.upload_for(session, me.user, upload_id)
-    dataset, _ = service.import_upload(
+    dataset, _ = imports.import_upload(
         session, settings=settings, upload=upload, options=body, user=me.user
     )
     session.commit()
@@ -267,7 +269,7 @@ def delete_upload(
     upload_id: uuid.UUID, session: SessionDep, settings: SettingsDep, me: CurrentTrainer
 ) -> Response:
     upload = access.upload_for(session, me.user, upload_id)
-    service.discard_upload(session, settings=settings, upload=upload)
+    imports.discard_upload(session, settings=settings, upload=upload)
     session.commit()
     return Response(status_code=204)
 
@@ -296,7 +298,7 @@ async def upload_dataset(
     except InvalidInput:
         received.discard()
         raise
-    dataset, _ = service.create_dataset_from_upload(
+    dataset, _ = imports.create_dataset_from_upload(
         session,
         settings=settings,
         project_id=project_id,
@@ -465,7 +467,7 @@ def clean_version(
     """Make a new version without duplicates, over-long or too-short records; the lineage
     records what was removed. Records keep their split."""
     version = version_for(session, me, dataset_id, number)
-    new = service.clean_version(
+    new = cleaning.clean_version(
         session, settings=settings, version=version, options=body, user=me.user
     )
     session.commit()
@@ -487,7 +489,7 @@ def resplit_version(
 ) -> DatasetVersion:
     """Make a new version with the same records under another split (ratio and seed)."""
     version = version_for(session, me, dataset_id, number)
-    new = service.resplit_version(
+    new = cleaning.resplit_version(
         session, settings=settings, version=version, options=body, user=me.user
     )
     session.commit()

@@ -6,20 +6,46 @@ JSONL file; anything else is read as CSV when its name says so or when it looks 
 JSONL line by line, a JSON array element by element through a sliding window of text, tables
 row by row. Problems that stop a value from being read at all (encoding, syntax, layout) come
 out as `Unreadable`, located by line and said in words a person can act on.
+
+Here: the choice of container, and JSONL lines (shared with the fast JSONL check in
+`dataset_records_pass`). The readers of the others: `dataset_json_array`, `dataset_tabular`.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import BinaryIO
 
-from app.services import dataset_encoding
+from app.services import dataset_encoding, dataset_tabular
 from app.services.dataset_encoding import BOM, not_utf8
+from app.services.dataset_items import BytesRead, Item, Parsed, Unreadable, size_in_words
+from app.services.dataset_json_array import JsonText, NotText, TooLong, read_json_array
+from app.services.dataset_json_syntax import TOO_DEEP, syntax_message
+
+__all__ = [
+    "HEAD_BYTES",
+    "MAX_RECORD_BYTES",
+    "NUL_BYTES",
+    "OLD_EXCEL",
+    "READ_CHUNK",
+    "TOO_DEEP",
+    "BytesRead",
+    "Item",
+    "Parsed",
+    "Source",
+    "Unreadable",
+    "open_values",
+    "overlong",
+    "parse_line",
+    "raw_lines",
+    "read_values",
+    "size_in_words",
+    "skip_line",
+    "syntax_message",
+]
 
 HEAD_BYTES = 8192
 # One record (a JSONL line, a JSON array element, a table cell) may be at most this long. A
@@ -28,28 +54,7 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 
 _DECODER = json.JSONDecoder()
-_WHITESPACE = re.compile(r"[ \t\r\n]*")
-# Typed by Chinese input methods where JSON needs ASCII; naming them saves a long hunt.
-_FULL_WIDTH = {
-    "\uff0c": ",",  # fullwidth comma
-    "\uff1a": ":",  # fullwidth colon
-    "\u201c": '"',  # left double quotation mark
-    "\u201d": '"',  # right double quotation mark
-    "\u2018": '"',  # left single quotation mark
-    "\u2019": '"',  # right single quotation mark
-    "\uff3b": "[",  # fullwidth brackets
-    "\uff3d": "]",
-    "\uff5b": "{",  # fullwidth braces
-    "\uff5d": "}",
-    "\u3000": " ",  # ideographic space
-}
 
-_NOT_JSON_WORDS = (("True", "true"), ("False", "false"), ("None", "null"), ("undefined", "null"))
-
-TOO_DEEP = (
-    "the JSON here is nested too deeply (thousands of brackets) to be a training record: "
-    "check that the file is not damaged"
-)
 NUL_BYTES = (
     "this line contains NUL bytes, which text never has: the file looks damaged; "
     "save it again as UTF-8 text"
@@ -60,30 +65,6 @@ OLD_EXCEL = (
     "this looks like an old Excel workbook (.xls), which cannot be read: open it in Excel or "
     "LibreOffice and save it as .xlsx or CSV (UTF-8)"
 )
-
-
-class Parsed(NamedTuple):
-    line: int  # 1-based line (JSON) or spreadsheet row (CSV, XLSX) where the record starts
-    value: Any
-
-
-class Unreadable(NamedTuple):
-    line: int
-    message: str
-    # The file as a whole is unusable here (reading stopped, or its layout is wrong): skipping
-    # the record would not fix it.
-    fatal: bool = False
-    field: str | None = None
-
-
-Item = Parsed | Unreadable
-
-
-class BytesRead:
-    """Bytes of the file read so far, for progress reports."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
 
 
 @dataclass
@@ -104,8 +85,6 @@ def open_values(path: Path, *, filename: str | None = None) -> Source:
     When the file cannot be read as any container, the container is None and the items are one
     fatal `Unreadable` that says why.
     """
-    from app.services import dataset_tabular  # it builds on this module's record types
-
     suffix = Path(filename if filename is not None else path.name).suffix.lower()
     read = BytesRead()
     with path.open("rb") as f:
@@ -128,7 +107,11 @@ def open_values(path: Path, *, filename: str | None = None) -> Source:
         return _unreadable(Unreadable(*problem, fatal=True))
     start, line = _start_of_content(path)
     if start.startswith(b"["):
-        return Source("json", _json_array(path, read), read=read)
+        return Source(
+            "json",
+            read_json_array(path, read, chunk=READ_CHUNK, limit=MAX_RECORD_BYTES),
+            read=read,
+        )
     if start.startswith(b"{"):
         return Source("jsonl", _jsonl(path, read), read=read)
     if not start:
@@ -182,92 +165,11 @@ def _start_of_content(path: Path) -> tuple[bytes, int]:
     return b"", line
 
 
-def size_in_words(count: int) -> str:
-    """A byte count as a person reads it: "100 MB", "1.5 MB", "300 bytes"."""
-    mb = count / (1024 * 1024)
-    if mb >= 10:
-        return f"{mb:.0f} MB"
-    if mb >= 1:
-        return f"{mb:.1f} MB"
-    return f"{count:,} bytes"
-
-
 def overlong(size: int) -> str:
     return (
         f"this line is {size_in_words(size)} long; a record may be at most "
         f"{size_in_words(MAX_RECORD_BYTES)}: check that the file has one record per line"
     )
-
-
-# --- JSON syntax errors in words ---------------------------------------------------------
-
-
-def syntax_message(exc: json.JSONDecodeError) -> str:
-    """The decoder's complaint in words a person can act on, with the column."""
-    where = f"invalid JSON at column {exc.colno}"
-    doc, pos, msg = exc.doc, exc.pos, exc.msg
-    char = doc[pos] if pos < len(doc) else ""
-    at_end = not doc[pos:].strip()
-    if char in _FULL_WIDTH and not msg.startswith(("Unterminated", "Invalid")):
-        return (
-            f"{where}: `{char}` is a full-width (Chinese) character; outside of text values JSON "
-            f"needs the plain `{_FULL_WIDTH[char]}`"
-        )
-    if msg.startswith(("Expecting ',' delimiter", "Expecting ':' delimiter")) and at_end:
-        explain = "the record ends too early: it is cut off, or it continues on the next line"
-    elif msg.startswith("Expecting ',' delimiter"):
-        explain = (
-            "a comma is missing between two items, or a text value contains a double quote "
-            'that is not escaped (write it as \\")'
-        )
-    elif msg.startswith("Expecting ':' delimiter"):
-        explain = "a `:` is missing after a field name"
-    elif msg.startswith(("Expecting property name", "Expecting value", "Illegal trailing comma")):
-        explain = _explain_missing(doc, pos, char, at_end)
-    elif msg.startswith("Unterminated string"):
-        explain = "the text value that starts here is not closed with a double quote"
-    elif msg.startswith("Invalid control character"):
-        explain = (
-            "a text value contains a raw line break, tab or other control character: "
-            "write a line break as \\n and a tab as \\t"
-        )
-    elif msg.startswith("Invalid \\"):
-        explain = (
-            "a backslash starts an invalid escape: write a backslash itself as \\\\ "
-            "(for example in Windows paths)"
-        )
-    elif msg.startswith("Extra data"):
-        explain = (
-            "there is more after the end of the record; "
-            "each line of a .jsonl file holds exactly one record"
-        )
-        if char == ",":
-            explain += ": remove the comma at the end of the line"
-    else:
-        explain = msg
-    return f"{where}: {explain}"
-
-
-def _explain_missing(doc: str, pos: int, char: str, at_end: bool) -> str:
-    if at_end:
-        return "the record ends too early: it is cut off, or it continues on the next line"
-    if char in "]}":
-        return f"there is a comma right before `{char}`: remove the comma after the last item"
-    if char == "'":
-        return "text and field names need double quotes \", not single quotes '"
-    for word, fix in _NOT_JSON_WORDS:
-        if doc.startswith(word, pos):
-            return f"`{word}` is not JSON: write `{fix}`"
-    if char in ",":
-        return "a value is missing before this comma"
-    return (
-        "a value is expected here: text in double quotes, a number, true, false, null, "
-        "[ … ] or { … }"
-    )
-
-
-def _column(text: str, pos: int) -> int:
-    return pos - text.rfind("\n", 0, pos)
 
 
 # --- JSONL ----------------------------------------------------------------------------------
@@ -384,14 +286,14 @@ def _explain_spread_record(path: Path, first_line: int) -> Unreadable:
         True,
     )
     with path.open("rb") as f:
-        text = _JsonText(f, BytesRead())
+        text = JsonText(f, BytesRead(), chunk=READ_CHUNK, limit=MAX_RECORD_BYTES)
         try:
             text.skip()
             value = text.value()
             last_line = text.line_at(text.pos - 1)
             text.skip()
             more = text.peek() != ""
-        except (json.JSONDecodeError, RecursionError, _TooLong, _NotText):
+        except (json.JSONDecodeError, RecursionError, TooLong, NotText):
             return generic
     if more:
         return Unreadable(
@@ -419,220 +321,3 @@ def _explain_spread_record(path: Path, first_line: int) -> Unreadable:
         ),
         True,
     )
-
-
-# --- JSON array ---------------------------------------------------------------------------
-
-
-class _TooLong(Exception):
-    pass
-
-
-class _NotText(Exception):
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.message = message
-
-
-class _JsonText:
-    """A UTF-8 file as a sliding window of text, to read JSON values one at a time.
-
-    Only the value being read (and a chunk around it) is held, whatever the file size, even
-    for a minified array on a single line. Line numbers and columns stay those of the file.
-    """
-
-    def __init__(self, f: BinaryIO, read: BytesRead) -> None:
-        self.f = f
-        self.read = read
-        self.buf = ""
-        self.pos = 0
-        self.eof = False
-        self._pending = b""  # the start of a character cut by the chunk boundary
-        self._started = False
-        self._newlines = 0  # in all text decoded so far, to locate an encoding error
-        self._base_line = 1  # line of buf[0]
-        self._base_column = 0  # characters of that line before buf[0]
-        self._mark = (0, 1)  # (pos, line): a known line, so counting moves only forward
-
-    def _more(self, want: int = READ_CHUNK) -> bool:
-        """Append at least `want` bytes of text to the window; False once the file is done."""
-        if self.eof:
-            return False
-        raw = self.f.read(max(want, READ_CHUNK))
-        self.read.bytes += len(raw)
-        data = self._pending + raw
-        try:
-            text, used = codecs.utf_8_decode(data, "strict", not raw)
-        except UnicodeDecodeError as exc:
-            raise self._not_text(data, exc.start) from None
-        self._pending = data[used:]
-        if not self._started:
-            text = text.removeprefix("\ufeff")
-            self._started = True
-        self._newlines += text.count("\n")
-        self._compact()
-        self.buf += text
-        self.eof = not raw
-        return True
-
-    def _compact(self) -> None:
-        """Drop the text before `pos`, keeping line numbers and columns right."""
-        if self.pos < READ_CHUNK:
-            return
-        cut = self.pos
-        line = self.line_at(cut)
-        last = self.buf.rfind("\n", 0, cut)
-        self._base_column = cut - last - 1 if last >= 0 else self._base_column + cut
-        self._base_line = line
-        self.buf = self.buf[cut:]
-        self.pos = 0
-        self._mark = (0, line)
-
-    def _not_text(self, data: bytes, offset: int) -> _NotText:
-        line = self._newlines + data.count(b"\n", 0, offset) + 1
-        start = data.rfind(b"\n", 0, offset) + 1
-        end = data.find(b"\n", offset)
-        raw = data[start : end if end >= 0 else len(data)]
-        return _NotText(line, not_utf8(raw, offset - start, complete=end >= 0, file=True))
-
-    def line_at(self, pos: int) -> int:
-        mark, line = self._mark
-        if pos < mark:
-            mark, line = 0, self._base_line
-        line += self.buf.count("\n", mark, pos)
-        self._mark = (pos, line)
-        return line
-
-    def column_at(self, pos: int) -> int:
-        last = self.buf.rfind("\n", 0, pos)
-        return pos - last if last >= 0 else self._base_column + pos + 1
-
-    def skip(self) -> None:
-        """Move past whitespace, reading on as needed."""
-        while True:
-            match = _WHITESPACE.match(self.buf, self.pos)
-            self.pos = match.end() if match else self.pos
-            if self.pos < len(self.buf) or not self._more():
-                return
-
-    def peek(self) -> str:
-        """The character at `pos` ("" at the end of the file)."""
-        while self.pos >= len(self.buf):
-            if not self._more():
-                return ""
-        return self.buf[self.pos]
-
-    def value(self) -> Any:
-        """Decode the JSON value at `pos` and move past it.
-
-        The window grows until the value is whole: an error near the end of the window (or an
-        unterminated string) may only mean the value goes on in the next chunk.
-        """
-        while True:
-            start = self.pos
-            try:
-                value, end = _DECODER.raw_decode(self.buf, start)
-            except json.JSONDecodeError as exc:
-                cut = exc.pos >= len(self.buf) - 64 or exc.msg.startswith("Unterminated string")
-                if self.eof or not cut:
-                    raise self._located(exc) from None
-            else:
-                # a number at the end of the window may go on in the next chunk
-                if end < len(self.buf) or self.eof:
-                    self.pos = end
-                    return value
-            if len(self.buf) - start > MAX_RECORD_BYTES:
-                raise _TooLong
-            self._more(len(self.buf) - start)
-
-    def _located(self, exc: json.JSONDecodeError) -> json.JSONDecodeError:
-        """The decoder's error with the line and column of the file, not of the window."""
-        located = json.JSONDecodeError(exc.msg, exc.doc, exc.pos)
-        located.lineno = self.line_at(exc.pos)
-        located.colno = self.column_at(exc.pos)
-        return located
-
-
-def _json_array(path: Path, read: BytesRead) -> Iterator[Item]:
-    with path.open("rb") as f:
-        text = _JsonText(f, read)
-        try:
-            yield from _array_items(text)
-        except _NotText as exc:
-            yield Unreadable(exc.line, exc.message, True)
-
-
-def _array_items(text: _JsonText) -> Iterator[Item]:
-    text.skip()
-    opening = text.line_at(text.pos)
-    text.pos += 1  # the "[" that open_values saw
-    text.skip()
-    if text.peek() == "]":
-        text.pos += 1
-        yield _after_array(text) or Unreadable(
-            opening, "the list is empty: there are no records", True
-        )
-        return
-    while True:
-        if text.peek() == "":
-            yield Unreadable(
-                text.line_at(text.pos), "the file ends before the list is closed: add `]`", True
-            )
-            return
-        line = text.line_at(text.pos)
-        try:
-            value = text.value()
-        except json.JSONDecodeError as exc:
-            yield Unreadable(exc.lineno, syntax_message(exc), True)
-            return
-        except RecursionError:
-            yield Unreadable(line, TOO_DEEP, True)
-            return
-        except _TooLong:
-            yield Unreadable(
-                line,
-                (
-                    f"the record that starts on this line is longer than "
-                    f"{size_in_words(MAX_RECORD_BYTES)}, too long for one training record: check "
-                    "that the file is not damaged"
-                ),
-                True,
-            )
-            return
-        yield Parsed(line, value)
-        end = text.line_at(text.pos - 1)
-        text.skip()
-        char = text.peek()
-        if char == ",":
-            text.pos += 1
-            text.skip()
-        elif char == "]":
-            text.pos += 1
-            if problem := _after_array(text):
-                yield problem
-            return
-        elif char:
-            yield Unreadable(
-                text.line_at(text.pos),
-                (
-                    f"invalid JSON at column {text.column_at(text.pos)}: a comma is missing "
-                    f"between this record and the one before it (which ends on line {end})"
-                ),
-                True,
-            )
-            return
-
-
-def _after_array(text: _JsonText) -> Unreadable | None:
-    text.skip()
-    if text.peek():
-        return Unreadable(
-            text.line_at(text.pos),
-            (
-                f"invalid JSON at column {text.column_at(text.pos)}: there is more after the `]` "
-                "that closes the list; a .json file holds exactly one list of records"
-            ),
-            True,
-        )
-    return None

@@ -353,3 +353,61 @@ def test_a_job_points_at_the_version_it_names(
     assert missing.status_code == 404
     for job in (newest, first):
         wait_for_status(api, job["id"])
+
+
+BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
+REFUSED = sorted(
+    p.name
+    for p in BROKEN.iterdir()
+    if p.name not in ("README.md", "mixed_formats.jsonl")  # mixed formats is a warning
+)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_each_broken_file_gets_a_located_error_and_no_dataset(
+    api: httpx.Client, project: dict, name: str
+) -> None:
+    before = dataset_rows()
+    response = upload(api, project["id"], (BROKEN / name).read_bytes(), filename=name)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["errors"] and body["errors"][0]["line"], body
+    assert dataset_rows() == before
+    assert api.get(f"/projects/{project['id']}").status_code == 200  # the server is fine
+
+
+def test_generated_hostile_files_are_refused_and_the_server_stays_up(
+    api: httpx.Client, project: dict
+) -> None:
+    from openpyxl import Workbook
+
+    bomb = b'{"messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}\n"
+    refused = upload(api, project["id"], bomb, filename="bomb.jsonl")
+    assert refused.status_code == 422 and refused.json()["errors"][0]["line"] == 1
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["问题", "答案"])
+    sheet.append(["一", "甲"])
+    sheet.append(["二", "乙"])
+    sheet.append(["三", ""])
+    sheet.merge_cells("B3:B4")
+    buf = io.BytesIO()
+    book.save(buf)
+    staged = stage(api, project["id"], buf.getvalue(), "merged.xlsx")
+    merged = import_upload(api, staged["id"], mapping={"prompt": "问题", "completion": "答案"})
+    assert merged.status_code == 422
+    assert "B3:B4" in merged.text
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["问题", "答案", "备注"])
+    for i in range(25):
+        sheet.append([f"问题 {i}", f"答案 {i}", None])
+    buf = io.BytesIO()
+    book.save(buf)
+    staged = stage(api, project["id"], buf.getvalue(), "faq.xlsx")
+    assert staged["container"] == "xlsx" and staged["columns"][:2] == ["问题", "答案"]
+    imported = import_upload(api, staged["id"], mapping={"prompt": "问题", "completion": "答案"})
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["records"] == 25

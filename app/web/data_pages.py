@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -288,65 +288,62 @@ def dataset_page(
     return render(request, "datasets/detail.html", project=project, **context)
 
 
-@router.post("/datasets/{dataset_id}/versions/{number}/clean")
-async def clean_version(
+def _clean_options(form: dict[str, str]) -> CleanRequest:
+    return CleanRequest.model_validate(
+        {
+            "dedupe": form.get("dedupe") == "on",
+            "max_chars": form.get("max_chars") or None,
+            "max_tokens": form.get("max_tokens") or None,
+            "tokenizer": form.get("tokenizer") or None,
+            "min_answer_chars": form.get("min_answer_chars") or None,
+        }
+    )
+
+
+def _split_options(form: dict[str, str]) -> SplitOptions:
+    return SplitOptions.model_validate(
+        {
+            "validation": _percent(form.get("validation", "5")),
+            "test": _percent(form.get("test", "5")),
+            "seed": form.get("seed") or 0,
+        }
+    )
+
+
+@router.post("/datasets/{dataset_id}/versions/{number}/{action}")
+async def derive_version(
     dataset_id: uuid.UUID,
     number: int,
+    action: Literal["clean", "split"],
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     me: CurrentTrainer,
 ) -> Response:
-    dataset = access.dataset_for(session, me.user, dataset_id)
-    version = service.version_by_number(dataset, number)
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    body = {
-        "dedupe": form.get("dedupe") == "on",
-        "max_chars": form.get("max_chars") or None,
-        "max_tokens": form.get("max_tokens") or None,
-        "tokenizer": form.get("tokenizer") or None,
-        "min_answer_chars": form.get("min_answer_chars") or None,
-    }
-    try:
-        try:
-            options = CleanRequest.model_validate(body)
-        except ValidationError as exc:
-            raise invalid_fields(exc) from None
-        new = cleaning.clean_version(
-            session, settings=settings, version=version, options=options, user=me.user
-        )
-    except TunelabError as exc:
-        return _version_error(request, session, settings, me, dataset_id, number, exc)
-    session.commit()
-    return RedirectResponse(f"/datasets/{dataset_id}?version={new.number}", status_code=303)
-
-
-@router.post("/datasets/{dataset_id}/versions/{number}/split")
-async def resplit_version(
-    dataset_id: uuid.UUID,
-    number: int,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    me: CurrentTrainer,
-) -> Response:
+    """The clean and re-split forms: each makes a new version and opens it."""
     dataset = access.dataset_for(session, me.user, dataset_id)
     version = service.version_by_number(dataset, number)
     form = {k: str(v) for k, v in (await request.form()).items()}
     try:
         try:
-            options = SplitOptions.model_validate(
-                {
-                    "validation": _percent(form.get("validation", "5")),
-                    "test": _percent(form.get("test", "5")),
-                    "seed": form.get("seed") or 0,
-                }
-            )
+            if action == "clean":
+                new = cleaning.clean_version(
+                    session,
+                    settings=settings,
+                    version=version,
+                    options=_clean_options(form),
+                    user=me.user,
+                )
+            else:
+                new = cleaning.resplit_version(
+                    session,
+                    settings=settings,
+                    version=version,
+                    options=_split_options(form),
+                    user=me.user,
+                )
         except ValidationError as exc:
             raise invalid_fields(exc) from None
-        new = cleaning.resplit_version(
-            session, settings=settings, version=version, options=options, user=me.user
-        )
     except TunelabError as exc:
         return _version_error(request, session, settings, me, dataset_id, number, exc)
     session.commit()

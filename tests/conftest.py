@@ -31,6 +31,8 @@ os.environ.update(
         "TUNELAB_HEARTBEAT_SECONDS": "1",
         "TUNELAB_LEASE_SECONDS": "15",
         "TUNELAB_ALLOW_HUB_DOWNLOADS": "false",
+        # The test cluster's workers run on this machine's CPU.
+        "TUNELAB_WORKER_CUDA": "false",
         "TUNELAB_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

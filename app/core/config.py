@@ -6,6 +6,7 @@ data folder, artifacts on local disk.
 
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
     allow_hub_downloads: bool = True
     # Converted and downloaded base models; can be shared between data folders.
     models_dir: Path | None = None
+    # Whether the workers have NVIDIA GPUs (QLoRA needs one, and the estimates assume one).
+    # Unset: in embedded mode, whether this machine has an NVIDIA driver; in cluster mode, yes
+    # (cluster workers run on CUDA hosts).
+    worker_cuda: bool | None = None
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
@@ -50,6 +55,17 @@ class Settings(BaseSettings):
                 "TUNELAB_SECRET_KEY must be set to a long random value when TUNELAB_ENV=production"
             )
         return self
+
+    @property
+    def workers_have_cuda(self) -> bool:
+        if self.worker_cuda is not None:
+            return self.worker_cuda
+        if not self.embedded:
+            return True
+        # The web process must not import torch to ask; the driver's files tell the same.
+        return (
+            Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+        )
 
     @property
     def embedded(self) -> bool:

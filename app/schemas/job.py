@@ -46,6 +46,15 @@ class JobRead(BaseModel):
     current_step: int
     total_steps: int | None
     progress: float = Field(default=0.0, description="0..1, steps done over total steps")
+    # Live progress while the job runs, from its latest step's metrics; null otherwise.
+    epoch: float | None = Field(default=None, description="epochs done, fractional")
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = Field(
+        default=None, description="estimated seconds left, from the mean time per step so far"
+    )
+    gpu_memory_bytes: int | None = Field(
+        default=None, description="peak GPU memory allocated by the training process so far"
+    )
     result: dict[str, Any]
 
 

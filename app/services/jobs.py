@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from app.core.config import Settings
 from app.core.db import utcnow
@@ -34,7 +35,10 @@ from app.schemas.job import JobCreate, JobRead
 from app.services import access
 from app.services import datasets as datasets_service
 from app.services.queue import enqueue_training
+from worker.training.autoconfig import ConfigProblem, check_against_dataset
+from worker.training.catalog import catalog_entry
 from worker.training.config import TrainConfig
+from worker.training.method_support import check_method, model_type_of
 
 ACTIVE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
 
@@ -58,6 +62,39 @@ def validate_config(config: dict[str, Any]) -> TrainConfig:
         raise InvalidInput(f"the training config is not valid: {summary}", errors=errors) from None
 
 
+def model_type_for(base_model: str) -> str | None:
+    """The architecture of a base model when it can be known without loading it: from the
+    catalog, or from a local folder's config.json. None for a hub id or a .gguf file."""
+    entry = catalog_entry(base_model)
+    if entry is not None:
+        return entry.arch.model_type
+    folder = Path(base_model).expanduser()
+    return model_type_of(folder) if folder.is_dir() else None
+
+
+def check_before_queueing(config: TrainConfig, *, settings: Settings, train_records: int) -> None:
+    """Refuse, naming the field, what would only fail on the worker: a method the model's
+    architecture or the workers' hardware cannot run, or more samples per step than the
+    training split holds."""
+    problem = check_method(
+        config.method,
+        model_type=model_type_for(config.base_model),
+        cuda_available=settings.workers_have_cuda,
+    )
+    if problem:
+        raise InvalidInput(
+            f"config.method: {problem}",
+            errors=[FieldError(field="config.method", message=problem)],
+        )
+    try:
+        check_against_dataset(config, dataset_records=train_records)
+    except ConfigProblem as exc:
+        raise InvalidInput(
+            f"config.{exc.field}: {exc.reason}",
+            errors=[FieldError(field=f"config.{exc.field}", message=exc.reason)],
+        ) from None
+
+
 def create_job(session: Session, *, settings: Settings, data: JobCreate, user: User) -> Job:
     """Validate the request and its files, and leave the job ``queued`` (not yet enqueued)."""
     project = access.project_for(session, user, data.project_id)
@@ -72,6 +109,11 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
         datasets_service.version_by_number(dataset, data.dataset_version)
         if data.dataset_version is not None
         else datasets_service.latest_version(dataset)
+    )
+    check_before_queueing(
+        config,
+        settings=settings,
+        train_records=datasets_service.split_counts(version).get("train", version.records),
     )
 
     job = Job(
@@ -311,21 +353,38 @@ def record_step(
     step: int,
     total_steps: int,
     values: dict[str, float],
-) -> None:
-    """Store one step's metrics; a step already stored (a re-delivered job) is left as is."""
+) -> bool:
+    """Store one step's metrics if ``worker`` still holds the job; False if it does not.
+
+    A job resumed from a checkpoint trains again the steps after it, which its earlier
+    attempt may have recorded: those points are overwritten, so each step has one value per
+    metric, the one of the run that went on to finish.
+    """
     now = utcnow()
+    held = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+        .values(current_step=step, total_steps=total_steps, heartbeat_at=now)
+    )
+    if not held.rowcount:  # type: ignore[attr-defined]
+        return False  # a worker that lost its lease must not overwrite the new one's points
     rows = [
         {"job_id": job_id, "step": step, "name": name, "value": float(value), "created_at": now}
         for name, value in values.items()
     ]
     if rows:
         insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        session.execute(insert(MetricPoint).values(rows).on_conflict_do_nothing())
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker)
-        .values(current_step=step, total_steps=total_steps, heartbeat_at=now)
-    )
+        statement = insert(MetricPoint).values(rows)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["job_id", "name", "step"],
+                set_={
+                    "value": statement.excluded.value,
+                    "created_at": statement.excluded.created_at,
+                },
+            )
+        )
+    return True
 
 
 def finish_job(
@@ -452,10 +511,26 @@ def enqueue_or_fail(session: Session, *, job: Job) -> None:
         session.refresh(job)
 
 
+LIVE_METRICS = ("epoch", "tokens_per_second", "eta_seconds", "gpu_memory_bytes")
+
+
 def job_read(job: Job) -> JobRead:
     progress = 0.0
     if job.status == JobStatus.succeeded:
         progress = 1.0
     elif job.total_steps:
         progress = min(1.0, job.current_step / job.total_steps)
-    return JobRead.model_validate(job).model_copy(update={"progress": progress})
+    update: dict[str, Any] = {"progress": progress}
+    session = object_session(job)
+    if job.status == JobStatus.running and job.current_step and session is not None:
+        latest = session.execute(
+            select(MetricPoint.name, MetricPoint.value).where(
+                MetricPoint.job_id == job.id,
+                MetricPoint.step == job.current_step,
+                MetricPoint.name.in_(LIVE_METRICS),
+            )
+        ).all()
+        update.update({name: value for name, value in latest})
+        if "gpu_memory_bytes" in update:
+            update["gpu_memory_bytes"] = int(update["gpu_memory_bytes"])
+    return JobRead.model_validate(job).model_copy(update=update)

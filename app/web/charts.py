@@ -16,6 +16,7 @@ class Chart:
     y_ticks: list[tuple[float, str]]
     label: str
     empty: bool
+    overlay: str = ""  # a second polyline on the same axes (e.g. validation loss), if any
 
 
 def _fmt(v: float) -> str:
@@ -23,13 +24,19 @@ def _fmt(v: float) -> str:
 
 
 def line_chart(
-    data: list[tuple[int, float]], *, label: str, width: int = 640, height: int = 240
+    data: list[tuple[int, float]],
+    *,
+    label: str,
+    width: int = 640,
+    height: int = 240,
+    overlay: list[tuple[int, float]] | None = None,
 ) -> Chart:
     pad_l, pad_r, pad_t, pad_b = 48, 12, 12, 28
     if not data:
         return Chart(width, height, "", [], [], label, True)
-    xs = [x for x, _ in data]
-    ys = [y for _, y in data]
+    both = data + (overlay or [])  # one scale for both lines, so they can be compared
+    xs = [x for x, _ in both]
+    ys = [y for _, y in both]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     if x1 == x0:
@@ -45,9 +52,10 @@ def line_chart(
         return pad_t + (1 - (y - y0) / (y1 - y0)) * plot_h
 
     points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in data)
+    second = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in overlay or [])
     x_ticks = [(sx(x0 + (x1 - x0) * i / 4), str(round(x0 + (x1 - x0) * i / 4))) for i in range(5)]
     y_ticks = [(sy(y0 + (y1 - y0) * i / 4), _fmt(y0 + (y1 - y0) * i / 4)) for i in range(5)]
-    return Chart(width, height, points, x_ticks, y_ticks, label, False)
+    return Chart(width, height, points, x_ticks, y_ticks, label, False, second)
 
 
 # --- Dataset statistics ----------------------------------------------------------------------

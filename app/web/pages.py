@@ -18,17 +18,21 @@ from app.api.deps import (
     SettingsDep,
     authenticate,
 )
+from app.core.config import get_settings
 from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.models import JobStatus, Role
 from app.schemas.job import JobCreate
 from app.schemas.project import ProjectCreate
 from app.services import access, accounts
 from app.services import datasets as datasets_service
+from app.services import estimates as estimates_service
 from app.services import jobs as jobs_service
 from app.services import projects as projects_service
 from app.web.charts import line_chart
 from app.web.rendering import render
-from worker.training.config import TrainConfig
+from worker.training.catalog import catalog_listing
+from worker.training.config import PRESETS
+from worker.training.method_support import method_choices
 
 router = APIRouter(include_in_schema=False)
 PAGE = 50
@@ -113,7 +117,11 @@ def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dic
         "datasets": datasets,
         "uploads": uploads,
         "jobs": jobs,
-        "defaults": TrainConfig(base_model="smollm2-135m-instruct", max_steps=30),
+        "job_form": {"base_model": "smollm2-135m-instruct", "method": "lora", "max_steps": "30"},
+        "methods": method_choices(),
+        "catalog": catalog_listing(),
+        "presets": list(PRESETS),
+        "cuda": get_settings().workers_have_cuda,
         "upload_errors": [],
         "upload_message": None,
         "job_errors": [],
@@ -157,6 +165,25 @@ async def add_member(
     return RedirectResponse(f"/projects/{project_id}#members", status_code=303)
 
 
+def _job_request(project_id: uuid.UUID, form: dict[str, str]) -> JobCreate:
+    """The job form as a job request; empty fields are left to "auto"."""
+    fields = {k: v for k, v in form.items() if k != "csrf_token"}
+    # "<dataset id>@<version number>": the job form lists every version of every dataset.
+    dataset_id, _, number = fields.pop("dataset_id", "").partition("@")
+    config: dict[str, Any] = {k: v for k, v in fields.items() if v.strip() != ""}
+    try:
+        return JobCreate(
+            project_id=project_id,
+            dataset_id=uuid.UUID(dataset_id),
+            dataset_version=int(number) if number else None,
+            config=config,
+        )
+    except ValueError:
+        raise InvalidInput(
+            "choose a dataset", errors=[FieldError(field="dataset_id", message="choose a dataset")]
+        ) from None
+
+
 @router.post("/projects/{project_id}/jobs")
 async def start_job(
     project_id: uuid.UUID,
@@ -166,27 +193,14 @@ async def start_job(
     me: CurrentTrainer,
 ) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
-    form.pop("csrf_token", None)
-    # "<dataset id>@<version number>": the job form lists every version of every dataset.
-    dataset_id, _, number = form.pop("dataset_id", "").partition("@")
-    config: dict[str, Any] = {k: v for k, v in form.items() if v.strip() != ""}
     try:
-        body = JobCreate(
-            project_id=project_id,
-            dataset_id=uuid.UUID(dataset_id),
-            dataset_version=int(number) if number else None,
-            config=config,
-        )
-    except ValueError:
-        context = _project_context(session, me, project_id)
-        context["job_errors"] = [FieldError(field="dataset_id", message="choose a dataset")]
-        return render(request, "projects/detail.html", 422, **context)
-    try:
+        body = _job_request(project_id, form)
         job = jobs_service.create_job(session, settings=settings, data=body, user=me.user)
     except InvalidInput as exc:
         session.rollback()
         context = _project_context(session, me, project_id)
         context["job_errors"] = exc.errors
+        context["job_form"] = form
         return render(request, "projects/detail.html", 422, **context)
     session.commit()
     if job.status == JobStatus.queued:
@@ -194,22 +208,78 @@ async def start_job(
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
+@router.post("/projects/{project_id}/estimate")
+async def estimate_fragment(
+    project_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    me: CurrentReader,
+) -> HTMLResponse:
+    """The job form's estimate (memory, time, what "auto" chose), redrawn as the form changes;
+    a method the model or the workers cannot run is named here, before queueing."""
+    access.project_for(session, me.user, project_id)
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    estimate: dict[str, Any] | None = None
+    errors: list[FieldError] = []
+    try:
+        body = _job_request(project_id, form)
+        config = jobs_service.validate_config(body.config)
+        jobs_service.check_before_queueing(
+            config, settings=settings, train_records=_train_records(session, me, body)
+        )
+        estimate = estimates_service.estimate_for_dataset(
+            session,
+            user=me.user,
+            config=config,
+            dataset_id=body.dataset_id,
+            dataset_version=body.dataset_version,
+            gpu_name=form.get("gpu") or None,
+        )
+    except TunelabError as exc:
+        errors = exc.errors or [FieldError(message=exc.message)]
+    if estimate and estimate.get("available", True) and not settings.workers_have_cuda:
+        estimate["warnings"] = [
+            *estimate.get("warnings", []),
+            "These workers have no NVIDIA GPU: the job trains on the CPU, far slower than this "
+            "GPU estimate.",
+        ]
+    return render(request, "jobs/_estimate.html", estimate=estimate, errors=errors)
+
+
+def _train_records(session: SessionDep, me: Any, body: JobCreate) -> int:
+    dataset = access.dataset_for(session, me.user, body.dataset_id)
+    version = (
+        datasets_service.version_by_number(dataset, body.dataset_version)
+        if body.dataset_version is not None
+        else datasets_service.latest_version(dataset)
+    )
+    return datasets_service.split_counts(version).get("train", version.records)
+
+
 def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, Any]:
     job = access.job_for(session, me.user, job_id)
     losses = jobs_service.list_metrics(session, job_id=job_id, name="loss")
+    val_losses = jobs_service.list_metrics(session, job_id=job_id, name="val_loss")
     latest = {
         p.name: p.value
         for p in jobs_service.list_metrics(
             session, job_id=job_id, after_step=max(job.current_step - 1, -1)
         )
     }
+    if val_losses:  # evaluated every few steps only: show the newest evaluation
+        latest["val_loss"], latest["val_step"] = val_losses[-1].value, val_losses[-1].step
     return {
         "job": job,
         "read": jobs_service.job_read(job),
         "project": projects_service.get_project(session, project_id=job.project_id),
         "events": jobs_service.list_events(session, job_id=job_id)[-200:],
         "artifacts": jobs_service.list_artifacts(session, job_id=job_id),
-        "chart": line_chart([(p.step, p.value) for p in losses], label="training loss"),
+        "chart": line_chart(
+            [(p.step, p.value) for p in losses],
+            label="training loss" + (" and validation loss" if val_losses else ""),
+            overlay=[(p.step, p.value) for p in val_losses],
+        ),
         "latest": latest,
         "active": not JobStatus(job.status).finished,
     }

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 import uuid
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
+from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.models import Job
+from app.services import jobs as jobs_service
 from tests.factories import (
     alpaca_records,
     create_dataset,
@@ -22,7 +28,7 @@ from tests.factories import (
     tiny_config,
     wait_for_status,
 )
-from tests.live import wait_for
+from tests.live import LiveServer, start_worker, wait_for
 
 
 @pytest.fixture
@@ -161,3 +167,81 @@ def test_cancel_stops_a_running_job_within_seconds_and_a_queued_one_at_once(
 def test_unknown_job_is_404(api: httpx.Client) -> None:
     assert api.get(f"/jobs/{uuid.uuid4()}").status_code == 404
     assert api.post(f"/jobs/{uuid.uuid4()}/cancel").status_code == 404
+
+
+def test_a_job_whose_worker_stops_mid_run_resumes_from_its_checkpoint(
+    api: httpx.Client, cluster: LiveServer, tiny_model: Path
+) -> None:
+    project = create_project(api)
+    dataset = create_dataset(api, project["id"], alpaca_records(40))  # 2 of them validate
+    config = tiny_config(tiny_model, max_steps=60, checkpoint_every=4, eval_every=10)
+    job = start_job(api, project["id"], dataset["id"], config)
+    wait_for(
+        lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 10,
+        120,
+        interval=0.1,
+        what="the job to train past a checkpoint",
+    )
+    live = api.get(f"/jobs/{job['id']}").json()
+    assert live["eta_seconds"] is not None and live["epoch"] > 0
+    assert live["tokens_per_second"] > 0
+
+    # Warm shutdown, as a deploy or Ctrl+C does: the worker hands the job back at its next
+    # step. A new worker then takes it from the queue (and serves the rest of the session).
+    worker = cluster.children[0]
+    try:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        stopped = api.get(f"/jobs/{job['id']}").json()
+        assert stopped["status"] == "queued" and stopped["current_step"] < 60
+    finally:
+        cluster.children[0] = start_worker(
+            env=dict(os.environ), log=cluster.log.with_name("worker-after-resume.log")
+        )
+    done = wait_for_status(api, job["id"], timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["current_step"] == 60
+
+    events = api.get(f"/jobs/{job['id']}/events").json()
+    handed_back = next(e for e in events if "handed back" in e["message"])
+    resumed = next(e for e in events if e["message"].startswith("Resuming from the checkpoint"))
+    resumed_at = resumed["data"]["step"]
+    assert resumed_at >= 8 and resumed_at % 4 == 0
+    assert resumed_at <= stopped["current_step"]
+
+    losses = api.get(f"/jobs/{job['id']}/metrics", params={"name": "loss"}).json()
+    assert [p["step"] for p in losses] == list(range(1, 61)), "each step exactly once"
+    # The first attempt's points up to the checkpoint stay; every later step was (re)written
+    # by the resumed attempt. A restart from step 1 would have rewritten them all.
+    handed_back_at = datetime.fromisoformat(handed_back["created_at"])
+    for point in losses:
+        before = datetime.fromisoformat(point["created_at"]) < handed_back_at
+        assert before == (point["step"] <= resumed_at), point
+    validation = api.get(f"/jobs/{job['id']}/metrics", params={"name": "val_loss"}).json()
+    assert [p["step"] for p in validation] == list(range(10, 61, 10))
+    assert done["result"]["best_step"] in {p["step"] for p in validation}
+    assert done["eta_seconds"] is None, "live progress is for running jobs"
+    kept = get_settings().runs_dir / job["id"] / "checkpoints"
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint-56", "checkpoint-60"]
+
+
+def test_a_resumed_step_overwrites_its_points_and_a_lost_lease_writes_none(
+    db_session: Session, tiny_model: Path, api: httpx.Client
+) -> None:
+    project = create_project(api)
+    dataset = create_dataset(api, project["id"], alpaca_records(8))
+    job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=2))
+    wait_for_status(api, job["id"])
+    job_id = uuid.UUID(job["id"])
+    db_session.execute(
+        update(Job).where(Job.id == job_id).values(status="running", worker="resumed")
+    )
+    assert jobs_service.record_step(
+        db_session, job_id=job_id, worker="resumed", step=2, total_steps=2, values={"loss": 9.0}
+    )
+    assert not jobs_service.record_step(
+        db_session, job_id=job_id, worker="lost", step=2, total_steps=2, values={"loss": 5.0}
+    )
+    points = jobs_service.list_metrics(db_session, job_id=job_id, name="loss")
+    assert [(p.step, p.value) for p in points][-1] == (2, 9.0)
+    assert [p.step for p in points] == [1, 2]

@@ -48,7 +48,7 @@ def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
     # The status, progress bar and chart update in place while the job trains.
     expect(page.get_by_test_id("status")).to_have_text("succeeded", timeout=180_000)
     expect(page.locator("progress")).to_have_attribute("aria-valuenow", "100")
-    expect(page.get_by_test_id("loss-chart").locator("polyline")).to_have_count(1)
+    expect(page.get_by_test_id("loss-chart").locator("polyline")).to_have_count(2)  # loss, val_loss
     expect(page.get_by_text("download .zip")).to_be_visible()
 
 
@@ -65,7 +65,7 @@ def test_bad_job_settings_are_shown_next_to_the_form(page: Page, tiny_model: Pat
     page.get_by_label("Base model").fill(str(tiny_model))
     page.get_by_label("Learning rate").fill("-1")
     page.get_by_role("button", name="Start training").click()
-    expect(page.get_by_test_id("errors")).to_contain_text("config.learning_rate")
+    expect(page.locator("#job-form > [data-testid=errors]")).to_contain_text("config.learning_rate")
 
 
 def test_model_output_and_names_are_escaped(page: Page) -> None:

@@ -168,3 +168,329 @@ def test_packed_bf16_loss_and_gradients_match_padded_batches() -> None:
     for name, expected in reference_grads.items():
         got = dict(model.named_parameters())[name].grad
         assert got is not None and relative_error(got, expected) < 5e-2, name
+
+
+# --- Every training method on a Llama-shaped model ------------------------------------------
+
+
+def build_llama(dest: Path, **shape: Any) -> Path:
+    """A random-initialised Llama of ``shape`` with the Qwen tokenizer, saved in bf16."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tests.factories_models import qwen_tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).bfloat16()
+    model.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    del model
+    torch.cuda.empty_cache()
+    return dest
+
+
+SMALL_LLAMA = {
+    "hidden_size": 1024,
+    "intermediate_size": 2816,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+}
+# Llama-3.2-1B's shape (with the Qwen tokenizer's vocabulary).
+LLAMA_1B = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+}
+
+GPU_METHODS: dict[str, dict[str, Any]] = {
+    "lora": {"method": "lora"},
+    "rslora_dora": {"method": "lora", "use_rslora": True, "use_dora": True},
+    "qlora": {"method": "qlora"},
+    "qlora_dora": {"method": "qlora", "use_dora": True},
+    "prefix_tuning": {"method": "prefix_tuning", "learning_rate": 3e-2, "num_virtual_tokens": 8},
+    "p_tuning": {"method": "p_tuning", "learning_rate": 1e-2, "num_virtual_tokens": 8},
+    "ia3": {"method": "ia3", "learning_rate": 5e-2},
+    "full": {"method": "full", "learning_rate": 1e-4},
+}
+
+
+@pytest.fixture(scope="module")
+def small_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_llama(tmp_path_factory.mktemp("small-llama"), **SMALL_LLAMA)
+
+
+def repeat_records(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Repeat {i % 4}"},
+                {"role": "assistant", "content": f"{i % 4} {i % 4} {i % 4}"},
+            ]
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("variant", list(GPU_METHODS))
+def test_every_method_trains_a_llama_shaped_model_and_its_artifact_generates(
+    variant: str, small_llama: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings: dict[str, Any] = {
+        "learning_rate": 5e-3,
+        "lora_dropout": 0.0,
+        "gradient_accumulation_steps": 1,
+        "warmup_steps": 0,
+        **GPU_METHODS[variant],
+    }
+    if settings["method"] in ("lora", "qlora"):
+        settings.update(lora_r=16, lora_alpha=32)
+    recorder = Recorder()
+    config = TrainConfig(
+        base_model=str(small_llama), max_steps=30, batch_size=8, max_seq_length=64, **settings
+    )
+    result = train(
+        config,
+        records=repeat_records(32),
+        output_dir=tmp_path / "out",
+        model_cache_dir=tmp_path / "cache",
+        callbacks=recorder,
+    )
+    print(f"{variant}: first 3 {recorder.losses[:3]}, last 3 {recorder.losses[-3:]}")
+    assert sum(recorder.losses[-5:]) < sum(recorder.losses[:5]) * 0.7
+    loaded = next(d for _, m, d in recorder.events if m.startswith("Model loaded"))
+    assert loaded is not None and loaded["device"].startswith("cuda")
+    started = next(d for _, m, d in recorder.events if m == "Training started")
+    assert started is not None
+    assert started["packing"] is (config.method not in ("prefix_tuning", "p_tuning"))
+    if config.method == "qlora":
+        assert loaded["quantization"] == "nf4"
+
+    tokenizer = AutoTokenizer.from_pretrained(str(result.adapter_dir))
+    if config.method == "full":
+        tuned = AutoModelForCausalLM.from_pretrained(
+            str(result.adapter_dir), dtype=torch.bfloat16, device_map={"": "cuda"}
+        )
+    else:
+        base = AutoModelForCausalLM.from_pretrained(
+            str(small_llama), dtype=torch.bfloat16, device_map={"": "cuda"}
+        )
+        tuned = PeftModel.from_pretrained(base, str(result.adapter_dir))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Repeat 1"}], add_generation_prompt=True, tokenize=False
+    )
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to("cuda")
+    with torch.no_grad():
+        out = tuned.eval().generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def peak_training_memory(model_dir: Path, tmp_path: Path, method: str) -> tuple[int, float]:
+    """Peak GPU memory allocated (bytes) over loading and a few steps, and seconds per step."""
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    config = TrainConfig(
+        base_model=str(model_dir),
+        method=method,  # type: ignore[arg-type]
+        max_steps=4,
+        batch_size=4,
+        gradient_accumulation_steps=1,
+        warmup_steps=0,
+        max_seq_length=128,
+        learning_rate=2e-4,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+    )
+    result = train(
+        config,
+        records=repeat_records(16),
+        output_dir=tmp_path / method,
+        model_cache_dir=tmp_path / "cache",
+    )
+    peak = torch.cuda.max_memory_allocated()
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak, result.train_seconds / result.steps
+
+
+def test_qlora_peak_memory_is_well_below_lora_on_a_1b_llama(tmp_path: Path) -> None:
+    model_dir = build_llama(tmp_path / "llama-1b", **LLAMA_1B)
+    lora_peak, lora_step = peak_training_memory(model_dir, tmp_path, "lora")
+    qlora_peak, qlora_step = peak_training_memory(model_dir, tmp_path, "qlora")
+    print(
+        f"1B Llama shape, 4 x 128 tokens: LoRA peak {lora_peak / 2**30:.2f} GiB "
+        f"({lora_step * 1000:.0f} ms/step), QLoRA peak {qlora_peak / 2**30:.2f} GiB "
+        f"({qlora_step * 1000:.0f} ms/step)"
+    )
+    assert qlora_peak < 0.6 * lora_peak
+
+
+# --- Memory and time estimates against measured runs ----------------------------------------
+
+# (name, catalog shape, method settings, batch size, accumulation, mean sample length,
+# max_seq_length). Samples are random tokens of 75-125% of the mean length, half answer.
+ESTIMATE_CASES: list[tuple[str, str, dict[str, Any], int, int, int, int]] = [
+    ("qwen0.5b-lora-10k", "qwen2.5-0.5b-instruct", {}, 8, 4, 320, 1024),
+    ("qwen0.5b-lora-65k", "qwen2.5-0.5b-instruct", {}, 16, 4, 1024, 2048),
+    ("llama1b-lora-4k-nodrop", "llama-3.2-1b-instruct", {"lora_dropout": 0.0}, 8, 1, 512, 1024),
+    ("llama1b-lora-48k", "llama-3.2-1b-instruct", {}, 8, 4, 1500, 2048),
+    ("qwen3-0.6b-lora-22k", "qwen3-0.6b", {}, 16, 2, 700, 1024),
+    ("llama8b-lora-8k", "llama-3.1-8b-instruct", {}, 8, 2, 512, 1024),
+    ("llama8b-lora-long", "llama-3.1-8b-instruct", {}, 4, 1, 3000, 4096),
+    ("qwen0.5b-dora", "qwen2.5-0.5b-instruct", {"use_dora": True}, 8, 2, 512, 1024),
+    ("qwen0.5b-ia3", "qwen2.5-0.5b-instruct", {"method": "ia3"}, 8, 2, 512, 1024),
+    ("qwen0.5b-prefix", "qwen2.5-0.5b-instruct", {"method": "prefix_tuning"}, 8, 1, 512, 1024),
+    ("qwen0.5b-ptuning", "qwen2.5-0.5b-instruct", {"method": "p_tuning"}, 8, 1, 512, 1024),
+    ("qwen0.5b-full", "qwen2.5-0.5b-instruct", {"method": "full"}, 8, 2, 512, 1024),
+]
+ESTIMATE_STEPS = 3
+
+
+class StepMemory:
+    """Callbacks keeping each step's peak GPU memory and end time."""
+
+    def __init__(self) -> None:
+        self.peaks: list[int] = []
+        self.kept: list[int] = []
+        self.marks: list[float] = []
+        self.started: dict[str, Any] = {}
+
+    def on_event(self, level: str, message: str, data: dict | None = None) -> None:
+        if message == "Training started" and data:
+            self.started = data
+
+    def on_step(self, metrics: object) -> None:
+        import time
+
+        torch.cuda.synchronize()
+        self.marks.append(time.perf_counter())
+        self.peaks.append(torch.cuda.max_memory_allocated())
+        self.kept.append(torch.cuda.memory_allocated())
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def random_samples(count: int, mean_length: int, seed: int) -> list[Sample]:
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(count):
+        n = rng.randint(int(mean_length * 0.75), int(mean_length * 1.25))
+        ids = [rng.randrange(1, 8192) for _ in range(n)]
+        samples.append(Sample(ids, [IGNORE_INDEX] * (n // 2) + ids[n // 2 :]))
+    return samples
+
+
+def build_random_model(arch: Any, dtype: torch.dtype) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        arch.model_type,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        head_dim=arch.dim_per_head,
+        vocab_size=arch.vocab_size,
+        tie_word_embeddings=arch.tied_embeddings,
+        max_position_embeddings=32768,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+
+
+@pytest.mark.parametrize("case", ESTIMATE_CASES, ids=[c[0] for c in ESTIMATE_CASES])
+def test_memory_estimate_is_within_20_percent_of_the_measured_peak(
+    case: tuple[str, str, dict[str, Any], int, int, int, int],
+) -> None:
+    import gc
+    import json
+    import os
+
+    from worker.training.catalog import CATALOG
+    from worker.training.engine import train_model
+    from worker.training.estimate import estimate, gpu_spec
+
+    name, shape, settings, batch_size, accumulation, length, max_seq_length = case
+    arch = CATALOG[shape].arch
+    config = TrainConfig(
+        base_model=f"random {shape}",
+        max_steps=ESTIMATE_STEPS,
+        batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_seq_length=max_seq_length,
+        learning_rate=1e-4,
+        **settings,
+    )
+    samples = random_samples(batch_size * accumulation * ESTIMATE_STEPS, length, seed=1)
+    full = config.method == "full"
+    model = build_random_model(arch, torch.float32 if full else torch.bfloat16)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    clock = StepMemory()
+    train_model(model, samples, config, pad_id=0, callbacks=clock)
+    measured = max(clock.peaks)
+    reserved = torch.cuda.max_memory_reserved()
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    lengths = sorted(len(s.input_ids) for s in samples)
+    answers = sum(len(s.input_ids) - len(s.input_ids) // 2 for s in samples)
+    guess = estimate(
+        config,
+        arch,
+        gpu=gpu_spec(torch.cuda.get_device_name()),
+        dataset_records=len(samples),
+        mean_tokens=sum(lengths) / len(lengths),
+        p95_tokens=lengths[int(0.95 * (len(lengths) - 1))],
+        answer_share=answers / sum(lengths),
+    )
+    step_tokens = batch_size * accumulation * sum(lengths) / len(lengths)
+    seconds = clock.marks[-1] - clock.marks[0]
+    measured_rate = step_tokens * (ESTIMATE_STEPS - 1) / seconds
+    line = {
+        "case": name,
+        "estimate_gib": round(guess.peak_memory_bytes / 2**30, 2),
+        "measured_gib": round(measured / 2**30, 2),
+        "ratio": round(guess.peak_memory_bytes / measured, 3),
+        "reserved_gib": round(reserved / 2**30, 2),
+        "estimate_reserved_gib": round(guess.breakdown["reserved_bytes"] / 2**30, 2),
+        "step_peaks_gib": [round(p / 2**30, 2) for p in clock.peaks],
+        "kept_after_step_gib": [round(p / 2**30, 2) for p in clock.kept],
+        "estimate_tokens_per_s": guess.breakdown["tokens_per_second"],
+        "measured_tokens_per_s": round(measured_rate, 1),
+        "engine": {k: clock.started.get(k) for k in ("micro_batch_tokens", "packing")}
+        | {"checkpointing": clock.started.get("gradient_checkpointing")},
+        "estimate_row_tokens": guess.breakdown["row_tokens"],
+        "breakdown_gib": {
+            k: round(v / 2**30, 3) for k, v in guess.breakdown["memory_bytes"].items()
+        },
+    }
+    print(json.dumps(line))
+    report = os.environ.get("TUNELAB_ESTIMATE_REPORT")
+    if report:
+        with open(report, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+    assert 0.8 <= guess.peak_memory_bytes / measured <= 1.2, line

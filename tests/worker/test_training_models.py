@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import importlib.util
 import os
@@ -17,7 +18,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from worker.training import TrainingError, config, methods, models
 from worker.training.models import (
     CATALOG,
-    CatalogEntry,
     convert_gguf,
     gguf_cache_folder,
     linear_projection_names,
@@ -73,11 +73,9 @@ def test_invalid_hub_id_lists_the_catalog(tmp_path: Path) -> None:
 def test_catalog_model_whose_package_is_missing_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = CatalogEntry(
+    entry = dataclasses.replace(
+        CATALOG["smollm2-135m-instruct"],
         title="Missing",
-        params=1,
-        context_length=512,
-        licence="MIT",
         package="tunelab_no_such_package",
         pip_name="tunelab-no-such-package",
         filename="model.gguf",

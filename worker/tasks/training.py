@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.models import JobStatus
+from app.services import datasets as datasets_service
 from app.services import jobs as jobs_service
 from app.services.queue import enqueue_training
 from worker.celery_app import TRAIN_JOB, celery_app
@@ -28,6 +30,7 @@ from worker.training import (
     TrainResult,
     train,
 )
+from worker.training.checkpoints import IncompatibleCheckpoint, latest_checkpoint
 from worker.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -109,9 +112,14 @@ class JobReporter:
             "grad_norm": metrics.grad_norm,
             "tokens_per_second": metrics.tokens_per_second,
             "epoch": metrics.epoch,
+            "eta_seconds": metrics.eta_seconds,
         }
+        if metrics.gpu_memory_bytes is not None:
+            values["gpu_memory_bytes"] = float(metrics.gpu_memory_bytes)
+        if metrics.val_loss is not None:
+            values["val_loss"] = metrics.val_loss
         with session_scope() as session:
-            jobs_service.record_step(
+            held = jobs_service.record_step(
                 session,
                 job_id=self.job_id,
                 worker=self.worker,
@@ -119,6 +127,9 @@ class JobReporter:
                 total_steps=metrics.total_steps,
                 values=values,
             )
+        if not held:  # re-queued to another worker meanwhile: stop before the next step
+            self.lease_lost = True
+            self._stop.set()
 
     def should_stop(self) -> bool:
         return self._stop.is_set() or SHUTTING_DOWN.is_set()
@@ -127,6 +138,12 @@ class JobReporter:
 def _load_records(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def checkpoint_dir(settings: Settings, job_id: uuid.UUID | str) -> Path:
+    """Where a job's checkpoints live: shared by its attempts, so a re-queued job resumes
+    from the newest one whichever worker picks it up."""
+    return settings.runs_dir / str(job_id) / "checkpoints"
 
 
 def _dir_size(path: Path) -> tuple[int, list[str]]:
@@ -148,24 +165,47 @@ def train_job(job_id: str) -> str:
         config = TrainConfig.model_validate(job.config)
         version = jobs_service.job_dataset_version(session, job=job)
         records_path = settings.data_dir / version.records_path
+        validation_path = datasets_service.split_files(settings, version).get("validation")
         attempt = job.attempts
 
     reporter = JobReporter(jid, me, settings)
     reporter.start()
     # One folder per attempt, so a worker that lost its lease and a new one never share files.
     out_dir = settings.artifacts_dir / job_id / f"attempt-{attempt}" / "adapter"
+    checkpoints = checkpoint_dir(settings, job_id)
+    # A job handed back or re-queued after its worker died carries on from its newest
+    # checkpoint; the steps it repeats overwrite their metric points (see record_step).
+    resume_from = latest_checkpoint(checkpoints)
     status, error = JobStatus.failed, None
     result: TrainResult | None = None
     try:
         records = _load_records(records_path)
-        result = train(
-            config,
-            records=records,
-            output_dir=out_dir,
-            model_cache_dir=settings.model_cache_dir,
-            callbacks=reporter,
-            allow_downloads=settings.allow_hub_downloads,
+        validation = (
+            _load_records(validation_path)
+            if validation_path is not None and validation_path.is_file()
+            else []
         )
+
+        def run(resume: Path | None) -> TrainResult:
+            return train(
+                config,
+                records=records,
+                output_dir=out_dir,
+                model_cache_dir=settings.model_cache_dir,
+                callbacks=reporter,
+                allow_downloads=settings.allow_hub_downloads,
+                validation_records=validation,
+                checkpoint_dir=checkpoints,
+                resume_from=resume,
+            )
+
+        try:
+            result = run(resume_from)
+        except IncompatibleCheckpoint as exc:
+            # A checkpoint that cannot be used must not fail the job: train from the start.
+            reporter.on_event("warning", f"{exc} Training starts over.")
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            result = run(None)
         status = JobStatus.succeeded
     except TrainingCancelled:
         status = JobStatus.cancelled
@@ -206,6 +246,12 @@ def train_job(job_id: str) -> str:
                 "tokens": result.tokens,
                 "artifact_id": str(artifact.id),
             }
+            if result.best_step is not None:
+                summary.update(
+                    best_step=result.best_step,
+                    best_val_loss=result.best_val_loss,
+                    stopped_early=result.stopped_early,
+                )
         ended = jobs_service.finish_job(
             session, job_id=jid, worker=me, status=status, error=error, result=summary
         )
@@ -213,6 +259,12 @@ def train_job(job_id: str) -> str:
             session.rollback()
     if status != JobStatus.succeeded or not ended:
         shutil.rmtree(out_dir.parent, ignore_errors=True)
+    if ended and status != JobStatus.succeeded:
+        # Nothing resumes a failed or cancelled job; a succeeded one keeps its last K
+        # checkpoints (the final one included) beside its artifact.
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            checkpoints.parent.rmdir()  # the job's run folder, if nothing else is in it
     return str(status)
 
 

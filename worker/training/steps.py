@@ -10,6 +10,7 @@ full-vocabulary logits (see ``loss``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.training import attention
+from worker.training import attention, autoconfig, models
 from worker.training.config import TrainConfig
 from worker.training.formatting import Sample
 from worker.training.loss import DEFAULT_CHUNK_ELEMENTS, linear_cross_entropy_sum
@@ -40,13 +41,20 @@ class StepPlan:
     checkpointing: bool
     fused_head: bool
     note: str  # why packing is off, when it is
+    # The dtype forward passes compute in when the weights are float32 masters (full
+    # fine-tuning on a GPU); None runs them in the weights' own dtype.
+    autocast: torch.dtype | None = None
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
     """Packed or padded rows, the token budget per packed row, and checkpointing if needed."""
     note = "" if config.packing else "packing is off in the run config"
+    prompt_learning = _prompt_learning(lm)
     if config.packing:
-        note = attention.unsupported_reason(lm) or ""
+        if prompt_learning:
+            note = "prefix-tuning and P-tuning put their virtual tokens before every sample"
+        else:
+            note = attention.unsupported_reason(lm) or ""
     packed = not note
     longest = max(len(s.input_ids) for s in samples)
     budget = config.micro_batch_tokens or default_token_budget(lm.config)
@@ -55,7 +63,19 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
     device = next(lm.parameters()).device
     if device.type == "cuda":
         budget, checkpointing = _fit_in_memory(lm, budget, longest, config, device, packed)
-    return StepPlan(packed, budget, checkpointing, _plain_head(lm), note)
+    autocast = None
+    weights = next(lm.parameters())
+    if device.type == "cuda" and weights.requires_grad and weights.dtype == torch.float32:
+        compute = models.pick_device_and_dtype(config.dtype)[1]
+        autocast = None if compute == torch.float32 else compute
+    fused_head = _plain_head(lm) and not prompt_learning
+    return StepPlan(packed, budget, checkpointing, fused_head, note, autocast)
+
+
+def _prompt_learning(lm: Any) -> bool:
+    # The PEFT model itself runs the forward pass only for prompt learning (see engine).
+    peft_config = getattr(lm, "active_peft_config", None)
+    return bool(peft_config is not None and peft_config.is_prompt_learning)
 
 
 def _fit_in_memory(
@@ -72,7 +92,7 @@ def _fit_in_memory(
     again for LoRA, whose backward skips the frozen weights' gradients), so it is the last
     resort, used when even one packed row of the longest sample would not fit.
     """
-    per_token = activation_bytes_per_token(lm.config, config.lora_dropout)
+    per_token = activation_bytes_per_token(lm.config, autoconfig.settled(config).lora_dropout)
     free, _ = torch.cuda.mem_get_info(device)
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     # fp32 gradient and two AdamW moments per trainable weight, the loss head's chunk of
@@ -133,12 +153,23 @@ def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor
         )
     else:
         inputs["attention_mask"] = batch.attention_mask
+    autocast = (
+        torch.autocast(batch.input_ids.device.type, dtype=plan.autocast)
+        if plan.autocast is not None
+        else contextlib.nullcontext()
+    )
     if plan.fused_head:
-        hidden = lm.get_decoder()(**inputs).last_hidden_state
+        with autocast:
+            hidden = lm.get_decoder()(**inputs).last_hidden_state
         picked = hidden.flatten(0, 1).index_select(0, batch.label_positions)
+        if plan.autocast is not None:
+            picked = picked.to(plan.autocast)  # the head's product in the compute dtype too
         head = lm.get_output_embeddings()
         return linear_cross_entropy_sum(picked, head.weight, batch.label_targets, head.bias)
-    logits = lm(**inputs).logits
+    with autocast:
+        logits = lm(**inputs).logits
+    # P-tuning returns logits for its virtual tokens too, in front of the sample's.
+    logits = logits[:, logits.shape[1] - batch.input_ids.shape[1] :]
     picked = logits.flatten(0, 1).index_select(0, batch.label_positions)
     del logits
     rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, picked.shape[-1]))
@@ -161,3 +192,23 @@ def micro_batches(
             collate_packed(row) for row in pack([s for b in group for s in b], plan.token_budget)
         ]
     return [collate_padded(batch, pad_id) for batch in group]
+
+
+def validation_loss(
+    lm: Any,
+    samples: Sequence[Sample],
+    plan: StepPlan,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+) -> float:
+    """Mean cross-entropy per answer token over ``samples``, in their given order, without
+    gradients. The caller switches the model to eval mode (no dropout) around it."""
+    loss_sum, answer_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            group = [list(samples[start : start + batch_size])]
+            for batch in [b.to(device) for b in micro_batches(group, plan, pad_id)]:
+                loss_sum += float(micro_batch_loss(lm, batch, plan))
+                answer_tokens += int(batch.label_targets.numel())
+    return loss_sum / max(1, answer_tokens)

@@ -1,25 +1,30 @@
-"""Parameter-efficient methods: each module turns the run config into a PEFT config.
+"""Training methods: each module turns the validated run config into what gets trained.
 
-Adding a method means one module here and one entry in METHODS (and in config.METHODS).
+A method is one module here holding a ``METHOD`` (see ``base.MethodInfo``) and one entry in
+METHODS below and in ``config.METHODS``. Nothing here imports torch until a method's ``build``
+is called, so the web process reads titles, descriptions and compatibility checks from the
+same objects the engine trains with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from peft import PeftConfig
-from torch import nn
+from worker.training.methods import full, ia3, lora, p_tuning, prefix_tuning, qlora
+from worker.training.methods.base import MethodInfo
 
-from worker.training.config import TrainConfig
-from worker.training.methods import lora
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
-MethodBuilder = Callable[[TrainConfig, nn.Module], PeftConfig]
+    from worker.training.config import TrainConfig
 
-METHODS: dict[str, MethodBuilder] = {
-    "lora": lora.build_peft_config,
+METHODS: dict[str, MethodInfo] = {
+    module.METHOD.name: module.METHOD
+    for module in (lora, qlora, prefix_tuning, p_tuning, ia3, full)
 }
 
 
-def build_peft_config(config: TrainConfig, model: nn.Module) -> PeftConfig:
-    """The PEFT config for ``config.method`` applied to ``model``."""
-    return METHODS[config.method](config, model)
+def build_peft_config(config: TrainConfig, model: Any) -> PeftConfig | None:
+    """The PEFT config for ``config.method`` applied to ``model``; None for full fine-tuning."""
+    build = METHODS[config.method].build
+    return None if build is None else build(config, model)

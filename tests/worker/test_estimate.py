@@ -44,7 +44,7 @@ MEASURED_H200: list[tuple[Any, ...]] = [
     ("llama8b-lora-long", "llama-3.1-8b-instruct", {}, 4, 1, 4096, 12, 2857.7, 3634, 0.5001, 36.18, 10336.0),
     ("qwen0.5b-dora", "qwen2.5-0.5b-instruct", {"use_dora": True}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 36.27, 15651.0),
     ("qwen0.5b-ia3", "qwen2.5-0.5b-instruct", {"method": "ia3"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 10.84, 81000.3),
-    ("qwen0.5b-prefix", "qwen2.5-0.5b-instruct", {"method": "prefix_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.06, 4163.3),
+    ("qwen0.5b-prefix", "qwen2.5-0.5b-instruct", {"method": "prefix_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.06, 22176.8),
     ("qwen0.5b-ptuning", "qwen2.5-0.5b-instruct", {"method": "p_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 8.06, 26922.5),
     ("qwen0.5b-full", "qwen2.5-0.5b-instruct", {"method": "full"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 17.26, 70707.6),
 ]  # fmt: skip

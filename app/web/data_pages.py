@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app.api.deps import CurrentReader, CurrentTrainer, SessionDep, SettingsDep
-from app.api.routes.datasets import FILE_FIELDS, invalid_fields
+from app.api.routes.uploads import FILE_FIELDS, invalid_fields
 from app.core.errors import FieldError, TunelabError
 from app.core.uploads import receive_upload
 from app.models import Dataset, DatasetUpload, DatasetVersion

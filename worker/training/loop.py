@@ -1,0 +1,206 @@
+"""The step loop: each optimiser step trained, evaluated when due, reported (with its ETA),
+checked for early stopping and checkpointed when due, from the start or from a checkpoint's
+position to the end. ``trainer`` builds everything it works with."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.training import autoconfig, checkpoints, data, packing
+from worker.training.callbacks import StepMetrics, TrainCallbacks
+from worker.training.config import TrainConfig
+from worker.training.errors import TrainingCancelled, TrainingError
+from worker.training.steps import StepPlan, micro_batches, optimiser_step, validation_loss
+
+# Without checkpoint_every, a checkpoint this often bounds the work a re-queued job repeats.
+CHECKPOINT_INTERVAL_SECONDS = 15 * 60
+
+
+@dataclass(frozen=True)
+class LoopExtras:
+    """What ``train_model`` was given beyond the model, the samples and the config."""
+
+    validation: list[data.Sample]
+    checkpoint_dir: Path | None
+    resume_from: Path | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the step loop works with, made once by ``trainer._loop``."""
+
+    model: Any
+    lm: Any
+    samples: list[data.Sample]
+    pad_id: int
+    config: TrainConfig
+    plan: StepPlan
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[torch.nn.Parameter]
+    total_steps: int
+    callbacks: TrainCallbacks
+    extras: LoopExtras
+    samples_hash: str
+
+
+def run_steps(
+    run: Run, restored: checkpoints.Restored | None
+) -> tuple[checkpoints.LoopState, bool]:
+    """The optimiser steps from the start, or from a checkpoint's position, to the end.
+
+    Each step trains, evaluates if due, is reported, and is checkpointed if due, in that
+    order: a checkpoint holds its own step's evaluation, and every step is reported before a
+    checkpoint can include it, so a resumed run reports again at most the steps after its
+    checkpoint (which the job's recorder overwrites). Returns the final loop state and
+    whether early stopping ended the run.
+    """
+    config, callbacks = run.config, run.callbacks
+    numbers = autoconfig.settled(config)
+    device = next(run.model.parameters()).device
+    accum = numbers.gradient_accumulation_steps
+    state = restored.state if restored is not None else checkpoints.LoopState()
+    validation = run.extras.validation
+    eval_every = config.eval_every or max(1, math.ceil(run.total_steps / 10))
+    patience = config.early_stopping_patience if validation else None
+    # A checkpoint written when early stopping ended its run ends the resumed one too.
+    stopped_early = patience is not None and state.evals_without_improvement >= patience
+    if restored is not None:
+        # Last, after everything that may have drawn random numbers (the adapter's
+        # initialisation, loading): the next dropout mask is the one the interrupted run drew.
+        restored.restore_rng()
+    started = last_saved = time.perf_counter()
+    seconds_before, steps_here = state.train_seconds, 0
+    batches: list[list[data.Sample]] = []
+    batches_epoch = -1
+    while state.step < run.total_steps and not stopped_early:
+        if callbacks.should_stop():
+            raise TrainingCancelled("Training was cancelled")
+        if batches_epoch != state.epoch:
+            batches = data.make_batches(
+                run.samples, numbers.batch_size, seed=config.seed, epoch=state.epoch
+            )
+            batches_epoch = state.epoch
+        step_started = time.perf_counter()
+        first = state.batch_index
+        group = batches[first : first + accum]
+        micro = micro_batches(group, run.plan, run.pad_id)
+        answer_tokens = sum(packing.answer_token_count(s) for b in group for s in b)
+        loss_value, tokens = optimiser_step(run.lm, micro, answer_tokens, run.plan, device)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm))
+        learning_rate = run.scheduler.get_last_lr()[0]
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        step = state.step + 1
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"The loss became {loss_value} at step {step}; lower the learning rate."
+            )
+        step_seconds = time.perf_counter() - step_started
+        done = min(first + accum, len(batches))
+        epoch_reached = state.epoch + done / len(batches)
+        state.step, state.loss, state.tokens = step, loss_value, state.tokens + tokens
+        if done == len(batches):
+            state.epoch, state.batch_index = state.epoch + 1, 0
+        else:
+            state.batch_index = done
+        val_loss = None
+        if validation and (step % eval_every == 0 or step == run.total_steps):
+            val_loss = _evaluate(run, validation, device)
+            state.record_validation(val_loss, step, config.early_stopping_min_delta)
+            stopped_early = patience is not None and state.evals_without_improvement >= patience
+        steps_here += 1
+        now = time.perf_counter()
+        state.train_seconds = seconds_before + (now - started)
+        remaining = 0 if stopped_early else run.total_steps - step
+        callbacks.on_step(
+            StepMetrics(
+                step=step,
+                total_steps=run.total_steps,
+                epoch=epoch_reached,
+                loss=loss_value,
+                learning_rate=learning_rate,
+                grad_norm=grad_norm,
+                tokens_per_second=tokens / step_seconds if step_seconds > 0 else 0.0,
+                tokens=tokens,
+                eta_seconds=(now - started) / steps_here * remaining,
+                gpu_memory_bytes=_gpu_memory(device),
+                val_loss=val_loss,
+            )
+        )
+        if stopped_early:
+            _report_early_stop(run, state, patience or 0)
+        finished = stopped_early or step >= run.total_steps
+        if run.extras.checkpoint_dir is not None and (
+            finished or _checkpoint_due(config, step, now - last_saved)
+        ):
+            _save_checkpoint(run, run.extras.checkpoint_dir, state)
+            last_saved = time.perf_counter()
+    return state, stopped_early
+
+
+def _checkpoint_due(config: TrainConfig, step: int, since_last: float) -> bool:
+    if config.checkpoint_every is not None:
+        return step % config.checkpoint_every == 0
+    return since_last >= CHECKPOINT_INTERVAL_SECONDS
+
+
+def _save_checkpoint(run: Run, directory: Path, state: checkpoints.LoopState) -> None:
+    path = checkpoints.save_checkpoint(
+        directory,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        state=state,
+        config=run.config,
+        samples_hash=run.samples_hash,
+        keep=run.config.keep_checkpoints,
+    )
+    if path is not None:
+        run.callbacks.on_event(
+            "info",
+            f"Checkpoint saved at step {state.step}",
+            {"step": state.step, "checkpoint": path.name},
+        )
+
+
+def _evaluate(run: Run, samples: list[data.Sample], device: torch.device) -> float:
+    run.model.eval()  # no dropout
+    try:
+        batch_size = autoconfig.settled(run.config).batch_size
+        return validation_loss(run.lm, samples, run.plan, run.pad_id, batch_size, device)
+    finally:
+        run.model.train()
+
+
+def _report_early_stop(run: Run, state: checkpoints.LoopState, patience: int) -> None:
+    delta = run.config.early_stopping_min_delta
+    by = f" by more than {delta:g}" if delta else ""
+    run.callbacks.on_event(
+        "info",
+        f"Stopped early at step {state.step} of {run.total_steps}: the validation loss has "
+        f"not improved{by} in {patience} evaluations. The best, {state.best_val_loss:.4f}, "
+        f"was at step {state.best_step}; the weights saved are the last step's "
+        f"(step {state.step}).",
+        {
+            "step": state.step,
+            "best_step": state.best_step,
+            "best_val_loss": state.best_val_loss,
+            "patience": patience,
+        },
+    )
+
+
+def _gpu_memory(device: torch.device) -> int | None:
+    """Peak GPU memory allocated by this process so far; None off the GPU, where the
+    process's memory says little about the model."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None

@@ -1,0 +1,250 @@
+"""Training a loaded model: seed, add the config's adapter (or unfreeze every weight for full
+fine-tuning), build the optimiser and scheduler, restore a checkpoint when resuming, patch the
+model's modules for speed while training runs, and hand the steps to ``loop``."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.training import attention, autoconfig, checkpoints, data, fused
+from worker.training.callbacks import Silent, TrainCallbacks
+from worker.training.config import TrainConfig
+from worker.training.errors import TrainingCancelled, TrainingError
+from worker.training.loop import LoopExtras, Run, run_steps
+from worker.training.methods import METHODS, build_peft_config
+from worker.training.steps import plan_steps
+
+
+@dataclass
+class TrainedModel:
+    """What ``train_model`` returns: the adapted model and how training went."""
+
+    model: Any  # the PEFT-wrapped model, ready for save_pretrained
+    steps: int
+    final_loss: float
+    seconds: float
+    tokens: int
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    stopped_early: bool = False
+
+
+def train_model(
+    model: Any,
+    samples: Sequence[data.Sample],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    callbacks: TrainCallbacks | None = None,
+    validation_samples: Sequence[data.Sample] = (),
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
+) -> TrainedModel:
+    """Add the config's adapter to a loaded causal LM and train it on encoded ``samples``.
+
+    The part of ``train`` after loading, public so a benchmark can run the very same loop on
+    a model it built itself. The model's own modules are patched (fused layers, packed
+    attention) only while training runs and restored before this returns.
+    """
+    callbacks = callbacks or Silent()
+    config = autoconfig.resolve_for_model(config, model=model, samples=samples)
+    device = next(model.parameters()).device
+    # Seeded right before the adapter is created so its initial weights, and the dropout
+    # masks after them, depend on the seed alone and not on what loading consumed.
+    _seed_everything(config.seed)
+    from peft import get_peft_model
+
+    peft_config = build_peft_config(config, model)
+    if peft_config is None:
+        model.requires_grad_(True)
+        _check_full_fine_tuning_fits(model, device)
+    else:
+        model = get_peft_model(model, peft_config)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype = next(
+        (p.dtype for p in model.parameters() if not p.requires_grad),
+        next(model.parameters()).dtype,
+    )
+    callbacks.on_event(
+        "info",
+        f"Model loaded ({_human(total)} parameters, {_human(trainable)} trainable)",
+        {
+            "parameters": total,
+            "trainable": trainable,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "method": config.method,
+            "quantization": METHODS[config.method].quantization,
+        },
+    )
+    if callbacks.should_stop():
+        raise TrainingCancelled("Training was cancelled")
+    extras = LoopExtras(list(validation_samples), checkpoint_dir, resume_from)
+    state, stopped_early = _loop(model, list(samples), pad_id, config, callbacks, extras)
+    return TrainedModel(
+        model,
+        state.step,
+        state.loss,
+        state.train_seconds,
+        state.tokens,
+        best_step=state.best_step,
+        best_val_loss=state.best_val_loss,
+        stopped_early=stopped_early,
+    )
+
+
+def _loop(
+    model: Any,
+    samples: list[data.Sample],
+    pad_id: int,
+    config: TrainConfig,
+    callbacks: TrainCallbacks,
+    extras: LoopExtras,
+) -> tuple[checkpoints.LoopState, bool]:
+    from transformers import get_scheduler
+
+    device = next(model.parameters()).device
+    settled = autoconfig.settled(config)
+    accum = settled.gradient_accumulation_steps
+    batches_per_epoch = math.ceil(len(samples) / settled.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * (settled.epochs or 1.0)))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=settled.learning_rate,
+        weight_decay=config.weight_decay,
+        # One kernel for all adapters instead of several per tensor; CUDA only, so CPU runs
+        # keep the reference implementation.
+        fused=device.type == "cuda" or None,
+    )
+    scheduler_name: str = config.lr_scheduler
+    if scheduler_name == "constant" and settled.warmup_steps:
+        scheduler_name = "constant_with_warmup"  # plain "constant" would ignore the warmup
+    scheduler = get_scheduler(
+        scheduler_name,
+        optimizer,
+        num_warmup_steps=settled.warmup_steps,
+        num_training_steps=total_steps,
+    )
+    lm = _forward_module(model)
+    plan = plan_steps(lm, samples, config)
+    samples_hash = checkpoints.samples_fingerprint(samples)
+    restored: checkpoints.Restored | None = None
+    if extras.resume_from is not None:
+        restored = checkpoints.load_checkpoint(
+            extras.resume_from,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=config,
+            samples_hash=samples_hash,
+        )
+        callbacks.on_event(
+            "info",
+            f"Resuming from the checkpoint of step {restored.state.step}",
+            {"step": restored.state.step, "checkpoint": restored.path.name},
+        )
+
+    with contextlib.ExitStack() as stack:
+        fused_report = stack.enter_context(fused.fused_modules(model))
+        if plan.packed:
+            stack.enter_context(attention.packed_attention(lm))
+        if plan.checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            stack.callback(lm.gradient_checkpointing_disable)
+        callbacks.on_event(
+            "info",
+            "Training started",
+            {
+                "total_steps": total_steps,
+                "samples": len(samples),
+                "device": str(device),
+                "packing": plan.packed,
+                "micro_batch_tokens": plan.token_budget if plan.packed else None,
+                "gradient_checkpointing": plan.checkpointing,
+                "fused_layers": fused_report.lora_linear
+                + fused_report.rms_norm
+                + fused_report.gated_mlp,
+            },
+        )
+        if plan.note and config.packing:
+            callbacks.on_event("info", f"Batches are padded, not packed: {plan.note}.")
+        if plan.checkpointing:
+            callbacks.on_event(
+                "info",
+                "Gradient checkpointing is on: a forward pass over the longest samples would "
+                "not fit in GPU memory without it (each step recomputes its forward pass, about "
+                "half as much work again); a shorter max_seq_length avoids it.",
+            )
+        model.train()
+        run = Run(
+            model=model,
+            lm=lm,
+            samples=samples,
+            pad_id=pad_id,
+            config=config,
+            plan=plan,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            params=params,
+            total_steps=total_steps,
+            callbacks=callbacks,
+            extras=extras,
+            samples_hash=samples_hash,
+        )
+        return run_steps(run, restored)
+
+
+def _forward_module(model: Any) -> Any:
+    """What each forward pass calls: the causal LM with the adapters inside its layers; the
+    PEFT model itself for prompt learning, whose forward adds the virtual tokens; the model
+    as loaded for full fine-tuning."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is None:
+        return model
+    return model if peft_config.is_prompt_learning else model.get_base_model()
+
+
+def _check_full_fine_tuning_fits(model: Any, device: torch.device) -> None:
+    if device.type != "cuda":
+        return
+    count = sum(p.numel() for p in model.parameters())
+    # Loaded weights are already on the GPU; gradients and AdamW's two moments (float32)
+    # come on top, before any activations.
+    needed = 12 * count
+    free, _ = torch.cuda.mem_get_info(device)
+    if needed > free:
+        raise TrainingError(
+            f"Full fine-tuning of this {_human(count)}-parameter model needs about "
+            f"{needed / 2**30:.0f} GiB more GPU memory for gradients and optimiser state; "
+            f"{free / 2**30:.0f} GiB are free. Choose LoRA or QLoRA, or a smaller model."
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def _human(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)

@@ -132,16 +132,17 @@ def discard_upload(session: Session, *, settings: Settings, upload: DatasetUploa
 
 
 def purge_stale_uploads(session: Session, *, settings: Settings) -> int:
-    """Delete uploads nobody imported within a week, and their files."""
+    """On server start: delete uploads older than a week, and their files; an upload still
+    marked "validating" was cut off when the server stopped and can be imported again."""
     cutoff = utcnow() - STALE_UPLOADS
-    rows = session.scalars(
-        select(DatasetUpload).where(
-            DatasetUpload.created_at < cutoff,
-            DatasetUpload.status != UploadStatus.validating.value,
-        )
-    ).all()
+    rows = session.scalars(select(DatasetUpload).where(DatasetUpload.created_at < cutoff)).all()
     for row in rows:
         discard_upload(session, settings=settings, upload=row)
+    session.execute(
+        update(DatasetUpload)
+        .where(DatasetUpload.status == UploadStatus.validating.value)
+        .values(status=UploadStatus.staged.value, progress_bytes=0)
+    )
     return len(rows)
 
 

@@ -411,3 +411,35 @@ def test_generated_hostile_files_are_refused_and_the_server_stays_up(
     imported = import_upload(api, staged["id"], mapping={"prompt": "问题", "completion": "答案"})
     assert imported.status_code == 201, imported.text
     assert imported.json()["records"] == 25
+
+
+def test_server_start_purges_week_old_uploads_and_frees_cut_off_imports(
+    api: httpx.Client, project: dict
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.core.config import get_settings
+    from app.core.db import utcnow
+    from app.services.dataset_imports import purge_stale_uploads
+
+    old = stage(api, project["id"], jsonl(numbered(3)))
+    cut_off = stage(api, project["id"], jsonl(numbered(4)))
+    with get_sessionmaker()() as session:
+        session.execute(
+            update(DatasetUpload)
+            .where(DatasetUpload.id == uuid.UUID(old["id"]))
+            .values(created_at=utcnow() - timedelta(days=8))
+        )
+        session.execute(
+            update(DatasetUpload)
+            .where(DatasetUpload.id == uuid.UUID(cut_off["id"]))
+            .values(status="validating")
+        )
+        session.commit()
+        purge_stale_uploads(session, settings=get_settings())
+        session.commit()
+    assert api.get(f"/uploads/{old['id']}").status_code == 404
+    assert api.get(f"/uploads/{cut_off['id']}").json()["status"] == "staged"
+    assert import_upload(api, cut_off["id"]).status_code == 201

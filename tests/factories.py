@@ -14,6 +14,25 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
+# Four questions a tiny model learns to answer within a few dozen steps.
+QA = [
+    ("What colour is the sky?", "Blue."),
+    ("What is two plus two?", "Four."),
+    ("What is the capital of France?", "Paris."),
+    ("What is the opposite of hot?", "Cold."),
+]
+
+
+def chat(question: str, answer: str) -> dict[str, Any]:
+    """One user question and its answer as a chat record."""
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
 def alpaca_records(n: int, *, start: int = 0) -> list[dict[str, str]]:
     """Small repetitive records a tiny model learns quickly, half of them Chinese."""
     out = []

@@ -94,6 +94,10 @@ def _stage_one(
     row.detected_format = preview.detected_format
     row.suggested_mapping = preview.suggested_mapping
     row.problem = preview.problem
+    if preview.problem:
+        # An unreadable file's one error, located, like those validation finds.
+        row.errors = [{"line": preview.problem_line, "field": None, "message": preview.problem}]
+        row.error_count = 1
     session.add(row)
     return row
 
@@ -166,7 +170,7 @@ def import_upload(
     if upload.problem:
         raise InvalidDataset(
             f"{upload.filename or 'the file'} cannot be read: {upload.problem}",
-            errors=[FieldError(message=upload.problem)],
+            errors=_problem_errors(upload),
             extra={"upload_id": str(upload.id)},
         )
     if upload.status == UploadStatus.validating.value:
@@ -445,23 +449,22 @@ def create_dataset_from_upload(
     )
     if staged.problem:
         # Unreadable as any container: no choice on a retry could help, so nothing is kept.
-        problem, name = staged.problem, staged.filename or "the file"
+        exc = InvalidDataset(
+            f"{staged.filename or 'the file'} cannot be read: {staged.problem}",
+            errors=_problem_errors(staged),
+        )
         discard_upload(session, settings=settings, upload=staged)
         session.commit()
-        line = _problem_line(problem)
-        raise InvalidDataset(
-            f"{name} cannot be read: {problem}",
-            errors=[FieldError(message=problem, line=line)],
-        )
+        raise exc
     session.commit()
     return import_upload(session, settings=settings, upload=staged, options=options, user=user)
 
 
-def _problem_line(problem: str) -> int | None:
-    # inspect_file says where: "line 3: …"; the API gives the line as a field of its own.
-    head, _, _ = problem.partition(":")
-    number = head.removeprefix("line ").strip()
-    return int(number) if head.startswith("line ") and number.isdigit() else 1
+def _problem_errors(upload: DatasetUpload) -> list[FieldError]:
+    return [
+        FieldError(message=e["message"], field=e.get("field"), line=e.get("line"))
+        for e in upload.errors
+    ] or [FieldError(message=upload.problem or "the file cannot be read", line=1)]
 
 
 def write_errors_csv(upload: DatasetUpload, dest: Path) -> None:

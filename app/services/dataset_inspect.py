@@ -42,6 +42,7 @@ class FilePreview:
     detected_format: str | None
     suggested_mapping: dict[str, str] | None
     problem: str | None  # why the file cannot be read at all, with its line
+    problem_line: int | None = None  # that line, on its own
 
 
 def inspect_file(src: Path, *, filename: str | None = None, rows: int = 20) -> FilePreview:
@@ -49,13 +50,12 @@ def inspect_file(src: Path, *, filename: str | None = None, rows: int = 20) -> F
     source = open_values(src, filename=filename)
     shown: list[dict[str, str]] = []
     objects: list[dict[str, Any]] = []
-    fatal: str | None = None
-    first: str | None = None
+    fatal: Unreadable | None = None
+    first: Unreadable | None = None
     for item in source.items:
         if isinstance(item, Unreadable):
-            text = str(RecordError(item.line, item.field, item.message))  # "line 3: …"
-            first = first or text
-            fatal = fatal or (text if item.fatal else None)
+            first = first or item
+            fatal = fatal or (item if item.fatal else None)
             continue
         if isinstance(item.value, dict):
             objects.append(item.value)
@@ -82,13 +82,15 @@ def inspect_file(src: Path, *, filename: str | None = None, rows: int = 20) -> F
         }
     elif name is None and columns:
         mapping = _guess_mapping(columns)
+    problem = fatal or (first if not shown else None)
     return FilePreview(
         container=source.container,
         columns=list(columns),
         rows=shown,
         detected_format=name,
         suggested_mapping=mapping,
-        problem=fatal or (first if not shown else None),
+        problem=str(RecordError(problem.line, problem.field, problem.message)) if problem else None,
+        problem_line=problem.line if problem else None,
     )
 
 

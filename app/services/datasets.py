@@ -131,6 +131,11 @@ def version_by_number(dataset: Dataset, number: int) -> DatasetVersion:
     raise NotFound(f"dataset has no version {number}")
 
 
+def version_of(dataset: Dataset, number: int | None) -> DatasetVersion:
+    """Version ``number`` of ``dataset``, or its newest when no number is given."""
+    return version_by_number(dataset, number) if number else latest_version(dataset)
+
+
 def records_file(settings: Settings, version: DatasetVersion) -> Path:
     """The records a job trains on: the version's training split."""
     return settings.data_dir / version.records_path

@@ -182,11 +182,7 @@ def estimate_for_dataset(
     lengths = None
     if dataset_id is not None:
         dataset = access.dataset_for(session, user, dataset_id)
-        version = (
-            datasets_service.version_by_number(dataset, dataset_version)
-            if dataset_version is not None
-            else datasets_service.latest_version(dataset)
-        )
+        version = datasets_service.version_of(dataset, dataset_version)
         lengths = lengths_of_version(version, base_model=config.base_model)
     return estimate_for(config, dataset=lengths, gpu_name=gpu_name)
 

@@ -105,11 +105,7 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
     check_model_permissions(session, config=config)
     if config.system_prompt is None and project.system_prompt:
         config.system_prompt = project.system_prompt
-    version = (
-        datasets_service.version_by_number(dataset, data.dataset_version)
-        if data.dataset_version is not None
-        else datasets_service.latest_version(dataset)
-    )
+    version = datasets_service.version_of(dataset, data.dataset_version)
     check_before_queueing(
         config,
         settings=settings,

@@ -13,10 +13,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app.api.deps import CurrentReader, CurrentTrainer, SessionDep, SettingsDep
-from app.api.routes.uploads import FILE_FIELDS, invalid_fields
+from app.api.routes.uploads import invalid_fields, receive
 from app.core.errors import FieldError, TunelabError
-from app.core.uploads import receive_upload
-from app.models import Dataset, DatasetUpload, DatasetVersion
+from app.models import Dataset, DatasetUpload, DatasetVersion, Project
 from app.schemas.dataset import CleanRequest, ImportRequest, SplitOptions
 from app.services import access, dataset_preview, tokenization
 from app.services import dataset_cleaning as cleaning
@@ -59,12 +58,7 @@ async def stage_upload(
 
     access.project_for(session, me.user, project_id)
     try:
-        received = await receive_upload(
-            request,
-            directory=settings.uploads_dir,
-            max_bytes=settings.upload_max_bytes,
-            extra_files=FILE_FIELDS,
-        )
+        received = await receive(request, settings)
         upload = imports.stage_upload(
             session, settings=settings, project_id=project_id, received=received, user=me.user
         )
@@ -263,6 +257,15 @@ def _version_context(
     }
 
 
+def _version_of(
+    session: SessionDep, me: Any, dataset_id: uuid.UUID, number: int | None
+) -> tuple[Dataset, DatasetVersion, Project]:
+    """A dataset the user may see, one of its versions (the newest for None), its project."""
+    dataset = access.dataset_for(session, me.user, dataset_id)
+    version = service.version_of(dataset, number)
+    return dataset, version, access.project_for(session, me.user, dataset.project_id)
+
+
 def _int(value: str | None, default: int) -> int:
     try:
         return int(value) if value else default
@@ -278,12 +281,8 @@ def dataset_page(
     settings: SettingsDep,
     me: CurrentReader,
 ) -> HTMLResponse:
-    dataset = access.dataset_for(session, me.user, dataset_id)
-    number = _int(request.query_params.get("version"), 0)
-    version = (
-        service.version_by_number(dataset, number) if number else service.latest_version(dataset)
-    )
-    project = access.project_for(session, me.user, dataset.project_id)
+    number = _int(request.query_params.get("version"), 0) or None
+    dataset, version, project = _version_of(session, me, dataset_id, number)
     context = _version_context(session, settings, request, dataset, version)
     return render(request, "datasets/detail.html", project=project, **context)
 
@@ -360,9 +359,7 @@ def _version_error(
     exc: TunelabError,
 ) -> HTMLResponse:
     session.rollback()
-    dataset = access.dataset_for(session, me.user, dataset_id)
-    version = service.version_by_number(dataset, number)
-    project = access.project_for(session, me.user, dataset.project_id)
+    dataset, version, project = _version_of(session, me, dataset_id, number)
     context = _version_context(session, settings, request, dataset, version)
     context["clean_message"] = exc.message
     context["clean_errors"] = exc.errors
@@ -378,9 +375,7 @@ def preview_page(
     settings: SettingsDep,
     me: CurrentReader,
 ) -> HTMLResponse:
-    dataset = access.dataset_for(session, me.user, dataset_id)
-    version = service.version_by_number(dataset, number)
-    project = access.project_for(session, me.user, dataset.project_id)
+    dataset, version, project = _version_of(session, me, dataset_id, number)
     params = request.query_params
     split = params.get("split", "train")
     split = split if split in SPLITS else "train"

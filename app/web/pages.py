@@ -249,11 +249,7 @@ async def estimate_fragment(
 
 def _train_records(session: SessionDep, me: Any, body: JobCreate) -> int:
     dataset = access.dataset_for(session, me.user, body.dataset_id)
-    version = (
-        datasets_service.version_by_number(dataset, body.dataset_version)
-        if body.dataset_version is not None
-        else datasets_service.latest_version(dataset)
-    )
+    version = datasets_service.version_of(dataset, body.dataset_version)
     return datasets_service.split_counts(version).get("train", version.records)
 
 

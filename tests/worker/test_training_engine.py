@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.factories import QA, chat
 from worker.training import (
     StepMetrics,
     TrainConfig,
@@ -24,23 +25,6 @@ from worker.training import (
 from worker.training import data as training_data
 from worker.training.data import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX
 from worker.training.models import ResolvedModel
-
-QA = [
-    ("What colour is the sky?", "Blue."),
-    ("What is two plus two?", "Four."),
-    ("What is the capital of France?", "Paris."),
-    ("What is the opposite of hot?", "Cold."),
-]
-
-
-def chat(question: str, answer: str) -> dict[str, Any]:
-    return {
-        "messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer},
-        ]
-    }
-
 
 RECORDS = [chat(q, a) for q, a in QA] * 4
 

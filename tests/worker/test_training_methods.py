@@ -18,29 +18,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.factories import QA, chat
 from worker.training import TrainConfig, TrainingError, TrainResult, attention, fused, train
 from worker.training import config as config_module
 from worker.training import data as training_data
 from worker.training.method_support import check_method, method_choices, model_type_of
 from worker.training.methods import METHODS
 from worker.training.models import ResolvedModel
-
-QA = [
-    ("What colour is the sky?", "Blue."),
-    ("What is two plus two?", "Four."),
-    ("What is the capital of France?", "Paris."),
-    ("What is the opposite of hot?", "Cold."),
-]
-
-
-def chat(question: str, answer: str) -> dict[str, Any]:
-    return {
-        "messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer},
-        ]
-    }
-
 
 RECORDS = [chat(q, a) for q, a in QA] * 4
 

@@ -11,7 +11,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from app.api.deps import Public
-from app.api.routes import accounts, catalog, datasets, estimates, jobs, projects, uploads
+from app.api.routes import (
+    accounts,
+    catalog,
+    datasets,
+    estimates,
+    evaluations,
+    jobs,
+    projects,
+    uploads,
+)
 from app.core.config import PROJECT_ROOT
 from app.core.errors import TunelabError, Unauthorized
 from app.core.security_headers import (
@@ -43,7 +52,7 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(SecurityHeadersMiddleware, docs_policies={"/docs": CONTENT_SECURITY_POLICY})
     api_prefix = "/api/v1"
-    for module in (projects, uploads, datasets, jobs, estimates, catalog, accounts):
+    for module in (projects, uploads, datasets, jobs, evaluations, estimates, catalog, accounts):
         app.include_router(module.router, prefix=api_prefix)
     app.include_router(pages.router)
     app.include_router(data_pages.router)

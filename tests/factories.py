@@ -115,9 +115,19 @@ def tiny_config(model: Path, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def start_job(api: httpx.Client, project_id: str, dataset_id: str, config: dict) -> dict:
+def start_job(
+    api: httpx.Client, project_id: str, dataset_id: str, config: dict, *, evaluate: bool = False
+) -> dict:
+    """Queue a job. Its evaluation afterwards is off unless asked for: most tests are about
+    training, and the one worker would otherwise spend their time evaluating."""
     response = api.post(
-        "/jobs", json={"project_id": project_id, "dataset_id": dataset_id, "config": config}
+        "/jobs",
+        json={
+            "project_id": project_id,
+            "dataset_id": dataset_id,
+            "config": config,
+            "evaluate": evaluate,
+        },
     )
     assert response.status_code == 201, response.text
     return response.json()

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 120.0
     # Queue that training jobs go to; cluster workers listen on their own (e.g. gpu-80g).
     default_queue: str = "training"
+    # Each succeeded job queues an evaluation of itself against its prompting baseline on (at
+    # most this many examples of) its test split; a job created with evaluate=false does not.
+    auto_eval_max_samples: int = 200
     # Where base models given by hub id come from; off-line installs set HF_HUB_OFFLINE too.
     allow_hub_downloads: bool = True
     # Converted and downloaded base models; can be shared between data folders.

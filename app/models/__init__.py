@@ -3,6 +3,7 @@
 from app.models.artifact import Artifact
 from app.models.auth import ApiToken, LoginAttempt, LoginLink, ModelPermission, WebSession
 from app.models.dataset import Dataset, DatasetUpload, DatasetVersion, UploadStatus
+from app.models.evaluation import EvalSample, EvalStatus, Evaluation
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
 from app.models.project import Project
 from app.models.user import AuditEvent, ProjectMember, Role, User
@@ -14,6 +15,9 @@ __all__ = [
     "Dataset",
     "DatasetUpload",
     "DatasetVersion",
+    "EvalSample",
+    "EvalStatus",
+    "Evaluation",
     "Job",
     "JobEvent",
     "JobStatus",

@@ -17,6 +17,11 @@ class JobCreate(Input):
     dataset_version: int | None = Field(
         None, ge=1, le=2**31 - 1, description="version number; the newest when left out"
     )
+    evaluate: bool = Field(
+        True,
+        description="when the job succeeds, evaluate it against its prompting baseline on the "
+        "dataset version's test split",
+    )
     # Validated against worker.training.config.TrainConfig by the jobs service, so that the
     # error names the field inside `config` the way the form and the YAML file name it.
     config: dict[str, Any] = Field(
@@ -45,6 +50,7 @@ class JobRead(BaseModel):
     error: str | None
     current_step: int
     total_steps: int | None
+    evaluate_after: bool = True
     progress: float = Field(default=0.0, description="0..1, steps done over total steps")
     # Live progress while the job runs, from its latest step's metrics; null otherwise.
     epoch: float | None = Field(default=None, description="epochs done, fractional")

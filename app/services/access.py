@@ -18,6 +18,7 @@ from app.models import (
     Artifact,
     Dataset,
     DatasetUpload,
+    Evaluation,
     Job,
     Project,
     ProjectMember,
@@ -90,6 +91,13 @@ def job_for(session: Session, user: User, job_id: uuid.UUID) -> Job:
     if job is None or not _can_see(session, user, job.project_id):
         raise NotFound("job not found")
     return job
+
+
+def evaluation_for(session: Session, user: User, evaluation_id: uuid.UUID) -> Evaluation:
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is None or not _can_see(session, user, evaluation.project_id):
+        raise NotFound("evaluation not found")
+    return evaluation
 
 
 def artifact_for(session: Session, user: User, artifact_id: uuid.UUID) -> Artifact:

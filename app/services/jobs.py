@@ -120,6 +120,7 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
         status=JobStatus.validating_files,
         queue=settings.default_queue,
         result={},
+        evaluate_after=data.evaluate,
         created_by_id=user.id,
     )
     session.add(job)

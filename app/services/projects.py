@@ -8,19 +8,31 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, NotFound
-from app.models import Job, JobStatus, Project, User
+from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.models import EvalSample, Evaluation, Job, JobStatus, Project, User
 from app.schemas.project import ProjectCreate
 from app.services import access, audit
+from worker.evaluation.criteria import check_criteria
 
 
 def create_project(session: Session, *, data: ProjectCreate, creator: User) -> Project:
     """Create a project from a validated goal; its creator becomes its first member."""
+    check_success_criteria(data.success_criteria)
     project = Project(**data.model_dump(), created_by_id=creator.id)
     session.add(project)
     session.flush()
     access.add_member(session, project=project, user=creator, actor=creator)
     return project
+
+
+def check_success_criteria(criteria: list[str]) -> None:
+    """Refuse criteria the evaluation could never check, naming each one and why."""
+    problems = check_criteria(criteria)
+    if problems:
+        raise InvalidInput(
+            f"success criterion {problems[0][0] + 1}: {problems[0][1]}",
+            errors=[FieldError(field=f"success_criteria.{i}", message=m) for i, m in problems],
+        )
 
 
 def get_project(session: Session, *, project_id: uuid.UUID) -> Project:
@@ -68,7 +80,10 @@ def delete_project(session: Session, *, project: Project, actor: User, ip: str =
         str(Path("artifacts") / str(job_id))
         for job_id in session.scalars(select(Job.id).where(Job.project_id == project.id))
     ]
-    # Jobs reference datasets without cascading, so they go first.
+    # Evaluations and jobs reference dataset versions without cascading, so they go first.
+    evaluations = select(Evaluation.id).where(Evaluation.project_id == project.id)
+    session.execute(delete(EvalSample).where(EvalSample.evaluation_id.in_(evaluations)))
+    session.execute(delete(Evaluation).where(Evaluation.project_id == project.id))
     session.execute(delete(Job).where(Job.project_id == project.id))
     session.delete(project)
     audit.record(

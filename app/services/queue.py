@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from worker.celery_app import TRAIN_JOB, celery_app
+from worker.celery_app import EVALUATE_MODELS, TRAIN_JOB, celery_app
 
 
 def enqueue_training(*, job_id: uuid.UUID, queue: str) -> None:
     """Send the job to its queue; call only after the job row is committed."""
     celery_app.send_task(TRAIN_JOB, args=[str(job_id)], queue=queue)
+
+
+def enqueue_evaluation(*, evaluation_id: uuid.UUID, queue: str) -> None:
+    """Send the evaluation to its queue; call only after its row is committed."""
+    celery_app.send_task(EVALUATE_MODELS, args=[str(evaluation_id)], queue=queue)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from worker.evaluation.settings import DecodingSettings
 from worker.training.formatting import (
     IGNORE_INDEX,
     Message,
@@ -32,23 +32,6 @@ Prompt = Sequence[Message] | str
 Progress = Callable[[int, int], None]
 Backend = Literal["auto", "transformers", "vllm"]
 FinishReason = Literal["stop", "length"]
-
-
-class DecodingSettings(BaseModel):
-    """How answers are decoded; the same for every model in a comparison, stored with results."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_new_tokens: int = Field(256, ge=1, le=32768)
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=5.0)
-    seed: int = 0
-    stop: tuple[str, ...] = Field((), description="strings that end an answer (not kept)")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
-from app.models import JobStatus
+from app.models import Evaluation, Job, JobStatus
 from app.services import datasets as datasets_service
+from app.services import evaluations as evaluations_service
 from app.services import jobs as jobs_service
 from app.services.queue import enqueue_training
 from worker.celery_app import TRAIN_JOB, celery_app
@@ -255,8 +256,23 @@ def train_job(job_id: str) -> str:
         ended = jobs_service.finish_job(
             session, job_id=jid, worker=me, status=status, error=error, result=summary
         )
+        evaluation_id = None
         if not ended:
             session.rollback()
+        elif status == JobStatus.succeeded:
+            # Measured at once against the prompting baseline on the held-out test split.
+            job_row = session.get(Job, jid)
+            created = (
+                evaluations_service.evaluation_after_job(session, settings=settings, job=job_row)
+                if job_row is not None
+                else None
+            )
+            evaluation_id = created.id if created is not None else None
+    if evaluation_id is not None:
+        with session_scope() as session:
+            evaluation = session.get(Evaluation, evaluation_id)
+            if evaluation is not None:
+                evaluations_service.enqueue_or_fail(session, evaluation=evaluation)
     if status != JobStatus.succeeded or not ended:
         shutil.rmtree(out_dir.parent, ignore_errors=True)
     if ended and status != JobStatus.succeeded:
@@ -282,7 +298,9 @@ def requeue_stale_jobs() -> int:
         stale = jobs_service.reap_stale_jobs(session, lease_seconds=settings.lease_seconds)
     for jid, queue in stale:
         enqueue_training(job_id=jid, queue=queue)
-    return len(stale)
+    from worker.tasks.evaluation import requeue_stale_evaluations
+
+    return len(stale) + requeue_stale_evaluations()
 
 
 def _reap_forever(stop: threading.Event, interval: float) -> None:

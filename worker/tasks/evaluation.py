@@ -1,0 +1,275 @@
+"""Celery task that runs one evaluation: claim the row, run the models, store every answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.models import DatasetVersion, EvalStatus, Evaluation, Job
+from app.services import datasets as datasets_service
+from app.services import evaluations as service
+from app.services.queue import enqueue_evaluation
+from worker.celery_app import EVALUATE_MODELS, celery_app
+from worker.evaluation.run import (
+    Candidate,
+    EvalOutcome,
+    Example,
+    auto_max_new_tokens,
+    evaluate,
+    examples_from_records,
+    tokenizer_for,
+)
+from worker.evaluation.settings import DecodingSettings
+from worker.tasks.training import SHUTTING_DOWN, worker_name
+from worker.training import TrainingCancelled, TrainingError
+from worker.training.methods import METHODS
+
+log = logging.getLogger(__name__)
+
+
+class EvalReporter:
+    """Progress and cancellation for a running evaluation, with a heartbeat thread."""
+
+    def __init__(self, evaluation_id: uuid.UUID, worker: str, settings: Settings) -> None:
+        self.evaluation_id = evaluation_id
+        self.worker = worker
+        self.settings = settings
+        self.progress: dict[str, Any] = {"phase": "loading"}
+        self.events: list[dict[str, str]] = []
+        self.lease_lost = False
+        self.cancel_requested = False
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="eval-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._done.wait(1.0):
+            try:
+                with session_scope() as session:
+                    ours, cancel = service.heartbeat(
+                        session,
+                        evaluation_id=self.evaluation_id,
+                        worker=self.worker,
+                        progress={**self.progress, "events": self.events[-5:]},
+                    )
+                self.lease_lost = not ours
+                self.cancel_requested = cancel
+                if cancel or not ours:
+                    self._stop.set()
+            except Exception:  # the database may blink; the next beat tries again
+                log.exception("heartbeat for evaluation %s failed", self.evaluation_id)
+
+    def on_progress(self, phase: str, key: str, done: int, total: int) -> None:
+        self.progress = {"phase": phase, "model": key, "done": done, "total": total}
+
+    def on_event(self, level: str, message: str) -> None:
+        self.events.append({"level": level, "message": message})
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set() or SHUTTING_DOWN.is_set()
+
+
+def _read_split(settings: Settings, version: DatasetVersion, split: str) -> list[dict[str, Any]]:
+    files = datasets_service.split_files(settings, version)
+    names = list(files) if split == "all" else [split]
+    records: list[dict[str, Any]] = []
+    for name in names:
+        path = files.get(name)
+        if path is not None and path.is_file():
+            with path.open(encoding="utf-8") as fh:
+                records.extend(json.loads(line) for line in fh if line.strip())
+    return records
+
+
+def _candidates(session: Any, settings: Settings, evaluation: Evaluation) -> list[Candidate]:
+    """The evaluation's models, with the folders their trained weights are in."""
+    candidates = []
+    for c in evaluation.candidates:
+        weights_dir: Path | None = None
+        train_config: dict[str, Any] | None = None
+        method = c.get("method")
+        if c["kind"] == "job":
+            artifact = service.job_adapter(session, job_id=uuid.UUID(c["job_id"]))
+            if artifact is None:
+                raise TrainingError(f"{c['label']}: the job's model files are gone.")
+            weights_dir = settings.data_dir / artifact.path
+        elif c["kind"] == "checkpoint":
+            job = session.get(Job, uuid.UUID(c["job_id"]))
+            weights_dir = service.checkpoint_folder(
+                settings, uuid.UUID(c["job_id"]), c["checkpoint"]
+            )
+            state = weights_dir / "state.json"
+            if job is None or not state.is_file():
+                raise TrainingError(f"{c['label']}: the checkpoint is gone.")
+            train_config = json.loads(state.read_text(encoding="utf-8"))["config"]
+        info = METHODS.get(method) if method else None
+        candidates.append(
+            Candidate(
+                key=c["key"],
+                label=c["label"],
+                base_model=c["base_model"],
+                kind=c["kind"],
+                weights_dir=weights_dir,
+                full_model=bool(info and info.trains_all_weights) and c["kind"] == "job",
+                quantization=info.quantization if info else None,
+                system_prompt=c.get("system_prompt") or None,
+                k_shot=int(c.get("k_shot") or 0),
+                trust_remote_code=bool(c.get("trust_remote_code")),
+                allow_pickle_weights=bool(c.get("allow_pickle_weights")),
+                train_config=train_config,
+            )
+        )
+    return candidates
+
+
+@celery_app.task(name=EVALUATE_MODELS)
+def evaluate_models(evaluation_id: str) -> str:
+    """Run one evaluation. Idempotent: one that is not queued is left alone."""
+    settings = get_settings()
+    eid = uuid.UUID(evaluation_id)
+    me = worker_name()
+    with session_scope() as session:
+        evaluation = service.claim_evaluation(session, evaluation_id=eid, worker=me)
+        if evaluation is None:
+            return "skipped"
+        version = session.get(DatasetVersion, evaluation.dataset_version_id)
+        assert version is not None
+        records = _read_split(settings, version, evaluation.split)
+        pool = _read_split(settings, version, "train") if evaluation.split != "train" else []
+        options = dict(evaluation.settings)
+        baseline = options.get("baseline")
+        try:
+            candidates = _candidates(session, settings, evaluation)
+        except TrainingError as exc:
+            service.finish_evaluation(
+                session, evaluation_id=eid, worker=me, status=EvalStatus.failed, error=str(exc)
+            )
+            return "failed"
+
+    reporter = EvalReporter(eid, me, settings)
+    reporter.start()
+    status, error, outcome, decoding = EvalStatus.failed, None, None, None
+    try:
+        examples = examples_from_records(records)
+        if options.get("max_samples"):
+            examples = examples[: int(options["max_samples"])]
+        decoding = _decoding(options.get("decoding") or {}, candidates, examples, settings)
+        outcome = evaluate(
+            candidates,
+            examples,
+            decoding,
+            model_cache_dir=settings.model_cache_dir,
+            allow_downloads=settings.allow_hub_downloads,
+            baseline=baseline,
+            few_shot_pool=examples_from_records(pool),
+            callbacks=reporter,
+        )
+        status = EvalStatus.succeeded
+    except TrainingCancelled:
+        status = EvalStatus.cancelled
+    except TrainingError as exc:
+        error = str(exc)
+    except Exception as exc:
+        log.error("evaluation %s crashed:\n%s", evaluation_id, traceback.format_exc())
+        error = f"internal error in the worker ({type(exc).__name__}: {exc})"
+    finally:
+        reporter.close()
+
+    if status == EvalStatus.cancelled and SHUTTING_DOWN.is_set() and not reporter.cancel_requested:
+        with session_scope() as session:
+            queue = service.release_evaluation(session, evaluation_id=eid, worker=me)
+        if queue is not None:
+            enqueue_evaluation(evaluation_id=eid, queue=queue)
+        return "handed back"
+    if reporter.lease_lost:
+        return "lease lost"
+
+    results, samples = None, []
+    if outcome is not None and decoding is not None:
+        subject = _subject(candidates, baseline)
+        primary = str(options.get("primary_metric") or service.DEFAULT_PRIMARY)
+        results = outcome.summary(baseline=baseline, subject=subject, primary_metric=primary)
+        results["labels"] = {c.key: c.label for c in candidates}
+        results["decoding"] = decoding.model_dump(mode="json")
+        samples = _sample_rows(outcome, baseline=baseline, subject=subject, primary=primary)
+    with session_scope() as session:
+        service.finish_evaluation(
+            session,
+            evaluation_id=eid,
+            worker=me,
+            status=status,
+            error=error,
+            results=results,
+            samples=samples,
+        )
+    return str(status)
+
+
+def _decoding(
+    given: dict[str, Any], candidates: list[Candidate], examples: list[Example], settings: Settings
+) -> DecodingSettings:
+    values = {k: v for k, v in given.items() if v is not None}
+    if "max_new_tokens" not in values and examples:
+        # Chosen once, with the subject's tokenizer, and recorded: every model gets the same.
+        tokenizer = tokenizer_for(candidates[-1], settings.model_cache_dir, False)
+        values["max_new_tokens"] = auto_max_new_tokens(tokenizer, [e.reference for e in examples])
+    if "stop" in values:
+        values["stop"] = tuple(values["stop"])
+    return DecodingSettings.model_validate(values)
+
+
+def _subject(candidates: list[Candidate], baseline: str | None) -> str | None:
+    others = [c.key for c in candidates if c.key != baseline]
+    trained = [c.key for c in candidates if c.weights_dir is not None]
+    return (trained or others or [baseline or ""])[0] or None
+
+
+def _sample_rows(
+    outcome: EvalOutcome, *, baseline: str | None, subject: str | None, primary: str
+) -> list[dict[str, Any]]:
+    rows = []
+    for index, example in enumerate(outcome.examples):
+        outputs = {key: run.answers[index].text for key, run in outcome.runs.items()}
+        scores = outcome.per_example_scores(index)
+        delta = None
+        if baseline is not None and subject is not None and subject != baseline:
+            a, b = scores[subject].get(primary), scores[baseline].get(primary)
+            if a is not None and b is not None:
+                delta = (b - a) if primary == "perplexity" else (a - b)
+        rows.append(
+            {
+                "position": index,
+                "messages": example.messages,
+                "prompt": example.prompt,
+                "reference": example.reference,
+                "outputs": outputs,
+                "scores": scores,
+                "delta": delta,
+                "search_text": service.search_text(example.prompt, example.reference, outputs),
+            }
+        )
+    return rows
+
+
+def requeue_stale_evaluations() -> int:
+    """Hand evaluations of dead workers back to the queue (called by every worker's reaper)."""
+    settings = get_settings()
+    with session_scope() as session:
+        stale = service.reap_stale_evaluations(session, lease_seconds=settings.lease_seconds)
+    for eid, queue in stale:
+        enqueue_evaluation(evaluation_id=eid, queue=queue)
+    return len(stale)

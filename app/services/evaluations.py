@@ -62,16 +62,6 @@ def create_evaluation(
             "name a finished job (job_id) or at least one model (models) to evaluate",
             errors=[FieldError(field="models", message="give job_id or at least one model")],
         )
-    version = _test_version(session, user, project, data, job)
-    counts = _split_sizes(version)
-    available = counts.get(data.split, 0) if data.split != "all" else sum(counts.values())
-    if available == 0:
-        message = (
-            f"the {data.split} split of dataset version {version.number} is empty; choose "
-            "another split, or upload a test file as its own dataset and use split=all"
-        )
-        raise InvalidInput(message, errors=[FieldError(field="split", message=message)])
-
     candidates: list[dict[str, Any]] = []
     subject_base = job.config["base_model"] if job is not None else None
     if data.baseline and (subject_base or _first_base_model(session, project, data.models)):
@@ -101,6 +91,19 @@ def create_evaluation(
             "at most 8 models per evaluation",
             errors=[FieldError(field="models", message="at most 8 models per evaluation")],
         )
+    version = _test_version(session, user, project, data, job)
+    counts = _split_sizes(version)
+    available = counts.get(data.split, 0) if data.split != "all" else sum(counts.values())
+    if available == 0:
+        message = (
+            f"the {data.split} split of dataset version {version.number} is empty; choose "
+            "another split, or upload a test file as its own dataset and use split=all"
+        )
+        raise InvalidInput(message, errors=[FieldError(field="split", message=message)])
+    # Without a job's base model to prompt, the first prompted base model listed is the
+    # baseline the others are compared with.
+    first = candidates[0]
+    baseline = first["key"] if data.baseline and first["kind"] == "base" else None
 
     evaluation = Evaluation(
         project_id=project.id,
@@ -112,7 +115,7 @@ def create_evaluation(
             "decoding": data.decoding.model_dump(mode="json"),
             "max_samples": data.max_samples,
             "examples": min(available, data.max_samples or available),
-            "baseline": BASELINE_KEY if candidates[0]["key"] == BASELINE_KEY else None,
+            "baseline": baseline,
             "primary_metric": primary_metric(project.success_criteria),
         },
         status=EvalStatus.queued,

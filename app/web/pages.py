@@ -26,6 +26,7 @@ from app.schemas.project import ProjectCreate
 from app.services import access, accounts
 from app.services import datasets as datasets_service
 from app.services import estimates as estimates_service
+from app.services import evaluations as evaluations_service
 from app.services import jobs as jobs_service
 from app.services import projects as projects_service
 from app.web.charts import line_chart
@@ -285,7 +286,15 @@ def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, A
 def job_page(
     job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
 ) -> HTMLResponse:
-    return render(request, "jobs/detail.html", **_job_context(session, me, job_id))
+    evaluations, _ = evaluations_service.list_evaluations(
+        session, user=me.user, limit=20, offset=0, job_id=job_id
+    )
+    return render(
+        request,
+        "jobs/detail.html",
+        evaluations=evaluations,
+        **_job_context(session, me, job_id),
+    )
 
 
 @router.get("/jobs/{job_id}/live")

@@ -37,40 +37,42 @@ def wait_for_evaluation(api: httpx.Client, evaluation_id: str, timeout: float = 
     return wait_for(check, timeout, what=f"evaluation {evaluation_id} to finish")
 
 
+NOT_MET = ["rougeL >= 0.99", "perplexity improves on baseline by >= 0.5", "human win rate >= 60%"]
+MET = ["perplexity improves on baseline by >= 0.1", "bleu >= 0"]
+
+
+def train_and_evaluate(api: httpx.Client, tiny_model: Path, criteria: list[str]) -> dict[str, Any]:
+    """A project with ``criteria``, a dataset with a 20% test split, and a job that
+    checkpoints and queues its own evaluation, waited for."""
+    project = create_project(
+        api, name="评测", system_prompt="Answer in one word.", success_criteria=criteria
+    )
+    upload = stage(api, project["id"], jsonl(RECORDS))
+    dataset = import_upload(
+        api, upload["id"], split={"validation": 0.1, "test": 0.2, "seed": 1}
+    ).json()
+    config = tiny_config(tiny_model, checkpoint_every=6, max_steps=12)
+    job = start_job(api, project["id"], dataset["id"], config, evaluate=True)
+    done = wait_for_status(api, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    found = wait_for(
+        lambda: api.get("/evaluations", params={"job_id": job["id"]}).json()["items"],
+        60,
+        what="the job's automatic evaluation",
+    )
+    evaluation = wait_for_evaluation(api, found[0]["id"])
+    return {"project": project, "dataset": dataset, "job": done, "evaluation": evaluation}
+
+
 @pytest.fixture(scope="module")
 def trained(cluster: object, admin_token: str, tiny_model: Path) -> dict[str, Any]:
-    """A project whose criteria the tiny model cannot meet, a dataset with a 20% test split,
-    and a job that checkpoints and queues its own evaluation."""
+    """Evaluated, with criteria the tiny model cannot meet (and a human one)."""
     with httpx.Client(
         base_url=cluster.url + "/api/v1",  # type: ignore[attr-defined]
         timeout=60,
         headers={"Authorization": f"Bearer {admin_token}"},
     ) as api:
-        project = create_project(
-            api,
-            name="评测",
-            system_prompt="Answer in one word.",
-            success_criteria=[
-                "rougeL >= 0.99",
-                "perplexity improves on baseline by >= 0.5",
-                "human win rate >= 60%",
-            ],
-        )
-        upload = stage(api, project["id"], jsonl(RECORDS))
-        dataset = import_upload(
-            api, upload["id"], split={"validation": 0.1, "test": 0.2, "seed": 1}
-        ).json()
-        config = tiny_config(tiny_model, checkpoint_every=6, max_steps=12)
-        job = start_job(api, project["id"], dataset["id"], config, evaluate=True)
-        done = wait_for_status(api, job["id"])
-        assert done["status"] == "succeeded", done["error"]
-        found = wait_for(
-            lambda: api.get("/evaluations", params={"job_id": job["id"]}).json()["items"],
-            60,
-            what="the job's automatic evaluation",
-        )
-        evaluation = wait_for_evaluation(api, found[0]["id"])
-        return {"project": project, "dataset": dataset, "job": done, "evaluation": evaluation}
+        return train_and_evaluate(api, tiny_model, NOT_MET)
 
 
 def test_a_succeeded_job_is_evaluated_against_its_prompting_baseline(
@@ -111,9 +113,7 @@ def test_the_report_gives_the_verdict_on_each_criterion(
     assert [e["id"] for e in report["history"]] == [trained["evaluation"]["id"]]
 
 
-def test_samples_are_searchable_and_worst_first(
-    api: httpx.Client, trained: dict[str, Any]
-) -> None:
+def test_samples_are_searchable_and_worst_first(api: httpx.Client, trained: dict[str, Any]) -> None:
     eid = trained["evaluation"]["id"]
     page = api.get(f"/evaluations/{eid}/samples", params={"limit": 100}).json()
     assert page["total"] == 8
@@ -226,3 +226,11 @@ def test_unreadable_success_criteria_are_refused_with_their_line(api: httpx.Clie
     )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "success_criteria.1"
+
+
+def test_a_project_whose_criteria_are_met_says_met(api: httpx.Client, tiny_model: Path) -> None:
+    trained = train_and_evaluate(api, tiny_model, MET)
+    report = api.get(f"/projects/{trained['project']['id']}/report").json()
+    assert [v["status"] for v in report["verdict"]] == ["met", "met"], report["verdict"]
+    assert report["verdict_summary"]["status"] == "met"
+    assert all(v["margin"] >= 0 for v in report["verdict"])

@@ -71,10 +71,17 @@ def test_baseline_adapter_and_checkpoint_are_scored_on_the_same_examples(
     saved = json.loads((checkpoint / "state.json").read_text())["config"]
     candidates = [
         Candidate(key="baseline", label="Base", base_model=str(tiny_model), k_shot=1),
-        Candidate(key="tuned", label="Tuned", base_model=str(tiny_model), kind="job",
-                  weights_dir=adapter),
-        Candidate(key="ckpt", label="Step 6", base_model=str(tiny_model), kind="checkpoint",
-                  weights_dir=checkpoint, train_config=saved or config),
+        Candidate(
+            key="tuned", label="Tuned", base_model=str(tiny_model), kind="job", weights_dir=adapter
+        ),
+        Candidate(
+            key="ckpt",
+            label="Step 6",
+            base_model=str(tiny_model),
+            kind="checkpoint",
+            weights_dir=checkpoint,
+            train_config=saved or config,
+        ),
     ]
     examples = examples_from_records([chat(q, a) for q, a in QA])
     progress: list[tuple[str, str, int, int]] = []
@@ -135,10 +142,10 @@ def test_an_adapter_removed_after_its_turn_leaves_the_base_model_as_it_was(
     mixed = evaluate(
         [
             Candidate(key="b", label="Base", base_model=str(tiny_model)),
-            Candidate(key="t", label="Tuned", base_model=str(tiny_model), kind="job",
-                      weights_dir=adapter),
-            Candidate(key="b2", label="Base again", base_model=str(tiny_model),
-                      weights_dir=None),
+            Candidate(
+                key="t", label="Tuned", base_model=str(tiny_model), kind="job", weights_dir=adapter
+            ),
+            Candidate(key="b2", label="Base again", base_model=str(tiny_model), weights_dir=None),
         ],
         examples,
         DecodingSettings(max_new_tokens=5),

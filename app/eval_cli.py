@@ -1,0 +1,556 @@
+"""`tunelab eval run|show|report|list|samples|export|cancel`: evaluations on a running tunelab
+server, through its REST API with an API token (`tunelab token create`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from worker.evaluation.criteria import FRACTION_METRICS, METRICS
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+POLL_SECONDS = 2.0
+TOKEN_HINT = (
+    "create one with `tunelab token create --user EMAIL` and set TUNELAB_TOKEN (or pass --token)"
+)
+FINISHED = ("succeeded", "failed", "cancelled")
+MARKS = {
+    "met": "✔ met",
+    "not_met": "✘ not met",
+    "pending": "… pending",
+    "not_measured": "? not measured",
+    "invalid": "! invalid",
+}
+
+
+class CliError(Exception):
+    """A failure said in words, with the exit status to leave with."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+# --- The API client ---------------------------------------------------------------------------
+
+
+class Api:
+    """The tunelab REST API at ``url``, called as the owner of ``token``."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise CliError(f"no API token: {TOKEN_HINT}")
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._call("GET", path, params=params).json()
+
+    def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        return self._call("POST", path, body=body).json()
+
+    @contextmanager
+    def stream(self, path: str, **params: Any) -> Iterator[httpx.Response]:
+        """A streamed GET whose status has been checked; its bytes are still to be read."""
+        with self._transport():
+            with self.http.stream("GET", path, params=_present(params)) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                yield response
+
+    def _call(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None
+    ) -> httpx.Response:
+        with self._transport():
+            response = self.http.request(method, path, params=_present(params or {}), json=body)
+        _raise_for(response)
+        return response
+
+    @contextmanager
+    def _transport(self) -> Iterator[None]:
+        """Network failures as a sentence naming the server, not a traceback."""
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            message = f"cannot reach tunelab at {self.url}: is `tunelab serve` running?"
+            raise CliError(message) from exc
+        except httpx.TimeoutException as exc:
+            raise CliError(f"tunelab at {self.url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise CliError(f"could not talk to tunelab at {self.url}: {exc}") from exc
+
+
+def _present(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    """Turn an error response into its ``detail`` and each ``field: message``."""
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, str):
+        # Not a tunelab error body: perhaps another server, or a proxy in between.
+        detail = f"HTTP {response.status_code} from {response.request.url}"
+    lines = [detail]
+    for error in (body.get("errors") if isinstance(body, dict) else None) or []:
+        if isinstance(error, dict) and error.get("field"):
+            lines.append(f"  {error['field']}: {error.get('message', '')}")
+    if response.status_code == 401:
+        lines.append(f"  {TOKEN_HINT}")
+    # A refused request is the caller's to fix (2); a server failure is not (1).
+    raise CliError("\n".join(lines), 2 if response.status_code < 500 else 1)
+
+
+# --- Rendering --------------------------------------------------------------------------------
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: wide (CJK) characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+        for c in text
+    )
+
+
+def _pad(text: str, width: int, *, right: bool = False) -> str:
+    gap = " " * max(0, width - display_width(text))
+    return gap + text if right else text + gap
+
+
+def table(rows: Sequence[Sequence[str]], *, right_from: int = 1) -> list[str]:
+    """Rows lined up by display width; columns from ``right_from`` on are right-aligned."""
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            _pad(cell, widths[i], right=i >= right_from) for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def number(metric: str, value: Any, *, signed: bool = False) -> str:
+    """0-1 metrics with 3 decimals; BLEU (0-100) and perplexity with 2."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "—"
+    digits = 3 if metric in FRACTION_METRICS else 2
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def interval(metric: str, entry: Any, *, signed: bool = False) -> str:
+    """``value [low, high]`` of a stored metric, or a dash when it was not measured."""
+    if not isinstance(entry, Mapping) or entry.get("value") is None:
+        return "—"
+    text = number(metric, entry["value"], signed=signed)
+    if entry.get("low") is not None and entry.get("high") is not None:
+        low, high = (number(metric, entry[end], signed=signed) for end in ("low", "high"))
+        text += f" [{low}, {high}]"
+    return text
+
+
+def labels_of(evaluation: Mapping[str, Any]) -> dict[str, str]:
+    """Each candidate's key → its label, in the evaluation's order."""
+    labels = {c["key"]: c.get("label") or c["key"] for c in evaluation.get("candidates") or []}
+    for key, label in ((evaluation.get("results") or {}).get("labels") or {}).items():
+        labels[key] = label
+    return labels
+
+
+def results_table(evaluation: Mapping[str, Any]) -> list[str]:
+    """One row per model, a column per metric; under each model compared with the baseline,
+    its paired difference. Empty when there are no results."""
+    results = evaluation.get("results") or {}
+    models: Mapping[str, Any] = results.get("models") or {}
+    if not models:
+        return []
+    deltas: Mapping[str, Any] = results.get("deltas") or {}
+    found = {metric for scores in models.values() for metric in scores}
+    metrics = [m for m in METRICS if m in found] + sorted(found - set(METRICS))
+    labels = labels_of(evaluation)
+    keys = [k for k in labels if k in models] + [k for k in models if k not in labels]
+    rows = [["model", *metrics]]
+    for key in keys:
+        rows.append([labels.get(key, key), *(interval(m, models[key].get(m)) for m in metrics)])
+        if key in deltas and key != results.get("baseline"):
+            changes = deltas[key]
+            rows.append(
+                ["  Δ vs baseline", *(interval(m, changes.get(m), signed=True) for m in metrics)]
+            )
+    lines = table(rows)
+    lines.insert(1, "-" * max(display_width(line) for line in lines))
+    lines.append("values [95% interval]; Δ: paired difference, model minus baseline")
+    lines.append("(perplexity: lower is better)")
+    return lines
+
+
+def headline(evaluation: Mapping[str, Any]) -> str:
+    """Id, status, test data and decoding in one line."""
+    results = evaluation.get("results") or {}
+    settings = evaluation.get("settings") or {}
+    examples = results.get("n") or settings.get("examples")
+    data = f"{evaluation.get('split')} split" + (f", {examples} examples" if examples else "")
+    parts = [f"evaluation {evaluation['id']}", str(evaluation["status"]), data]
+    decoding = results.get("decoding") or settings.get("decoding") or {}
+    temperature = decoding.get("temperature") or 0
+    shown = "greedy" if temperature == 0 else f"temperature {temperature:g}"
+    if decoding.get("max_new_tokens"):
+        shown += f", up to {decoding['max_new_tokens']} new tokens"
+    return " · ".join([*parts, shown])
+
+
+def _explanation(verdict: Mapping[str, Any]) -> str:
+    # Explanations repeat the status ("not met: rougeL …"), which the mark already says.
+    text = str(verdict.get("explanation") or "")
+    prefix = str(verdict.get("status", "")).replace("_", " ") + ": "
+    return text.removeprefix(prefix)
+
+
+def verdict_lines(verdict: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:
+    """A line per success criterion with its mark and why, then the overall verdict."""
+    if not verdict:
+        return ["no success criteria: add some to the project to get a verdict"]
+    model = next((v["model"] for v in verdict if v.get("model")), None)
+    lines = ["success criteria" + (f" (judged on {model}):" if model else ":")]
+    marks = [MARKS.get(str(v.get("status")), str(v.get("status"))) for v in verdict]
+    width = max(display_width(mark) for mark in marks)
+    for mark, entry in zip(marks, verdict, strict=True):
+        lines.append(f"  {_pad(mark, width)}  {entry.get('criterion')}: {_explanation(entry)}")
+    counts = [
+        f"{summary[s]} {s.replace('_', ' ')}" for s in MARKS if isinstance(summary.get(s), int)
+    ]
+    counts = [c for c in counts if not c.startswith("0 ")]
+    status = str(summary.get("status", "not_measured")).replace("_", " ")
+    lines.append(f"verdict: {status}" + (f" ({', '.join(counts)})" if counts else ""))
+    return lines
+
+
+def render(
+    evaluation: Mapping[str, Any],
+    verdict: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+) -> str:
+    """The whole `show` text: headline, state, results table and verdict."""
+    lines = [headline(evaluation)]
+    status = evaluation["status"]
+    if status in ("queued", "running"):
+        lines.append(f"{status}: {progress_text(evaluation)}; results when it has finished")
+    elif status == "failed":
+        lines.append(f"error: {evaluation.get('error') or 'no reason recorded'}")
+    lines.append("")
+    lines.extend(results_table(evaluation) or ["no results"])
+    if status == "succeeded":
+        lines.append("")
+        lines.extend(verdict_lines(verdict, summary))
+    return "\n".join(lines)
+
+
+def progress_text(evaluation: Mapping[str, Any]) -> str:
+    """Phase, model and count of a running evaluation, e.g. ``generating Fine-tuned … 3/8``."""
+    progress = evaluation.get("progress") or {}
+    phase = str(progress.get("phase") or evaluation["status"])
+    model = labels_of(evaluation).get(progress.get("model") or "", progress.get("model") or "")
+    text = f"{phase} {model}".strip()
+    if isinstance(progress.get("done"), int) and isinstance(progress.get("total"), int):
+        text += f" {progress['done']}/{progress['total']}"
+    return text
+
+
+# --- Commands ---------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, Api], int]
+
+
+def _entry(command: Command) -> Callable[[argparse.Namespace], int]:
+    """The argparse entry of ``command``: the client made from flags or environment, and
+    errors printed as sentences with their exit status."""
+
+    def run(args: argparse.Namespace) -> int:
+        url = args.url or os.environ.get("TUNELAB_URL") or DEFAULT_URL
+        token = args.token or os.environ.get("TUNELAB_TOKEN")
+        try:
+            api = Api(url, token)
+            try:
+                return command(args, api)
+            finally:
+                api.close()
+        except CliError as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return error.status
+
+    return run
+
+
+def _json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def run_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The `POST /evaluations` body for `tunelab eval run`'s flags."""
+    models: list[dict[str, Any]] = [
+        {"kind": "base", "base_model": name, "k_shot": args.k_shot} for name in args.base_model
+    ]
+    for job_id, checkpoint in args.checkpoint:
+        models.append({"kind": "checkpoint", "job_id": job_id, "checkpoint": checkpoint})
+    decoding = _present({"max_new_tokens": args.max_new_tokens, "temperature": args.temperature})
+    body: dict[str, Any] = {
+        "project_id": args.project,
+        "job_id": args.job,
+        "models": models,
+        "baseline": not args.no_baseline,
+        "baseline_k_shot": args.k_shot,
+        "dataset_id": args.dataset,
+        "dataset_version": args.dataset_version,
+        "split": args.split,
+        "max_samples": args.max_samples,
+        "decoding": decoding,
+    }
+    return _present(body)
+
+
+def cmd_run(args: argparse.Namespace, api: Api) -> int:
+    if args.project is None:
+        if args.job is None:
+            raise CliError("name the project: --project ID (or a finished job: --job ID)")
+        args.project = api.get(f"/jobs/{args.job}")["project_id"]
+    evaluation = api.post("/evaluations", run_body(args))
+    print(evaluation["id"], flush=True)
+    if not args.wait:
+        return 0
+    finished = wait(api, evaluation["id"])
+    if finished["status"] != "succeeded":
+        reason = finished.get("error") or "no reason recorded"
+        what = "was cancelled" if finished["status"] == "cancelled" else f"failed: {reason}"
+        print(f"error: evaluation {finished['id']} {what}", file=sys.stderr)
+        return 1
+    print(render(finished, finished.get("verdict") or [], finished.get("verdict_summary") or {}))
+    return 0
+
+
+def wait(api: Api, evaluation_id: str) -> dict[str, Any]:
+    """Poll until the evaluation has finished, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc="queued", unit="", file=sys.stderr, dynamic_ncols=True)
+    step: tuple[Any, Any] = (None, None)
+    try:
+        while True:
+            evaluation: dict[str, Any] = api.get(f"/evaluations/{evaluation_id}")
+            progress = evaluation.get("progress") or {}
+            if (progress.get("phase"), progress.get("model")) != step:
+                # A new phase or model restarts the count, and with it the rate estimate.
+                step = (progress.get("phase"), progress.get("model"))
+                bar.reset(total=progress.get("total"))
+            if isinstance(progress.get("done"), int):
+                bar.n = progress["done"]
+            if evaluation["status"] in FINISHED:
+                bar.set_description_str(evaluation["status"], refresh=False)
+                bar.n = bar.total or bar.n
+                bar.refresh()
+                return evaluation
+            bar.set_description_str(progress_text(evaluation).rsplit(" ", 1)[0], refresh=False)
+            bar.refresh()
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        bar.close()
+        # Only the waiting stops: the evaluation runs on in the worker.
+        message = f"stopped waiting; the evaluation goes on (tunelab eval show {evaluation_id})"
+        raise CliError(message, 130) from None
+    finally:
+        bar.close()
+
+
+def cmd_show(args: argparse.Namespace, api: Api) -> int:
+    evaluation = api.get(f"/evaluations/{args.id}")
+    if args.json:
+        _json(evaluation)
+        return 0
+    print(render(evaluation, evaluation.get("verdict") or [], evaluation.get("verdict_summary")))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, api: Api) -> int:
+    report = api.get(f"/projects/{args.project}/report")
+    if args.json:
+        _json(report)
+    elif report.get("evaluation") is None:
+        print("no finished evaluation yet: run one with `tunelab eval run --job JOB_ID --wait`")
+    else:
+        print(render(report["evaluation"], report["verdict"], report["verdict_summary"]))
+    return 0
+
+
+def _local_time(stamp: str | None) -> str:
+    if not stamp:
+        return "—"
+    return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_list(args: argparse.Namespace, api: Api) -> int:
+    page = api.get("/evaluations", project_id=args.project, job_id=args.job, limit=args.limit)
+    if not page["items"]:
+        print("no evaluations")
+        return 0
+    rows = [["id", "status", "created", "models"]]
+    for e in page["items"]:
+        models = ", ".join(labels_of(e).values())
+        rows.append([e["id"], e["status"], _local_time(e.get("created_at")), models])
+    print("\n".join(table(rows, right_from=len(rows[0]))))
+    if page["total"] > len(page["items"]):
+        print(f"({len(page['items'])} of {page['total']}; --limit shows more)")
+    return 0
+
+
+def _field(name: str, text: str, width: int) -> str:
+    # Continuation lines of a multi-line answer start under its first line.
+    indent = "\n  " + " " * (width + 2)
+    return f"  {_pad(name, width)}  " + indent.join(str(text).splitlines() or [""])
+
+
+def cmd_samples(args: argparse.Namespace, api: Api) -> int:
+    evaluation = api.get(f"/evaluations/{args.id}")
+    page = api.get(
+        f"/evaluations/{args.id}/samples",
+        show=args.show,
+        q=args.q,
+        order=args.order,
+        limit=args.limit,
+    )
+    labels = labels_of(evaluation)
+    primary = (evaluation.get("results") or {}).get("primary_metric") or "rougeL"
+    print(f"{page['total']} samples (show={args.show}, order={args.order}); Δ: {primary} change")
+    width = max(display_width(name) for name in ["reference", *labels.values()])
+    for sample in page["items"]:
+        delta = number(primary, sample.get("delta"), signed=True)
+        print(f"\n#{sample['position']}  Δ {primary} {delta}")
+        print(_field("prompt", sample["prompt"], width))
+        print(_field("reference", sample["reference"], width))
+        for key, answer in sample["outputs"].items():
+            score = number(primary, (sample["scores"].get(key) or {}).get(primary))
+            print(_field(labels.get(key, key), f"[{score}] {answer}", width))
+    if page["total"] > len(page["items"]):
+        print(f"\n({len(page['items'])} of {page['total']}; --limit shows more)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, api: Api) -> int:
+    with api.stream(f"/evaluations/{args.id}/export", format=args.format) as response:
+        if args.output is None:
+            for chunk in response.iter_bytes():
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return 0
+        # Written beside the target and moved into place, so a broken download leaves no
+        # half file under the name asked for.
+        target = Path(args.output)
+        partial = target.with_name(target.name + ".part")
+        with partial.open("wb") as out:
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+        partial.replace(target)
+    print(f"wrote {target}", file=sys.stderr)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, api: Api) -> int:
+    evaluation = api.post(f"/evaluations/{args.id}/cancel")
+    if evaluation["status"] == "cancelled":
+        print(f"cancelled evaluation {evaluation['id']}")
+    else:
+        print(f"cancel requested: evaluation {evaluation['id']} stops at its next batch")
+    return 0
+
+
+# --- Arguments --------------------------------------------------------------------------------
+
+
+def checkpoint_spec(text: str) -> tuple[str, str]:
+    """``JOB_ID:checkpoint-N`` (or ``JOB_ID:N``) as (job id, checkpoint name)."""
+    job_id, sep, name = text.partition(":")
+    if not sep or not job_id or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: write JOB_ID:checkpoint-N")
+    return job_id, f"checkpoint-{name}" if name.isdigit() else name
+
+
+def add_parser(sub: Any) -> None:
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--url", help=f"tunelab server (default: $TUNELAB_URL or {DEFAULT_URL})")
+    server.add_argument("--token", help="API token (default: $TUNELAB_TOKEN)")
+
+    ev = sub.add_parser("eval", help="run and read evaluations on a tunelab server")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+
+    def command(name: str, func: Command, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = ev_sub.add_parser(name, help=text, parents=[server])
+        parser.set_defaults(func=_entry(func))
+        return parser
+
+    run = command("run", cmd_run, "queue an evaluation and print its id")
+    run.add_argument("--project", help="project id (default: the --job's project)")
+    run.add_argument("--job", help="a finished job, compared with its prompting baseline")
+    run.add_argument("--base-model", action="append", default=[], metavar="NAME")
+    run.add_argument(
+        "--checkpoint", action="append", default=[], type=checkpoint_spec, metavar="JOB:CKPT"
+    )
+    run.add_argument("--no-baseline", action="store_true", help="no prompting baseline")
+    run.add_argument(
+        "--k-shot", type=int, default=0, help="examples in the baseline's and base models' prompts"
+    )
+    run.add_argument("--dataset", help="test data (default: the job's dataset version)")
+    run.add_argument("--dataset-version", type=int)
+    run.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
+    run.add_argument("--max-samples", type=int)
+    run.add_argument("--max-new-tokens", type=int)
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--wait", action="store_true", help="follow it and print the results")
+
+    show = command("show", cmd_show, "results table and verdict of an evaluation")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="the evaluation as JSON")
+
+    report = command("report", cmd_report, "a project's newest finished evaluation and verdict")
+    report.add_argument("project", metavar="PROJECT_ID")
+    report.add_argument("--json", action="store_true", help="the report as JSON")
+
+    listing = command("list", cmd_list, "evaluations, newest first")
+    listing.add_argument("--project")
+    listing.add_argument("--job")
+    listing.add_argument("--limit", type=int, default=50)
+
+    samples = command("samples", cmd_samples, "prompts, references and each model's answer")
+    samples.add_argument("id")
+    samples.add_argument("--show", default="all", choices=["all", "worse", "better", "same"])
+    samples.add_argument("--order", default="worst", choices=["worst", "best", "position"])
+    samples.add_argument("--q", help="text in the prompt, reference or answers")
+    samples.add_argument("--limit", type=int, default=20)
+
+    export = command("export", cmd_export, "download every sample as CSV or JSON")
+    export.add_argument("id")
+    export.add_argument("--format", default="json", choices=["json", "csv"])
+    export.add_argument("-o", "--output", help="file to write (default: standard output)")
+
+    cancel = command("cancel", cmd_cancel, "cancel a queued or running evaluation")
+    cancel.add_argument("id")

@@ -1,4 +1,4 @@
-"""The ``tunelab`` command: serve, worker, db, user, token, train, data."""
+"""The ``tunelab`` command: serve, worker, db, user, token, train, data, eval."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app import data_cli
+from app import data_cli, eval_cli
 
 
 def _settings() -> Any:
@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     data_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
     return parser
 
 

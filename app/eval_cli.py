@@ -63,20 +63,29 @@ class Api:
         self.http.close()
 
     def get(self, path: str, **params: Any) -> Any:
-        return self._call("GET", path, params=params).json()
+        return self._json(self._call("GET", path, params=params))
 
     def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        return self._call("POST", path, body=body).json()
+        return self._json(self._call("POST", path, body=body))
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            # Something answers at the URL, but not tunelab's API (a wrong port, a proxy page).
+            raise CliError(f"{self.url} did not answer as a tunelab server would") from exc
 
     @contextmanager
     def stream(self, path: str, **params: Any) -> Iterator[httpx.Response]:
         """A streamed GET whose status has been checked; its bytes are still to be read."""
-        with self._transport():
-            with self.http.stream("GET", path, params=_present(params)) as response:
-                if not response.is_success:
-                    response.read()
-                    _raise_for(response)
-                yield response
+        with (
+            self._transport(),
+            self.http.stream("GET", path, params=_present(params)) as response,
+        ):
+            if not response.is_success:
+                response.read()
+                _raise_for(response)
+            yield response
 
     def _call(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None
@@ -268,12 +277,18 @@ def render(
     return "\n".join(lines)
 
 
-def progress_text(evaluation: Mapping[str, Any]) -> str:
-    """Phase, model and count of a running evaluation, e.g. ``generating Fine-tuned … 3/8``."""
+def step_name(evaluation: Mapping[str, Any]) -> str:
+    """What a running evaluation is doing, e.g. ``generating Fine-tuned (LoRA, job 1a2b3c4d)``."""
     progress = evaluation.get("progress") or {}
     phase = str(progress.get("phase") or evaluation["status"])
-    model = labels_of(evaluation).get(progress.get("model") or "", progress.get("model") or "")
-    text = f"{phase} {model}".strip()
+    key = str(progress.get("model") or "")
+    return f"{phase} {labels_of(evaluation).get(key, key)}".strip()
+
+
+def progress_text(evaluation: Mapping[str, Any]) -> str:
+    """The step and its count, e.g. ``generating Fine-tuned (LoRA, job 1a2b3c4d) 3/8``."""
+    progress = evaluation.get("progress") or {}
+    text = step_name(evaluation)
     if isinstance(progress.get("done"), int) and isinstance(progress.get("total"), int):
         text += f" {progress['done']}/{progress['total']}"
     return text
@@ -359,23 +374,23 @@ def wait(api: Api, evaluation_id: str) -> dict[str, Any]:
     try:
         while True:
             evaluation: dict[str, Any] = api.get(f"/evaluations/{evaluation_id}")
-            progress = evaluation.get("progress") or {}
-            if (progress.get("phase"), progress.get("model")) != step:
-                # A new phase or model restarts the count, and with it the rate estimate.
-                step = (progress.get("phase"), progress.get("model"))
-                bar.reset(total=progress.get("total"))
-            if isinstance(progress.get("done"), int):
-                bar.n = progress["done"]
             if evaluation["status"] in FINISHED:
                 bar.set_description_str(evaluation["status"], refresh=False)
                 bar.n = bar.total or bar.n
                 bar.refresh()
                 return evaluation
-            bar.set_description_str(progress_text(evaluation).rsplit(" ", 1)[0], refresh=False)
+            progress = evaluation.get("progress") or {}
+            bar.set_description_str(step_name(evaluation), refresh=False)
+            if (progress.get("phase"), progress.get("model")) != step:
+                # A new phase or model restarts the count, and with it the rate estimate.
+                step = (progress.get("phase"), progress.get("model"))
+                bar.reset(total=progress.get("total"))
+                bar.total = progress.get("total")
+            if isinstance(progress.get("done"), int):
+                bar.n = progress["done"]
             bar.refresh()
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
-        bar.close()
         # Only the waiting stops: the evaluation runs on in the worker.
         message = f"stopped waiting; the evaluation goes on (tunelab eval show {evaluation_id})"
         raise CliError(message, 130) from None
@@ -388,7 +403,9 @@ def cmd_show(args: argparse.Namespace, api: Api) -> int:
     if args.json:
         _json(evaluation)
         return 0
-    print(render(evaluation, evaluation.get("verdict") or [], evaluation.get("verdict_summary")))
+    print(
+        render(evaluation, evaluation.get("verdict") or [], evaluation.get("verdict_summary") or {})
+    )
     return 0
 
 
@@ -509,22 +526,41 @@ def add_parser(sub: Any) -> None:
         return parser
 
     run = command("run", cmd_run, "queue an evaluation and print its id")
-    run.add_argument("--project", help="project id (default: the --job's project)")
-    run.add_argument("--job", help="a finished job, compared with its prompting baseline")
-    run.add_argument("--base-model", action="append", default=[], metavar="NAME")
+    run.add_argument("--project", metavar="ID", help="project id (default: the --job's project)")
     run.add_argument(
-        "--checkpoint", action="append", default=[], type=checkpoint_spec, metavar="JOB:CKPT"
+        "--job", metavar="ID", help="a finished job, compared with its prompting baseline"
+    )
+    run.add_argument(
+        "--base-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also evaluate a base model with the prompt (repeatable)",
+    )
+    run.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        type=checkpoint_spec,
+        metavar="JOB_ID:checkpoint-N",
+        help="also evaluate a saved checkpoint (repeatable)",
     )
     run.add_argument("--no-baseline", action="store_true", help="no prompting baseline")
     run.add_argument(
-        "--k-shot", type=int, default=0, help="examples in the baseline's and base models' prompts"
+        "--k-shot",
+        type=int,
+        default=0,
+        metavar="N",
+        help="examples in the baseline's and base models' prompts",
     )
-    run.add_argument("--dataset", help="test data (default: the job's dataset version)")
-    run.add_argument("--dataset-version", type=int)
+    run.add_argument(
+        "--dataset", metavar="ID", help="test data (default: the job's dataset version)"
+    )
+    run.add_argument("--dataset-version", type=int, metavar="N")
     run.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
-    run.add_argument("--max-samples", type=int)
-    run.add_argument("--max-new-tokens", type=int)
-    run.add_argument("--temperature", type=float)
+    run.add_argument("--max-samples", type=int, metavar="N", help="the first N examples only")
+    run.add_argument("--max-new-tokens", type=int, metavar="N", help="default: fits the references")
+    run.add_argument("--temperature", type=float, metavar="T", help="default: 0 (greedy)")
     run.add_argument("--wait", action="store_true", help="follow it and print the results")
 
     show = command("show", cmd_show, "results table and verdict of an evaluation")
@@ -536,16 +572,16 @@ def add_parser(sub: Any) -> None:
     report.add_argument("--json", action="store_true", help="the report as JSON")
 
     listing = command("list", cmd_list, "evaluations, newest first")
-    listing.add_argument("--project")
-    listing.add_argument("--job")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--project", metavar="ID")
+    listing.add_argument("--job", metavar="ID")
+    listing.add_argument("--limit", type=int, default=50, metavar="N")
 
     samples = command("samples", cmd_samples, "prompts, references and each model's answer")
     samples.add_argument("id")
     samples.add_argument("--show", default="all", choices=["all", "worse", "better", "same"])
     samples.add_argument("--order", default="worst", choices=["worst", "best", "position"])
-    samples.add_argument("--q", help="text in the prompt, reference or answers")
-    samples.add_argument("--limit", type=int, default=20)
+    samples.add_argument("--q", metavar="TEXT", help="text in the prompt, reference or answers")
+    samples.add_argument("--limit", type=int, default=20, metavar="N")
 
     export = command("export", cmd_export, "download every sample as CSV or JSON")
     export.add_argument("id")

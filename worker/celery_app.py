@@ -15,7 +15,11 @@ def make_celery() -> Celery:
     settings = get_settings()
     if settings.broker_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("tunelab", broker=settings.celery_broker_url, include=["worker.tasks.training", "worker.tasks.evaluation"])
+    app = Celery(
+        "tunelab",
+        broker=settings.celery_broker_url,
+        include=["worker.tasks.training", "worker.tasks.evaluation"],
+    )
     app.conf.update(
         # A training task runs for hours: take one message at a time and acknowledge it only
         # when the task returns, so a worker that dies hands its message back.

@@ -13,7 +13,9 @@ from tests.factories import (
     alpaca_records,
     create_dataset,
     create_project,
+    import_upload,
     jsonl,
+    stage,
     start_job,
     tiny_config,
     upload,
@@ -38,6 +40,38 @@ def test_embedded_serve_trains_a_job_end_to_end_on_sqlite(tmp_path: Path, tiny_m
     with sqlite3.connect(data / "tunelab.db") as db:
         steps = db.execute("select count(*) from metric_points where name = 'loss'").fetchone()[0]
     assert steps == 4
+
+
+def test_embedded_serve_evaluates_a_finished_job_and_searches_its_chinese_answers(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data = tmp_path / "data"
+    server = start_server(port=free_port(), env=embedded_env(data), log=tmp_path / "serve.log")
+    try:
+        with embedded_api(server, embedded_env(data)) as api:
+            project = create_project(api, success_criteria=["rougeL >= 0.5"])
+            staged = stage(api, project["id"], jsonl(alpaca_records(20)))
+            dataset = import_upload(api, staged["id"], split={"validation": 0, "test": 0.25}).json()
+            config = tiny_config(tiny_model, max_steps=4)
+            job = start_job(api, project["id"], dataset["id"], config, evaluate=True)
+            assert wait_for_status(api, job["id"])["status"] == "succeeded", server.tail()
+
+            def finished() -> dict | None:
+                items = api.get("/evaluations", params={"job_id": job["id"]}).json()["items"]
+                done = items and items[0]["status"] in ("succeeded", "failed")
+                return items[0] if done else None
+
+            evaluation = wait_for(finished, 180, what="the evaluation")
+            assert evaluation["status"] == "succeeded", f"{evaluation['error']}\n{server.tail()}"
+            assert evaluation["results"]["n"] == 5
+            # Chinese text is searchable on SQLite too (JSON columns would escape it).
+            found = api.get(
+                f"/evaluations/{evaluation['id']}/samples", params={"q": "翻译成中文"}
+            ).json()
+            assert found["total"] >= 1
+            assert all("翻译成中文" in s["prompt"] for s in found["items"])
+    finally:
+        server.stop()
 
 
 def test_embedded_import_keeps_errors_and_a_retry_drops_invalid_rows(tmp_path: Path) -> None:

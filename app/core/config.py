@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # Each succeeded job queues an evaluation of itself against its prompting baseline on (at
     # most this many examples of) its test split; a job created with evaluate=false does not.
     auto_eval_max_samples: int = 200
+    # How evaluations generate answers: "vllm" (when installed on the workers) for the
+    # prompt-only models, transformers otherwise. vLLM and the transformers copy used for
+    # likelihoods then share the GPU.
+    eval_backend: Literal["transformers", "vllm"] = "transformers"
     # Where base models given by hub id come from; off-line installs set HF_HUB_OFFLINE too.
     allow_hub_downloads: bool = True
     # Converted and downloaded base models; can be shared between data folders.

@@ -494,3 +494,71 @@ def test_memory_estimate_is_within_20_percent_of_the_measured_peak(
         with open(report, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
     assert 0.8 <= guess.peak_memory_bytes / measured <= 1.2, line
+
+
+def test_evaluation_compares_base_lora_and_qlora_on_the_gpu(tmp_path: Path) -> None:
+    """The evaluation library on CUDA in bf16: the prompting baseline, a LoRA adapter, and a
+    QLoRA adapter evaluated on its 4-bit base, sharing one loaded model per base."""
+    from worker.evaluation.run import Candidate, evaluate, examples_from_records
+    from worker.evaluation.settings import DecodingSettings
+
+    model = build_tiny_model(tmp_path / "model")
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Repeat {i % 4}"},
+                {"role": "assistant", "content": f"{i % 4} {i % 4} {i % 4}"},
+            ]
+        }
+        for i in range(32)
+    ]
+    adapters = {}
+    for method in ("lora", "qlora"):
+        config = TrainConfig(
+            base_model=str(model),
+            method=method,
+            max_steps=30,
+            learning_rate=5e-3,
+            batch_size=8,
+            max_seq_length=64,
+        )
+        adapters[method] = train(
+            config,
+            records=records,
+            output_dir=tmp_path / method,
+            model_cache_dir=tmp_path / "cache",
+        ).adapter_dir
+    candidates = [
+        Candidate(key="base", label="Base", base_model=str(model)),
+        Candidate(
+            key="lora",
+            label="LoRA",
+            base_model=str(model),
+            kind="job",
+            weights_dir=adapters["lora"],
+        ),
+        Candidate(
+            key="qlora",
+            label="QLoRA",
+            base_model=str(model),
+            kind="job",
+            weights_dir=adapters["qlora"],
+            quantization="nf4",
+        ),
+    ]
+    examples = examples_from_records(records[:8])
+    outcome = evaluate(
+        candidates,
+        examples,
+        DecodingSettings(max_new_tokens=8),
+        model_cache_dir=tmp_path / "cache",
+        baseline="base",
+        resamples=200,
+    )
+    perplexity = {k: r.metrics["perplexity"].value for k, r in outcome.reports.items()}
+    assert all(torch.isfinite(torch.tensor(v)) for v in perplexity.values()), perplexity
+    assert perplexity["lora"] < perplexity["base"] / 2, perplexity
+    assert perplexity["qlora"] < perplexity["base"] / 2, perplexity
+    for run in outcome.runs.values():
+        assert len(run.answers) == len(examples)
+    assert set(outcome.deltas) == {"lora", "qlora"}

@@ -24,6 +24,7 @@ import torch
 
 from worker.evaluation import metrics
 from worker.evaluation.generation import (
+    Backend,
     DecodingSettings,
     Generation,
     generate_batched,
@@ -190,8 +191,12 @@ def evaluate(
     language: str | None = None,
     callbacks: EvalCallbacks | None = None,
     resamples: int = 1000,
+    backend: Backend = "transformers",
 ) -> EvalOutcome:
     """Generate with every candidate, score against the references, compare with ``baseline``.
+
+    ``backend="vllm"`` generates the answers of prompt-only candidates with vLLM (adapters
+    and checkpoints still go through transformers); likelihoods always use transformers.
 
     Raises TrainingError with a message for the person who asked, TrainingCancelled when
     ``callbacks.should_stop()`` turns true between batches.
@@ -203,19 +208,12 @@ def evaluate(
         raise TrainingError("There is no model to evaluate.")
     references = [e.reference for e in examples]
     runs: dict[str, ModelRun] = {}
+    plan = _Plan(
+        examples, decoding, model_cache_dir, allow_downloads, few_shot_pool, callbacks, backend
+    )
     try:
         for group in _by_base_model(candidates):
-            runs.update(
-                _run_group(
-                    group,
-                    examples,
-                    decoding,
-                    model_cache_dir,
-                    allow_downloads,
-                    few_shot_pool,
-                    callbacks,
-                )
-            )
+            runs.update(_run_group(group, plan))
     except (TrainingError, TrainingCancelled):
         raise
     except torch.cuda.OutOfMemoryError as exc:
@@ -262,21 +260,27 @@ def _by_base_model(candidates: Sequence[Candidate]) -> list[list[Candidate]]:
     return [sorted(g, key=lambda c: c.weights_dir is not None) for g in groups.values()]
 
 
-def _run_group(
-    group: list[Candidate],
-    examples: Sequence[Example],
-    decoding: DecodingSettings,
-    model_cache_dir: Path,
-    allow_downloads: bool,
-    few_shot_pool: Sequence[Example],
-    callbacks: EvalCallbacks,
-) -> dict[str, ModelRun]:
+@dataclass(frozen=True)
+class _Plan:
+    """What every candidate of one evaluation runs with."""
+
+    examples: Sequence[Example]
+    decoding: DecodingSettings
+    model_cache_dir: Path
+    allow_downloads: bool
+    few_shot_pool: Sequence[Example]
+    callbacks: EvalCallbacks
+    backend: Backend
+
+
+def _run_group(group: list[Candidate], plan: _Plan) -> dict[str, ModelRun]:
+    callbacks = plan.callbacks
     first = group[0]
     callbacks.on_event("info", f"Loading model '{first.base_model}' …")
     resolved = models.resolve_model(
         first.base_model,
-        model_cache_dir,
-        allow_downloads,
+        plan.model_cache_dir,
+        plan.allow_downloads,
         notify=lambda m: callbacks.on_event("info", m),
         trust_remote_code=first.trust_remote_code,
         allow_pickle_weights=first.allow_pickle_weights,
@@ -301,9 +305,7 @@ def _run_group(
             tokenizer = base_tokenizer
             if candidate.kind == "checkpoint":
                 model = _with_checkpoint(model, candidate)
-                runs[candidate.key] = _run_one(
-                    model, tokenizer, candidate, examples, decoding, few_shot_pool, callbacks
-                )
+                runs[candidate.key] = _run_one(model, tokenizer, candidate, plan)
                 model = _detach(model) if hasattr(model, "peft_config") else model
             elif candidate.weights_dir is not None and not candidate.full_model:
                 from peft import PeftModel
@@ -315,15 +317,12 @@ def _run_group(
                 adapted = PeftModel.from_pretrained(model, str(candidate.weights_dir))
                 adapted.eval()
                 try:
-                    runs[candidate.key] = _run_one(
-                        adapted, tokenizer, candidate, examples, decoding, few_shot_pool, callbacks
-                    )
+                    runs[candidate.key] = _run_one(adapted, tokenizer, candidate, plan)
                 finally:
                     model = _detach(adapted)
             else:
-                runs[candidate.key] = _run_one(
-                    model, tokenizer, candidate, examples, decoding, few_shot_pool, callbacks
-                )
+                folder = resolved.path if plan.backend == "vllm" else None
+                runs[candidate.key] = _run_one(model, tokenizer, candidate, plan, folder)
     finally:
         del model
         gc.collect()
@@ -387,14 +386,12 @@ def _detach(adapted: Any) -> Any:
 
 
 def _run_one(
-    model: Any,
-    tokenizer: Any,
-    candidate: Candidate,
-    examples: Sequence[Example],
-    decoding: DecodingSettings,
-    few_shot_pool: Sequence[Example],
-    callbacks: EvalCallbacks,
+    model: Any, tokenizer: Any, candidate: Candidate, plan: _Plan, vllm_folder: Path | None = None
 ) -> ModelRun:
+    """One candidate's answers and reference likelihoods; with ``vllm_folder`` the answers
+    come from vLLM loading that folder."""
+    examples, decoding, callbacks = plan.examples, plan.decoding, plan.callbacks
+    few_shot_pool = plan.few_shot_pool
     ensure_chat_template(tokenizer)
     shots = few_shot_turns(few_shot_pool, candidate.k_shot, decoding.seed)
     prompts = [shots + list(e.messages) for e in examples]
@@ -408,13 +405,13 @@ def _run_one(
     _seed(decoding.seed)
     started = time.perf_counter()
     answers = generate_batched(
-        model,
+        str(vllm_folder) if vllm_folder is not None else model,
         tokenizer,
         prompts,
         decoding,
         system_prompt=candidate.system_prompt,
         progress=progress,
-        backend="transformers",
+        backend="vllm" if vllm_folder is not None else "transformers",
     )
     seconds = time.perf_counter() - started
     callbacks.on_progress("likelihood", candidate.key, 0, len(examples))

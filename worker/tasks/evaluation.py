@@ -177,6 +177,7 @@ def evaluate_models(evaluation_id: str) -> str:
             baseline=baseline,
             few_shot_pool=examples_from_records(pool),
             callbacks=reporter,
+            backend=settings.eval_backend,
         )
         status = EvalStatus.succeeded
     except TrainingCancelled:

@@ -19,6 +19,7 @@ from app.api.routes import (
     evaluations,
     jobs,
     projects,
+    reviews,
     uploads,
 )
 from app.core.config import PROJECT_ROOT
@@ -52,7 +53,17 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(SecurityHeadersMiddleware, docs_policies={"/docs": CONTENT_SECURITY_POLICY})
     api_prefix = "/api/v1"
-    for module in (projects, uploads, datasets, jobs, evaluations, estimates, catalog, accounts):
+    for module in (
+        projects,
+        uploads,
+        datasets,
+        jobs,
+        evaluations,
+        reviews,
+        estimates,
+        catalog,
+        accounts,
+    ):
         app.include_router(module.router, prefix=api_prefix)
     app.include_router(pages.router)
     app.include_router(data_pages.router)

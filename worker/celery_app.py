@@ -9,6 +9,7 @@ from app.core.config import get_settings
 
 TRAIN_JOB = "tunelab.train_job"
 EVALUATE_MODELS = "tunelab.evaluate_models"
+ANSWER_REVIEW_ITEMS = "tunelab.answer_review_items"
 
 
 def make_celery() -> Celery:
@@ -18,7 +19,7 @@ def make_celery() -> Celery:
     app = Celery(
         "tunelab",
         broker=settings.celery_broker_url,
-        include=["worker.tasks.training", "worker.tasks.evaluation"],
+        include=["worker.tasks.training", "worker.tasks.evaluation", "worker.tasks.review"],
     )
     app.conf.update(
         # A training task runs for hours: take one message at a time and acknowledge it only

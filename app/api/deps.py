@@ -132,6 +132,8 @@ async def check_csrf(request: Request, principal: Principal) -> None:
 
 PUBLIC = Rule("public", scope=None, roles=None)
 ANY_USER = Rule("any user", scope="read", roles=None)
+# Reviewers write their ratings; what they may rate is checked per campaign by the service.
+ANY_WRITER = Rule("any user, write", scope="write", roles=None)
 READER = Rule("trainer or admin, read", scope="read", roles=frozenset({Role.admin, Role.trainer}))
 TRAINER = Rule(
     "trainer or admin, write", scope="write", roles=frozenset({Role.admin, Role.trainer})
@@ -140,6 +142,7 @@ ADMIN = Rule("admin", scope="admin", roles=frozenset({Role.admin}))
 
 Public = Annotated[None, Depends(PUBLIC)]
 CurrentUser = Annotated[Principal, Depends(ANY_USER)]
+CurrentWriter = Annotated[Principal, Depends(ANY_WRITER)]
 CurrentReader = Annotated[Principal, Depends(READER)]
 CurrentTrainer = Annotated[Principal, Depends(TRAINER)]
 CurrentAdmin = Annotated[Principal, Depends(ADMIN)]

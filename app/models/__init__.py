@@ -6,18 +6,30 @@ from app.models.dataset import Dataset, DatasetUpload, DatasetVersion, UploadSta
 from app.models.evaluation import EvalSample, EvalStatus, Evaluation
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
 from app.models.project import Project
+from app.models.review import (
+    CampaignReviewer,
+    CampaignStatus,
+    ItemStatus,
+    Rating,
+    ReviewAssignment,
+    ReviewCampaign,
+    ReviewItem,
+)
 from app.models.user import AuditEvent, ProjectMember, Role, User
 
 __all__ = [
     "ApiToken",
     "Artifact",
     "AuditEvent",
+    "CampaignReviewer",
+    "CampaignStatus",
     "Dataset",
     "DatasetUpload",
     "DatasetVersion",
     "EvalSample",
     "EvalStatus",
     "Evaluation",
+    "ItemStatus",
     "Job",
     "JobEvent",
     "JobStatus",
@@ -27,6 +39,10 @@ __all__ = [
     "ModelPermission",
     "Project",
     "ProjectMember",
+    "Rating",
+    "ReviewAssignment",
+    "ReviewCampaign",
+    "ReviewItem",
     "Role",
     "UploadStatus",
     "User",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from app.core.config import Settings
 from app.core.db import utcnow
@@ -432,9 +432,34 @@ def evaluation_read(evaluation: Evaluation, project: Project) -> EvaluationRead:
     """The API view of an evaluation, with the verdict on the project's current criteria."""
     read = EvaluationRead.model_validate(evaluation)
     results = evaluation.results if evaluation.status == EvalStatus.succeeded else None
+    session = object_session(evaluation)
+    if results and session is not None:
+        human = _human_results(session, evaluation)
+        if human is not None:
+            results = {**results, "human": human}
+            read.results = results
     read.verdict = criteria_verdict(list(project.success_criteria), results or None)
     read.verdict_summary = verdict_summary(read.verdict)
     return read
+
+
+def _human_results(session: Session, evaluation: Evaluation) -> dict[str, Any] | None:
+    """What people said of this evaluation's models: its newest review campaign with ratings
+    (a closed one first) gives the win rate and mean rating human criteria are judged on."""
+    from app.models import CampaignStatus, Rating, ReviewCampaign
+    from app.services.review_results import human_summary
+
+    campaigns = session.scalars(
+        select(ReviewCampaign)
+        .where(
+            ReviewCampaign.evaluation_id == evaluation.id,
+            ReviewCampaign.status != CampaignStatus.draft,
+            select(Rating.id).where(Rating.campaign_id == ReviewCampaign.id).exists(),
+        )
+        .order_by(ReviewCampaign.closed_at.is_(None), ReviewCampaign.created_at.desc())
+        .limit(1)
+    ).all()
+    return human_summary(session, campaign=campaigns[0]) if campaigns else None
 
 
 def list_samples(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from worker.celery_app import EVALUATE_MODELS, TRAIN_JOB, celery_app
+from worker.celery_app import ANSWER_REVIEW_ITEMS, EVALUATE_MODELS, TRAIN_JOB, celery_app
 
 
 def enqueue_training(*, job_id: uuid.UUID, queue: str) -> None:
@@ -15,3 +15,8 @@ def enqueue_training(*, job_id: uuid.UUID, queue: str) -> None:
 def enqueue_evaluation(*, evaluation_id: uuid.UUID, queue: str) -> None:
     """Send the evaluation to its queue; call only after its row is committed."""
     celery_app.send_task(EVALUATE_MODELS, args=[str(evaluation_id)], queue=queue)
+
+
+def enqueue_review_answers(*, campaign_id: uuid.UUID, queue: str | None = None) -> None:
+    """Ask a worker to answer a campaign's typed prompts with both of its models."""
+    celery_app.send_task(ANSWER_REVIEW_ITEMS, args=[str(campaign_id)], queue=queue)

@@ -17,7 +17,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Kind = Literal["absolute", "improvement", "human"]
@@ -396,6 +396,25 @@ def _judge(criterion: Criterion, value: float, interval: list[float] | None) -> 
     }
 
 
+def _human(
+    entry: dict[str, Any], criterion: Criterion, human: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A human-review criterion, judged on a review campaign's results once there are any:
+    the win rate of the fine-tuned model over the baseline, or its mean rating."""
+    key = {"win rate": "win_rate", "preference": "win_rate", "rating": "rating"}.get(
+        str(criterion.human_measure)
+    )
+    found = _read((human or {}).get(key)) if key else None
+    if found is None:
+        entry.update(status="pending", explanation="waits for human review")
+        return entry
+    named = replace(criterion, metric=f"human {criterion.human_measure}")
+    entry.update(_judge(named, *found))
+    if not (human or {}).get("final"):
+        entry["explanation"] += " (the review campaign is still open)"
+    return entry
+
+
 def _verdict_one(text: str, results: Mapping[str, Any] | None) -> dict[str, Any]:
     try:
         criterion = parse_criterion(text)
@@ -406,8 +425,7 @@ def _verdict_one(text: str, results: Mapping[str, Any] | None) -> dict[str, Any]
         subject = results.get("subject")
         entry["model"] = (results.get("labels") or {}).get(subject, subject)
     if criterion.kind == "human":
-        entry.update(status="pending", explanation="waits for human review")
-        return entry
+        return _human(entry, criterion, (results or {}).get("human"))
     if results is None:
         return entry
     measured = _measurement(criterion, results)

@@ -249,6 +249,37 @@ def evaluate(
     return EvalOutcome(list(examples), runs, reports, deltas)
 
 
+def generate_answers(
+    candidates: Sequence[Candidate],
+    examples: Sequence[Example],
+    decoding: DecodingSettings,
+    *,
+    model_cache_dir: Path,
+    allow_downloads: bool = False,
+    callbacks: EvalCallbacks | None = None,
+) -> dict[str, list[Generation]]:
+    """Every candidate's answers to prompts that have no reference (nothing is scored)."""
+    plan = _Plan(
+        examples,
+        decoding,
+        model_cache_dir,
+        allow_downloads,
+        (),
+        callbacks or _Quiet(),
+        "transformers",
+        likelihood=False,
+    )
+    answers: dict[str, list[Generation]] = {}
+    try:
+        for group in _by_base_model(candidates):
+            answers.update({k: run.answers for k, run in _run_group(group, plan).items()})
+    except (TrainingError, TrainingCancelled):
+        raise
+    except Exception as exc:
+        raise TrainingError(f"Answering failed ({type(exc).__name__}: {exc}).") from exc
+    return answers
+
+
 def _by_base_model(candidates: Sequence[Candidate]) -> list[list[Candidate]]:
     """Candidates grouped by the loaded model they run on, prompt-only ones first."""
     groups: dict[tuple[str, str | None, bool], list[Candidate]] = {}
@@ -271,6 +302,7 @@ class _Plan:
     few_shot_pool: Sequence[Example]
     callbacks: EvalCallbacks
     backend: Backend
+    likelihood: bool = True  # False: answers only (prompts without a reference)
 
 
 def _run_group(group: list[Candidate], plan: _Plan) -> dict[str, ModelRun]:
@@ -414,6 +446,8 @@ def _run_one(
         backend="vllm" if vllm_folder is not None else "transformers",
     )
     seconds = time.perf_counter() - started
+    if not plan.likelihood:
+        return ModelRun(candidate.key, answers, None, None, seconds)
     callbacks.on_progress("likelihood", candidate.key, 0, len(examples))
     likelihoods = reference_nll(
         model,

@@ -97,8 +97,15 @@ def _read_split(settings: Settings, version: DatasetVersion, split: str) -> list
 
 def _candidates(session: Any, settings: Settings, evaluation: Evaluation) -> list[Candidate]:
     """The evaluation's models, with the folders their trained weights are in."""
+    return candidates_from(session, settings, evaluation.candidates)
+
+
+def candidates_from(
+    session: Any, settings: Settings, described: list[dict[str, Any]]
+) -> list[Candidate]:
+    """Candidates as stored on an evaluation, turned into what the evaluation library runs."""
     candidates = []
-    for c in evaluation.candidates:
+    for c in described:
         weights_dir: Path | None = None
         train_config: dict[str, Any] | None = None
         method = c.get("method")

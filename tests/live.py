@@ -135,3 +135,12 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
     }
     env["TUNELAB_DATA_DIR"] = str(data_dir)
     return env
+
+
+def api_client(server_url: str, token: str, *, timeout: float = 60) -> httpx.Client:
+    """An httpx client for ``/api/v1`` of a running server, sending ``token``."""
+    return httpx.Client(
+        base_url=server_url + "/api/v1",
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {token}"},
+    )

@@ -27,7 +27,7 @@ from tests.factories import (
     tiny_config,
     wait_for_status,
 )
-from tests.live import free_port, tunelab, wait_for
+from tests.live import api_client, free_port, tunelab, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ["rougeL >= 0.99", "perplexity improves on baseline by >= 0.5", "human win rate >= 60%"]
@@ -47,11 +47,7 @@ def env(cluster: Any, admin_token: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def evaluated(cluster: Any, admin_token: str, tiny_model: Path) -> dict[str, Any]:
     """A project with criteria, a job trained on a 20%-test dataset, and its evaluation."""
-    with httpx.Client(
-        base_url=cluster.url + "/api/v1",
-        timeout=60,
-        headers={"Authorization": f"Bearer {admin_token}"},
-    ) as api:
+    with api_client(cluster.url, admin_token) as api:
         project = create_project(
             api, name="命令行评测", system_prompt="Answer in one word.", success_criteria=CRITERIA
         )

@@ -23,7 +23,7 @@ from app.services import dataset_imports as imports
 from app.services import datasets as service
 from app.services.dataset_splits import SPLITS
 from app.web import charts
-from app.web.rendering import render
+from app.web.rendering import form_fields, render
 
 router = APIRouter(include_in_schema=False)
 RECORDS_PAGE = 20
@@ -166,7 +166,7 @@ async def import_upload(
     me: CurrentTrainer,
 ) -> Response:
     upload = access.upload_for(session, me.user, upload_id)
-    form = {k: str(v) for k, v in (await request.form()).items()}
+    form = await form_fields(request)
     try:
         options = _import_form(form, upload)
         dataset, version = imports.import_upload(
@@ -322,7 +322,7 @@ async def derive_version(
     """The clean and re-split forms: each makes a new version and opens it."""
     dataset = access.dataset_for(session, me.user, dataset_id)
     version = service.version_by_number(dataset, number)
-    form = {k: str(v) for k, v in (await request.form()).items()}
+    form = await form_fields(request)
     try:
         try:
             if action == "clean":

@@ -18,7 +18,7 @@ from app.schemas.evaluation import EvaluationCreate
 from app.services import access
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
-from app.web.rendering import render
+from app.web.rendering import form_fields, render
 
 router = APIRouter(include_in_schema=False)
 SAMPLES_PAGE = 20
@@ -227,7 +227,7 @@ async def start_evaluation(
 ) -> Response:
     """The report page's form: evaluate a finished job (or only the base model) now."""
     project = access.project_for(session, me.user, project_id)
-    form = {k: str(v) for k, v in (await request.form()).items()}
+    form = await form_fields(request)
     try:
         body = _evaluation_request(project_id, form)
         evaluation = service.create_evaluation(session, settings=settings, data=body, user=me.user)
@@ -308,7 +308,22 @@ def evaluation_page(
         offset=offset,
         page=SAMPLES_PAGE,
         labels={c["key"]: c["label"] for c in evaluation.candidates},
+        campaigns=_campaigns(session, evaluation.id),
         **_evaluation_view(evaluation, project),
+    )
+
+
+def _campaigns(session: SessionDep, evaluation_id: uuid.UUID) -> list[Any]:
+    from sqlalchemy import select
+
+    from app.models import ReviewCampaign
+
+    return list(
+        session.scalars(
+            select(ReviewCampaign)
+            .where(ReviewCampaign.evaluation_id == evaluation_id)
+            .order_by(ReviewCampaign.created_at.desc())
+        ).all()
     )
 
 

@@ -30,7 +30,7 @@ from app.services import evaluations as evaluations_service
 from app.services import jobs as jobs_service
 from app.services import projects as projects_service
 from app.web.charts import line_chart
-from app.web.rendering import render
+from app.web.rendering import form_fields, render
 from worker.training.catalog import catalog_listing
 from worker.training.config import PRESETS
 from worker.training.method_support import method_choices
@@ -41,9 +41,14 @@ PAGE = 50
 
 @router.get("/")
 async def home(request: Request, session: SessionDep, _: Public) -> Response:
-    # Reviewers have no projects to see: their page is their account (and, later, reviews).
+    # Reviewers have no projects to see: their page is their review queue.
     principal = await authenticate(request, session)
-    target = "/account" if principal and principal.user.role == Role.reviewer else "/projects"
+    if principal is None:
+        target = "/login"
+    elif principal.user.role == Role.reviewer:
+        target = "/reviews"
+    else:
+        target = "/projects"
     return RedirectResponse(target, status_code=303)
 
 
@@ -193,7 +198,7 @@ async def start_job(
     settings: SettingsDep,
     me: CurrentTrainer,
 ) -> Response:
-    form = {k: str(v) for k, v in (await request.form()).items()}
+    form = await form_fields(request)
     try:
         body = _job_request(project_id, form)
         job = jobs_service.create_job(session, settings=settings, data=body, user=me.user)
@@ -220,7 +225,7 @@ async def estimate_fragment(
     """The job form's estimate (memory, time, what "auto" chose), redrawn as the form changes;
     a method the model or the workers cannot run is named here, before queueing."""
     access.project_for(session, me.user, project_id)
-    form = {k: str(v) for k, v in (await request.form()).items()}
+    form = await form_fields(request)
     estimate: dict[str, Any] | None = None
     errors: list[FieldError] = []
     try:

@@ -25,3 +25,8 @@ def error_page(
     request: Request, status_code: int, message: str, errors: list[FieldError]
 ) -> HTMLResponse:
     return render(request, "error.html", status_code, message=message, errors=errors)
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """A submitted form's fields as text (files are not expected here)."""
+    return {k: str(v) for k, v in (await request.form()).items()}

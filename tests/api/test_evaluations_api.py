@@ -23,7 +23,7 @@ from tests.factories import (
     tiny_config,
     wait_for_status,
 )
-from tests.live import wait_for
+from tests.live import api_client, wait_for
 
 RECORDS = [chat(f"{q} ({i})", a) for i in range(10) for q, a in QA]
 
@@ -67,11 +67,7 @@ def train_and_evaluate(api: httpx.Client, tiny_model: Path, criteria: list[str])
 @pytest.fixture(scope="module")
 def trained(cluster: object, admin_token: str, tiny_model: Path) -> dict[str, Any]:
     """Evaluated, with criteria the tiny model cannot meet (and a human one)."""
-    with httpx.Client(
-        base_url=cluster.url + "/api/v1",  # type: ignore[attr-defined]
-        timeout=60,
-        headers={"Authorization": f"Bearer {admin_token}"},
-    ) as api:
+    with api_client(cluster.url, admin_token) as api:
         return train_and_evaluate(api, tiny_model, NOT_MET)
 
 
@@ -234,3 +230,36 @@ def test_a_project_whose_criteria_are_met_says_met(api: httpx.Client, tiny_model
     assert [v["status"] for v in report["verdict"]] == ["met", "met"], report["verdict"]
     assert report["verdict_summary"]["status"] == "met"
     assert all(v["margin"] >= 0 for v in report["verdict"])
+
+
+def test_a_trainer_outside_the_project_gets_404_everywhere(
+    api: httpx.Client, cluster: object, trained: dict[str, Any]
+) -> None:
+    import os
+    import uuid
+
+    from tests.live import cli_token
+
+    email = f"outsider-{uuid.uuid4().hex[:6]}@tunelab.test"
+    api.post("/users", json={"email": email, "role": "trainer", "password": "long enough pw"})
+    token = cli_token(email, dict(os.environ), scopes="read,write")
+    eid, pid = trained["evaluation"]["id"], trained["project"]["id"]
+    with httpx.Client(
+        base_url=cluster.url,  # type: ignore[attr-defined]
+        headers={"Authorization": f"Bearer {token}"},
+    ) as other:
+        for path in (
+            f"/api/v1/evaluations/{eid}",
+            f"/api/v1/evaluations/{eid}/samples",
+            f"/api/v1/evaluations/{eid}/export?format=csv",
+            f"/api/v1/projects/{pid}/report",
+            f"/evaluations/{eid}",
+            f"/projects/{pid}/report",
+        ):
+            assert other.get(path).status_code == 404, path
+        assert other.post(f"/api/v1/evaluations/{eid}/cancel").status_code == 404
+        refused = other.post(
+            "/api/v1/evaluations", json={"project_id": pid, "job_id": trained["job"]["id"]}
+        )
+        assert refused.status_code == 404
+        assert other.get("/api/v1/evaluations").json()["total"] == 0

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.api.test_evaluations_api import train_and_evaluate
-from tests.live import LiveServer, cli_token, wait_for
+from tests.live import LiveServer, api_client, cli_token, wait_for
 
 CRITERIA = ["human win rate >= 60%", "mean human rating >= 2"]
 
@@ -26,19 +26,13 @@ def reviewer(api: httpx.Client, cluster: LiveServer, name: str) -> tuple[dict, h
     )
     assert user.status_code == 201, user.text
     token = cli_token(email, dict(os.environ), scopes="read,write")
-    client = httpx.Client(
-        base_url=cluster.url + "/api/v1", timeout=30, headers={"Authorization": f"Bearer {token}"}
-    )
+    client = api_client(cluster.url, token, timeout=30)
     return user.json(), client
 
 
 @pytest.fixture(scope="module")
 def setup(cluster: LiveServer, admin_token: str, tiny_model: Path) -> dict[str, Any]:
-    with httpx.Client(
-        base_url=cluster.url + "/api/v1",
-        timeout=60,
-        headers={"Authorization": f"Bearer {admin_token}"},
-    ) as api:
+    with api_client(cluster.url, admin_token) as api:
         trained = train_and_evaluate(api, tiny_model, CRITERIA)
         alice, alice_api = reviewer(api, cluster, "alice")
         bob, bob_api = reviewer(api, cluster, "bob")

@@ -417,16 +417,17 @@ def test_users_cannot_grant_themselves_remote_code(api: httpx.Client, tiny_model
     assert response.json()["errors"][0]["field"] == "config.trust_remote_code"
 
 
-def test_a_reviewer_lands_on_their_account_and_sees_no_project(
+def test_a_reviewer_lands_on_their_review_queue_and_sees_no_project(
     api: httpx.Client, cluster: LiveServer
 ) -> None:
     reviewer = make_user(api, "reviewer")
     client = browser_login(cluster, reviewer["email"], "long enough pw")
     home = client.get("/", follow_redirects=False)
-    assert home.headers["location"] == "/account"
+    assert home.headers["location"] == "/reviews"
     assert client.get("/projects").status_code == 403
     assert client.get("/api/v1/projects").status_code == 403
     assert client.get("/account").status_code == 200
+    assert client.get("/reviews").status_code == 200
 
 
 def test_members_can_be_added_from_the_project_page(api: httpx.Client, cluster: LiveServer) -> None:

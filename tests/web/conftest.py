@@ -36,22 +36,29 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture
-def page(browser: Browser, cluster: LiveServer) -> Iterator[Page]:
-    """A browser logged in as the admin through the login form."""
-    context = browser.new_context(base_url=cluster.url)
+def login(browser: Browser, base_url: str, email: str, password: str) -> tuple[Page, list[str]]:
+    """A new browser context logged in through the login form, and its console errors."""
+    context = browser.new_context(base_url=base_url)
     page = context.new_page()
     page.set_default_timeout(20_000)
     console_errors: list[str] = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-    page.goto("/projects")
-    expect(page).to_have_url(re.compile(r"/login\?next=/projects$"))
-    page.get_by_label("E-mail").fill(ADMIN_EMAIL)
-    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.get_by_label("E-mail").fill(email)
+    page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
+    expect(page).not_to_have_url(re.compile(r"/login"))
+    return page, console_errors
+
+
+@pytest.fixture
+def page(browser: Browser, cluster: LiveServer) -> Iterator[Page]:
+    """A browser logged in as the admin through the login form."""
+    page, console_errors = login(browser, cluster.url, ADMIN_EMAIL, ADMIN_PASSWORD)
     expect(page).to_have_url(re.compile(r"/projects$"))
     yield page
-    context.close()
+    page.context.close()
     # Our pages must work under their own Content-Security-Policy.
     assert [e for e in console_errors if "Content Security Policy" in e] == []
 

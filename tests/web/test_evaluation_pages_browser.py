@@ -7,21 +7,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.api.test_evaluations_api import NOT_MET, train_and_evaluate
-from tests.live import LiveServer
+from tests.live import LiveServer, api_client
 
 
 @pytest.fixture(scope="module")
 def evaluated(cluster: LiveServer, admin_token: str, tiny_model: Path) -> dict[str, Any]:
-    with httpx.Client(
-        base_url=cluster.url + "/api/v1",
-        timeout=60,
-        headers={"Authorization": f"Bearer {admin_token}"},
-    ) as api:
+    with api_client(cluster.url, admin_token) as api:
         return train_and_evaluate(api, tiny_model, NOT_MET)
 
 

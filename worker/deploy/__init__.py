@@ -1,0 +1,1 @@
+"""Exports of trained models: adapters, merged models and their model cards."""

@@ -10,6 +10,8 @@ from app.core.config import get_settings
 TRAIN_JOB = "tunelab.train_job"
 EVALUATE_MODELS = "tunelab.evaluate_models"
 ANSWER_REVIEW_ITEMS = "tunelab.answer_review_items"
+MAKE_EXPORT = "tunelab.make_export"
+SERVE_DEPLOYMENT = "tunelab.serve_deployment"
 
 
 def make_celery() -> Celery:
@@ -19,7 +21,12 @@ def make_celery() -> Celery:
     app = Celery(
         "tunelab",
         broker=settings.celery_broker_url,
-        include=["worker.tasks.training", "worker.tasks.evaluation", "worker.tasks.review"],
+        include=[
+            "worker.tasks.training",
+            "worker.tasks.evaluation",
+            "worker.tasks.review",
+            "worker.tasks.deploy",
+        ],
     )
     app.conf.update(
         # A training task runs for hours: take one message at a time and acknowledge it only

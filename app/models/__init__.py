@@ -3,6 +3,7 @@
 from app.models.artifact import Artifact
 from app.models.auth import ApiToken, LoginAttempt, LoginLink, ModelPermission, WebSession
 from app.models.dataset import Dataset, DatasetUpload, DatasetVersion, UploadStatus
+from app.models.deploy import Deployment, Export
 from app.models.evaluation import EvalSample, EvalStatus, Evaluation
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
 from app.models.project import Project
@@ -26,9 +27,11 @@ __all__ = [
     "Dataset",
     "DatasetUpload",
     "DatasetVersion",
+    "Deployment",
     "EvalSample",
     "EvalStatus",
     "Evaluation",
+    "Export",
     "ItemStatus",
     "Job",
     "JobEvent",

@@ -278,7 +278,7 @@ def _job_candidate(
     method = str(job.config.get("method", "lora"))
     return {
         "key": f"job-{str(job.id)[:8]}",
-        "label": label or f"Fine-tuned ({_method_title(method)}, job {str(job.id)[:8]})",
+        "label": label or f"Fine-tuned ({method_title(method)}, job {str(job.id)[:8]})",
         "kind": "job",
         "base_model": job.config["base_model"],
         "job_id": str(job.id),
@@ -373,7 +373,7 @@ def _model_title(name: str) -> str:
     return entry.title if entry is not None else Path(name).name or name
 
 
-def _method_title(method: str) -> str:
+def method_title(method: str) -> str:
     return {
         "lora": "LoRA",
         "qlora": "QLoRA",

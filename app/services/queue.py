@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from worker.celery_app import ANSWER_REVIEW_ITEMS, EVALUATE_MODELS, TRAIN_JOB, celery_app
+from worker.celery_app import (
+    ANSWER_REVIEW_ITEMS,
+    EVALUATE_MODELS,
+    MAKE_EXPORT,
+    SERVE_DEPLOYMENT,
+    TRAIN_JOB,
+    celery_app,
+)
 
 
 def enqueue_training(*, job_id: uuid.UUID, queue: str) -> None:
@@ -20,3 +27,11 @@ def enqueue_evaluation(*, evaluation_id: uuid.UUID, queue: str) -> None:
 def enqueue_review_answers(*, campaign_id: uuid.UUID, queue: str | None = None) -> None:
     """Ask a worker to answer a campaign's typed prompts with both of its models."""
     celery_app.send_task(ANSWER_REVIEW_ITEMS, args=[str(campaign_id)], queue=queue)
+
+
+def enqueue_export(*, export_id: uuid.UUID, queue: str) -> None:
+    celery_app.send_task(MAKE_EXPORT, args=[str(export_id)], queue=queue)
+
+
+def enqueue_deployment(*, deployment_id: uuid.UUID, queue: str) -> None:
+    celery_app.send_task(SERVE_DEPLOYMENT, args=[str(deployment_id)], queue=queue)

@@ -70,9 +70,7 @@ class UnknownModel(KeyError):
 
     def __init__(self, name: str, served: Sequence[str]) -> None:
         super().__init__(name)
-        self.message = (
-            f"The model '{name}' is not served here; choose one of: {', '.join(served)}."
-        )
+        self.message = f"The model '{name}' is not served here; choose one of: {', '.join(served)}."
 
     def __str__(self) -> str:
         return self.message
@@ -349,7 +347,9 @@ class ServingEngine:
                 if all(row.done for row in rows):
                     break
                 # Finished rows keep feeding padding; their results are no longer read.
-                step = [self._pad_id if row.done else t for row, t in zip(rows, tokens, strict=True)]
+                step = [
+                    self._pad_id if row.done else t for row, t in zip(rows, tokens, strict=True)
+                ]
                 mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
                 out = self._model(
                     input_ids=torch.tensor(step, device=self._device).unsqueeze(1),
@@ -416,7 +416,9 @@ class _Row:
         elif len(self.tokens) >= params.max_tokens:
             self._finish(text, "length")
         else:
-            safe = len(text.rstrip("\ufffd")) - _stop_prefix(text, params.stop)
+            # A trailing replacement character is a character whose bytes are still coming.
+            certain = text.rstrip("\ufffd")
+            safe = len(certain) - _stop_prefix(certain, params.stop)
             if safe > self.sent:
                 self._push(text[self.sent : safe], None)
                 self.sent = safe
@@ -431,8 +433,8 @@ class _Row:
 
 
 def _first_stop(text: str, stops: Sequence[str], sent: int) -> int | None:
-    """Where the earliest stop string starts, searching only text that was never sent."""
-    found = [i for s in stops if s and (i := text.find(s, sent)) >= 0]
+    """Where the earliest stop string starts; text already sent never holds a whole one."""
+    found = [i for s in stops if s and (i := text.find(s, max(0, sent - len(s)))) >= 0]
     return min(found) if found else None
 
 

@@ -1,0 +1,62 @@
+"""Exports of a job's model and deployments behind the OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from app.api.deps import CurrentReader, CurrentTrainer, SessionDep, SettingsDep
+from app.core.errors import NotFound
+from app.models import Job
+from app.schemas.deploy import ExportCreate, ExportRead
+from app.services import access
+from app.services import exports as service
+from app.services.queue import enqueue_export
+
+router = APIRouter(tags=["deploy"])
+
+
+@router.post("/jobs/{job_id}/exports", status_code=201, response_model=ExportRead)
+def create_export(
+    job_id: uuid.UUID, body: ExportCreate, session: SessionDep, me: CurrentTrainer
+) -> ExportRead:
+    """Package the job's model on a worker: the adapter (PEFT format), or merged into the
+    base model and checked against base + adapter before it is kept."""
+    export = service.create_export(
+        session, job_id=job_id, kind=body.kind, dtype=body.dtype, user=me.user
+    )
+    session.commit()
+    job = session.get(Job, job_id)
+    enqueue_export(export_id=export.id, queue=job.queue if job else "training")
+    return ExportRead.model_validate(export)
+
+
+@router.get("/jobs/{job_id}/exports", response_model=list[ExportRead])
+def list_exports(job_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> list[ExportRead]:
+    access.job_for(session, me.user, job_id)
+    return [ExportRead.model_validate(e) for e in service.list_exports(session, job_id=job_id)]
+
+
+@router.get("/exports/{export_id}", response_model=ExportRead)
+def get_export(export_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> ExportRead:
+    return ExportRead.model_validate(service.export_for(session, me.user, export_id))
+
+
+@router.get(
+    "/exports/{export_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/x-tar": {}}}},
+)
+def download_export(
+    export_id: uuid.UUID, session: SessionDep, settings: SettingsDep, me: CurrentReader
+) -> FileResponse:
+    """The export as one .tar file; range requests resume a broken download."""
+    export = service.export_for(session, me.user, export_id)
+    if export.status != "succeeded" or not export.archive_path:
+        raise NotFound(f"the export has not succeeded (it is {export.status})")
+    path = settings.data_dir / export.archive_path
+    if not path.is_file():
+        raise NotFound("the export's file is gone")
+    return FileResponse(path, media_type="application/x-tar", filename=path.name)

@@ -1,0 +1,128 @@
+"""Exports of a job's model (adapter or merged), made by a worker and downloaded as .tar."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core.db import utcnow
+from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.models import Export, Job, JobStatus, User
+from app.services import access
+from app.services import evaluations as evaluations_service
+
+KINDS = ("adapter", "merged")
+PROMPT_LEARNING = ("prefix_tuning", "p_tuning")
+
+
+def create_export(
+    session: Session, *, job_id: uuid.UUID, kind: str, dtype: str, user: User
+) -> Export:
+    """Queue an export of a succeeded job; refuses what cannot be made, saying why."""
+    job = access.job_for(session, user, job_id)
+    if job.status != JobStatus.succeeded:
+        raise Conflict(f"the job has {job.status}; only a succeeded job has a model to export")
+    method = str(job.config.get("method", "lora"))
+    if kind == "merged" and method in PROMPT_LEARNING:
+        message = (
+            f"{method.replace('_', '-')} adds virtual tokens instead of changing weights, so "
+            "it cannot be merged; export the adapter"
+        )
+        raise InvalidInput(message, errors=[FieldError(field="kind", message=message)])
+    if kind == "adapter" and method == "full":
+        message = "this job fine-tuned every weight: there is no adapter; export it merged"
+        raise InvalidInput(message, errors=[FieldError(field="kind", message=message)])
+    if evaluations_service.job_adapter(session, job_id=job.id) is None:
+        raise Conflict("the job's model files are gone")
+    export = Export(job_id=job.id, kind=kind, dtype=dtype, status="queued", created_by_id=user.id)
+    session.add(export)
+    session.flush()
+    return export
+
+
+def export_for(session: Session, user: User, export_id: uuid.UUID) -> Export:
+    export = session.get(Export, export_id)
+    if export is None:
+        raise NotFound("export not found")
+    access.job_for(session, user, export.job_id)
+    return export
+
+
+def list_exports(session: Session, *, job_id: uuid.UUID) -> list[Export]:
+    return list(
+        session.scalars(
+            select(Export).where(Export.job_id == job_id).order_by(Export.created_at.desc())
+        ).all()
+    )
+
+
+def claim(session: Session, *, export_id: uuid.UUID) -> Export | None:
+    done = session.execute(
+        update(Export)
+        .where(Export.id == export_id, Export.status == "queued")
+        .values(status="running")
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        return None
+    return session.get(Export, export_id)
+
+
+def finish(session: Session, *, export_id: uuid.UUID, values: dict[str, Any]) -> None:
+    session.execute(
+        update(Export)
+        .where(Export.id == export_id, Export.status == "running")
+        .values(finished_at=utcnow(), **values)
+    )
+
+
+def card_data(session: Session, *, job: Job) -> dict[str, Any]:
+    """What the model card says of a job: its model, data, and newest evaluation."""
+    from app.models import Dataset, DatasetVersion, EvalStatus, Evaluation, Project
+    from worker.training.catalog import catalog_entry
+
+    project = session.get(Project, job.project_id)
+    version = session.get(DatasetVersion, job.dataset_version_id)
+    dataset = session.get(Dataset, job.dataset_id)
+    entry = catalog_entry(str(job.config.get("base_model")))
+    evaluation = session.scalar(
+        select(Evaluation)
+        .where(Evaluation.job_id == job.id, Evaluation.status == EvalStatus.succeeded)
+        .order_by(Evaluation.finished_at.desc())
+        .limit(1)
+    )
+    evaluation_data: dict[str, Any] = {}
+    if evaluation is not None and project is not None:
+        read = evaluations_service.evaluation_read(evaluation, project)
+        evaluation_data = {
+            "id": str(evaluation.id),
+            "results": read.results,
+            "verdict": read.verdict,
+        }
+    return {
+        "name": f"{project.name if project else 'tunelab'} — job {str(job.id)[:8]}",
+        "task": project.task_description if project else "",
+        "base_model": job.config.get("base_model"),
+        "base_title": entry.title if entry else None,
+        "base_hub_id": entry.hub_id if entry else None,
+        "license": entry.licence if entry else None,
+        "method": job.config.get("method"),
+        "method_title": evaluations_service.method_title(str(job.config.get("method"))),
+        "lora_rank": job.config.get("lora_r")
+        if isinstance(job.config.get("lora_r"), int)
+        else None,
+        "job_id": str(job.id),
+        "steps": (job.result or {}).get("steps"),
+        "final_loss": (job.result or {}).get("final_loss"),
+        "served_name": f"job-{str(job.id)[:8]}",
+        "dataset": {
+            "name": dataset.name if dataset else "?",
+            "version": version.number if version else "?",
+            "records": version.records if version else "?",
+            "format": version.format if version else "?",
+            "split": (version.split or {}).get("counts") if version else {},
+        },
+        "evaluation": evaluation_data,
+    }

@@ -1,4 +1,4 @@
-"""The ``tunelab`` command: serve, worker, db, user, token, train, data, eval."""
+"""The ``tunelab`` command: serve, worker, db, user, token, train, data, eval, export, deploy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app import data_cli, eval_cli
+from app import data_cli, deploy_cli, eval_cli
 
 
 def _settings() -> Any:
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.add_parser(sub)
     eval_cli.add_parser(sub)
+    deploy_cli.add_parser(sub)
     return parser
 
 

@@ -299,7 +299,7 @@ def progress_text(evaluation: Mapping[str, Any]) -> str:
 Command = Callable[[argparse.Namespace, Api], int]
 
 
-def _entry(command: Command) -> Callable[[argparse.Namespace], int]:
+def command_entry(command: Command) -> Callable[[argparse.Namespace], int]:
     """The argparse entry of ``command``: the client made from flags or environment, and
     errors printed as sentences with their exit status."""
 
@@ -522,7 +522,7 @@ def add_parser(sub: Any) -> None:
 
     def command(name: str, func: Command, text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = ev_sub.add_parser(name, help=text, parents=[server])
-        parser.set_defaults(func=_entry(func))
+        parser.set_defaults(func=command_entry(func))
         return parser
 
     run = command("run", cmd_run, "queue an evaluation and print its id")

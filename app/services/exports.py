@@ -23,6 +23,11 @@ def create_export(
 ) -> Export:
     """Queue an export of a succeeded job; refuses what cannot be made, saying why."""
     job = access.job_for(session, user, job_id)
+    if kind not in KINDS:
+        raise InvalidInput(
+            f"kind: {kind!r} is not an export",
+            errors=[FieldError(field="kind", message="adapter or merged")],
+        )
     if job.status != JobStatus.succeeded:
         raise Conflict(f"the job has {job.status}; only a succeeded job has a model to export")
     method = str(job.config.get("method", "lora"))

@@ -27,8 +27,10 @@ from app.services import access, accounts
 from app.services import datasets as datasets_service
 from app.services import estimates as estimates_service
 from app.services import evaluations as evaluations_service
+from app.services import exports as exports_service
 from app.services import jobs as jobs_service
 from app.services import projects as projects_service
+from app.services.queue import enqueue_export
 from app.web.charts import line_chart
 from app.web.rendering import form_fields, render
 from worker.training.catalog import catalog_listing
@@ -298,8 +300,45 @@ def job_page(
         request,
         "jobs/detail.html",
         evaluations=evaluations,
+        exports=exports_service.list_exports(session, job_id=job_id),
         **_job_context(session, me, job_id),
     )
+
+
+@router.get("/jobs/{job_id}/exports")
+def job_exports(
+    job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
+) -> HTMLResponse:
+    """The job page's export list, refreshed while an export is being made."""
+    job = access.job_for(session, me.user, job_id)
+    exports = exports_service.list_exports(session, job_id=job_id)
+    return render(request, "jobs/_exports.html", job=job, exports=exports)
+
+
+@router.post("/jobs/{job_id}/exports")
+async def start_export(
+    job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentTrainer
+) -> Response:
+    job = access.job_for(session, me.user, job_id)
+    form = await form_fields(request)
+    try:
+        export = exports_service.create_export(
+            session, job_id=job_id, kind=form.get("kind", ""), dtype="auto", user=me.user
+        )
+    except TunelabError as exc:
+        session.rollback()
+        exports = exports_service.list_exports(session, job_id=job_id)
+        return render(
+            request,
+            "jobs/_exports.html",
+            exc.status_code,
+            job=job,
+            exports=exports,
+            export_error=exc.message,
+        )
+    session.commit()
+    enqueue_export(export_id=export.id, queue=job.queue)
+    return RedirectResponse(f"/jobs/{job_id}#exports", status_code=303)
 
 
 @router.get("/jobs/{job_id}/live")

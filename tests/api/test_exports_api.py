@@ -94,3 +94,37 @@ def test_an_unfinished_job_has_nothing_to_export(api: httpx.Client, tiny_model: 
     api.post(f"/jobs/{job['id']}/cancel")
     assert api.post(f"/jobs/{job['id']}/exports", json={"kind": "adapter"}).status_code == 409
     assert api.post(f"/jobs/{job['id']}/exports", json={"kind": "zip"}).status_code == 422
+
+
+def test_tunelab_export_writes_a_folder_that_transformers_loads(
+    api: httpx.Client, tiny_model: Path, tmp_path: Path, cluster: Any, admin_token: str
+) -> None:
+    import os
+    import subprocess
+
+    from transformers import AutoModelForCausalLM
+
+    from tests.live import tunelab
+
+    job = trained_job(api, tiny_model)
+    env = {**os.environ, "TUNELAB_URL": cluster.url, "TUNELAB_TOKEN": admin_token}
+    target = tmp_path / "merged"
+    done = subprocess.run(
+        tunelab("export", job["id"], "--merged", str(target)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "merged model written to" in done.stdout
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in target.iterdir()}
+    AutoModelForCausalLM.from_pretrained(str(target))
+    again = subprocess.run(
+        tunelab("export", job["id"], "--adapter", str(target)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 2 and "not an empty folder" in again.stderr

@@ -166,6 +166,8 @@ class ServingEngine:
         self._device = next(model.parameters()).device
         self._context = _context_length(model, tokenizer)
         self._keeps_last_logits = _accepts(model, "logits_to_keep")
+        # transformers 5.24 renamed the KV-cache argument (and output) to ``cache``.
+        self._cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
         self._max_batch = max(1, max_batch_size)
         self._max_wait = max(0.0, max_wait_ms) / 1000
         self._pending: list[_Request] = []
@@ -355,8 +357,8 @@ class ServingEngine:
                     input_ids=torch.tensor(step, device=self._device).unsqueeze(1),
                     attention_mask=mask,
                     position_ids=mask.sum(dim=1, keepdim=True) - 1,
-                    past_key_values=out.past_key_values,
                     use_cache=True,
+                    **{self._cache_arg: getattr(out, self._cache_arg)},
                 )
         with self._cond:
             self._stats["batches"] += 1

@@ -19,6 +19,7 @@ from app.api.routes import (
     estimates,
     evaluations,
     jobs,
+    openai_compat,
     projects,
     reviews,
     uploads,
@@ -67,6 +68,7 @@ def create_app() -> FastAPI:
         accounts,
     ):
         app.include_router(module.router, prefix=api_prefix)
+    app.include_router(openai_compat.router)
     app.include_router(pages.router)
     app.include_router(data_pages.router)
     app.include_router(evaluation_pages.router)

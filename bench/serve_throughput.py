@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: concurrency")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="server's batching wait")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/tunelab-bench-models"))
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 requests, 8 tokens")
     args = parser.parse_args()
@@ -55,7 +56,10 @@ def main() -> None:
     prompts = load_prompts(args.concurrency)
     settings = DecodingSettings(max_new_tokens=args.max_new_tokens)
     engine = ServingEngine.from_model(
-        model, tokenizer, max_batch_size=args.max_batch_size or args.concurrency
+        model,
+        tokenizer,
+        max_batch_size=args.max_batch_size or args.concurrency,
+        max_wait_ms=args.max_wait_ms,
     )
     try:
         with serving(engine) as url:
@@ -93,6 +97,7 @@ def main() -> None:
                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                 "concurrency": len(prompts),
                 "max_new_tokens": args.max_new_tokens,
+                "max_wait_ms": args.max_wait_ms,
                 "one_at_a_time_new_tokens": single_tokens,
                 "server_new_tokens": server_tokens,
                 "one_at_a_time_seconds": round(single_seconds, 3),

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     # prompt-only models, transformers otherwise. vLLM and the transformers copy used for
     # likelihoods then share the GPU.
     eval_backend: Literal["transformers", "vllm"] = "transformers"
+    # Where a worker's model server for a deployment listens, and the address the web process
+    # reaches it at (a cluster worker sets both to its own reachable address).
+    serve_host: str = "127.0.0.1"
+    serve_advertise_host: str | None = None
     # Where base models given by hub id come from; off-line installs set HF_HUB_OFFLINE too.
     allow_hub_downloads: bool = True
     # Converted and downloaded base models; can be shared between data folders.

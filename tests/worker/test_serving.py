@@ -67,7 +67,7 @@ def serving(engine: ServingEngine, api_key: str | None = KEY) -> Iterator[str]:
 def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("adapters")
     return {
-        "alpha": save_adapter(tiny_model_dir, lora(), folder / "alpha", seed=1),
+        "alpha": save_adapter(tiny_model_dir, lora(), folder / "alpha", seed=4),
         "beta": save_adapter(tiny_model_dir, lora(), folder / "beta", seed=2),
     }
 
@@ -199,13 +199,14 @@ def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
 
 
 def test_stop_string_ends_the_answer_before_it(client: openai.OpenAI) -> None:
-    full = chat(client, "alpha", max_tokens=24).choices[0].message.content
-    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    full = chat(client, "base", max_tokens=24).choices[0].message.content
+    stop = full[len(full) // 3 : len(full) // 3 + 3]
     expected = full[: full.find(stop)]
+    assert expected, "the stop string should cut the answer after some text"
 
-    cut = chat(client, "alpha", max_tokens=24, stop=[stop]).choices[0]
+    cut = chat(client, "base", max_tokens=24, stop=["never appears", stop]).choices[0]
     assert cut.message.content == expected and cut.finish_reason == "stop"
-    chunks = streamed(client, "alpha", max_tokens=24, stop=stop)
+    chunks = streamed(client, "base", max_tokens=24, stop=stop)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
 
 

@@ -13,7 +13,7 @@ from app.core.db import session_scope
 from app.models import Job
 from app.services import evaluations as evaluations_service
 from app.services import exports as service
-from worker.celery_app import MAKE_EXPORT, celery_app
+from worker.celery_app import MAKE_EXPORT, SERVE_DEPLOYMENT, celery_app
 from worker.deploy.export import ExportError, export_adapter, export_merged
 from worker.training import TrainingError
 
@@ -77,3 +77,90 @@ def make_export(export_id: str) -> str:
     with session_scope() as session:
         service.finish(session, export_id=xid, values=values)
     return str(values["status"])
+
+
+@celery_app.task(name=SERVE_DEPLOYMENT)
+def serve_deployment(deployment_id: str) -> str:
+    """Serve one deployment until it is stopped: the model server runs in this worker, on a
+    port of its own; tunelab's web process forwards requests to it."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from app.services import deployments
+    from worker.serving.engine import ServingEngine
+    from worker.serving.openai_app import make_app
+    from worker.tasks.training import SHUTTING_DOWN, worker_name
+
+    settings = get_settings()
+    did = uuid.UUID(deployment_id)
+    with session_scope() as session:
+        deployment = deployments.claim(session, deployment_id=did, worker=worker_name())
+        if deployment is None:
+            return "skipped"
+        name, base_model, api_key = deployment.name, deployment.base_model, deployment.api_key
+        adapters = {
+            f"{name}/{a['name']}": settings.data_dir / a["path"] for a in deployment.adapters
+        }
+
+    error = None
+    server = None
+    thread = None
+    engine = None
+    try:
+        engine = ServingEngine(
+            base_model,
+            adapters,
+            model_cache_dir=settings.model_cache_dir,
+            served_name=f"{name}/base",
+            allow_downloads=settings.allow_hub_downloads,
+        )
+        with socket.socket() as probe:
+            probe.bind((settings.serve_host, 0))
+            port = int(probe.getsockname()[1])
+        server = uvicorn.Server(
+            uvicorn.Config(
+                make_app(engine, api_key=api_key),
+                host=settings.serve_host,
+                port=port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        thread = threading.Thread(target=server.run, name=f"serve-{name}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the model server did not start")
+            time.sleep(0.05)
+        host = settings.serve_advertise_host or settings.serve_host
+        with session_scope() as session:
+            if not deployments.mark_running(
+                session, deployment_id=did, url=f"http://{host}:{port}"
+            ):
+                return "stopped before it started"
+        while not SHUTTING_DOWN.is_set():
+            time.sleep(1.0)
+            with session_scope() as session:
+                status = deployments.heartbeat(session, deployment_id=did)
+            if status != "running":
+                break
+    except Exception as exc:
+        log.error("deployment %s failed:\n%s", deployment_id, traceback.format_exc())
+        error = (
+            str(exc)
+            if isinstance(exc, TrainingError | ValueError)
+            else (f"the model server failed ({type(exc).__name__}: {exc})")
+        )
+    finally:
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=30)
+        if engine is not None:
+            engine.close()
+        with session_scope() as session:
+            deployments.mark_stopped(session, deployment_id=did, error=error)
+    return "failed" if error else "stopped"

@@ -298,8 +298,11 @@ def requeue_stale_jobs() -> int:
         stale = jobs_service.reap_stale_jobs(session, lease_seconds=settings.lease_seconds)
     for jid, queue in stale:
         enqueue_training(job_id=jid, queue=queue)
+    from app.services.deployments import mark_lost
     from worker.tasks.evaluation import requeue_stale_evaluations
 
+    with session_scope() as session:
+        mark_lost(session, lease_seconds=settings.lease_seconds)
     return len(stale) + requeue_stale_evaluations()
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import CurrentReader, CurrentTrainer, SessionDep, SettingsDep
+from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
 from app.core.errors import NotFound
 from app.models import Job
-from app.schemas.deploy import ExportCreate, ExportRead
-from app.services import access
+from app.schemas.common import Page
+from app.schemas.deploy import DeploymentCreate, DeploymentRead, ExportCreate, ExportRead
+from app.services import access, deployments
 from app.services import exports as service
-from app.services.queue import enqueue_export
+from app.services.queue import enqueue_deployment, enqueue_export
 
 router = APIRouter(tags=["deploy"])
 
@@ -60,3 +61,65 @@ def download_export(
     if not path.is_file():
         raise NotFound("the export's file is gone")
     return FileResponse(path, media_type="application/x-tar", filename=path.name)
+
+
+# --- Deployments ------------------------------------------------------------------------------
+
+
+@router.post("/deployments", status_code=201, response_model=DeploymentRead)
+def create_deployment(
+    body: DeploymentCreate, session: SessionDep, settings: SettingsDep, me: CurrentTrainer
+) -> DeploymentRead:
+    """Serve jobs' adapters over one loaded base model on a worker; the models are then
+    reached at `/v1` (OpenAI-compatible) as `<name>/base` and `<name>/job-<id>`."""
+    deployment = deployments.create_deployment(session, settings=settings, data=body, user=me.user)
+    session.commit()
+    enqueue_deployment(deployment_id=deployment.id, queue=deployment.queue)
+    return deployments.deployment_read(deployment)
+
+
+@router.get("/deployments", response_model=Page[DeploymentRead])
+def list_deployments(
+    session: SessionDep,
+    me: CurrentReader,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    project_id: uuid.UUID | None = None,
+) -> Page[DeploymentRead]:
+    rows, total = deployments.list_deployments(
+        session, user=me.user, project_id=project_id, limit=limit, offset=offset
+    )
+    return Page(
+        items=[deployments.deployment_read(d) for d in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/deployments/{deployment_id}", response_model=DeploymentRead)
+def get_deployment(
+    deployment_id: uuid.UUID, session: SessionDep, me: CurrentReader
+) -> DeploymentRead:
+    return deployments.deployment_read(deployments.deployment_for(session, me.user, deployment_id))
+
+
+@router.post("/deployments/{deployment_id}/stop", response_model=DeploymentRead)
+def stop_deployment(
+    deployment_id: uuid.UUID, session: SessionDep, me: CurrentTrainer
+) -> DeploymentRead:
+    """Undeploy: the worker stops serving within seconds and is free for other work."""
+    deployment = deployments.deployment_for(session, me.user, deployment_id)
+    deployments.stop_deployment(session, deployment=deployment)
+    session.commit()
+    return deployments.deployment_read(deployment)
+
+
+@router.delete("/deployments/{deployment_id}", status_code=204)
+def delete_deployment(
+    deployment_id: uuid.UUID, session: SessionDep, me: CurrentTrainer
+) -> Response:
+    deployment = deployments.deployment_for(session, me.user, deployment_id)
+    deployments.delete_deployment(session, deployment=deployment)
+    session.commit()
+    return Response(status_code=204)

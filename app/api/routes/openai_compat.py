@@ -1,0 +1,99 @@
+"""tunelab's OpenAI-compatible surface: `/v1/models`, `/v1/chat/completions` and
+`/v1/completions`, with tunelab's tokens. Each request goes to the worker serving its model
+(never a model in this process), streamed back as it comes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from app.api.deps import CurrentReader, SessionDep
+from app.services import deployments
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+# Generation can take minutes; only connecting must be quick.
+UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
+
+
+def openai_error(status: int, message: str, *, kind: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": None}},
+        status_code=status,
+    )
+
+
+@router.get("/models")
+def list_models(session: SessionDep, me: CurrentReader) -> dict[str, Any]:
+    """Every model of the running deployments you can see."""
+    created = int(time.time())
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "tunelab"}
+        for deployment in deployments.running(session, user=me.user)
+        for name in deployments.served_names(deployment)
+    ]
+    return {"object": "list", "data": data}
+
+
+async def _forward(request: Request, session: SessionDep, me: Any, path: str) -> Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return openai_error(400, "the body must be JSON", kind="invalid_request_error")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return openai_error(400, "name the `model`", kind="invalid_request_error", param="model")
+    found = deployments.running_for_model(session, user=me.user, model=body["model"])
+    if found is None:
+        return openai_error(
+            404,
+            f"no running deployment serves the model {body['model']!r}; GET /v1/models lists them",
+            kind="invalid_request_error",
+            param="model",
+        )
+    deployment, _ = found
+    url, key = f"{deployment.url}/v1/{path}", deployment.api_key
+    session.close()  # nothing more to read; do not hold a connection while the model answers
+    client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT)
+    try:
+        upstream = await client.send(
+            client.build_request(
+                "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
+            ),
+            stream=True,
+        )
+    except httpx.HTTPError:
+        await client.aclose()
+        return openai_error(
+            503, "the worker serving this model cannot be reached", kind="server_error"
+        )
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            await client.aclose()
+
+    return StreamingResponse(
+        relay(),
+        status_code=upstream.status_code,
+        media_type=upstream.headers.get("content-type", "application/json"),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: Request, session: SessionDep, me: CurrentReader) -> Response:
+    """OpenAI's chat completions, streamed (server-sent events) when `stream` is true."""
+    return await _forward(request, session, me, "chat/completions")
+
+
+@router.post("/completions", response_model=None)
+async def completions(request: Request, session: SessionDep, me: CurrentReader) -> Response:
+    """OpenAI's (legacy) text completions, streamed when `stream` is true."""
+    return await _forward(request, session, me, "completions")

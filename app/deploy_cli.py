@@ -77,6 +77,7 @@ def add_parser(sub: Any) -> None:
         "--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"]
     )
     export.set_defaults(func=command_entry(_export_entry))
+    add_deploy_parser(sub, server)
 
 
 def _export_entry(args: argparse.Namespace, api: Api) -> int:
@@ -84,4 +85,55 @@ def _export_entry(args: argparse.Namespace, api: Api) -> int:
     return cmd_export(args, api)
 
 
-__all__ = ["add_parser", "cmd_export"]
+def cmd_deploy_start(args: argparse.Namespace, api: Api) -> int:
+    """Deploy jobs' adapters under a name; with --wait, until the models answer."""
+    project = args.project or api.get(f"/jobs/{args.jobs[0]}")["project_id"]
+    deployment = api.post(
+        "/deployments", {"project_id": project, "name": args.name, "job_ids": args.jobs}
+    )
+    print(f"deployment {deployment['id']} starting", file=sys.stderr)
+    while args.wait and deployment["status"] == "starting":
+        time.sleep(POLL_SECONDS)
+        deployment = api.get(f"/deployments/{deployment['id']}")
+    if deployment["status"] == "failed":
+        print(f"deployment failed: {deployment['error']}", file=sys.stderr)
+        return 1
+    print(f"{deployment['status']}: {deployment['id']}")
+    for name in deployment["models"]:
+        print(f"  model {name}")
+    if deployment["models"]:
+        print(f"OpenAI base URL: {api.url}/v1 (your tunelab token is the API key)")
+    return 0
+
+
+def cmd_deploy_list(args: argparse.Namespace, api: Api) -> int:
+    page = api.get("/deployments", project_id=args.project)
+    for d in page["items"]:
+        models = ", ".join(d["models"]) or "-"
+        print(f"{d['id']}  {d['name']:<20} {d['status']:<9} {models}")
+    if not page["items"]:
+        print("no deployments")
+    return 0
+
+
+def cmd_deploy_stop(args: argparse.Namespace, api: Api) -> int:
+    deployment = api.post(f"/deployments/{args.id}/stop")
+    print(f"{deployment['name']}: {deployment['status']}")
+    return 0
+
+
+def add_deploy_parser(sub: Any, server: argparse.ArgumentParser) -> None:
+    deploy = sub.add_parser("deploy", help="serve jobs' adapters behind the OpenAI-compatible API")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    start = deploy_sub.add_parser("start", help="deploy jobs under a name", parents=[server])
+    start.add_argument("jobs", nargs="+", metavar="JOB_ID")
+    start.add_argument("--name", required=True, help="lower-case letters, digits and dashes")
+    start.add_argument("--project", metavar="ID", help="default: the first job's project")
+    start.add_argument("--wait", action="store_true", help="until the models answer")
+    start.set_defaults(func=command_entry(cmd_deploy_start))
+    listing = deploy_sub.add_parser("list", help="deployments and their models", parents=[server])
+    listing.add_argument("--project", metavar="ID")
+    listing.set_defaults(func=command_entry(cmd_deploy_list))
+    stop = deploy_sub.add_parser("stop", help="undeploy", parents=[server])
+    stop.add_argument("id", metavar="DEPLOYMENT_ID")
+    stop.set_defaults(func=command_entry(cmd_deploy_stop))

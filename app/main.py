@@ -31,7 +31,14 @@ from app.core.security_headers import (
     SECURITY_HEADERS,
     SecurityHeadersMiddleware,
 )
-from app.web import auth_pages, data_pages, evaluation_pages, pages, review_pages
+from app.web import (
+    auth_pages,
+    data_pages,
+    deploy_pages,
+    evaluation_pages,
+    pages,
+    review_pages,
+)
 from app.web.rendering import error_page
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,7 @@ def create_app() -> FastAPI:
     app.include_router(data_pages.router)
     app.include_router(evaluation_pages.router)
     app.include_router(review_pages.router)
+    app.include_router(deploy_pages.router)
     app.include_router(auth_pages.router)
     app.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
 

@@ -100,7 +100,8 @@ def client(url: str) -> openai.OpenAI:
 
 
 def chat(client: openai.OpenAI, model: str, **options: Any) -> Any:
-    options = {"messages": QUESTION, "max_tokens": 12, "temperature": 0} | options
+    defaults: dict[str, Any] = {"messages": QUESTION, "max_tokens": 12, "temperature": 0}
+    options = defaults | options
     return client.chat.completions.create(model=model, **options)
 
 
@@ -143,7 +144,8 @@ def test_completions_endpoint_continues_a_raw_prompt(client: openai.OpenAI) -> N
     whole = client.completions.create(
         model="base", prompt="Once upon a time", max_tokens=8, temperature=0
     )
-    assert whole.object == "text_completion" and whole.usage.prompt_tokens == 4
+    assert whole.object == "text_completion"
+    assert whole.usage is not None and whole.usage.prompt_tokens == 4
     parts = client.completions.create(
         model="base", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True
     )
@@ -213,38 +215,44 @@ def test_stop_string_ends_the_answer_before_it(client: openai.OpenAI) -> None:
 # --- Refusals -------------------------------------------------------------------------------
 
 
+def error_body(error: openai.APIStatusError) -> dict[str, Any]:
+    """The ``error`` object of an OpenAI-shaped error response."""
+    assert isinstance(error.body, dict)
+    return error.body
+
+
 def test_wrong_key_is_refused_with_401(url: str) -> None:
     stranger = openai.OpenAI(base_url=url, api_key="not-the-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:
         stranger.models.list()
     assert caught.value.status_code == 401
-    assert "API key" in caught.value.body["message"]
+    assert "API key" in error_body(caught.value)["message"]
 
 
 def test_unknown_model_is_404_naming_the_served_ones(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         chat(client, "gamma")
-    assert caught.value.body["code"] == "model_not_found"
-    assert "alpha" in caught.value.body["message"]
+    assert error_body(caught.value)["code"] == "model_not_found"
+    assert "alpha" in error_body(caught.value)["message"]
 
 
 def test_more_than_one_choice_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         chat(client, "base", n=2)
-    assert caught.value.body["param"] == "n"
+    assert error_body(caught.value)["param"] == "n"
 
 
 def test_prompt_longer_than_the_context_is_400(client: openai.OpenAI) -> None:
     long = [{"role": "user", "content": "word " * 1100}]
     with pytest.raises(openai.BadRequestError) as caught:
         chat(client, "base", messages=long, stream=True)
-    assert "1024 tokens" in caught.value.body["message"]
+    assert "1024 tokens" in error_body(caught.value)["message"]
 
 
 def test_invalid_body_is_400_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         chat(client, "base", temperature=-1)
-    assert "temperature" in caught.value.body["message"]
+    assert "temperature" in error_body(caught.value)["message"]
 
 
 # --- Streaming text a character at a time ---------------------------------------------------
@@ -260,9 +268,7 @@ class ScriptedModel(torch.nn.Module):
         self.config = SimpleNamespace(max_position_embeddings=1024)
         self.generation_config = SimpleNamespace(eos_token_id=eos)
 
-    def forward(
-        self, input_ids: torch.Tensor, past_key_values: int | None = None, **_: Any
-    ) -> Any:
+    def forward(self, input_ids: torch.Tensor, past_key_values: int | None = None, **_: Any) -> Any:
         step = past_key_values or 0
         token = self.script[step] if step < len(self.script) else self.eos
         logits = torch.zeros(input_ids.shape[0], 1, self.vocab)

@@ -131,3 +131,27 @@ def card_data(session: Session, *, job: Job) -> dict[str, Any]:
         },
         "evaluation": evaluation_data,
     }
+
+
+def check_prompts(session: Session, *, job: Job, limit: int = 4) -> list[list[dict[str, Any]]]:
+    """Prompts a merged export is checked on: the first test prompts of the job's newest
+    evaluation (the prompts it was measured on), if it has one."""
+    from app.models import EvalSample, EvalStatus, Evaluation
+
+    evaluation_id = session.scalar(
+        select(Evaluation.id)
+        .where(Evaluation.job_id == job.id, Evaluation.status == EvalStatus.succeeded)
+        .order_by(Evaluation.finished_at.desc())
+        .limit(1)
+    )
+    if evaluation_id is None:
+        return []
+    return [
+        list(messages)
+        for messages in session.scalars(
+            select(EvalSample.messages)
+            .where(EvalSample.evaluation_id == evaluation_id)
+            .order_by(EvalSample.position)
+            .limit(limit)
+        ).all()
+    ]

@@ -507,9 +507,11 @@ def check_adapters(folders: Mapping[str, Path], served_name: str) -> None:
 
     types: dict[str, str] = {}
     for name, folder in folders.items():
-        if not name or name == served_name:
+        if not name or name == served_name or "." in name:
+            # PEFT keeps adapters in torch module dicts, whose keys cannot hold a dot.
             raise ValueError(
-                f"Adapter name '{name}' is empty or the base model's served name; rename it."
+                f"Adapter name '{name}' is empty, contains a dot, or is the base model's served "
+                "name; rename it."
             )
         if not (folder / "adapter_config.json").is_file():
             raise ValueError(

@@ -37,6 +37,7 @@ def make_export(export_id: str) -> str:
             )
             return "failed"
         card = service.card_data(session, job=job)
+        prompts = service.check_prompts(session, job=job)
         kind, dtype = export.kind, export.dtype
         base_model = str(job.config["base_model"])
         trust = bool(job.config.get("trust_remote_code"))
@@ -53,6 +54,7 @@ def make_export(export_id: str) -> str:
                 model_cache_dir=settings.model_cache_dir,
                 card=card,
                 dtype=dtype,
+                prompts=prompts,
                 allow_downloads=settings.allow_hub_downloads,
                 trust_remote_code=trust,
             )

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: concurrency")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="server's batching wait")
+    parser.add_argument("--max-wait-ms", type=float, default=20.0, help="server's batching wait")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/tunelab-bench-models"))
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 requests, 8 tokens")
     args = parser.parse_args()

@@ -562,3 +562,68 @@ def test_evaluation_compares_base_lora_and_qlora_on_the_gpu(tmp_path: Path) -> N
     for run in outcome.runs.values():
         assert len(run.answers) == len(examples)
     assert set(outcome.deltas) == {"lora", "qlora"}
+
+
+def test_the_model_server_batches_adapter_requests_on_the_gpu(tmp_path: Path) -> None:
+    """The serving engine on CUDA in bf16: concurrent requests for an adapter are answered
+    in shared batches."""
+    import asyncio
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from worker.serving.engine import SamplingParams, ServingEngine
+
+    model_dir = build_tiny_model(tmp_path / "model")
+    torch.manual_seed(0)
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(model_dir)),
+        LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    peft.save_pretrained(str(tmp_path / "adapter"))
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(tmp_path / "adapter"))
+    engine = ServingEngine(
+        str(model_dir), {"tuned": tmp_path / "adapter"}, model_cache_dir=tmp_path / "cache"
+    )
+    try:
+        params = SamplingParams(max_tokens=12, temperature=0.0)
+
+        async def ask_all() -> list[object]:
+            return await asyncio.gather(
+                *(
+                    engine.complete(
+                        "tuned", [{"role": "user", "content": f"Say {i}"}], None, params
+                    )
+                    for i in range(16)
+                )
+            )
+
+        answers = asyncio.run(ask_all())
+        assert len(answers) == 16 and all(a.completion_tokens > 0 for a in answers)  # type: ignore[attr-defined]
+        assert engine.stats()["max_batch_rows"] > 1
+    finally:
+        engine.close()
+
+
+def test_a_merged_bf16_export_passes_its_check_on_the_gpu(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from worker.deploy.export import export_merged
+
+    model_dir = build_tiny_model(tmp_path / "model")
+    torch.manual_seed(0)
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(model_dir)),
+        LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+    )
+    peft.save_pretrained(str(tmp_path / "adapter"))
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(tmp_path / "adapter"))
+    result = export_merged(
+        str(model_dir),
+        tmp_path / "adapter",
+        tmp_path / "merged",
+        model_cache_dir=tmp_path / "cache",
+        card={"name": "gpu"},
+    )
+    assert result.verification is not None and result.verification["passed"], result.verification

@@ -113,7 +113,7 @@ class ServingEngine:
         allow_downloads: bool = False,
         trust_remote_code: bool = False,
         max_batch_size: int = 16,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 20.0,
         dtype: str = "auto",
     ) -> None:
         folders = {name: Path(folder) for name, folder in adapters.items()}
@@ -139,7 +139,7 @@ class ServingEngine:
         *,
         served_name: str = "base",
         max_batch_size: int = 16,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 20.0,
     ) -> ServingEngine:
         """Serve a model already loaded (a PeftModel serves its adapters too)."""
         engine = cls.__new__(cls)

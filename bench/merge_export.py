@@ -6,7 +6,8 @@ the same model and adapter, in one run.
     python bench/merge_export.py --quick                 # a tiny shape on the CPU, in seconds
 
 The base model is random-initialised at a real shape (weights do not change the time), saved
-once as safetensors; the adapter is LoRA r16 on every projection with non-zero weights. Prints
+once as safetensors; the adapter is LoRA r16 on every projection, B drawn small as after
+training. Prints
 one JSON line: seconds of each, their ratio, the export's check, sizes.
 """
 
@@ -87,8 +88,14 @@ def main() -> None:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         model.save_pretrained(str(work / "base"), safe_serialization=True)
         tokenizer.save_pretrained(str(work / "base"))
-        lora = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False)
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS)
         peft = get_peft_model(model, lora)
+        # A trained adapter's B is small, not zero (PEFT starts it at zero): N(0, 5e-3) moves
+        # each weight by a few per cent, as training does.
+        with torch.no_grad():
+            for name, param in peft.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 5e-3)
         peft.save_pretrained(str(work / "adapter"))
         tokenizer.save_pretrained(str(work / "adapter"))
         del peft, model

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -155,6 +156,11 @@ class ServingEngine:
         max_wait_ms: float,
     ) -> None:
         ensure_chat_template(tokenizer)
+        # The decode loop and the HTTP event loop are two threads sharing the GIL; with the
+        # default 5 ms switch interval each decode step can wait that long for it several
+        # times over, which dominates a small model's step on a GPU.
+        if sys.getswitchinterval() > 0.0005:
+            sys.setswitchinterval(0.0005)
         self._pad_id = ensure_pad_token(tokenizer)
         self._model = model.eval()
         self._tokenizer = tokenizer

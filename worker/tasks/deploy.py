@@ -110,6 +110,19 @@ def serve_deployment(deployment_id: str) -> str:
     server = None
     thread = None
     engine = None
+    # Loading a large model takes longer than the lease: the row is kept alive meanwhile, and
+    # a deployment stopped while it loads is noticed as soon as the load ends.
+    loading = threading.Event()
+
+    def beat_while_loading() -> None:
+        while not loading.wait(settings.heartbeat_seconds):
+            try:
+                with session_scope() as session:
+                    deployments.heartbeat(session, deployment_id=did)
+            except Exception:
+                log.exception("heartbeat of deployment %s failed", deployment_id)
+
+    threading.Thread(target=beat_while_loading, name=f"load-{name}", daemon=True).start()
     try:
         engine = ServingEngine(
             base_model,
@@ -137,6 +150,7 @@ def serve_deployment(deployment_id: str) -> str:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the model server did not start")
             time.sleep(0.05)
+        loading.set()
         host = settings.serve_advertise_host or settings.serve_host
         with session_scope() as session:
             if not deployments.mark_running(
@@ -150,6 +164,7 @@ def serve_deployment(deployment_id: str) -> str:
             if status != "running":
                 break
     except Exception as exc:
+        loading.set()
         log.error("deployment %s failed:\n%s", deployment_id, traceback.format_exc())
         error = (
             str(exc)
@@ -157,6 +172,7 @@ def serve_deployment(deployment_id: str) -> str:
             else (f"the model server failed ({type(exc).__name__}: {exc})")
         )
     finally:
+        loading.set()
         if server is not None:
             server.should_exit = True
         if thread is not None:

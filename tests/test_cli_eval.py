@@ -17,17 +17,11 @@ import httpx
 import pytest
 
 from app.eval_cli import MARKS, display_width, results_table
-from tests.api.test_evaluations_api import RECORDS, wait_for_evaluation
+from tests.api.test_evaluations_api import train_and_evaluate
 from tests.factories import (
     create_project,
-    import_upload,
-    jsonl,
-    stage,
-    start_job,
-    tiny_config,
-    wait_for_status,
 )
-from tests.live import api_client, free_port, tunelab, wait_for
+from tests.live import api_client, free_port, tunelab
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ["rougeL >= 0.99", "perplexity improves on baseline by >= 0.5", "human win rate >= 60%"]
@@ -48,25 +42,9 @@ def env(cluster: Any, admin_token: str) -> dict[str, str]:
 def evaluated(cluster: Any, admin_token: str, tiny_model: Path) -> dict[str, Any]:
     """A project with criteria, a job trained on a 20%-test dataset, and its evaluation."""
     with api_client(cluster.url, admin_token) as api:
-        project = create_project(
-            api, name="命令行评测", system_prompt="Answer in one word.", success_criteria=CRITERIA
-        )
-        upload = stage(api, project["id"], jsonl(RECORDS))
-        dataset = import_upload(
-            api, upload["id"], split={"validation": 0.1, "test": 0.2, "seed": 1}
-        ).json()
-        config = tiny_config(tiny_model, max_steps=12)
-        job = start_job(api, project["id"], dataset["id"], config, evaluate=True)
-        done = wait_for_status(api, job["id"])
-        assert done["status"] == "succeeded", done["error"]
-        found = wait_for(
-            lambda: api.get("/evaluations", params={"job_id": job["id"]}).json()["items"],
-            60,
-            what="the job's automatic evaluation",
-        )
-        evaluation = wait_for_evaluation(api, found[0]["id"])
-        assert evaluation["status"] == "succeeded", evaluation["error"]
-        return {"project": project, "job": done, "evaluation": evaluation}
+        trained = train_and_evaluate(api, tiny_model, CRITERIA)
+        assert trained["evaluation"]["status"] == "succeeded", trained["evaluation"]["error"]
+        return trained
 
 
 def assert_verdict_printed(evaluation: dict[str, Any], out: str) -> None:

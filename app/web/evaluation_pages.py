@@ -19,19 +19,12 @@ from app.services import access
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
 from app.web.rendering import form_fields, render
+from worker.deploy.card import METRIC_TITLES
 
 router = APIRouter(include_in_schema=False)
 SAMPLES_PAGE = 20
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1", "perplexity")
-TITLES = {
-    "bleu": "BLEU",
-    "rouge1": "ROUGE-1",
-    "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L",
-    "exact_match": "Exact match",
-    "token_f1": "Token F1",
-    "perplexity": "Perplexity",
-}
+TITLES = METRIC_TITLES
 COLOURS = ("#98a2b3", "#3056d3", "#12b76a", "#f79009", "#7a5af8", "#ee46bc", "#06aed4", "#f04438")
 
 

@@ -69,6 +69,14 @@ class InvalidInput(TunelabError):
     status_code = 422
     code = "invalid_input"
 
+    @classmethod
+    def on(cls, field: str, message: str, *, detail: str | None = None) -> InvalidInput:
+        """One field at fault; the detail reads "field: message" unless given."""
+        return cls(
+            detail if detail is not None else f"{field}: {message}",
+            errors=[FieldError(field=field, message=message)],
+        )
+
 
 class InvalidDataset(InvalidInput):
     code = "invalid_dataset"

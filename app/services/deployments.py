@@ -17,18 +17,14 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.core.errors import Conflict, InvalidInput, NotFound
 from app.models import Deployment, Job, JobStatus, User
 from app.schemas.deploy import DeploymentCreate, DeploymentRead
 from app.services import access
-from app.services import evaluations as evaluations_service
+from app.services import jobs as jobs_service
 
 ACTIVE = ("starting", "running", "stopping")
 SERVABLE = ("lora", "qlora", "ia3")  # adapters that can share one loaded base model
-
-
-def _invalid(field: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{field}: {message}", errors=[FieldError(field=field, message=message)])
 
 
 def served_names(deployment: Deployment) -> list[str]:
@@ -62,7 +58,9 @@ def create_deployment(
         if job is None or job.project_id != project.id:
             raise NotFound("job not found in this project")
         if job.status != JobStatus.succeeded:
-            raise _invalid(field, f"job {str(job.id)[:8]} has {job.status}; it has no model yet")
+            raise InvalidInput.on(
+                field, f"job {str(job.id)[:8]} has {job.status}; it has no model yet"
+            )
         method = str(job.config.get("method"))
         if method not in SERVABLE:
             reason = (
@@ -72,18 +70,18 @@ def create_deployment(
                 else "a fully fine-tuned model is a model of its own; export it merged and "
                 "serve it with vLLM"
             )
-            raise _invalid(
+            raise InvalidInput.on(
                 field, f"job {str(job.id)[:8]} ({method}) cannot be served here: {reason}"
             )
-        artifact = evaluations_service.job_adapter(session, job_id=job.id)
+        artifact = jobs_service.model_artifact(session, job_id=job.id)
         if artifact is None:
-            raise _invalid(field, "the job's adapter files are gone")
+            raise InvalidInput.on(field, "the job's adapter files are gone")
         bases.add(str(job.config["base_model"]))
         adapters.append(
             {"name": f"job-{str(job.id)[:8]}", "job_id": str(job.id), "path": artifact.path}
         )
     if len(bases) != 1:
-        raise _invalid(
+        raise InvalidInput.on(
             "job_ids", f"one deployment serves one base model; these use {sorted(bases)}"
         )
     deployment = Deployment(

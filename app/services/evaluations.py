@@ -21,7 +21,6 @@ from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import (
-    Artifact,
     DatasetVersion,
     EvalSample,
     EvalStatus,
@@ -38,6 +37,7 @@ from app.services import datasets as datasets_service
 from worker.evaluation.criteria import summary as verdict_summary
 from worker.evaluation.criteria import verdict as criteria_verdict
 from worker.training.catalog import catalog_entry
+from worker.training.methods import METHODS
 
 BASELINE_KEY = "baseline"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
@@ -99,7 +99,7 @@ def create_evaluation(
             f"the {data.split} split of dataset version {version.number} is empty; choose "
             "another split, or upload a test file as its own dataset and use split=all"
         )
-        raise InvalidInput(message, errors=[FieldError(field="split", message=message)])
+        raise InvalidInput.on("split", message, detail=message)
     # Without a job's base model to prompt, the first prompted base model listed is the
     # baseline the others are compared with.
     first = candidates[0]
@@ -193,7 +193,7 @@ def _finished_job(session: Session, project: Project, job_id: uuid.UUID, *, fiel
         raise NotFound("job not found in this project")
     if job.status != JobStatus.succeeded:
         message = f"job {str(job.id)[:8]} has {job.status}; only a succeeded job has a model"
-        raise InvalidInput(message, errors=[FieldError(field=field, message=message)])
+        raise InvalidInput.on(field, message, detail=message)
     return job
 
 
@@ -211,7 +211,7 @@ def _test_version(
         source = session.get(Job, job_ids[0]) if job_ids else None
     if source is None or source.project_id != project.id:
         message = "say which data to evaluate on: dataset_id (and dataset_version)"
-        raise InvalidInput(message, errors=[FieldError(field="dataset_id", message=message)])
+        raise InvalidInput.on("dataset_id", message, detail=message)
     version = session.get(DatasetVersion, source.dataset_version_id)
     if version is None:
         raise NotFound("the job's dataset version no longer exists")
@@ -333,9 +333,7 @@ def _candidate(
     if not CHECKPOINT_NAME.match(name) or not folder.is_dir():
         have = ", ".join(p.name for p in list_checkpoints(settings, job.id)) or "none"
         message = f"job {str(job.id)[:8]} has no checkpoint {name!r} (it has: {have})"
-        raise InvalidInput(
-            message, errors=[FieldError(field=f"{field}.checkpoint", message=message)]
-        )
+        raise InvalidInput.on(f"{field}.checkpoint", message, detail=message)
     step = name.removeprefix("checkpoint-")
     return {
         "key": f"ckpt-{str(job.id)[:8]}-{step}",
@@ -374,24 +372,8 @@ def _model_title(name: str) -> str:
 
 
 def method_title(method: str) -> str:
-    return {
-        "lora": "LoRA",
-        "qlora": "QLoRA",
-        "prefix_tuning": "prefix-tuning",
-        "p_tuning": "P-tuning",
-        "ia3": "IA3",
-        "full": "full fine-tuning",
-    }.get(method, method)
-
-
-def job_adapter(session: Session, *, job_id: uuid.UUID) -> Artifact | None:
-    """The model a succeeded job produced (its adapter, or all weights for full tuning)."""
-    return session.scalar(
-        select(Artifact)
-        .where(Artifact.job_id == job_id, Artifact.kind == "adapter")
-        .order_by(Artifact.created_at.desc())
-        .limit(1)
-    )
+    info = METHODS.get(method)
+    return info.title if info is not None else method
 
 
 # --- Reading ------------------------------------------------------------------------------------
@@ -528,7 +510,11 @@ def project_report(session: Session, *, project: Project, history: int = 20) -> 
         .order_by(Evaluation.finished_at.desc(), Evaluation.id)
         .limit(1)
     )
-    current = evaluation_read(latest, project) if latest is not None else None
+    # Each read judges the verdict (and looks up human reviews): once per evaluation.
+    reads = {e.id: evaluation_read(e, project) for e in recent}
+    current = None
+    if latest is not None:
+        current = reads.get(latest.id) or evaluation_read(latest, project)
     verdict = current.verdict if current else criteria_verdict(list(project.success_criteria), None)
     return {
         "project_id": project.id,
@@ -536,7 +522,7 @@ def project_report(session: Session, *, project: Project, history: int = 20) -> 
         "evaluation": current,
         "verdict": verdict,
         "verdict_summary": verdict_summary(verdict),
-        "history": [evaluation_read(e, project) for e in recent],
+        "history": list(reads.values()),
     }
 
 
@@ -649,6 +635,16 @@ def finish_evaluation(
     return True
 
 
+# An evaluation handed back or reaped starts over on its next worker (its answers are only
+# written at the end), so nothing of the attempt is kept.
+_BACK_IN_QUEUE: dict[str, Any] = {
+    "status": EvalStatus.queued,
+    "worker": None,
+    "heartbeat_at": None,
+    "progress": {},
+}
+
+
 def release_evaluation(session: Session, *, evaluation_id: uuid.UUID, worker: str) -> str | None:
     """A stopping worker gives its evaluation back; returns the queue to re-send it to."""
     released = session.execute(
@@ -658,7 +654,7 @@ def release_evaluation(session: Session, *, evaluation_id: uuid.UUID, worker: st
             Evaluation.worker == worker,
             Evaluation.status == EvalStatus.running,
         )
-        .values(status=EvalStatus.queued, worker=None, heartbeat_at=None, progress={})
+        .values(**_BACK_IN_QUEUE)
     )
     if not released.rowcount:  # type: ignore[attr-defined]
         return None
@@ -685,7 +681,7 @@ def reap_stale_evaluations(
                 Evaluation.worker == worker,
                 Evaluation.heartbeat_at < cutoff,
             )
-            .values(status=EvalStatus.queued, worker=None, heartbeat_at=None, progress={})
+            .values(**_BACK_IN_QUEUE)
         )
         if moved.rowcount:  # type: ignore[attr-defined]
             requeued.append((evaluation_id, queue))

@@ -13,6 +13,7 @@ from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import Export, Job, JobStatus, User
 from app.services import access
 from app.services import evaluations as evaluations_service
+from app.services import jobs as jobs_service
 
 KINDS = ("adapter", "merged")
 PROMPT_LEARNING = ("prefix_tuning", "p_tuning")
@@ -36,11 +37,11 @@ def create_export(
             f"{method.replace('_', '-')} adds virtual tokens instead of changing weights, so "
             "it cannot be merged; export the adapter"
         )
-        raise InvalidInput(message, errors=[FieldError(field="kind", message=message)])
+        raise InvalidInput.on("kind", message, detail=message)
     if kind == "adapter" and method == "full":
         message = "this job fine-tuned every weight: there is no adapter; export it merged"
-        raise InvalidInput(message, errors=[FieldError(field="kind", message=message)])
-    if evaluations_service.job_adapter(session, job_id=job.id) is None:
+        raise InvalidInput.on("kind", message, detail=message)
+    if jobs_service.model_artifact(session, job_id=job.id) is None:
         raise Conflict("the job's model files are gone")
     export = Export(job_id=job.id, kind=kind, dtype=dtype, status="queued", created_by_id=user.id)
     session.add(export)

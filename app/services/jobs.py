@@ -290,6 +290,16 @@ def list_artifacts(session: Session, *, job_id: uuid.UUID) -> list[Artifact]:
     )
 
 
+def model_artifact(session: Session, *, job_id: uuid.UUID) -> Artifact | None:
+    """The model a succeeded job produced (its adapter, or all weights for full tuning)."""
+    return session.scalar(
+        select(Artifact)
+        .where(Artifact.job_id == job_id, Artifact.kind == "adapter")
+        .order_by(Artifact.created_at.desc())
+        .limit(1)
+    )
+
+
 def add_event(
     session: Session,
     *,

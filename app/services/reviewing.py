@@ -16,7 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.core.errors import Conflict, InvalidInput, NotFound
 from app.models import (
     CampaignReviewer,
     CampaignStatus,
@@ -27,10 +27,6 @@ from app.models import (
     User,
 )
 from app.schemas.review import RatingIn, ReviewerItem
-
-
-def _invalid(field: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{field}: {message}", errors=[FieldError(field=field, message=message)])
 
 
 def reviewer_campaign(session: Session, user: User, campaign_id: uuid.UUID) -> ReviewCampaign:
@@ -56,20 +52,20 @@ def my_campaigns(session: Session, *, user: User) -> list[dict[str, Any]]:
         .where(CampaignReviewer.user_id == user.id, ReviewCampaign.status != CampaignStatus.draft)
         .order_by(ReviewCampaign.created_at.desc())
     ).all()
-    out = []
-    for campaign in rows:
-        total, rated, upcoming = _progress(session, campaign.id, user.id)
-        out.append(
-            {
-                "id": campaign.id,
-                "name": campaign.name,
-                "status": campaign.status,
-                "total": total,
-                "rated": rated,
-                "next_sequence": upcoming,
-            }
-        )
-    return out
+    return [progress(session, campaign=campaign, user=user) for campaign in rows]
+
+
+def progress(session: Session, *, campaign: ReviewCampaign, user: User) -> dict[str, Any]:
+    """How far ``user`` is through a campaign, and their next item without a grade."""
+    total, rated, upcoming = _progress(session, campaign.id, user.id)
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "status": campaign.status,
+        "total": total,
+        "rated": rated,
+        "next_sequence": upcoming,
+    }
 
 
 def _progress(
@@ -157,22 +153,22 @@ def save_rating(
         raise Conflict(f"the campaign is {campaign.status}; ratings can no longer change")
     assignment = _assignment(session, campaign, user, sequence)
     if body.choice is not None and campaign.mode == "rating":
-        raise _invalid("choice", "this campaign asks for ratings only")
+        raise InvalidInput.on("choice", "this campaign asks for ratings only")
     if body.choice in ("right", "tie") and campaign.model_b is None:
-        raise _invalid("choice", "there is only one answer to grade")
+        raise InvalidInput.on("choice", "there is only one answer to grade")
     to_model = {side: model for model, side in _sides(assignment.swapped).items()}
     scores: dict[str, dict[str, int]] = {}
     for side, given in body.scores.items():
         if side == "right" and campaign.model_b is None:
-            raise _invalid("scores.right", "there is only one answer to grade")
+            raise InvalidInput.on("scores.right", "there is only one answer to grade")
         for criterion, value in given.items():
             if criterion not in campaign.criteria:
-                raise _invalid(
+                raise InvalidInput.on(
                     f"scores.{side}.{criterion}",
                     f"not a criterion of this campaign ({', '.join(campaign.criteria)})",
                 )
             if not 1 <= value <= 5:
-                raise _invalid(f"scores.{side}.{criterion}", "ratings go from 1 to 5")
+                raise InvalidInput.on(f"scores.{side}.{criterion}", "ratings go from 1 to 5")
         scores[to_model[side]] = dict(given)
     choice = to_model.get(body.choice or "", body.choice)
     now = utcnow()

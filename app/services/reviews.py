@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.core.errors import Conflict, InvalidInput, NotFound
 from app.models import (
     CampaignReviewer,
     CampaignStatus,
@@ -37,10 +37,6 @@ from app.services import evaluations as evaluations_service
 SIDES = ("left", "right")
 
 
-def _invalid(field: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{field}: {message}", errors=[FieldError(field=field, message=message)])
-
-
 # --- Setting up --------------------------------------------------------------------------------
 
 
@@ -51,7 +47,9 @@ def create_campaign(session: Session, *, data: CampaignCreate, user: User) -> Re
     if evaluation is None or evaluation.project_id != project.id:
         raise NotFound("evaluation not found in this project")
     if evaluation.status != EvalStatus.succeeded:
-        raise _invalid("evaluation_id", f"the evaluation has {evaluation.status}; wait for it")
+        raise InvalidInput.on(
+            "evaluation_id", f"the evaluation has {evaluation.status}; wait for it"
+        )
     candidates = {c["key"]: c for c in evaluation.candidates}
     results = evaluation.results or {}
     key_a = data.model_a or results.get("baseline") or evaluation.candidates[0]["key"]
@@ -62,21 +60,21 @@ def create_campaign(session: Session, *, data: CampaignCreate, user: User) -> Re
             key_b = next((k for k in candidates if k != key_a), None)
     for field, key in (("model_a", key_a), ("model_b", key_b)):
         if key is not None and key not in candidates:
-            raise _invalid(
+            raise InvalidInput.on(
                 field, f"{key!r} is not a model of this evaluation ({', '.join(candidates)})"
             )
     if data.mode != "rating" and (key_b is None or key_b == key_a):
-        raise _invalid("model_b", "a pairwise campaign needs two different models")
+        raise InvalidInput.on("model_b", "a pairwise campaign needs two different models")
     criteria = [c.strip() for c in data.criteria if c.strip()]
     if data.mode != "pairwise" and not criteria:
-        raise _invalid("criteria", "rating needs at least one rubric criterion")
+        raise InvalidInput.on("criteria", "rating needs at least one rubric criterion")
     if len(set(criteria)) != len(criteria):
-        raise _invalid("criteria", "each criterion once")
+        raise InvalidInput.on("criteria", "each criterion once")
     reviewers = [
         _reviewer(session, email, f"reviewers.{i}") for i, email in enumerate(data.reviewers)
     ]
     if data.open and not reviewers:
-        raise _invalid("reviewers", "name at least one reviewer to open the campaign")
+        raise InvalidInput.on("reviewers", "name at least one reviewer to open the campaign")
 
     campaign = ReviewCampaign(
         project_id=project.id,
@@ -130,7 +128,7 @@ def _reviewer(session: Session, email: str, field: str) -> User:
     try:
         return accounts.find_user(session, email=email)
     except NotFound:
-        raise _invalid(
+        raise InvalidInput.on(
             field, f"no user with the e-mail {email!r}; create the account first"
         ) from None
 
@@ -170,7 +168,7 @@ def add_prompts(session: Session, *, campaign: ReviewCampaign, prompts: list[str
     )
     added = _add_typed(session, campaign, prompts, start=(last if last is not None else -1) + 1)
     if not added:
-        raise _invalid("prompts", "every prompt was empty")
+        raise InvalidInput.on("prompts", "every prompt was empty")
     return added
 
 
@@ -196,7 +194,7 @@ def open_campaign(session: Session, *, campaign: ReviewCampaign) -> None:
     if campaign.status == CampaignStatus.closed:
         raise Conflict("the campaign is closed")
     if not reviewer_ids(session, campaign.id):
-        raise _invalid("reviewers", "add at least one reviewer first")
+        raise InvalidInput.on("reviewers", "add at least one reviewer first")
     campaign.status = CampaignStatus.open
     campaign.opened_at = campaign.opened_at or utcnow()
     assign(session, campaign=campaign)

@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from app.api.deps import CurrentReader, CurrentTrainer, Offset, SessionDep, SettingsDep
 from app.core.errors import FieldError, InvalidInput, TunelabError
-from app.models import EvalStatus, Evaluation, Job, JobStatus
+from app.models import EvalStatus, Evaluation, Job, JobStatus, ReviewCampaign
 from app.schemas.evaluation import EvaluationCreate
 from app.services import access
 from app.services import datasets as datasets_service
@@ -159,8 +160,8 @@ def interval_chart(table: dict[str, Any], results: dict[str, Any], width: int = 
     }
 
 
-def _evaluation_view(evaluation: Any, project: Any) -> dict[str, Any]:
-    read = service.evaluation_read(evaluation, project)
+def _evaluation_view(evaluation: Any, project: Any, read: Any = None) -> dict[str, Any]:
+    read = read or service.evaluation_read(evaluation, project)
     results = evaluation.results or {}
     table = results_table(results, evaluation.candidates) if results else None
     return {
@@ -173,8 +174,6 @@ def _evaluation_view(evaluation: Any, project: Any) -> dict[str, Any]:
 
 
 def _form_context(session: SessionDep, project: Any) -> dict[str, Any]:
-    from sqlalchemy import select
-
     jobs = session.scalars(
         select(Job)
         .where(Job.project_id == project.id, Job.status == JobStatus.succeeded)
@@ -201,7 +200,7 @@ def _report_context(session: SessionDep, project: Any) -> dict[str, Any]:
     view: dict[str, Any] = {}
     row = session.get(Evaluation, current.id) if current is not None else None
     if row is not None:
-        view = _evaluation_view(row, project)
+        view = _evaluation_view(row, project, current)
     return {
         "project": project,
         "report": report,
@@ -307,10 +306,6 @@ def evaluation_page(
 
 
 def _campaigns(session: SessionDep, evaluation_id: uuid.UUID) -> list[Any]:
-    from sqlalchemy import select
-
-    from app.models import ReviewCampaign
-
     return list(
         session.scalars(
             select(ReviewCampaign)

@@ -58,8 +58,7 @@ def reviews_page(request: Request, session: SessionDep, me: CurrentUser) -> HTML
 def next_item(campaign_id: uuid.UUID, session: SessionDep, me: CurrentUser) -> Response:
     """Carry on where the reviewer stopped: their first item without a rating."""
     campaign = reviewing.reviewer_campaign(session, me.user, campaign_id)
-    mine = [c for c in reviewing.my_campaigns(session, user=me.user) if c["id"] == campaign.id]
-    upcoming = mine[0]["next_sequence"] if mine else None
+    upcoming = reviewing.progress(session, campaign=campaign, user=me.user)["next_sequence"]
     if upcoming is None:
         return RedirectResponse(f"/reviews/{campaign_id}/done", status_code=303)
     return RedirectResponse(f"/reviews/{campaign_id}/{upcoming}", status_code=303)
@@ -70,8 +69,8 @@ def done_page(
     campaign_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentUser
 ) -> HTMLResponse:
     campaign = reviewing.reviewer_campaign(session, me.user, campaign_id)
-    mine = [c for c in reviewing.my_campaigns(session, user=me.user) if c["id"] == campaign.id]
-    return render(request, "reviews/done.html", campaign=campaign, progress=mine[0])
+    mine = reviewing.progress(session, campaign=campaign, user=me.user)
+    return render(request, "reviews/done.html", campaign=campaign, progress=mine)
 
 
 @router.get("/reviews/{campaign_id}/{sequence}")

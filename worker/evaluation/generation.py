@@ -132,7 +132,7 @@ def _generate_transformers(
             torch.manual_seed(settings.seed)
             for batch in _batches(encoded, settings.max_new_tokens, budget, rows_cap):
                 prompts = [encoded[i] for i in batch]
-                ids, mask = _left_padded(prompts, pad_id, device)
+                ids, mask = left_padded(prompts, pad_id, device)
                 stopper = _StopStrings(tokenizer, settings.stop, ids.shape[1], len(batch))
                 out = model.generate(
                     input_ids=ids,
@@ -196,7 +196,7 @@ def _batches(
     return batches
 
 
-def _left_padded(
+def left_padded(
     prompts: list[list[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # Left padding puts every prompt's last token in the last column, where generation

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, Field
 
-from worker.evaluation.generation import eos_token_ids
+from worker.evaluation.generation import eos_token_ids, left_padded
 from worker.training.formatting import ensure_chat_template, ensure_pad_token, render
 from worker.training.models import (
     load_model,
@@ -337,7 +337,7 @@ class ServingEngine:
 
     def _run_batch(self, requests: list[_Request]) -> None:
         rows = [_Row(r, self._tokenizer, self._eos_ids, self._device) for r in requests]
-        ids, mask = _left_padded([r.ids for r in requests], self._pad_id, self._device)
+        ids, mask = left_padded([r.ids for r in requests], self._pad_id, self._device)
         # Positions count real tokens only, so a left-padded row starts at 0 like an unpadded one.
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         extra = {"logits_to_keep": 1} if self._keeps_last_logits else {}
@@ -476,18 +476,6 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
     keep = (ordered.cumsum(dim=-1) - ordered) < params.top_p
     choice = torch.multinomial(ordered * keep, 1, generator=generator)
     return int(order[choice].item())
-
-
-def _left_padded(
-    prompts: list[list[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _context_length(model: Any, tokenizer: Any) -> int:

@@ -11,10 +11,11 @@ import uuid
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.models import Job
-from app.services import evaluations as evaluations_service
 from app.services import exports as service
+from app.services import jobs as jobs_service
 from worker.celery_app import MAKE_EXPORT, SERVE_DEPLOYMENT, celery_app
 from worker.deploy.export import ExportError, export_adapter, export_merged
+from worker.tasks import crashed
 from worker.training import TrainingError
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def make_export(export_id: str) -> str:
         if export is None:
             return "skipped"
         job = session.get(Job, export.job_id)
-        artifact = evaluations_service.job_adapter(session, job_id=export.job_id)
+        artifact = jobs_service.model_artifact(session, job_id=export.job_id)
         if job is None or artifact is None:
             service.finish(
                 session, export_id=xid, values={"status": "failed", "error": "the model is gone"}
@@ -72,8 +73,7 @@ def make_export(export_id: str) -> str:
     except (ExportError, TrainingError) as exc:
         values = {"status": "failed", "error": str(exc)}
     except Exception as exc:
-        log.error("export %s crashed:\n%s", export_id, traceback.format_exc())
-        values = {"status": "failed", "error": f"internal error ({type(exc).__name__}: {exc})"}
+        values = {"status": "failed", "error": crashed(f"export {export_id}", exc)}
         shutil.rmtree(out_dir, ignore_errors=True)
     values["seconds"] = round(time.perf_counter() - started, 2)
     with session_scope() as session:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from app.core.db import session_scope
 from app.models import DatasetVersion, EvalStatus, Evaluation, Job
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
+from app.services import jobs as jobs_service
 from app.services.queue import enqueue_evaluation
 from worker.celery_app import EVALUATE_MODELS, celery_app
 from worker.evaluation.run import (
@@ -27,6 +27,7 @@ from worker.evaluation.run import (
     tokenizer_for,
 )
 from worker.evaluation.settings import DecodingSettings
+from worker.tasks import crashed
 from worker.tasks.training import SHUTTING_DOWN, worker_name
 from worker.training import TrainingCancelled, TrainingError
 from worker.training.methods import METHODS
@@ -110,7 +111,7 @@ def candidates_from(
         train_config: dict[str, Any] | None = None
         method = c.get("method")
         if c["kind"] == "job":
-            artifact = service.job_adapter(session, job_id=uuid.UUID(c["job_id"]))
+            artifact = jobs_service.model_artifact(session, job_id=uuid.UUID(c["job_id"]))
             if artifact is None:
                 raise TrainingError(f"{c['label']}: the job's model files are gone.")
             weights_dir = settings.data_dir / artifact.path
@@ -192,8 +193,7 @@ def evaluate_models(evaluation_id: str) -> str:
     except TrainingError as exc:
         error = str(exc)
     except Exception as exc:
-        log.error("evaluation %s crashed:\n%s", evaluation_id, traceback.format_exc())
-        error = f"internal error in the worker ({type(exc).__name__}: {exc})"
+        error = crashed(f"evaluation {evaluation_id}", exc)
     finally:
         reporter.close()
 

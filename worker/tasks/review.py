@@ -14,6 +14,7 @@ from app.services import reviews as service
 from worker.celery_app import ANSWER_REVIEW_ITEMS, celery_app
 from worker.evaluation.run import Example, generate_answers
 from worker.evaluation.settings import DecodingSettings
+from worker.tasks import crashed
 from worker.tasks.evaluation import candidates_from
 from worker.training import TrainingError
 
@@ -69,8 +70,7 @@ def answer_review_items(campaign_id: str) -> str:
     except TrainingError as exc:
         error = str(exc)
     except Exception as exc:  # the items must not wait forever
-        log.exception("answering campaign %s failed", campaign_id)
-        error = f"internal error in the worker ({type(exc).__name__}: {exc})"
+        error = crashed(f"answering campaign {campaign_id}", exc)
 
     with session_scope() as session:
         for index, (item_id, _) in enumerate(work):

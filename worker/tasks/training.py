@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import threading
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from app.services import evaluations as evaluations_service
 from app.services import jobs as jobs_service
 from app.services.queue import enqueue_training
 from worker.celery_app import TRAIN_JOB, celery_app
+from worker.tasks import crashed
 from worker.training import (
     StepMetrics,
     TrainingCancelled,
@@ -213,8 +213,7 @@ def train_job(job_id: str) -> str:
     except TrainingError as exc:
         error = str(exc)
     except Exception as exc:
-        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        error = f"internal error in the worker ({type(exc).__name__}: {exc})"
+        error = crashed(f"job {job_id}", exc)
     finally:
         reporter.close()
 

@@ -168,3 +168,34 @@ def test_a_deployment_refuses_what_cannot_be_served(deployed: dict[str, Any]) ->
         },
     )
     assert bad.status_code == 422
+
+
+def test_tunelab_deploy_lists_the_models_and_stops_the_deployment(
+    deployed: dict[str, Any], cluster: LiveServer, admin_token: str
+) -> None:
+    """Last in this file: it undeploys."""
+    import os
+    import subprocess
+
+    from tests.live import tunelab
+
+    env = {**os.environ, "TUNELAB_URL": cluster.url, "TUNELAB_TOKEN": admin_token}
+    listed = subprocess.run(
+        tunelab("deploy", "list", "--project", deployed["project"]["id"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "kefu" in listed.stdout and "running" in listed.stdout and "kefu/base" in listed.stdout
+    stopped = subprocess.run(
+        tunelab("deploy", "stop", deployed["deployment"]["id"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    assert "kefu: stopping" in stopped.stdout
+    wait_for_deployment(deployed["api"], deployed["deployment"]["id"], {"stopped"})

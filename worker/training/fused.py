@@ -57,28 +57,67 @@ class FusedReport:
     rms_norm: int = 0
     gated_mlp: int = 0
     skipped_lora: list[str] = field(default_factory=list)
+    patched: list[nn.Module] = field(default_factory=list, repr=False)
+
+    @property
+    def fused(self) -> int:
+        return self.lora_linear + self.rms_norm + self.gated_mlp
+
+    def lost(self) -> int:
+        """How many of the patched modules no longer run the fused forward."""
+        return sum(1 for module in self.patched if not _runs_ours(module))
+
+
+# What a module's instance dictionary held under "forward" before we patched it: usually
+# nothing (the class's forward runs), sometimes a wrapper another library installed.
+_ABSENT = object()
 
 
 @contextlib.contextmanager
 def fused_modules(model: nn.Module) -> Iterator[FusedReport]:
-    """Install the fused forwards on every module of ``model`` that qualifies; undo on exit."""
+    """Install the fused forwards on every module of ``model`` that qualifies; undo on exit.
+
+    Undoing restores exactly what each module held before: the instance attribute another
+    library set, or none. A module that already runs one of ours (a nested call) is left
+    alone, and so is one whose forward something else replaced while we were in place (a
+    library re-patching modules mid-run): its forward is then theirs, and deleting it would
+    fail or remove their work. ``report.lost()`` counts the patches no longer in place.
+    """
     report = FusedReport()
-    patched: list[nn.Module] = []
+    patched: list[tuple[nn.Module, Any, Any]] = []  # module, what it held, what we set
     try:
         for name, module in model.named_modules():
+            if _runs_ours(module):
+                continue  # never patch a module twice
             forward = _fused_forward_for(module)
             if forward is None:
                 if _is_lora_linear(module):
                     report.skipped_lora.append(name)
                 continue
             kind, method = forward
-            module.forward = types.MethodType(method, module)
-            patched.append(module)
+            previous = module.__dict__.get("forward", _ABSENT)
+            bound = types.MethodType(method, module)
+            module.forward = bound
+            patched.append((module, previous, bound))
             setattr(report, kind, getattr(report, kind) + 1)
+        report.patched = [module for module, _, _ in patched]
         yield report
     finally:
-        for module in patched:
-            del module.forward
+        for module, previous, bound in reversed(patched):
+            if module.__dict__.get("forward") is not bound:
+                continue  # replaced by someone else since: theirs stays
+            if previous is _ABSENT:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+
+
+_OUR_FORWARDS: frozenset[Any] = frozenset()  # filled in below, once the functions exist
+
+
+def _runs_ours(module: nn.Module) -> bool:
+    current = module.__dict__.get("forward")
+    return getattr(current, "__func__", None) in _OUR_FORWARDS
 
 
 def _fused_forward_for(module: nn.Module) -> tuple[str, Any] | None:
@@ -279,3 +318,6 @@ class _SiluMul(torch.autograd.Function):
         grad_up = grad * F.silu(gate)
         grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
         return grad_gate, grad_up
+
+
+_OUR_FORWARDS = frozenset({_lora_forward, _rms_norm_forward, _gated_mlp_forward})

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -412,8 +413,9 @@ def load_model(
     extra: dict[str, Any] = {}
     if quantization is not None:
         extra["quantization_config"] = _quantization_config(quantization, dtype, device)
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")  # see disable_hub_kernels
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        loaded = AutoModelForCausalLM.from_pretrained(
             str(model.path),
             dtype=dtype,
             device_map={"": str(device)},
@@ -430,6 +432,20 @@ def load_model(
                 "safetensors (or GGUF) because other weight formats can run code."
             ) from exc
         raise TrainingError(f"Could not load model '{model.name}': {exc}") from exc
+    disable_hub_kernels(loaded)
+    return loaded
+
+
+def disable_hub_kernels(model: Any) -> None:
+    """Turn off transformers' hub kernels on a loaded model (a no-op where they do not exist).
+
+    transformers 5.2x loads models with kernels on by default: ``train()`` and ``eval()`` then
+    re-kernelise, replacing module forwards, and on a GPU the kernels are fetched from the
+    Hub at run time. tunelab loads nothing from the network while training and brings its
+    own fused layers, so kernels stay off (``USE_HUB_KERNELS=NO`` is also set for loading).
+    """
+    if getattr(model, "use_kernels", False):
+        model.use_kernels = False
 
 
 def _quantization_config(quantization: str, dtype: torch.dtype, device: torch.device) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from worker.training import attention, autoconfig, checkpoints, data, fused
+from worker.training import attention, autoconfig, checkpoints, data, fused, models
 from worker.training.callbacks import Silent, TrainCallbacks
 from worker.training.config import TrainConfig
 from worker.training.errors import TrainingCancelled, TrainingError
@@ -156,6 +156,11 @@ def _loop(
             {"step": restored.state.step, "checkpoint": restored.path.name},
         )
 
+    # Before the fused forwards go in: from transformers 5.2x, train() and eval() re-run hub
+    # kernelisation on models loaded with kernels on, which swaps every decorated module's
+    # forward (dropping ours). Kernels stay off here; the engine's own fused layers stand in.
+    models.disable_hub_kernels(model)
+    model.train()
     with contextlib.ExitStack() as stack:
         fused_report = stack.enter_context(fused.fused_modules(model))
         if plan.packed:
@@ -173,9 +178,7 @@ def _loop(
                 "packing": plan.packed,
                 "micro_batch_tokens": plan.token_budget if plan.packed else None,
                 "gradient_checkpointing": plan.checkpointing,
-                "fused_layers": fused_report.lora_linear
-                + fused_report.rms_norm
-                + fused_report.gated_mlp,
+                "fused_layers": fused_report.fused,
             },
         )
         if plan.note and config.packing:
@@ -187,7 +190,6 @@ def _loop(
                 "not fit in GPU memory without it (each step recomputes its forward pass, about "
                 "half as much work again); a shorter max_seq_length avoids it.",
             )
-        model.train()
         run = Run(
             model=model,
             lm=lm,
@@ -203,7 +205,16 @@ def _loop(
             extras=extras,
             samples_hash=samples_hash,
         )
-        return run_steps(run, restored)
+        result = run_steps(run, restored)
+        lost = fused_report.lost()
+        if lost:
+            callbacks.on_event(
+                "warning",
+                f"{lost} of {fused_report.fused} fused layers were replaced during training by "
+                "another library; those layers ran their own (slower) forward.",
+                {"fused_layers_lost": lost},
+            )
+        return result
 
 
 def _forward_module(model: Any) -> Any:

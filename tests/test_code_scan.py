@@ -4,6 +4,9 @@
   arbitrary objects, which runs any code the file carries.
 - Nothing in app/ or worker/ hard-codes ``trust_remote_code=True``: whether a model may run
   its own code is an admin's decision per model, so it always arrives as a value.
+- No module in app/ or worker/ but ``app/core/csv_cells.py`` makes a ``csv.writer`` or
+  ``csv.DictWriter``: every CSV we write goes through its writer, which keeps a cell such as
+  ``=HYPERLINK(...)`` from running as a formula when the file is opened in a spreadsheet.
 
 The scan reads the files with ``ast`` (nothing is imported), so aliases such as
 ``import torch as th`` or ``from torch import load`` are followed and comments, strings and
@@ -22,6 +25,9 @@ TORCH_LOAD_DIRS = ("app", "worker", "bench", "tests")
 REMOTE_CODE_DIRS = ("app", "worker")
 SKIPPED_PARTS = {".venv", "__pycache__", "node_modules", "build"}
 TORCH_MODULES = {"torch", "torch.serialization"}
+CSV_WRITERS = {"writer", "DictWriter"}
+# The one module allowed to make a csv.writer: it neutralises formulas in every cell.
+CSV_CELLS = "app/core/csv_cells.py"
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,35 @@ def trusted_remote_code(source: str, path: str = "<string>") -> list[Finding]:
     return findings
 
 
+def direct_csv_writers(source: str, path: str = "<string>") -> list[Finding]:
+    """Each ``csv.writer`` / ``csv.DictWriter`` in ``source``, called or passed around, under
+    any alias (``import csv as c``, ``from csv import writer as w``)."""
+    tree = ast.parse(source, filename=path)
+    modules, names = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name == "csv"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "csv":
+            names |= {a.asname or a.name for a in node.names if a.name in CSV_WRITERS}
+    findings = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            direct = (
+                node.attr in CSV_WRITERS
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+            )
+        elif isinstance(node, ast.Name):
+            direct = isinstance(node.ctx, ast.Load) and node.id in names
+        else:
+            continue
+        if direct:
+            findings.append(
+                Finding(path, node.lineno, "a csv writer of its own; use app.core.csv_cells")
+            )
+    return sorted(findings, key=lambda f: f.line)
+
+
 def scan(folders: tuple[str, ...], check: Callable[[str, str], list[Finding]]) -> list[str]:
     found: list[str] = []
     for file in python_files(*folders):
@@ -170,6 +205,15 @@ def test_no_code_in_app_or_worker_hard_codes_trust_remote_code() -> None:
         "trust_remote_code must come from the run config (an admin's allow-list):\n"
         + "\n".join(found)
     )
+
+
+def test_every_csv_in_app_and_worker_is_written_through_the_formula_safe_writer() -> None:
+    found = [f for f in scan(REMOTE_CODE_DIRS, direct_csv_writers) if not f.startswith(CSV_CELLS)]
+    assert not found, (
+        "write CSV with app.core.csv_cells.safe_writer, which keeps cells from running as "
+        "spreadsheet formulas:\n" + "\n".join(found)
+    )
+    assert direct_csv_writers((ROOT / CSV_CELLS).read_text(encoding="utf-8")), "moved?"
 
 
 # --- The scanner itself -------------------------------------------------------------------------
@@ -225,3 +269,26 @@ def test_scanner_catches_planted_trust_remote_code() -> None:
         "planted.py:2: trust_remote_code=True hard-coded",
         "planted.py:5: trust_remote_code=True hard-coded",
     ]
+
+
+PLANTED_CSV = """
+import csv
+import csv as c
+from csv import writer, DictWriter as DW
+
+csv.writer(f)                                              # 6: the module's writer
+c.writer(f)                                                # 7: module alias
+writer(f)                                                  # 8: imported name
+DW(f, fieldnames=["a"])                                    # 9: DictWriter, aliased
+csv.DictWriter(f, ["a"])                                   # 10
+make = csv.writer                                          # 11: passed around
+csv.reader(f)                                              # reading is fine
+safe_writer(f).writerow(["=1"])                            # the safe one
+text = "csv.writer(f)"                                     # a string, not a call
+"""
+
+
+def test_scanner_catches_every_planted_csv_writer_and_nothing_else() -> None:
+    found = direct_csv_writers(PLANTED_CSV, "planted.py")
+    assert [f.line for f in found] == list(range(6, 12))
+    assert str(found[0]) == "planted.py:6: a csv writer of its own; use app.core.csv_cells"

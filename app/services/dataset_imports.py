@@ -9,7 +9,6 @@ row.
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.csv_cells import safe_writer
 from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidDataset, NotFound
 from app.core.uploads import ReceivedUpload
@@ -470,7 +470,7 @@ def _problem_errors(upload: DatasetUpload) -> list[FieldError]:
 def write_errors_csv(upload: DatasetUpload, dest: Path) -> None:
     """The listed errors as CSV, for an upload whose full error file is gone."""
     with dest.open("w", encoding="utf-8-sig", newline="") as f:
-        writer = csv.writer(f)
+        writer = safe_writer(f)
         writer.writerow(["line", "field", "message"])
         for e in upload.errors:
             writer.writerow([e.get("line") or "", e.get("field") or "", e.get("message", "")])

@@ -34,7 +34,10 @@ class BytesRead:
 
 
 def size_in_words(count: int) -> str:
-    """A byte count as a person reads it: "100 MB", "1.5 MB", "300 bytes"."""
+    """A byte count as a person reads it: "2 GB", "100 MB", "1.5 MB", "300 bytes"."""
+    gb = count / 1024**3
+    if gb >= 1:
+        return f"{gb:.1f}".removesuffix(".0") + " GB"
     mb = count / (1024 * 1024)
     if mb >= 10:
         return f"{mb:.0f} MB"

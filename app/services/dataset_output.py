@@ -4,7 +4,6 @@ sha256 of the input, and progress reports."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import os
@@ -15,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, BinaryIO
+
+from app.core.csv_cells import safe_writer
 
 Progress = Callable[[int, int], None]
 
@@ -136,7 +137,7 @@ class ErrorsCsv:
     @staticmethod
     def header(f: IO[str]) -> None:
         f.write("\ufeff")
-        csv.writer(f).writerow(("line", "field", "message"))
+        safe_writer(f).writerow(("line", "field", "message"))
 
     def __enter__(self) -> IO[str] | None:
         if self.path is None:

@@ -20,11 +20,11 @@ from the first records), `dataset_records_pass` (checking and converting records
 
 from __future__ import annotations
 
-import csv
 from itertools import chain
 from pathlib import Path
 from typing import IO, Any
 
+from app.core.csv_cells import safe_writer
 from app.services.dataset_containers import open_values
 from app.services.dataset_formats import FORMATS, mapping_problem
 from app.services.dataset_inspect import PREVIEW_CHARS, FilePreview, inspect_file
@@ -151,7 +151,7 @@ def validate_file(
                 _nothing_to_train_on(result, errors_out, max_errors)
             if errors_out is not None and result.error_count > result.error_rows:
                 more = result.error_count - result.error_rows
-                csv.writer(errors_out).writerow(
+                safe_writer(errors_out).writerow(
                     ("", "", f"… and {more:,} more errors, not listed: fix these first")
                 )
             _fill(report, result, source.notes)
@@ -230,7 +230,7 @@ def _nothing_to_train_on(result: Result, errors_out: IO[str] | None, max_errors:
     if max_errors:
         result.errors.append(RecordError(1, None, message))
     if errors_out is not None:
-        csv.writer(errors_out).writerow((1, "", message))
+        safe_writer(errors_out).writerow((1, "", message))
         result.error_rows += 1
 
 

@@ -3,7 +3,6 @@ converted to chat messages, written out and counted for the warnings."""
 
 from __future__ import annotations
 
-import csv
 import re
 from array import array
 from collections.abc import Callable, Iterable
@@ -12,6 +11,7 @@ from typing import IO, Any, BinaryIO
 
 import orjson
 
+from app.core.csv_cells import safe_writer
 from app.services import dataset_containers
 from app.services.dataset_containers import Source, overlong, parse_line, skip_line
 from app.services.dataset_formats import (
@@ -87,7 +87,7 @@ class RecordsPass(Result):
         self.wrote = out is not None
         self.max_errors = max_errors
         self.errors_cap = errors_cap
-        self.errors_csv = csv.writer(errors_out) if errors_out is not None else None
+        self.errors_csv = safe_writer(errors_out) if errors_out is not None else None
         self.scripts = {"cjk": [0, 0], "latin": [0, 0]}
         self.hashes = [array("Q") for _ in range(256)]
         self.lines = [array("I") for _ in range(256)]

@@ -20,7 +20,8 @@ from app.services.dataset_csv import (
     sniff_delimiter,
 )
 from app.services.dataset_table_rows import Table, column_letter
-from app.services.dataset_xlsx import DAMAGED, MAX_UNPACKED_BYTES, NOT_A_WORKBOOK, open_xlsx
+from app.services.dataset_xlsx import DAMAGED, NOT_A_WORKBOOK, open_xlsx
+from app.services.dataset_zip_limits import MAX_UNPACKED_BYTES
 
 __all__ = [
     "DAMAGED",

@@ -25,6 +25,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from app.core.csv_cells import safe_writer
 from app.services import dataset_containers
 from app.services.dataset_output import AtomicFile, EarlySync, Ticker
 from app.services.dataset_plan import Plan
@@ -385,7 +386,7 @@ def _append_rows(out: IO[str], part: Path, room: int) -> int:
     """Copy at most `room` CSV rows of `part` to `out`; return how many were copied."""
     copied = 0
     with part.open(encoding="utf-8", newline="") as f:
-        writer = csv.writer(out)
+        writer = safe_writer(out)
         for row in csv.reader(f):
             if copied >= room:
                 break

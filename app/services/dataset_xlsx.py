@@ -1,7 +1,8 @@
 """The first sheet of an Excel workbook as a table: cells as the text a person sees in Excel.
 
 Rows are streamed with openpyxl's read-only reader, which cannot see merged cells; those are
-found by scanning the sheet's XML for `mergeCell`.
+found by scanning the sheet's XML for `mergeCell`. Nothing is unpacked before the sizes the zip
+lists pass `dataset_zip_limits` (a small upload may be a zip bomb).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from typing import Any, BinaryIO
 
 from app.services.dataset_items import BytesRead, Item, Unreadable
 from app.services.dataset_table_rows import Header, Table, blank_row, column_index, no_data_rows
+from app.services.dataset_zip_limits import unpacking_problem
 
-# A workbook is a zip of XML; refuse one that would unpack to more than this (a zip bomb, or a
-# sheet far beyond any training set).
-MAX_UNPACKED_BYTES = 4 * 1024 * 1024 * 1024
 _MERGE = re.compile(rb"<(?:\w+:)?mergeCell\s[^>]*?ref=\"([A-Za-z]+)(\d+)(?::([A-Za-z]+)(\d+))?\"")
 NOT_A_WORKBOOK = (
     "this file is named .xlsx but is not an Excel workbook (an .xlsx file is a zip archive, and "
@@ -42,13 +41,9 @@ def open_xlsx(path: Path, read: BytesRead, *, named_xlsx: bool) -> Table | tuple
         if not named_xlsx:
             return None
         return 1, "this is a zip archive, not an Excel workbook: upload the .xlsx file itself"
-    unpacked = sum(info.file_size for info in infos)
-    if unpacked > MAX_UNPACKED_BYTES:
-        return (
-            1,
-            f"this workbook unpacks to {unpacked / 1024**3:.0f} GB of sheets, far more than a "
-            "training set needs: upload a smaller one, or export the sheet as CSV",
-        )
+    # Before openpyxl inflates anything: the sizes the zip lists bound what it can unpack.
+    if problem := unpacking_problem(infos):
+        return 1, problem
     import openpyxl  # imported here: slow to import, and only workbooks need it
 
     handle = path.open("rb")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
+from app.core.csv_cells import safe_writer
 from app.models import EvalSample, Evaluation
 from app.schemas.evaluation import EvalSampleRead, EvaluationRead
 
@@ -36,7 +36,7 @@ def csv_rows(evaluation: Evaluation, samples: list[EvalSample]) -> Iterator[str]
         header.extend(f"{key}: {m}" for m in metrics)
     header.append("delta")
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = safe_writer(buffer)
 
     def flush() -> str:
         text = buffer.getvalue()

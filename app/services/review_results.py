@@ -3,7 +3,6 @@ the project's verdict; exports of every rating."""
 
 from __future__ import annotations
 
-import csv
 import io
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.csv_cells import safe_writer
 from app.models import (
     CampaignStatus,
     Rating,
@@ -141,7 +141,7 @@ def csv_lines(rows: list[dict[str, Any]], criteria: list[str]) -> Iterator[str]:
         "updated_at",
     ]
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = safe_writer(buffer)
     yield "\ufeff"
     writer.writerow(header)
     for row in rows:

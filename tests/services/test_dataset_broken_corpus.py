@@ -1,7 +1,8 @@
 """Broken uploads: every one is refused with a clear, located error, leaves no file, raises nothing.
 
 Small samples are committed in tests/data/broken (see its README); large or binary ones are
-built here in tmp_path: a 100 MB line, a JSON bomb of brackets, a workbook with merged cells.
+built here in tmp_path: a 100 MB line, a JSON bomb of brackets, a workbook with merged cells,
+a zip-bomb workbook (tests/zip_bombs.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import openpyxl
 import pytest
 
 from app.services.dataset_parsing import inspect_file, validate_file
+from tests.zip_bombs import bomb_workbook
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
 MB = 1024 * 1024
@@ -140,6 +142,12 @@ CASES = [
         "is named .xlsx but is not an Excel workbook",
     ),
     Case("xlsx cut in half", truncated_zip, 1, "this Excel file is damaged"),
+    Case(
+        "zip bomb workbook",  # 70 KB that would unpack to 50 MB of rows
+        bomb_workbook,
+        1,
+        "this workbook is packed far more tightly than real spreadsheets are",
+    ),
     Case("empty CSV", committed("empty.csv"), 1, "the file is empty"),
     Case(
         "CSV with only a header",

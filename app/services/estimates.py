@@ -19,6 +19,7 @@ from app.core.errors import FieldError, InvalidInput
 from app.models import DatasetVersion, User
 from app.services import access
 from app.services import datasets as datasets_service
+from app.services.base_models import check_base_model
 from worker.training.autoconfig import (
     ConfigProblem,
     check_against_dataset,
@@ -178,7 +179,9 @@ def estimate_for_dataset(
     dataset_version: int | None,
     gpu_name: str | None,
 ) -> dict[str, Any]:
-    """``estimate_for`` with the lengths of a dataset version the user may read."""
+    """``estimate_for`` with the lengths of a dataset version the user may read, for a base
+    model the rule for users' base models accepts (``base_models.check_base_model``)."""
+    check_base_model(config.base_model)
     lengths = None
     if dataset_id is not None:
         dataset = access.dataset_for(session, user, dataset_id)

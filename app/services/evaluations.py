@@ -34,6 +34,7 @@ from app.models import (
 from app.schemas.evaluation import CandidateIn, EvaluationCreate, EvaluationRead
 from app.services import access
 from app.services import datasets as datasets_service
+from app.services.base_models import check_base_model
 from worker.evaluation.criteria import summary as verdict_summary
 from worker.evaluation.criteria import verdict as criteria_verdict
 from worker.training.catalog import catalog_entry
@@ -92,6 +93,12 @@ def create_evaluation(
             errors=[FieldError(field="models", message="at most 8 models per evaluation")],
         )
     version = _test_version(session, user, project, data, job)
+    # After the test data is known, so a request missing both is told about the data first.
+    for index, model in enumerate(data.models):
+        if model.kind == "base" and model.base_model:
+            check_base_model(
+                model.base_model, field=f"models.{index}.base_model", settings=settings
+            )
     counts = _split_sizes(version)
     available = counts.get(data.split, 0) if data.split != "all" else sum(counts.values())
     if available == 0:

@@ -34,6 +34,7 @@ from app.models import (
 from app.schemas.job import JobCreate, JobRead
 from app.services import access
 from app.services import datasets as datasets_service
+from app.services.base_models import check_base_model
 from app.services.queue import enqueue_training
 from worker.training.autoconfig import ConfigProblem, check_against_dataset
 from worker.training.catalog import catalog_entry
@@ -64,18 +65,23 @@ def validate_config(config: dict[str, Any]) -> TrainConfig:
 
 def model_type_for(base_model: str) -> str | None:
     """The architecture of a base model when it can be known without loading it: from the
-    catalog, or from a local folder's config.json. None for a hub id or a .gguf file."""
+    catalog, or from a local folder's config.json. None for a hub id or a .gguf file.
+
+    Only for a name ``check_base_model`` accepted: a local folder is then an absolute path
+    inside an allowed folder."""
     entry = catalog_entry(base_model)
     if entry is not None:
         return entry.arch.model_type
-    folder = Path(base_model).expanduser()
-    return model_type_of(folder) if folder.is_dir() else None
+    folder = Path(base_model.strip())
+    return model_type_of(folder) if folder.is_absolute() and folder.is_dir() else None
 
 
 def check_before_queueing(config: TrainConfig, *, settings: Settings, train_records: int) -> None:
-    """Refuse, naming the field, what would only fail on the worker: a method the model's
+    """Refuse, naming the field, what would only fail on the worker: a base model that is not
+    a catalog name, a hub id or a path inside an allowed model folder, a method the model's
     architecture or the workers' hardware cannot run, or more samples per step than the
     training split holds."""
+    check_base_model(config.base_model, settings=settings)
     problem = check_method(
         config.method,
         model_type=model_type_for(config.base_model),

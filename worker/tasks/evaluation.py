@@ -15,6 +15,7 @@ from app.models import DatasetVersion, EvalStatus, Evaluation, Job
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
 from app.services import jobs as jobs_service
+from app.services.base_models import check_on_worker
 from app.services.queue import enqueue_evaluation
 from worker.celery_app import EVALUATE_MODELS, celery_app
 from worker.evaluation.run import (
@@ -31,6 +32,7 @@ from worker.tasks import crashed
 from worker.tasks.training import SHUTTING_DOWN, worker_name
 from worker.training import TrainingCancelled, TrainingError
 from worker.training.methods import METHODS
+from worker.training.model_names import for_remote_user
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ def candidates_from(
     """Candidates as stored on an evaluation, turned into what the evaluation library runs."""
     candidates = []
     for c in described:
+        # One made before base models were checked at creation could name any path.
+        check_on_worker(str(c["base_model"]), settings)
         weights_dir: Path | None = None
         train_config: dict[str, Any] | None = None
         method = c.get("method")
@@ -191,7 +195,7 @@ def evaluate_models(evaluation_id: str) -> str:
     except TrainingCancelled:
         status = EvalStatus.cancelled
     except TrainingError as exc:
-        error = str(exc)
+        error = for_remote_user(exc)
     except Exception as exc:
         error = crashed(f"evaluation {evaluation_id}", exc)
     finally:

@@ -21,6 +21,7 @@ from app.models import Evaluation, Job, JobStatus
 from app.services import datasets as datasets_service
 from app.services import evaluations as evaluations_service
 from app.services import jobs as jobs_service
+from app.services.base_models import check_on_worker
 from app.services.queue import enqueue_training
 from worker.celery_app import TRAIN_JOB, celery_app
 from worker.tasks import crashed
@@ -33,6 +34,7 @@ from worker.training import (
 )
 from worker.training.checkpoints import IncompatibleCheckpoint, latest_checkpoint
 from worker.training.config import TrainConfig
+from worker.training.model_names import for_remote_user
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,8 @@ def train_job(job_id: str) -> str:
     status, error = JobStatus.failed, None
     result: TrainResult | None = None
     try:
+        # A job made before base models were checked at creation could name any path.
+        check_on_worker(config.base_model, settings)
         records = _load_records(records_path)
         validation = (
             _load_records(validation_path)
@@ -211,7 +215,7 @@ def train_job(job_id: str) -> str:
     except TrainingCancelled:
         status = JobStatus.cancelled
     except TrainingError as exc:
-        error = str(exc)
+        error = for_remote_user(exc)
     except Exception as exc:
         error = crashed(f"job {job_id}", exc)
     finally:

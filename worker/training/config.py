@@ -70,8 +70,9 @@ class TrainConfig(BaseModel):
 
     base_model: str = Field(
         description=(
-            "A catalog name (e.g. smollm2-135m-instruct), a Hugging Face hub id, a local model "
-            "folder, or a .gguf file"
+            "A catalog name (e.g. smollm2-135m-instruct), a Hugging Face hub id (owner/name), "
+            "or a local model folder or .gguf file; through the web app and the API, a local "
+            "path must lie inside a folder the admin allowed (TUNELAB_MODEL_DIRS)"
         ),
         min_length=1,
     )

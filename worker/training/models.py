@@ -25,6 +25,7 @@ from torch import nn
 # The catalog is data the web process reads too, so it lives in a torch-free module.
 from worker.training.catalog import CATALOG, CatalogEntry
 from worker.training.errors import TrainingError
+from worker.training.model_names import LocalModelUnusable
 
 Notify = Callable[[str], None]
 Source = Literal["catalog", "gguf", "folder", "hub"]
@@ -98,18 +99,27 @@ def _locate(
             folder = convert_gguf(_catalog_file(name, entry), cache_dir, notify=notify)
         return ResolvedModel(name, folder, "catalog", entry)
 
+    # A local path that cannot be used raises LocalModelUnusable: these detailed messages are
+    # for the CLI's user; a worker reports one message for all of them (model_names).
     path = Path(name).expanduser()
-    if path.exists():
-        if path.is_file() and path.suffix.lower() == ".gguf":
+    try:
+        exists = path.exists()
+        if exists and path.is_file() and path.suffix.lower() == ".gguf":
             return ResolvedModel(name, convert_gguf(path, cache_dir, notify=notify), "gguf")
-        if path.is_dir() and (path / "config.json").is_file():
+        if exists and path.is_dir() and (path / "config.json").is_file():
             return ResolvedModel(name, path.resolve(), "folder")
-        raise TrainingError(
+    except TrainingError as exc:  # a .gguf file that cannot be read
+        raise LocalModelUnusable(name, str(exc)) from exc
+    except OSError as exc:
+        raise LocalModelUnusable(name, f"Model '{name}' cannot be read: {exc}") from exc
+    if exists:
+        raise LocalModelUnusable(
+            name,
             f"Model '{name}' cannot be used: it is neither a .gguf file nor a model folder "
-            "with a config.json."
+            "with a config.json.",
         )
     if _looks_like_path(name):
-        raise TrainingError(f"Model '{name}' was not found: no such file or folder.")
+        raise LocalModelUnusable(name, f"Model '{name}' was not found: no such file or folder.")
     return ResolvedModel(name, _hub_snapshot(name, allow_downloads, **hub_options), "hub")
 
 
@@ -266,10 +276,18 @@ def _read_json(model: ResolvedModel, filename: str) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise TrainingError(f"Model '{model.name}' has an unreadable {filename}: {exc}") from exc
+        raise _unreadable(model, f"has an unreadable {filename}: {exc}") from exc
     if not isinstance(data, dict):
-        raise TrainingError(f"Model '{model.name}' has a {filename} that is not a JSON object.")
+        raise _unreadable(model, f"has a {filename} that is not a JSON object.")
     return data
+
+
+def _unreadable(model: ResolvedModel, what: str) -> TrainingError:
+    message = f"Model '{model.name}' {what}"
+    # A user's own folder tells a remote user no more than a missing one (model_names).
+    if model.source == "folder":
+        return LocalModelUnusable(model.name, message)
+    return TrainingError(message)
 
 
 def _raise_if_remote_code_refused(model: ResolvedModel, exc: Exception, trusted: bool) -> None:

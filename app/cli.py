@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,12 +60,23 @@ def worker_command(queue: str, loglevel: str = "INFO") -> list[str]:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.versions import warn_untested_versions
 
+    if args.parent_pid:
+        from app.supervisor import die_with_parent
+
+        die_with_parent(args.parent_pid)
     warn_untested_versions()
     settings = _settings()
     queue = args.queue or settings.default_queue
     cmd = worker_command(queue, args.loglevel)
     os.execv(cmd[0], cmd)
     return 0  # not reached
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    # uvicorn stops serving on SIGTERM, restores the handler it found and raises the signal
+    # again: this handler turns it into an ordinary exit, so serve's cleanup (stopping its
+    # worker) runs instead of the process vanishing with the worker left training.
+    raise SystemExit(128 + signum)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -77,41 +87,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.core.db import session_scope
     from app.core.migrate import upgrade
-    from app.services import jobs as jobs_service
+    from app.services import leases
+    from app.services.dataset_imports import purge_stale_uploads
+    from app.supervisor import WorkerSupervisor
 
     settings = _settings()
     upgrade()
-    from app.services.dataset_imports import purge_stale_uploads
-
     with session_scope() as session:
         # Uploads nobody imported within a week; they count against their owner's quota.
         purge_stale_uploads(session, settings=settings)
     host = args.host or settings.host
     port = args.port or settings.port
     start_worker = settings.embedded if args.worker is None else args.worker
-    worker: subprocess.Popen[bytes] | None = None
+    supervisor: WorkerSupervisor | None = None
+    if start_worker and not _engine_installed():
+        print(
+            "tunelab: the training engine is not installed here (pip install 'tunelab[engine]'); "
+            "serving without a local worker",
+            flush=True,
+        )
+        start_worker = False
     if start_worker:
         if settings.embedded:
-            # Nothing else can be running this data folder's jobs before our worker starts: a
-            # job still marked running was cut off when tunelab last stopped. Give it back to
-            # the queue now instead of waiting for its lease to expire.
+            # Nothing else can be running this data folder's work before our worker starts:
+            # anything still marked running was cut off when tunelab last stopped. Give it
+            # back to the queue now instead of waiting for its lease to expire; the worker's
+            # sweeper offers it to the broker.
             with session_scope() as session:
-                stale = jobs_service.reap_stale_jobs(session, lease_seconds=0)
-            from app.services.queue import enqueue_training
-
-            for job_id, queue in stale:
-                enqueue_training(job_id=job_id, queue=queue)
-        worker = subprocess.Popen(worker_command(settings.default_queue, "WARNING"))
-    if settings.embedded and host in ("127.0.0.1", "localhost", "::1"):
-        _first_start(settings, host, port)
+                leases.reap(session, lease_seconds=0, reason="tunelab stopped while it ran")
+        supervisor = WorkerSupervisor(
+            tunelab_command(
+                "worker",
+                "--queue",
+                settings.default_queue,
+                "--loglevel",
+                "WARNING",
+                "--parent-pid",
+                str(os.getpid()),
+            )
+        )
+        supervisor.start()
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     mode = "embedded" if settings.embedded else "cluster"
     print(f"tunelab ({mode} mode, data in {settings.data_dir}) at http://{host}:{port}", flush=True)
+    if settings.embedded and host in ("127.0.0.1", "localhost", "::1"):
+        _first_start(settings, host, port)
     try:
         uvicorn.run("app.main:app", host=host, port=port, log_level=args.log_level)
     finally:
-        if worker is not None:
-            _stop(worker)
+        if supervisor is not None:
+            supervisor.stop()
     return 0
+
+
+def tunelab_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def _engine_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def _first_start(settings: Any, host: str, port: int) -> None:
@@ -132,19 +168,6 @@ def _first_start(settings: Any, host: str, port: int) -> None:
                 f"  (another one any time: tunelab user login-link {admin.email})\n",
                 flush=True,
             )
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    if proc.poll() is not None:
-        return
-    # Warm shutdown: the worker stops its job at the next step and hands it back to the queue.
-    # Should that take too long, the kill leaves the job to be re-queued on the next start.
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
@@ -218,6 +241,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
                 user=user,
                 name=args.name,
                 scopes=args.scopes.split(","),
+                # Whoever runs the CLI holds the database itself: any scope the user's role
+                # allows.
+                granted=set(credentials.SCOPES),
                 expires_at=expires,
             )
     except TunelabError as exc:
@@ -268,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a training worker (one per GPU)")
     worker.add_argument("--queue", help="queue to consume, e.g. gpu-80g (default: training)")
     worker.add_argument("--loglevel", default="INFO")
+    # Set by `tunelab serve` for its own worker: stop when serve's process is gone.
+    worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
     db = sub.add_parser("db", help="database maintenance")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from app.api.deps import Public
 from app.api.routes import (
@@ -24,7 +29,7 @@ from app.api.routes import (
     reviews,
     uploads,
 )
-from app.core.config import PROJECT_ROOT
+from app.core.config import PROJECT_ROOT, get_settings
 from app.core.errors import TunelabError, Unauthorized
 from app.core.security_headers import (
     CONTENT_SECURITY_POLICY,
@@ -42,6 +47,7 @@ from app.web import (
 from app.web.rendering import error_page
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = 5
 
 
 def _wants_html(request: Request) -> bool:
@@ -50,8 +56,17 @@ def _wants_html(request: Request) -> bool:
     )
 
 
+@contextlib.asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # The routes' database work runs on this pool of threads; the database pool is sized to
+    # match (app.core.db.make_engine).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().web_threads
+    yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="tunelab",
         summary="Fine-tune open LLMs into specialists, measured against a prompting baseline.",
         version="0.1.0",
@@ -110,6 +125,22 @@ def create_app() -> FastAPI:
             "error_count": len(errors),
         }
         return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(SQLAlchemyTimeout)
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(request: Request, exc: Exception) -> Response:
+        # The pool is exhausted or the database is restarting: a client that waits and tries
+        # again succeeds, so say so instead of a 500.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        message = "the database is busy or restarting; try again in a few seconds"
+        if _wants_html(request):
+            response: Response = error_page(request, 503, message, [])
+        else:
+            response = JSONResponse({"detail": message, "code": "unavailable"}, status_code=503)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

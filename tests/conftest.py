@@ -37,6 +37,8 @@ os.environ.update(
         # Tests name base models built under pytest's temporary folders, which live here.
         "TUNELAB_MODEL_DIRS": tempfile.gettempdir(),
         "HF_HUB_OFFLINE": "1",
+        # Database work on the web server's event loop raises instead of being logged.
+        "TUNELAB_STRICT_EVENT_LOOP": "true",
         "TOKENIZERS_PARALLELISM": "false",
     }
 )

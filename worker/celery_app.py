@@ -26,6 +26,7 @@ def make_celery() -> Celery:
             "worker.tasks.evaluation",
             "worker.tasks.review",
             "worker.tasks.deploy",
+            "worker.tasks.upkeep",
         ],
     )
     app.conf.update(
@@ -40,9 +41,15 @@ def make_celery() -> Celery:
         worker_hijack_root_logger=False,
     )
     if settings.celery_broker_url.startswith(("redis://", "rediss://")):
-        # Redis re-delivers an unacknowledged message after this long; the job row's
-        # conditional claim makes such a second delivery harmless.
-        app.conf.broker_transport_options = {"visibility_timeout": 12 * 3600}
+        # Redis re-delivers an unacknowledged message after this long; the row's conditional
+        # claim makes such a second delivery harmless. A broker that does not answer within
+        # seconds is down: the request that made a row must not hang on it (the row waits
+        # and is sent again by a worker's sweeper).
+        app.conf.broker_transport_options = {
+            "visibility_timeout": 12 * 3600,
+            "socket_connect_timeout": 5,
+            "socket_timeout": 30,
+        }
     return app
 
 

@@ -6,11 +6,15 @@ Every route names one access rule in its signature (``CurrentTrainer``, ``Curren
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings, get_settings
 from app.core.db import get_sessionmaker
@@ -18,22 +22,25 @@ from app.core.errors import Forbidden, Unauthorized
 from app.core.security import same
 from app.models import Role
 from app.services import credentials
-from app.services.access import Principal
+from app.services.access import Principal, Viewer
 
 SESSION_COOKIE = "tunelab_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
-UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+# Every other method changes something (WebDAV verbs and custom methods included).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def get_session() -> Iterator[Session]:
     # Routes commit explicitly: work that must follow a commit (enqueueing a job) stays visible
-    # in the route, and anything left uncommitted by an error is rolled back here.
+    # in the route. Closing rolls back anything left uncommitted by an error and detaches the
+    # objects without expiring them, so an error page can still read what was loaded.
     session = get_sessionmaker()()
     try:
         yield session
     finally:
-        session.rollback()
         session.close()
 
 
@@ -48,12 +55,73 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+async def in_thread(session: Session, work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run database work from an ``async`` route on the thread pool, never on the event loop.
+
+    The session's connection goes back to the pool when the work is done, so a request never
+    holds one across an ``await`` (a request waiting for its upload to arrive while holding a
+    connection is how a small pool and many clients deadlock). Work that writes commits
+    itself; what it leaves uncommitted is a bug and is refused here.
+    """
+
+    def run() -> T:
+        result = work(*args, **kwargs)
+        release(session)
+        return result
+
+    return await run_in_threadpool(run)
+
+
+def release(session: Session) -> None:
+    """Give the session's connection back to the pool; loaded objects stay readable."""
+    if session.new or session.dirty or session.deleted:
+        session.rollback()
+        raise RuntimeError("database work left uncommitted changes before an await")
+    session.commit()  # nothing to write; ends the transaction (expire_on_commit is off)
+
+
+class ReleasingRoute(APIRoute):
+    """A route whose request gives its database connection back before the route returns.
+
+    A plain ``def`` route runs on a pool thread; the request's session is closed only later,
+    in another hop to the thread pool. Between the two the request would hold a connection
+    while it waits for a thread, and enough such requests leave every thread waiting for a
+    connection that only a waiting request can give back. So the connection is released in
+    the route's own thread (``async`` routes do it through ``in_thread``). Closing detaches
+    what was loaded without expiring it, so the response is built from the loaded values.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _releasing(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
+
+def _releasing(endpoint: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    return run
+
+
+def make_router(**kwargs: Any) -> APIRouter:
+    """An APIRouter of ``ReleasingRoute`` routes; every router of the app is made here."""
+    return APIRouter(route_class=ReleasingRoute, **kwargs)
+
+
 class Rule:
     """An access rule: a FastAPI dependency that authenticates the caller and checks it.
 
     ``scope`` is what an API token must carry (admin ⊃ write ⊃ read); ``roles`` are the user
     roles allowed. A browser session carries every scope of its user's role, and its unsafe
-    requests must bring the session's CSRF token (header or form field).
+    requests must bring the session's CSRF token (header or form field), whatever their
+    content type.
     """
 
     def __init__(self, name: str, *, scope: str | None, roles: frozenset[Role] | None) -> None:
@@ -67,9 +135,11 @@ class Rule:
     async def __call__(self, request: Request, session: SessionDep) -> Principal | None:
         if self.scope is None:
             return None
-        principal = await authenticate(request, session)
+        principal = await in_thread(session, identify, request, session)
         if principal is None:
             raise Unauthorized("log in or send an API token (Authorization: Bearer …)")
+        if principal.via == "session" and request.method not in SAFE_METHODS:
+            await check_csrf(request, principal)
         if self.scope not in principal.scopes:
             raise Forbidden(f"this needs a token with the `{self.scope}` scope")
         if self.roles is not None and principal.user.role not in self.roles:
@@ -78,8 +148,9 @@ class Rule:
         return principal
 
 
-async def authenticate(request: Request, session: Session) -> Principal | None:
-    """The caller from a Bearer token or the session cookie, CSRF checked for the latter."""
+def identify(request: Request, session: Session) -> Principal | None:
+    """The caller from a Bearer token or the session cookie (database work: call it off the
+    event loop). The CSRF check of a session's unsafe request is the caller's to make."""
     header = request.headers.get("authorization", "")
     if header:
         kind, _, secret = header.partition(" ")
@@ -91,6 +162,7 @@ async def authenticate(request: Request, session: Session) -> Principal | None:
         token, user = found
         return Principal(
             user=user,
+            viewer=Viewer.of(user),
             scopes=credentials.expand_scopes(token.scopes),
             via="token",
             ip=client_ip(request),
@@ -104,28 +176,40 @@ async def authenticate(request: Request, session: Session) -> Principal | None:
         return None
     web_session, user = web
     scopes = {"read", "write", "admin"} if user.role == Role.admin else {"read", "write"}
-    principal = Principal(
+    return Principal(
         user=user,
+        viewer=Viewer.of(user),
         scopes=scopes,
         via="session",
         csrf_token=web_session.csrf_token,
         ip=client_ip(request),
     )
-    if request.method in UNSAFE:
-        await check_csrf(request, principal)
-    return principal
+
+
+# Endpoints that stream a multipart body to disk themselves: parsing the whole form first
+# would store a large upload twice, so the receiver checks the CSRF field as it arrives.
+_STREAMED_UPLOADS: set[Callable[..., Any]] = set()
+
+
+def streams_upload(endpoint: F) -> F:
+    """Mark a route whose multipart body ``app.core.uploads.receive_upload`` reads."""
+    _STREAMED_UPLOADS.add(endpoint)
+    return endpoint
 
 
 async def check_csrf(request: Request, principal: Principal) -> None:
     expected = principal.csrf_token or ""
     sent = request.headers.get(CSRF_HEADER)
     content_type = request.headers.get("content-type", "")
-    if sent is None and content_type.startswith("application/x-www-form-urlencoded"):
-        sent = str((await request.form()).get(CSRF_FIELD, ""))
     if sent is None and content_type.startswith("multipart/form-data"):
-        # The upload parser streams the body to disk; it checks the form field itself.
-        request.state.csrf_expected = expected
-        return
+        route = request.scope.get("route")
+        if getattr(route, "endpoint", None) in _STREAMED_UPLOADS:
+            request.state.csrf_expected = expected
+            return
+    if sent is None and content_type.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        sent = str((await request.form()).get(CSRF_FIELD, ""))
     if not sent or not same(sent, expected):
         raise Forbidden("the form has expired or did not come from tunelab: reload the page")
 

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Threads of the web server that run routes' database and file work (the event loop never
+    # does), the database pool kept open, and how long a request waits for a connection
+    # before it is answered 503 with Retry-After.
+    web_threads: int = 40
+    db_pool_size: int = 5
+    db_pool_timeout: float = 30.0
+    # Raise (instead of logging) when database work runs on the event loop; the tests set it.
+    strict_event_loop: bool = False
+
     upload_max_bytes: int = 2 * 1024**3
     # Default per-user storage for uploaded files; an admin can set a user's own quota.
     user_quota_bytes: int = 10 * 1024**3
@@ -37,6 +46,9 @@ class Settings(BaseSettings):
     # hands the job to another worker.
     heartbeat_seconds: float = 5.0
     lease_seconds: float = 120.0
+    # A row that has waited this long since its message was sent, next to an idle worker of
+    # its queue, is sent again (the broker lost it, or was down when the row was made).
+    reoffer_seconds: float = 30.0
     # Queue that training jobs go to; cluster workers listen on their own (e.g. gpu-80g).
     default_queue: str = "training"
     # Each succeeded job queues an evaluation of itself against its prompting baseline on (at

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +15,8 @@ from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine,
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from app.core.config import get_settings
+
+log = logging.getLogger(__name__)
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -60,8 +64,21 @@ class Timestamped:
 
 
 def make_engine(url: str) -> Engine:
+    settings = get_settings()
+    # The web server's thread pool runs every route's database work, one session (so one
+    # connection) per request at a time: a pool as large as the thread pool never makes a
+    # thread wait for a connection another waiting thread holds. Past pool_timeout a request
+    # gets 503 with Retry-After (see app.main), never a hang.
+    pool = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": max(0, settings.web_threads - settings.db_pool_size) + 5,
+        "pool_timeout": settings.db_pool_timeout,
+    }
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
+        _guard_event_loop(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -74,7 +91,38 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True, **pool)
+    _guard_event_loop(engine)
+    return engine
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _guard_event_loop(engine: Engine) -> None:
+    """Catch blocking database work on the web server's event loop: one such query stalls
+    every request, and one waiting for a pooled connection stalls them for good. Strict mode
+    (the tests) raises; otherwise it is logged once per statement site."""
+    strict = get_settings().strict_event_loop
+
+    def check(*_: Any) -> None:
+        if not _on_event_loop():
+            return
+        message = (
+            "database work ran on the event loop; run it from a plain `def` route or through "
+            "app.api.deps.in_thread"
+        )
+        if strict:
+            raise RuntimeError(message)
+        log.warning(message, stack_info=True)
+
+    event.listen(engine, "before_cursor_execute", check)
+    event.listen(engine.pool, "checkout", check)
 
 
 @lru_cache

@@ -6,12 +6,14 @@ from app.models.dataset import Dataset, DatasetUpload, DatasetVersion, UploadSta
 from app.models.deploy import Deployment, Export
 from app.models.evaluation import EvalSample, EvalStatus, Evaluation
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
+from app.models.lease import Leased
 from app.models.project import Project
 from app.models.review import (
     CampaignReviewer,
     CampaignStatus,
     ItemStatus,
     Rating,
+    ReviewAnswerRun,
     ReviewAssignment,
     ReviewCampaign,
     ReviewItem,
@@ -36,6 +38,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobStatus",
+    "Leased",
     "LoginAttempt",
     "LoginLink",
     "MetricPoint",
@@ -43,6 +46,7 @@ __all__ = [
     "Project",
     "ProjectMember",
     "Rating",
+    "ReviewAnswerRun",
     "ReviewAssignment",
     "ReviewCampaign",
     "ReviewItem",

@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey
+from app.core.db import Base, Timestamped, UUIDPrimaryKey
+from app.models.lease import Leased
 
 
-class Export(UUIDPrimaryKey, Timestamped, Base):
+class Export(UUIDPrimaryKey, Timestamped, Leased, Base):
     """A job's model packaged for an inference engine: the adapter alone, or merged."""
 
     __tablename__ = "exports"
@@ -18,6 +18,7 @@ class Export(UUIDPrimaryKey, Timestamped, Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # adapter | merged
     dtype: Mapped[str] = mapped_column(String(16), default="auto")
+    # queued → running → succeeded | failed
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     path: Mapped[str | None] = mapped_column(String(512))  # the folder, under the data dir
     archive_path: Mapped[str | None] = mapped_column(String(512))  # its .tar
@@ -25,15 +26,13 @@ class Export(UUIDPrimaryKey, Timestamped, Base):
     files: Mapped[list[str]] = mapped_column(JSON, default=list)
     verification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     note: Mapped[str | None] = mapped_column(Text)
-    error: Mapped[str | None] = mapped_column(Text)
     seconds: Mapped[float | None] = mapped_column()
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL")
     )
 
 
-class Deployment(UUIDPrimaryKey, Timestamped, Base):
+class Deployment(UUIDPrimaryKey, Timestamped, Leased, Base):
     """A base model and adapters served by a worker behind tunelab's OpenAI-compatible API."""
 
     __tablename__ = "deployments"
@@ -47,13 +46,8 @@ class Deployment(UUIDPrimaryKey, Timestamped, Base):
     adapters: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # starting → running → stopping → stopped | failed
     status: Mapped[str] = mapped_column(String(16), default="starting", index=True)
-    queue: Mapped[str] = mapped_column(String(64), default="training")
     url: Mapped[str | None] = mapped_column(String(255))  # where the worker serves it
     api_key: Mapped[str] = mapped_column(String(128))  # what tunelab sends to that server
-    worker: Mapped[str | None] = mapped_column(String(255))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    error: Mapped[str | None] = mapped_column(Text)
-    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL")
     )

@@ -1,21 +1,21 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey
+from app.core.db import Base, Timestamped, UUIDPrimaryKey
 from app.models.job import JobStatus, SerialKey
+from app.models.lease import Leased
 
 # Evaluations move through the same states as jobs (queued → running → succeeded | failed |
 # cancelled), claimed and heart-beaten the same way.
 EvalStatus = JobStatus
 
 
-class Evaluation(UUIDPrimaryKey, Timestamped, Base):
+class Evaluation(UUIDPrimaryKey, Timestamped, Leased, Base):
     """Several models answering the same held-out prompts with the same decoding settings."""
 
     __tablename__ = "evaluations"
@@ -36,15 +36,6 @@ class Evaluation(UUIDPrimaryKey, Timestamped, Base):
     # Decoding settings, sample limit, seed: identical for every candidate, kept with results.
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(32), default=EvalStatus.queued, index=True)
-    queue: Mapped[str] = mapped_column(String(64), default="training")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[str | None] = mapped_column(String(255))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    error: Mapped[str | None] = mapped_column(Text)
     # {"phase", "model", "done", "total"} while running.
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Metrics with intervals per candidate and paired differences against the baseline.

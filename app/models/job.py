@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey
+from app.models.lease import Leased
 
 # Append-only tables that grow by thousands of rows per job use integer keys: cheaper to index
 # and naturally ordered. SQLite only auto-increments a column declared exactly INTEGER.
@@ -41,7 +42,7 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
-class Job(UUIDPrimaryKey, Timestamped, Base):
+class Job(UUIDPrimaryKey, Timestamped, Leased, Base):
     """A training run. This row, not the broker, is the source of truth for the job's state."""
 
     __tablename__ = "jobs"
@@ -54,16 +55,6 @@ class Job(UUIDPrimaryKey, Timestamped, Base):
     dataset_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dataset_versions.id"))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(32), default=JobStatus.validating_files, index=True)
-    queue: Mapped[str] = mapped_column(String(64), default="training")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # The lease: which worker holds the job and when it last proved it was alive.
-    worker: Mapped[str | None] = mapped_column(String(255))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    error: Mapped[str | None] = mapped_column(Text)
     current_step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer)
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey, utcnow
 from app.models.job import SerialKey
+from app.models.lease import Leased
 
 
 class CampaignStatus(enum.StrEnum):
@@ -139,3 +140,16 @@ class Rating(Base):
     revision: Mapped[int] = mapped_column(Integer, default=1)  # bumped by every save
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ReviewAnswerRun(UUIDPrimaryKey, Timestamped, Leased, Base):
+    """A worker's turn at answering a campaign's typed prompts with both of its models: the
+    lease of that work, so a lost worker's prompts are answered again or marked failed."""
+
+    __tablename__ = "review_answer_runs"
+
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("review_campaigns.id", ondelete="CASCADE"), index=True
+    )
+    # queued → running → succeeded | failed
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)

@@ -65,5 +65,5 @@ class DeploymentRead(BaseModel):
     error: str | None
     created_at: datetime
     heartbeat_at: datetime | None
-    stopped_at: datetime | None
+    stopped_at: datetime | None = Field(validation_alias="finished_at")
     models: list[str] = Field(default_factory=list, description="names to send as `model`")

@@ -28,11 +28,27 @@ from app.models import (
 from app.services import audit
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """What pages show of the caller, copied when the request is authenticated: an error page
+    rendered after the request's session is gone must not need the database."""
+
+    id: uuid.UUID
+    email: str
+    role: str
+    display_name: str
+
+    @classmethod
+    def of(cls, user: User) -> Viewer:
+        return cls(user.id, user.email, str(user.role), user.display_name or "")
+
+
 @dataclass
 class Principal:
     """The caller of a request: a user, how they proved it, and what they may do."""
 
     user: User
+    viewer: Viewer
     scopes: set[str]
     via: str  # "session" | "token"
     csrf_token: str | None = None
@@ -42,6 +58,11 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.user.role == Role.admin
+
+    @property
+    def acts_as_admin(self) -> bool:
+        """An admin whose credential carries the admin scope: may act on other users' things."""
+        return self.is_admin and "admin" in self.scopes
 
 
 def visible_projects(user: User) -> Select[Any]:

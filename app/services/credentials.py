@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.core.errors import InvalidInput, NotFound
+from app.core.errors import Forbidden, InvalidInput, NotFound
 from app.core.security import digest, new_secret
 from app.models import ApiToken, User, WebSession
 from app.services import audit
@@ -91,10 +91,15 @@ def create_token(
     user: User,
     name: str,
     scopes: list[str],
+    granted: set[str],
     expires_at: datetime | None = None,
     ip: str = "",
 ) -> tuple[ApiToken, str]:
-    """Create a token; the secret is returned once and only its digest is stored."""
+    """Create a token; the secret is returned once and only its digest is stored.
+
+    ``granted`` are the scopes of the credential asking: a token never carries more than the
+    token (or session) that made it, so a leaked read token cannot mint a write token.
+    """
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidInput("give the token a name of 1 to 100 characters")
@@ -103,6 +108,12 @@ def create_token(
         raise InvalidInput(f"scopes must be some of {', '.join(SCOPES)}")
     if "admin" in scopes and user.role != "admin":
         raise InvalidInput("only admins can create tokens with the admin scope")
+    beyond = sorted(set(scopes) - granted)
+    if beyond:
+        raise Forbidden(
+            f"a token cannot grant more than the credential that creates it: "
+            f"{', '.join(beyond)} is not among {', '.join(sorted(granted))}"
+        )
     if expires_at is not None and expires_at <= utcnow():
         raise InvalidInput("the expiry must be in the future")
     secret = new_secret(TOKEN_PREFIX)
@@ -151,10 +162,13 @@ def list_tokens(session: Session, *, user: User) -> list[ApiToken]:
     )
 
 
-def revoke_token(session: Session, *, user: User, token_id: uuid.UUID, ip: str = "") -> ApiToken:
-    """Revoke one of the user's own tokens (admins may revoke anyone's)."""
+def revoke_token(
+    session: Session, *, user: User, token_id: uuid.UUID, others: bool, ip: str = ""
+) -> ApiToken:
+    """Revoke one of the user's own tokens, or anyone's when ``others`` (an admin acting with
+    the admin scope)."""
     token = session.get(ApiToken, token_id)
-    if token is None or (token.user_id != user.id and user.role != "admin"):
+    if token is None or (token.user_id != user.id and not others):
         raise NotFound("token not found")
     if token.revoked_at is None:
         token.revoked_at = utcnow()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import timedelta
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
@@ -20,7 +19,7 @@ from app.core.db import utcnow
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.models import Deployment, Job, JobStatus, User
 from app.schemas.deploy import DeploymentCreate, DeploymentRead
-from app.services import access
+from app.services import access, leases, queue
 from app.services import jobs as jobs_service
 
 ACTIVE = ("starting", "running", "stopping")
@@ -91,6 +90,7 @@ def create_deployment(
         adapters=adapters,
         status="starting",
         queue=settings.default_queue,
+        queued_at=utcnow(),
         api_key=secrets.token_urlsafe(32),
         created_by_id=user.id,
     )
@@ -127,18 +127,27 @@ def list_deployments(
 
 
 def stop_deployment(session: Session, *, deployment: Deployment) -> Deployment:
-    """Undeploy: a starting or running deployment's worker stops serving within seconds."""
-    moved = session.execute(
-        update(Deployment)
-        .where(Deployment.id == deployment.id, Deployment.status.in_(("starting", "running")))
-        .values(status="stopping")
-    )
-    if not moved.rowcount:  # type: ignore[attr-defined]
+    """Undeploy: one still waiting for a worker stops at once; a loading or running one's
+    worker stops serving within seconds."""
+    done = leases.cancel(session, leases.DEPLOYMENT, deployment.id)
+    if done is None:
         session.refresh(deployment)
         raise Conflict(f"the deployment is already {deployment.status}")
+    if done == "asked":
+        session.execute(
+            update(Deployment)
+            .where(Deployment.id == deployment.id, Deployment.status.in_(ACTIVE))
+            .values(status="stopping")
+        )
     session.flush()
     session.refresh(deployment)
     return deployment
+
+
+def offer(session: Session, *, deployment: Deployment) -> None:
+    """Hand a committed deployment to the broker; should it be down, the deployment waits
+    and is sent as soon as the broker is back."""
+    queue.offer(session, leases.DEPLOYMENT, deployment.id, deployment.queue)
 
 
 def delete_deployment(session: Session, *, deployment: Deployment) -> None:
@@ -176,60 +185,13 @@ def running(session: Session, *, user: User) -> list[Deployment]:
     )
 
 
-# --- The worker's side ------------------------------------------------------------------------
+# --- The worker's side (the lease itself is app.services.leases') ----------------------------
 
 
-def claim(session: Session, *, deployment_id: uuid.UUID, worker: str) -> Deployment | None:
-    done = session.execute(
-        update(Deployment)
-        .where(
-            Deployment.id == deployment_id,
-            Deployment.status == "starting",
-            Deployment.worker.is_(None),
-        )
-        .values(worker=worker, heartbeat_at=utcnow())
-    )
-    if not done.rowcount:  # type: ignore[attr-defined]
-        return None
-    return session.get(Deployment, deployment_id)
-
-
-def mark_running(session: Session, *, deployment_id: uuid.UUID, url: str) -> bool:
-    done = session.execute(
+def mark_running(session: Session, deployment_id: uuid.UUID, *, url: str) -> None:
+    """The model server answers at ``url`` (the worker holds the deployment's lease)."""
+    session.execute(
         update(Deployment)
         .where(Deployment.id == deployment_id, Deployment.status == "starting")
-        .values(status="running", url=url, heartbeat_at=utcnow())
+        .values(status="running", url=url)
     )
-    return bool(done.rowcount)  # type: ignore[attr-defined]
-
-
-def heartbeat(session: Session, *, deployment_id: uuid.UUID) -> str | None:
-    """Renew; returns the status (the worker stops when it is no longer running)."""
-    session.execute(
-        update(Deployment).where(Deployment.id == deployment_id).values(heartbeat_at=utcnow())
-    )
-    return session.scalar(select(Deployment.status).where(Deployment.id == deployment_id))
-
-
-def mark_stopped(session: Session, *, deployment_id: uuid.UUID, error: str | None) -> None:
-    session.execute(
-        update(Deployment)
-        .where(Deployment.id == deployment_id)
-        .values(status="failed" if error else "stopped", error=error, stopped_at=utcnow(), url=None)
-    )
-
-
-def mark_lost(session: Session, *, lease_seconds: float) -> int:
-    """Running deployments whose worker went silent are failed (clients get a clear 503)."""
-    cutoff = utcnow() - timedelta(seconds=lease_seconds)
-    done = session.execute(
-        update(Deployment)
-        .where(Deployment.status.in_(ACTIVE), Deployment.heartbeat_at < cutoff)
-        .values(
-            status="failed",
-            error="the worker serving it stopped answering",
-            stopped_at=utcnow(),
-            url=None,
-        )
-    )
-    return int(done.rowcount or 0)  # type: ignore[attr-defined]

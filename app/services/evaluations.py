@@ -1,8 +1,8 @@
-"""Evaluations: which models answer which held-out prompts, their lease on a worker, and results.
+"""Evaluations: which models answer which held-out prompts, and their results.
 
-An evaluation row is claimed, heart-beaten and reaped exactly like a job (conditional UPDATEs
-on its status and worker). Its samples are written in the same transaction that marks it
-succeeded, so a reader sees either no samples or all of them.
+An evaluation row holds the lease of ``app.services.leases`` like every queued work. Its
+samples are written in the same transaction that marks it succeeded, so a reader sees either
+no samples or all of them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, object_session
 
 from app.core.config import Settings
@@ -32,9 +31,10 @@ from app.models import (
     User,
 )
 from app.schemas.evaluation import CandidateIn, EvaluationCreate, EvaluationRead
-from app.services import access
+from app.services import access, leases, queue
 from app.services import datasets as datasets_service
 from app.services.base_models import check_base_model
+from app.services.jobs import checkpoints_dir
 from worker.evaluation.criteria import summary as verdict_summary
 from worker.evaluation.criteria import verdict as criteria_verdict
 from worker.training.catalog import catalog_entry
@@ -361,12 +361,12 @@ def _candidate(
 
 
 def checkpoint_folder(settings: Settings, job_id: uuid.UUID, name: str) -> Path:
-    return settings.runs_dir / str(job_id) / "checkpoints" / name
+    return checkpoints_dir(settings, job_id) / name
 
 
 def list_checkpoints(settings: Settings, job_id: uuid.UUID) -> list[Path]:
     """A job's finished checkpoints, oldest first (staging folders start with a dot)."""
-    folder = settings.runs_dir / str(job_id) / "checkpoints"
+    folder = checkpoints_dir(settings, job_id)
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)]
@@ -538,182 +538,30 @@ def project_report(session: Session, *, project: Project, history: int = 20) -> 
 
 def cancel_evaluation(session: Session, *, evaluation: Evaluation) -> Evaluation:
     """Cancel a queued evaluation at once, a running one at its worker's next batch."""
-    now = utcnow()
-    waiting = session.execute(
-        update(Evaluation)
-        .where(Evaluation.id == evaluation.id, Evaluation.status == EvalStatus.queued)
-        .values(status=EvalStatus.cancelled, finished_at=now, cancel_requested_at=now)
-    )
-    if not waiting.rowcount:  # type: ignore[attr-defined]
-        running = session.execute(
-            update(Evaluation)
-            .where(Evaluation.id == evaluation.id, Evaluation.status == EvalStatus.running)
-            .values(cancel_requested_at=func.coalesce(Evaluation.cancel_requested_at, now))
-        )
-        if not running.rowcount:  # type: ignore[attr-defined]
-            session.refresh(evaluation)
-            raise Conflict(f"the evaluation has already {evaluation.status}")
+    if leases.cancel(session, leases.EVALUATION, evaluation.id) is None:
+        session.refresh(evaluation)
+        raise Conflict(f"the evaluation has already {evaluation.status}")
     session.flush()
     session.refresh(evaluation)
     return evaluation
 
 
-def claim_evaluation(
-    session: Session, *, evaluation_id: uuid.UUID, worker: str
-) -> Evaluation | None:
-    """Take a queued evaluation for this worker; None when it is not queued any more."""
-    now = utcnow()
-    claimed = session.execute(
-        update(Evaluation)
-        .where(Evaluation.id == evaluation_id, Evaluation.status == EvalStatus.queued)
-        .values(
-            status=EvalStatus.running,
-            worker=worker,
-            heartbeat_at=now,
-            attempts=Evaluation.attempts + 1,
-            started_at=func.coalesce(Evaluation.started_at, now),
-            error=None,
-        )
-    )
-    if not claimed.rowcount:  # type: ignore[attr-defined]
-        return None
+def store_samples(
+    session: Session, *, evaluation_id: uuid.UUID, samples: Sequence[dict[str, Any]]
+) -> None:
+    """An evaluation's answers, written in the transaction that marks it succeeded (so a
+    reader sees none or all of them)."""
+    # A re-queued attempt may follow one that died after writing: start clean.
+    session.query(EvalSample).filter(EvalSample.evaluation_id == evaluation_id).delete()
+    session.add_all(EvalSample(evaluation_id=evaluation_id, **row) for row in samples)
     session.flush()
-    evaluation = session.get(Evaluation, evaluation_id)
-    if evaluation is not None:
-        session.refresh(evaluation)
-    return evaluation
-
-
-def heartbeat(
-    session: Session, *, evaluation_id: uuid.UUID, worker: str, progress: dict[str, Any] | None
-) -> tuple[bool, bool]:
-    """Renew the lease (and record progress). Returns (still ours, cancel requested)."""
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
-    if progress is not None:
-        values["progress"] = progress
-    renewed = session.execute(
-        update(Evaluation)
-        .where(
-            Evaluation.id == evaluation_id,
-            Evaluation.worker == worker,
-            Evaluation.status == EvalStatus.running,
-        )
-        .values(**values)
-    )
-    cancel = session.scalar(
-        select(Evaluation.cancel_requested_at).where(Evaluation.id == evaluation_id)
-    )
-    return bool(renewed.rowcount), cancel is not None  # type: ignore[attr-defined]
-
-
-def finish_evaluation(
-    session: Session,
-    *,
-    evaluation_id: uuid.UUID,
-    worker: str,
-    status: EvalStatus,
-    error: str | None = None,
-    results: dict[str, Any] | None = None,
-    samples: Sequence[dict[str, Any]] = (),
-) -> bool:
-    """End a running evaluation held by ``worker``, storing its samples with the results in
-    one transaction; False (and nothing written) when the lease was lost meanwhile."""
-    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
-    if results is not None:
-        values["results"] = results
-    if status == EvalStatus.succeeded:
-        values["progress"] = {"phase": "done"}
-    done = session.execute(
-        update(Evaluation)
-        .where(
-            Evaluation.id == evaluation_id,
-            Evaluation.worker == worker,
-            Evaluation.status == EvalStatus.running,
-        )
-        .values(**values)
-    )
-    if not done.rowcount:  # type: ignore[attr-defined]
-        return False
-    if samples:
-        # A re-queued attempt may follow one that died after writing: start clean.
-        session.query(EvalSample).filter(EvalSample.evaluation_id == evaluation_id).delete()
-        session.add_all(EvalSample(evaluation_id=evaluation_id, **row) for row in samples)
-    session.flush()
-    return True
-
-
-# An evaluation handed back or reaped starts over on its next worker (its answers are only
-# written at the end), so nothing of the attempt is kept.
-_BACK_IN_QUEUE: dict[str, Any] = {
-    "status": EvalStatus.queued,
-    "worker": None,
-    "heartbeat_at": None,
-    "progress": {},
-}
-
-
-def release_evaluation(session: Session, *, evaluation_id: uuid.UUID, worker: str) -> str | None:
-    """A stopping worker gives its evaluation back; returns the queue to re-send it to."""
-    released = session.execute(
-        update(Evaluation)
-        .where(
-            Evaluation.id == evaluation_id,
-            Evaluation.worker == worker,
-            Evaluation.status == EvalStatus.running,
-        )
-        .values(**_BACK_IN_QUEUE)
-    )
-    if not released.rowcount:  # type: ignore[attr-defined]
-        return None
-    return session.scalar(select(Evaluation.queue).where(Evaluation.id == evaluation_id))
-
-
-def reap_stale_evaluations(
-    session: Session, *, lease_seconds: float
-) -> list[tuple[uuid.UUID, str]]:
-    """Re-queue running evaluations whose worker stopped heart-beating; (id, queue) of each."""
-    cutoff = utcnow() - timedelta(seconds=lease_seconds)
-    stale = session.execute(
-        select(Evaluation.id, Evaluation.queue, Evaluation.worker).where(
-            Evaluation.status == EvalStatus.running, Evaluation.heartbeat_at < cutoff
-        )
-    ).all()
-    requeued = []
-    for evaluation_id, queue, worker in stale:
-        moved = session.execute(
-            update(Evaluation)
-            .where(
-                Evaluation.id == evaluation_id,
-                Evaluation.status == EvalStatus.running,
-                Evaluation.worker == worker,
-                Evaluation.heartbeat_at < cutoff,
-            )
-            .values(**_BACK_IN_QUEUE)
-        )
-        if moved.rowcount:  # type: ignore[attr-defined]
-            requeued.append((evaluation_id, queue))
-    return requeued
 
 
 def search_text(prompt: str, reference: str, outputs: dict[str, str]) -> str:
     return "\n".join([prompt, reference, *outputs.values()]).lower()
 
 
-def enqueue_or_fail(session: Session, *, evaluation: Evaluation) -> None:
-    """Hand a committed, queued evaluation to the broker, or fail it saying why."""
-    from app.services.queue import enqueue_evaluation
-
-    try:
-        enqueue_evaluation(evaluation_id=evaluation.id, queue=evaluation.queue)
-    except Exception as exc:
-        session.execute(
-            update(Evaluation)
-            .where(Evaluation.id == evaluation.id, Evaluation.status == EvalStatus.queued)
-            .values(
-                status=EvalStatus.failed,
-                error=f"the job queue could not be reached ({exc})",
-                finished_at=utcnow(),
-            )
-        )
-        session.commit()
-        session.refresh(evaluation)
+def offer(session: Session, *, evaluation: Evaluation) -> None:
+    """Hand a committed, queued evaluation to the broker; should the broker be down, it
+    waits and is sent as soon as the broker is back."""
+    queue.offer(session, leases.EVALUATION, evaluation.id, evaluation.queue)

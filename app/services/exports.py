@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import Export, Job, JobStatus, User
-from app.services import access
+from app.services import access, leases, queue
 from app.services import evaluations as evaluations_service
 from app.services import jobs as jobs_service
 
@@ -43,7 +43,15 @@ def create_export(
         raise InvalidInput.on("kind", message, detail=message)
     if jobs_service.model_artifact(session, job_id=job.id) is None:
         raise Conflict("the job's model files are gone")
-    export = Export(job_id=job.id, kind=kind, dtype=dtype, status="queued", created_by_id=user.id)
+    export = Export(
+        job_id=job.id,
+        kind=kind,
+        dtype=dtype,
+        status="queued",
+        queue=job.queue,
+        queued_at=utcnow(),
+        created_by_id=user.id,
+    )
     session.add(export)
     session.flush()
     return export
@@ -65,23 +73,10 @@ def list_exports(session: Session, *, job_id: uuid.UUID) -> list[Export]:
     )
 
 
-def claim(session: Session, *, export_id: uuid.UUID) -> Export | None:
-    done = session.execute(
-        update(Export)
-        .where(Export.id == export_id, Export.status == "queued")
-        .values(status="running")
-    )
-    if not done.rowcount:  # type: ignore[attr-defined]
-        return None
-    return session.get(Export, export_id)
-
-
-def finish(session: Session, *, export_id: uuid.UUID, values: dict[str, Any]) -> None:
-    session.execute(
-        update(Export)
-        .where(Export.id == export_id, Export.status == "running")
-        .values(finished_at=utcnow(), **values)
-    )
+def offer(session: Session, *, export: Export) -> None:
+    """Hand a committed export to the broker; should it be down, the export waits and is
+    sent as soon as the broker is back."""
+    queue.offer(session, leases.EXPORT, export.id, export.queue)
 
 
 def card_data(session: Session, *, job: Job) -> dict[str, Any]:

@@ -8,7 +8,7 @@ resolve to exactly one winner without locks held across the network.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import (
     Artifact,
     DatasetVersion,
+    Evaluation,
     Job,
     JobEvent,
     JobStatus,
@@ -32,10 +33,9 @@ from app.models import (
     User,
 )
 from app.schemas.job import JobCreate, JobRead
-from app.services import access
+from app.services import access, leases, queue
 from app.services import datasets as datasets_service
 from app.services.base_models import check_base_model
-from app.services.queue import enqueue_training
 from worker.training.autoconfig import ConfigProblem, check_against_dataset
 from worker.training.catalog import catalog_entry
 from worker.training.config import TrainConfig
@@ -180,17 +180,6 @@ def check_model_permissions(session: Session, *, config: TrainConfig) -> None:
         setattr(config, name, True)
 
 
-def fail_unqueued_job(session: Session, *, job_id: uuid.UUID, reason: str) -> None:
-    """Mark a job that could not be handed to the queue as failed, so nothing waits forever."""
-    now = utcnow()
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.failed, error=reason, finished_at=now)
-    )
-    add_event(session, job_id=job_id, level="error", message=reason)
-
-
 def get_job(session: Session, *, job_id: uuid.UUID) -> Job:
     """Return the job or raise NotFound."""
     job = session.get(Job, job_id)
@@ -228,25 +217,14 @@ def list_jobs(
 def cancel_job(session: Session, *, job_id: uuid.UUID) -> Job:
     """Cancel a waiting job at once; ask a running job's worker to stop at its next step."""
     job = get_job(session, job_id=job_id)
-    now = utcnow()
-    waiting = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.validating_files, JobStatus.queued]))
-        .values(status=JobStatus.cancelled, finished_at=now, cancel_requested_at=now)
+    done = leases.cancel(session, leases.JOB, job_id)
+    if done is None:
+        session.refresh(job)
+        raise Conflict(f"the job has already {job.status} and cannot be cancelled")
+    message = (
+        "Cancelled before it started" if done == "cancelled" else "Cancellation requested; stopping"
     )
-    if waiting.rowcount:  # type: ignore[attr-defined]
-        add_event(session, job_id=job_id, message="Cancelled before it started")
-    else:
-        running = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.running)
-            .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
-        )
-        if running.rowcount:  # type: ignore[attr-defined]
-            add_event(session, job_id=job_id, message="Cancellation requested; stopping")
-        else:
-            session.refresh(job)
-            raise Conflict(f"the job has already {job.status} and cannot be cancelled")
+    add_event(session, job_id=job_id, message=message)
     session.flush()
     session.refresh(job)
     return job
@@ -319,68 +297,59 @@ def add_event(
     )
 
 
-# --- The worker's side: claim, heartbeat, record, finish, reap ------------------------------
+# --- The worker's side: what a training attempt needs, its steps, its outcome --------------
+# (claiming, heart-beating, finishing and reaping are the lease's: app.services.leases)
 
 
-def claim_job(session: Session, *, job_id: uuid.UUID, worker: str) -> Job | None:
-    """Take a queued job for this worker; None if it is not queued (taken, cancelled, done)."""
-    now = utcnow()
-    claimed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(
-            status=JobStatus.running,
-            worker=worker,
-            heartbeat_at=now,
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, now),
-            error=None,
-        )
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What one attempt at a job reads and where it writes."""
+
+    config: dict[str, Any]
+    records: Path  # the training split, JSONL
+    validation: Path | None
+    output: Path  # the model, written by this attempt only
+    checkpoints: Path  # shared by the job's attempts
+
+
+def checkpoints_dir(settings: Settings, job_id: uuid.UUID | str) -> Path:
+    """Where a job's checkpoints live: shared by its attempts, so a re-queued job resumes
+    from the newest one whichever worker picks it up."""
+    return settings.runs_dir / str(job_id) / "checkpoints"
+
+
+def training_plan(session: Session, *, settings: Settings, job: Job) -> TrainingPlan:
+    version = job_dataset_version(session, job=job)
+    validation = datasets_service.split_files(settings, version).get("validation")
+    return TrainingPlan(
+        config=dict(job.config),
+        records=settings.data_dir / version.records_path,
+        validation=validation if validation is not None and validation.is_file() else None,
+        # One folder per attempt, so a worker that lost its lease and a new one never share
+        # files.
+        output=settings.artifacts_dir / str(job.id) / f"attempt-{job.attempts}" / "adapter",
+        checkpoints=checkpoints_dir(settings, job.id),
     )
-    if not claimed.rowcount:  # type: ignore[attr-defined]
-        return None
-    add_event(session, job_id=job_id, message=f"Started on worker {worker}")
-    session.flush()
-    job = session.get(Job, job_id)
-    if job is not None:
-        session.refresh(job)
-    return job
-
-
-def heartbeat(session: Session, *, job_id: uuid.UUID, worker: str) -> tuple[bool, bool]:
-    """Renew the lease. Returns (still ours, cancel requested)."""
-    renewed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
-        .values(heartbeat_at=utcnow())
-    )
-    cancel = session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id))
-    return bool(renewed.rowcount), cancel is not None  # type: ignore[attr-defined]
 
 
 def record_step(
     session: Session,
     *,
     job_id: uuid.UUID,
-    worker: str,
     step: int,
     total_steps: int,
     values: dict[str, float],
-) -> bool:
-    """Store one step's metrics if ``worker`` still holds the job; False if it does not.
+) -> None:
+    """Store one step's metrics (the caller holds the job's lease).
 
     A job resumed from a checkpoint trains again the steps after it, which its earlier
     attempt may have recorded: those points are overwritten, so each step has one value per
     metric, the one of the run that went on to finish.
     """
     now = utcnow()
-    held = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
-        .values(current_step=step, total_steps=total_steps, heartbeat_at=now)
+    session.execute(
+        update(Job).where(Job.id == job_id).values(current_step=step, total_steps=total_steps)
     )
-    if not held.rowcount:  # type: ignore[attr-defined]
-        return False  # a worker that lost its lease must not overwrite the new one's points
     rows = [
         {"job_id": job_id, "step": step, "name": name, "value": float(value), "created_at": now}
         for name, value in values.items()
@@ -397,98 +366,50 @@ def record_step(
                 },
             )
         )
-    return True
 
 
-def finish_job(
-    session: Session,
-    *,
-    job_id: uuid.UUID,
-    worker: str,
-    status: JobStatus,
-    error: str | None = None,
-    result: dict[str, Any] | None = None,
-) -> bool:
-    """End a running job held by ``worker``; False if the lease was lost meanwhile."""
-    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
-    if result is not None:
-        values["result"] = result
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
-        .values(**values)
-    )
-    if not done.rowcount:  # type: ignore[attr-defined]
-        return False
-    messages = {
+def outcome_message(status: str, error: str | None) -> str:
+    return {
         JobStatus.succeeded: "Succeeded",
         JobStatus.cancelled: "Cancelled",
         JobStatus.failed: f"Failed: {error}",
-    }
-    level = "error" if status == JobStatus.failed else "info"
-    add_event(session, job_id=job_id, level=level, message=messages.get(status, str(status)))
-    return True
+    }.get(JobStatus(status), str(status))
 
 
-def release_job(session: Session, *, job_id: uuid.UUID, worker: str) -> str | None:
-    """A stopping worker gives its running job back to the queue; returns the queue to send
-    it to, or None if the job is no longer this worker's."""
-    released = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
-        .values(status=JobStatus.queued, worker=None, queued_at=utcnow())
-    )
-    if not released.rowcount:  # type: ignore[attr-defined]
-        return None
-    add_event(
+def record_success(
+    session: Session, *, settings: Settings, job_id: uuid.UUID, result: Any
+) -> Evaluation | None:
+    """Store a succeeded job's model and summary (in the transaction that ends its lease);
+    returns the evaluation it queues for itself, to be offered once committed."""
+    files = sorted(p for p in result.adapter_dir.rglob("*") if p.is_file())
+    artifact = store_artifact(
         session,
         job_id=job_id,
-        level="warning",
-        message=f"Worker {worker} is shutting down; the job was handed back to the queue",
+        kind="adapter",
+        path=str(result.adapter_dir.relative_to(settings.data_dir)),
+        size_bytes=sum(p.stat().st_size for p in files),
+        files=[str(p.relative_to(result.adapter_dir)) for p in files],
     )
-    job = session.get(Job, job_id)
-    return job.queue if job is not None else None
-
-
-def reap_stale_jobs(
-    session: Session, *, lease_seconds: float, max_attempts: int = 3, now: datetime | None = None
-) -> list[tuple[uuid.UUID, str]]:
-    """Re-queue running jobs whose worker stopped heartbeating; returns (id, queue) to enqueue.
-
-    A job that has used up its attempts fails instead, so a job that kills its worker every
-    time (out of memory, say) cannot loop forever.
-    """
-    cutoff = (now or utcnow()) - timedelta(seconds=lease_seconds)
-    stale = session.scalars(
-        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
-    ).all()
-    requeued: list[tuple[uuid.UUID, str]] = []
-    for job in stale:
-        lost = f"worker {job.worker} stopped responding"
-        if job.cancel_requested_at is not None:
-            values: dict[str, Any] = {"status": JobStatus.cancelled, "finished_at": utcnow()}
-            message, level = f"{lost}; cancelled as requested", "info"
-        elif job.attempts >= max_attempts:
-            values = {
-                "status": JobStatus.failed,
-                "finished_at": utcnow(),
-                "error": f"{lost} on each of {job.attempts} attempts",
-            }
-            message, level = values["error"], "error"
-        else:
-            values = {"status": JobStatus.queued, "worker": None, "queued_at": utcnow()}
-            message, level = f"{lost}; re-queued (attempt {job.attempts + 1})", "warning"
-        changed = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
-            .values(**values)
+    summary: dict[str, Any] = {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "train_seconds": round(result.train_seconds, 2),
+        "tokens": result.tokens,
+        "artifact_id": str(artifact.id),
+    }
+    if result.best_step is not None:
+        summary.update(
+            best_step=result.best_step,
+            best_val_loss=result.best_val_loss,
+            stopped_early=result.stopped_early,
         )
-        if changed.rowcount:  # type: ignore[attr-defined]
-            add_event(session, job_id=job.id, level=level, message=message)
-            if values["status"] == JobStatus.queued:
-                requeued.append((job.id, job.queue))
-    session.flush()
-    return requeued
+    session.execute(update(Job).where(Job.id == job_id).values(result=summary))
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    from app.services.evaluations import evaluation_after_job
+
+    return evaluation_after_job(session, settings=settings, job=job)
 
 
 def store_artifact(
@@ -500,10 +421,6 @@ def store_artifact(
     return artifact
 
 
-def cancel_requested(session: Session, *, job_id: uuid.UUID) -> bool:
-    return session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id)) is not None
-
-
 def job_dataset_version(session: Session, *, job: Job) -> DatasetVersion:
     version = session.get(DatasetVersion, job.dataset_version_id)
     if version is None:
@@ -511,17 +428,20 @@ def job_dataset_version(session: Session, *, job: Job) -> DatasetVersion:
     return version
 
 
-def enqueue_or_fail(session: Session, *, job: Job) -> None:
-    """Hand a committed, queued job to the broker; if the broker is unreachable, fail the job
-    with that reason rather than leave it waiting for a message that was never sent."""
-    try:
-        enqueue_training(job_id=job.id, queue=job.queue)
-    except Exception as exc:
-        fail_unqueued_job(
-            session, job_id=job.id, reason=f"the job queue could not be reached ({exc})"
+def offer(session: Session, *, job: Job) -> None:
+    """Hand a committed, queued job to the broker. Should the broker be down, the job still
+    waits, and says so: a worker sends it again once the broker is back."""
+    if job.status != JobStatus.queued:
+        return
+    if not queue.offer(session, leases.JOB, job.id, job.queue):
+        add_event(
+            session,
+            job_id=job.id,
+            level="warning",
+            message="The job queue could not be reached; the job waits and is sent as soon "
+            "as it is back.",
         )
         session.commit()
-        session.refresh(job)
 
 
 LIVE_METRICS = ("epoch", "tokens_per_second", "eta_seconds", "gpu_memory_bytes")

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
+from app.core.config import get_settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.models import (
@@ -25,13 +26,14 @@ from app.models import (
     Evaluation,
     ItemStatus,
     Rating,
+    ReviewAnswerRun,
     ReviewAssignment,
     ReviewCampaign,
     ReviewItem,
     User,
 )
 from app.schemas.review import CampaignCreate
-from app.services import access, accounts
+from app.services import access, accounts, leases, queue
 from app.services import evaluations as evaluations_service
 
 SIDES = ("left", "right")
@@ -170,6 +172,53 @@ def add_prompts(session: Session, *, campaign: ReviewCampaign, prompts: list[str
     if not added:
         raise InvalidInput.on("prompts", "every prompt was empty")
     return added
+
+
+def queue_answers(session: Session, *, campaign: ReviewCampaign) -> ReviewAnswerRun | None:
+    """A worker's run to answer the campaign's typed prompts, if some wait and no run is
+    already waiting or answering; the caller offers it to the broker after the commit."""
+    waiting = session.scalar(
+        select(func.count())
+        .select_from(ReviewItem)
+        .where(ReviewItem.campaign_id == campaign.id, ReviewItem.status == ItemStatus.answering)
+    )
+    if not waiting:
+        return None
+    active = session.scalar(
+        select(ReviewAnswerRun.id).where(
+            ReviewAnswerRun.campaign_id == campaign.id,
+            ReviewAnswerRun.status.in_(("queued", "running")),
+        )
+    )
+    if active is not None:
+        return None  # it answers every prompt still waiting when it runs
+    evaluation = session.get(Evaluation, campaign.evaluation_id) if campaign.evaluation_id else None
+    run = ReviewAnswerRun(
+        campaign_id=campaign.id,
+        queue=evaluation.queue if evaluation is not None else get_settings().default_queue,
+        queued_at=utcnow(),
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def offer_answers(session: Session, *, run: ReviewAnswerRun | None) -> None:
+    """Hand a committed answering run to the broker (it waits if the broker is down)."""
+    if run is not None:
+        queue.offer(session, leases.REVIEW_ANSWERS, run.id, run.queue)
+
+
+def answers_abandoned(session: Session, *, run_id: uuid.UUID, error: str) -> None:
+    """The prompts a run could not answer are marked failed, saying why."""
+    run = session.get(ReviewAnswerRun, run_id)
+    if run is None:
+        return
+    session.execute(
+        update(ReviewItem)
+        .where(ReviewItem.campaign_id == run.campaign_id, ReviewItem.status == ItemStatus.answering)
+        .values(status=ItemStatus.failed, error=error)
+    )
 
 
 def add_reviewer(session: Session, *, campaign: ReviewCampaign, email: str) -> User:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.api.deps import (
     SESSION_COOKIE,
     CurrentAdmin,
     CurrentUser,
+    CurrentWriter,
     Offset,
     Public,
     SessionDep,
     SettingsDep,
     client_ip,
+    make_router,
 )
 from app.core.config import Settings
 from app.core.db import utcnow
@@ -24,9 +26,9 @@ from app.core.errors import TunelabError
 from app.core.security import new_secret, same
 from app.models import Role, User
 from app.services import accounts, audit, credentials
-from app.web.rendering import render
+from app.web.rendering import Form, render
 
-router = APIRouter(include_in_schema=False)
+router = make_router(include_in_schema=False)
 LOGIN_CSRF_COOKIE = "tunelab_login_csrf"
 
 
@@ -103,10 +105,13 @@ def login_page(request: Request, settings: SettingsDep, _: Public, next: str = "
 
 
 @router.post("/login")
-async def login(
-    request: Request, session: SessionDep, settings: SettingsDep, _: Public
+def login(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: Public,
+    form: Form,
 ) -> Response:
-    form = await request.form()
     email, password = str(form.get("email", "")), str(form.get("password", ""))
     next_ = str(form.get("next", "/"))
     cookie_token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
@@ -177,8 +182,9 @@ def account_page(request: Request, session: SessionDep, me: CurrentUser) -> HTML
 
 
 @router.post("/account/tokens")
-async def create_token(request: Request, session: SessionDep, me: CurrentUser) -> HTMLResponse:
-    form = await request.form()
+def create_token(
+    request: Request, session: SessionDep, me: CurrentWriter, form: Form
+) -> HTMLResponse:
     scopes = [str(s) for s in form.getlist("scopes")] or ["read"]
     days = str(form.get("expires_days", "")).strip()
     try:
@@ -188,6 +194,7 @@ async def create_token(request: Request, session: SessionDep, me: CurrentUser) -
             user=me.user,
             name=str(form.get("name", "")),
             scopes=scopes,
+            granted=me.scopes,
             expires_at=expires,
             ip=me.ip,
         )
@@ -203,9 +210,11 @@ async def create_token(request: Request, session: SessionDep, me: CurrentUser) -
 
 @router.post("/account/tokens/{token_id}/revoke")
 def revoke_token(
-    token_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentUser
+    token_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentWriter
 ) -> Response:
-    credentials.revoke_token(session, user=me.user, token_id=token_id, ip=me.ip)
+    credentials.revoke_token(
+        session, user=me.user, token_id=token_id, others=me.acts_as_admin, ip=me.ip
+    )
     session.commit()
     return RedirectResponse("/account", status_code=303)
 
@@ -224,8 +233,7 @@ def users_page(request: Request, session: SessionDep, me: CurrentAdmin) -> HTMLR
 
 
 @router.post("/admin/users")
-async def create_user(request: Request, session: SessionDep, me: CurrentAdmin) -> Response:
-    form = await request.form()
+def create_user(request: Request, session: SessionDep, me: CurrentAdmin, form: Form) -> Response:
     try:
         accounts.create_user(
             session,
@@ -245,10 +253,13 @@ async def create_user(request: Request, session: SessionDep, me: CurrentAdmin) -
 
 
 @router.post("/admin/users/{user_id}/role")
-async def change_role(
-    user_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentAdmin
+def change_role(
+    user_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    me: CurrentAdmin,
+    form: Form,
 ) -> Response:
-    form = await request.form()
     user: User = accounts.get_user(session, user_id=user_id)
     try:
         role = Role(str(form.get("role", "")))
@@ -267,8 +278,9 @@ def models_page(request: Request, session: SessionDep, me: CurrentAdmin) -> HTML
 
 
 @router.post("/admin/models")
-async def set_model_permission(request: Request, session: SessionDep, me: CurrentAdmin) -> Response:
-    form = await request.form()
+def set_model_permission(
+    request: Request, session: SessionDep, me: CurrentAdmin, form: Form
+) -> Response:
     model = str(form.get("model", "")).strip()
     if model:
         accounts.set_model_permission(

@@ -8,11 +8,19 @@ import json
 import uuid
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from app.api.deps import CurrentReader, CurrentTrainer, SessionDep, SettingsDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    SessionDep,
+    SettingsDep,
+    in_thread,
+    make_router,
+    streams_upload,
+)
 from app.api.routes.uploads import invalid_fields, receive
 from app.core.errors import FieldError, TunelabError
 from app.models import Dataset, DatasetUpload, DatasetVersion, Project
@@ -23,9 +31,9 @@ from app.services import dataset_imports as imports
 from app.services import datasets as service
 from app.services.dataset_splits import SPLITS
 from app.web import charts
-from app.web.rendering import form_fields, render
+from app.web.rendering import FormFields, render
 
-router = APIRouter(include_in_schema=False)
+router = make_router(include_in_schema=False)
 RECORDS_PAGE = 20
 FORMATS = [
     ("", "detect automatically"),
@@ -45,6 +53,7 @@ ROLES = [
 
 
 @router.post("/projects/{project_id}/uploads")
+@streams_upload
 async def stage_upload(
     project_id: uuid.UUID,
     request: Request,
@@ -56,17 +65,26 @@ async def stage_upload(
     upload progress, then opens the same upload page."""
     from app.web.pages import project_page_with_error
 
-    access.project_for(session, me.user, project_id)
+    await in_thread(session, access.project_for, session, me.user, project_id)
     try:
         received = await receive(request, settings)
-        upload = imports.stage_upload(
-            session, settings=settings, project_id=project_id, received=received, user=me.user
-        )
     except TunelabError as exc:
-        session.rollback()
-        return project_page_with_error(request, session, me, project_id, exc)
-    session.commit()
-    return RedirectResponse(f"/uploads/{upload.id}", status_code=303)
+        return await in_thread(
+            session, project_page_with_error, request, session, me, project_id, exc
+        )
+
+    def stage() -> Response:
+        try:
+            upload = imports.stage_upload(
+                session, settings=settings, project_id=project_id, received=received, user=me.user
+            )
+        except TunelabError as exc:
+            session.rollback()
+            return project_page_with_error(request, session, me, project_id, exc)
+        session.commit()
+        return RedirectResponse(f"/uploads/{upload.id}", status_code=303)
+
+    return await in_thread(session, stage)
 
 
 def _upload_context(
@@ -158,15 +176,15 @@ def _percent(value: str) -> float | str:
 
 
 @router.post("/uploads/{upload_id}/import")
-async def import_upload(
+def import_upload(
     upload_id: uuid.UUID,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
     upload = access.upload_for(session, me.user, upload_id)
-    form = await form_fields(request)
     try:
         options = _import_form(form, upload)
         dataset, version = imports.import_upload(
@@ -190,7 +208,7 @@ def _mapping_of(form: dict[str, str]) -> dict[str, str]:
 
 
 @router.post("/uploads/{upload_id}/delete")
-async def delete_upload(
+def delete_upload(
     upload_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
@@ -310,7 +328,7 @@ def _split_options(form: dict[str, str]) -> SplitOptions:
 
 
 @router.post("/datasets/{dataset_id}/versions/{number}/{action}")
-async def derive_version(
+def derive_version(
     dataset_id: uuid.UUID,
     number: int,
     action: Literal["clean", "split"],
@@ -318,11 +336,11 @@ async def derive_version(
     session: SessionDep,
     settings: SettingsDep,
     me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
     """The clean and re-split forms: each makes a new version and opens it."""
     dataset = access.dataset_for(session, me.user, dataset_id)
     version = service.version_by_number(dataset, number)
-    form = await form_fields(request)
     try:
         try:
             if action == "clean":

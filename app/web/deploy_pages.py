@@ -6,20 +6,19 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from app.api.deps import CurrentReader, CurrentTrainer, SessionDep, SettingsDep
+from app.api.deps import CurrentReader, CurrentTrainer, SessionDep, SettingsDep, make_router
 from app.core.errors import TunelabError
 from app.models import Job, JobStatus, ReviewCampaign
 from app.schemas.deploy import DeploymentCreate
 from app.services import access, deployments
-from app.services.queue import enqueue_deployment
-from app.web.rendering import render
+from app.web.rendering import Form, render
 
-router = APIRouter(include_in_schema=False)
+router = make_router(include_in_schema=False)
 
 
 def _context(session: SessionDep, project_id: uuid.UUID, me: Any) -> dict[str, Any]:
@@ -52,14 +51,14 @@ def deployments_page(
 
 
 @router.post("/projects/{project_id}/deployments")
-async def deploy(
+def deploy(
     project_id: uuid.UUID,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     me: CurrentTrainer,
+    form: Form,
 ) -> Response:
-    form = await request.form()
     try:
         body = DeploymentCreate(
             project_id=project_id,
@@ -79,7 +78,7 @@ async def deploy(
         context = _context(session, project_id, me)
         return render(request, "deploy/list.html", 422, deploy_error=message, **context)
     session.commit()
-    enqueue_deployment(deployment_id=deployment.id, queue=deployment.queue)
+    deployments.offer(session, deployment=deployment)
     return RedirectResponse(f"/deployments/{deployment.id}", status_code=303)
 
 

@@ -7,22 +7,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from app.api.deps import CurrentReader, CurrentTrainer, Offset, SessionDep, SettingsDep
+from app.api.deps import CurrentReader, CurrentTrainer, Offset, SessionDep, SettingsDep, make_router
 from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.models import EvalStatus, Evaluation, Job, JobStatus, ReviewCampaign
 from app.schemas.evaluation import EvaluationCreate
 from app.services import access
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
-from app.web.rendering import form_fields, render
+from app.web.rendering import FormFields, render
 from worker.deploy.card import METRIC_TITLES
 
-router = APIRouter(include_in_schema=False)
+router = make_router(include_in_schema=False)
 SAMPLES_PAGE = 20
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1", "perplexity")
 TITLES = METRIC_TITLES
@@ -210,16 +210,16 @@ def _report_context(session: SessionDep, project: Any) -> dict[str, Any]:
 
 
 @router.post("/projects/{project_id}/evaluations")
-async def start_evaluation(
+def start_evaluation(
     project_id: uuid.UUID,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
     """The report page's form: evaluate a finished job (or only the base model) now."""
     project = access.project_for(session, me.user, project_id)
-    form = await form_fields(request)
     try:
         body = _evaluation_request(project_id, form)
         evaluation = service.create_evaluation(session, settings=settings, data=body, user=me.user)
@@ -229,7 +229,7 @@ async def start_evaluation(
         context.update(form_message=exc.message, form_errors=exc.errors, form=form)
         return render(request, "evaluations/report.html", 422, **context)
     session.commit()
-    service.enqueue_or_fail(session, evaluation=evaluation)
+    service.offer(session, evaluation=evaluation)
     return RedirectResponse(f"/evaluations/{evaluation.id}", status_code=303)
 
 

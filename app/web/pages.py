@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -16,7 +16,8 @@ from app.api.deps import (
     Public,
     SessionDep,
     SettingsDep,
-    authenticate,
+    identify,
+    make_router,
 )
 from app.core.config import get_settings
 from app.core.errors import FieldError, InvalidInput, TunelabError
@@ -30,21 +31,20 @@ from app.services import evaluations as evaluations_service
 from app.services import exports as exports_service
 from app.services import jobs as jobs_service
 from app.services import projects as projects_service
-from app.services.queue import enqueue_export
 from app.web.charts import line_chart
-from app.web.rendering import form_fields, render
+from app.web.rendering import FormFields, render
 from worker.training.catalog import catalog_listing
 from worker.training.config import PRESETS
 from worker.training.method_support import method_choices
 
-router = APIRouter(include_in_schema=False)
+router = make_router(include_in_schema=False)
 PAGE = 50
 
 
 @router.get("/")
-async def home(request: Request, session: SessionDep, _: Public) -> Response:
+def home(request: Request, session: SessionDep, _: Public) -> Response:
     # Reviewers have no projects to see: their page is their review queue.
-    principal = await authenticate(request, session)
+    principal = identify(request, session)
     if principal is None:
         target = "/login"
     elif principal.user.role == Role.reviewer:
@@ -74,8 +74,9 @@ def projects_page(
 
 
 @router.post("/projects")
-async def create_project(request: Request, session: SessionDep, me: CurrentTrainer) -> Response:
-    form = dict(await request.form())
+def create_project(
+    request: Request, session: SessionDep, me: CurrentTrainer, form: FormFields
+) -> Response:
     data = {
         "name": str(form.get("name", "")).strip(),
         "task_description": str(form.get("task_description", "")),
@@ -157,11 +158,15 @@ def project_page_with_error(
 
 
 @router.post("/projects/{project_id}/members")
-async def add_member(
-    project_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentTrainer
+def add_member(
+    project_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
     project = access.project_for(session, me.user, project_id)
-    email = str((await request.form()).get("email", ""))
+    email = form.get("email", "")
     try:
         user = accounts.find_user(session, email=email)
     except TunelabError as exc:
@@ -193,14 +198,14 @@ def _job_request(project_id: uuid.UUID, form: dict[str, str]) -> JobCreate:
 
 
 @router.post("/projects/{project_id}/jobs")
-async def start_job(
+def start_job(
     project_id: uuid.UUID,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
-    form = await form_fields(request)
     try:
         body = _job_request(project_id, form)
         job = jobs_service.create_job(session, settings=settings, data=body, user=me.user)
@@ -211,23 +216,22 @@ async def start_job(
         context["job_form"] = form
         return render(request, "projects/detail.html", 422, **context)
     session.commit()
-    if job.status == JobStatus.queued:
-        jobs_service.enqueue_or_fail(session, job=job)
+    jobs_service.offer(session, job=job)
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
 @router.post("/projects/{project_id}/estimate")
-async def estimate_fragment(
+def estimate_fragment(
     project_id: uuid.UUID,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     me: CurrentReader,
+    form: FormFields,
 ) -> HTMLResponse:
     """The job form's estimate (memory, time, what "auto" chose), redrawn as the form changes;
     a method the model or the workers cannot run is named here, before queueing."""
     access.project_for(session, me.user, project_id)
-    form = await form_fields(request)
     estimate: dict[str, Any] | None = None
     errors: list[FieldError] = []
     try:
@@ -316,11 +320,14 @@ def job_exports(
 
 
 @router.post("/jobs/{job_id}/exports")
-async def start_export(
-    job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentTrainer
+def start_export(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
     job = access.job_for(session, me.user, job_id)
-    form = await form_fields(request)
     try:
         export = exports_service.create_export(
             session, job_id=job_id, kind=form.get("kind", ""), dtype="auto", user=me.user
@@ -337,7 +344,7 @@ async def start_export(
             export_error=exc.message,
         )
     session.commit()
-    enqueue_export(export_id=export.id, queue=job.queue)
+    exports_service.offer(session, export=export)
     return RedirectResponse(f"/jobs/{job_id}#exports", status_code=303)
 
 

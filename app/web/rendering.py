@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
 
 from app.core.config import PROJECT_ROOT
 from app.core.errors import FieldError
@@ -16,7 +17,8 @@ templates = Jinja2Templates(directory=PROJECT_ROOT / "templates")
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     principal = getattr(request.state, "principal", None)
-    context.setdefault("me", principal.user if principal else None)
+    # The snapshot, not the ORM row: error pages render after the request's session closed.
+    context.setdefault("me", principal.viewer if principal else None)
     context.setdefault("csrf_token", principal.csrf_token if principal else "")
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -30,3 +32,13 @@ def error_page(
 async def form_fields(request: Request) -> dict[str, str]:
     """A submitted form's fields as text (files are not expected here)."""
     return {k: str(v) for k, v in (await request.form()).items()}
+
+
+async def form_data(request: Request) -> FormData:
+    return await request.form()
+
+
+# Read on the event loop as a dependency, so the routes that take a form can be plain ``def``
+# routes, which FastAPI runs on its thread pool: their database work never blocks the loop.
+FormFields = Annotated[dict[str, str], Depends(form_fields)]
+Form = Annotated[FormData, Depends(form_data)]

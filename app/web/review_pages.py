@@ -7,23 +7,29 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from pydantic import ValidationError
 
-from app.api.deps import CurrentReader, CurrentTrainer, CurrentUser, CurrentWriter, SessionDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    CurrentUser,
+    CurrentWriter,
+    SessionDep,
+    make_router,
+)
 from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.models import Evaluation, Project, ReviewCampaign
 from app.schemas.review import CampaignCreate, RatingIn
 from app.services import access, review_results, reviewing
 from app.services import reviews as service
-from app.services.queue import enqueue_review_answers
-from app.web.rendering import form_fields, render
+from app.web.rendering import FormFields, render
 from worker.evaluation.metrics import detect_language
 
-router = APIRouter(include_in_schema=False)
+router = make_router(include_in_schema=False)
 
 
 @lru_cache(maxsize=1)
@@ -87,16 +93,16 @@ def review_page(
 
 
 @router.post("/reviews/{campaign_id}/{sequence}")
-async def save_from_form(
+def save_from_form(
     campaign_id: uuid.UUID,
     sequence: int,
     request: Request,
     session: SessionDep,
     me: CurrentWriter,
+    form: FormFields,
 ) -> Response:
     """The review form without JavaScript: save, then the next item."""
     campaign = reviewing.reviewer_campaign(session, me.user, campaign_id)
-    form = await form_fields(request)
     scores: dict[str, dict[str, int]] = {}
     for name, value in form.items():
         side, _, criterion = name.removeprefix("score.").partition(".")
@@ -138,15 +144,19 @@ async def save_from_form(
 
 
 @router.post("/evaluations/{evaluation_id}/campaigns")
-async def start_campaign(
-    evaluation_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentTrainer
+def start_campaign(
+    evaluation_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
     """The evaluation page's "send to human review" form."""
     evaluation = access.evaluation_for(session, me.user, evaluation_id)
-    form = await form_fields(request)
     try:
         body = _campaign_request(evaluation, form)
         campaign = service.create_campaign(session, data=body, user=me.user)
+        run = service.queue_answers(session, campaign=campaign)
     except InvalidInput as exc:
         session.rollback()
         return render(
@@ -158,8 +168,7 @@ async def start_campaign(
             errors=exc.errors,
         )
     session.commit()
-    if service.campaign_counts(session, campaign)["items_answering"]:
-        enqueue_review_answers(campaign_id=campaign.id)
+    service.offer_answers(session, run=run)
     return RedirectResponse(f"/campaigns/{campaign.id}", status_code=303)
 
 
@@ -214,12 +223,16 @@ def campaign_page(
 
 
 @router.post("/campaigns/{campaign_id}/{action}")
-async def campaign_action(
-    campaign_id: uuid.UUID, action: str, request: Request, session: SessionDep, me: CurrentTrainer
+def campaign_action(
+    campaign_id: uuid.UUID,
+    action: str,
+    request: Request,
+    session: SessionDep,
+    me: CurrentTrainer,
+    form: FormFields,
 ) -> Response:
     """Add a reviewer or typed prompts, open or close the campaign."""
     campaign = service.campaign_for(session, me.user, campaign_id)
-    form = await form_fields(request)
     try:
         if action == "reviewers":
             for email in _lines(form.get("email", "")):
@@ -240,7 +253,7 @@ async def campaign_action(
         return render(
             request, "reviews/campaign.html", exc.status_code, action_error=exc.message, **context
         )
+    run = service.queue_answers(session, campaign=campaign) if action == "prompts" else None
     session.commit()
-    if action == "prompts":
-        enqueue_review_answers(campaign_id=campaign.id)
+    service.offer_answers(session, run=run)
     return RedirectResponse(f"/campaigns/{campaign_id}", status_code=303)

@@ -19,7 +19,8 @@ from sqlalchemy import select
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker, utcnow
 from app.models import DatasetVersion, Evaluation, Job, JobStatus
-from app.services.queue import enqueue_evaluation, enqueue_training
+from app.services import leases
+from app.services.queue import offer
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.factories import (
     alpaca_records,
@@ -257,7 +258,7 @@ def queue_old_job(project_id: str, dataset_id: str, base_model: str) -> str:
         )
         session.add(job)
         session.commit()
-        enqueue_training(job_id=job.id, queue=job.queue)
+        offer(session, leases.JOB, job.id, job.queue)
         return str(job.id)
 
 
@@ -331,7 +332,7 @@ def test_the_worker_refuses_a_hostile_base_model_of_an_old_evaluation(
         session.add(evaluation)
         session.commit()
         evaluation_id = evaluation.id
-        enqueue_evaluation(evaluation_id=evaluation_id, queue=evaluation.queue)
+        offer(session, leases.EVALUATION, evaluation_id, evaluation.queue)
 
     def finished() -> dict[str, Any] | None:
         body = api.get(f"/evaluations/{evaluation_id}").json()

@@ -20,6 +20,7 @@ from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.models import Job
 from app.services import jobs as jobs_service
+from app.services import leases
 from tests.factories import (
     alpaca_records,
     create_dataset,
@@ -228,20 +229,37 @@ def test_a_job_whose_worker_stops_mid_run_resumes_from_its_checkpoint(
 def test_a_resumed_step_overwrites_its_points_and_a_lost_lease_writes_none(
     db_session: Session, tiny_model: Path, api: httpx.Client
 ) -> None:
+    from worker.tasks.runtime import Lease, LeaseLost
+
     project = create_project(api)
     dataset = create_dataset(api, project["id"], alpaca_records(8))
     job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=2))
     wait_for_status(api, job["id"])
     job_id = uuid.UUID(job["id"])
-    db_session.execute(
-        update(Job).where(Job.id == job_id).values(status="running", worker="resumed")
-    )
-    assert jobs_service.record_step(
-        db_session, job_id=job_id, worker="resumed", step=2, total_steps=2, values={"loss": 9.0}
-    )
-    assert not jobs_service.record_step(
-        db_session, job_id=job_id, worker="lost", step=2, total_steps=2, values={"loss": 5.0}
-    )
+    lease = Lease(leases.JOB, job_id)
+
+    def step(loss: float) -> None:
+        lease.write(
+            lambda s: jobs_service.record_step(
+                s, job_id=job_id, step=2, total_steps=2, values={"loss": loss}
+            )
+        )
+
+    with get_sessionmaker()() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status="running", worker=lease.worker)
+        )
+        session.commit()
+    step(9.0)  # the worker holding the job, resuming it: its point replaces the old one
+    with get_sessionmaker()() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(worker="another"))
+        session.commit()
+    with pytest.raises(LeaseLost):
+        step(5.0)  # it lost the job meanwhile: nothing is written, and it stops
+    assert lease.lost and lease.should_stop()
+    with get_sessionmaker()() as session:  # as it was, so no reaper re-runs it
+        session.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
+        session.commit()
     points = jobs_service.list_metrics(db_session, job_id=job_id, name="loss")
     assert [(p.step, p.value) for p in points][-1] == (2, 9.0)
     assert [p.step for p in points] == [1, 2]

@@ -30,7 +30,7 @@ from tests.factories import (
     upload,
     wait_for_status,
 )
-from tests.live import LiveServer
+from tests.live import LiveServer, api_client
 
 ROLES = ("admin", "trainer", "reviewer")
 
@@ -149,6 +149,88 @@ def test_route_role_matrix(clients: dict[str, httpx.Client]) -> None:
                 if not ok:
                     problems.append(f"{method} {route.path} as {role}: {status} ({rule.name})")
     assert problems == []
+
+
+@pytest.fixture(scope="module")
+def scoped_clients(cluster: LiveServer, admin_token: str) -> dict[str, httpx.Client]:
+    """The admin through tokens of each scope: what a token allows is its scope, not its
+    owner's role."""
+    from tests.conftest import ADMIN_EMAIL
+
+    return {
+        scopes: httpx.Client(
+            base_url=cluster.url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token_for(cluster, ADMIN_EMAIL, scopes)}"},
+        )
+        for scopes in ("read", "read,write", "read,write,admin")
+    }
+
+
+def test_route_scope_matrix(scoped_clients: dict[str, httpx.Client]) -> None:
+    """A token reaches exactly the routes its scope allows, token routes included."""
+    from app.services.credentials import expand_scopes
+
+    problems = []
+    for route in all_routes():
+        rule = route_rule(route)
+        assert rule is not None
+        if rule.scope is None or route.path in ("/login/link/{secret}",):
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            for scopes, client in scoped_clients.items():
+                status = call(client, route, method).status_code
+                allowed = rule.scope in expand_scopes(scopes.split(","))
+                if allowed != (status not in (401, 403)):
+                    problems.append(f"{method} {route.path} with {scopes}: {status} ({rule.name})")
+    assert problems == []
+
+
+def test_a_read_token_can_neither_mint_nor_revoke_tokens(
+    api: httpx.Client, cluster: LiveServer
+) -> None:
+    read_only = api.post("/tokens", json={"name": "ro", "scopes": ["read"]}).json()
+    victim = api.post("/tokens", json={"name": "victim", "scopes": ["read"]}).json()
+    with api_client(cluster.url, read_only["token"]) as ro:
+        minted = ro.post("/tokens", json={"name": "x", "scopes": ["read", "write"]})
+        assert minted.status_code == 403, minted.text
+        assert "write" in minted.json()["detail"]
+        assert ro.post(f"/tokens/{victim['id']}/revoke").status_code == 403
+        assert ro.post(f"/tokens/{read_only['id']}/revoke").status_code == 403
+    names = {t["name"]: t for t in api.get("/tokens").json()}
+    assert "x" not in names
+    assert names["victim"]["revoked_at"] is None
+
+
+def test_a_token_never_grants_more_than_the_token_that_made_it(
+    api: httpx.Client, cluster: LiveServer
+) -> None:
+    writer = api.post("/tokens", json={"name": "w", "scopes": ["read", "write"]}).json()["token"]
+    with api_client(cluster.url, writer) as w:
+        refused = w.post("/tokens", json={"name": "escalate", "scopes": ["admin"]})
+        assert refused.status_code == 403
+        assert "admin" in refused.json()["detail"]
+        ok = w.post("/tokens", json={"name": "narrower", "scopes": ["read"]})
+        assert ok.status_code == 201
+        assert ok.json()["scopes"] == ["read"]
+
+
+def test_revoking_another_users_token_needs_the_admin_scope(
+    api: httpx.Client, cluster: LiveServer
+) -> None:
+    trainer = make_user(api, "trainer")
+    with api_client(cluster.url, token_for(cluster, trainer["email"])) as own:
+        theirs = own.post("/tokens", json={"name": "theirs", "scopes": ["read"]}).json()
+        # Another trainer's token is not found, as if it did not exist.
+        other = make_user(api, "trainer")
+        with api_client(cluster.url, token_for(cluster, other["email"])) as stranger:
+            assert stranger.post(f"/tokens/{theirs['id']}/revoke").status_code == 404
+    from tests.conftest import ADMIN_EMAIL
+
+    admin_write = token_for(cluster, ADMIN_EMAIL, "read,write")
+    with api_client(cluster.url, admin_write) as admin:
+        assert admin.post(f"/tokens/{theirs['id']}/revoke").status_code == 404
+    assert api.post(f"/tokens/{theirs['id']}/revoke").json()["revoked_at"]
 
 
 def test_cross_project_access_by_id_is_404_for_every_resource(
@@ -314,6 +396,44 @@ def test_forms_without_the_csrf_token_are_refused(cluster: LiveServer) -> None:
     )
     stale = httpx.get(f"{cluster.url}/api/v1/me", cookies={"tunelab_session": cookie or ""})
     assert stale.status_code == 401
+
+
+def test_csrf_is_checked_whatever_the_content_type(api: httpx.Client, cluster: LiveServer) -> None:
+    """Multipart forms, plain text and other methods from a session need the token too."""
+    from tests.conftest import ADMIN_EMAIL
+
+    client = browser_login(cluster, ADMIN_EMAIL, ADMIN_PASSWORD)
+    csrf = re.search(  # type: ignore[union-attr]
+        r'name="csrf_token" value="([^"]+)"', client.get("/projects").text
+    ).group(1)
+    name = f"multipart {uuid.uuid4().hex[:6]}"
+    multipart = {"name": (None, name)}
+    before = {p["name"] for p in api.get("/projects", params={"limit": 200}).json()["items"]}
+    assert client.post("/projects", files=multipart, follow_redirects=False).status_code == 403
+    assert client.post("/account/tokens", files={"name": (None, "minted")}).status_code == 403, (
+        "a token minted by a cross-site multipart form"
+    )
+    as_text = client.post(
+        "/api/v1/projects", content='{"name": "x"}', headers={"content-type": "text/plain"}
+    )
+    assert as_text.status_code == 403
+    assert client.request("PATCH", "/api/v1/users/" + str(uuid.uuid4()), json={}).status_code == 403
+    after = {p["name"] for p in api.get("/projects", params={"limit": 200}).json()["items"]}
+    assert after == before
+    assert "minted" not in {t["name"] for t in api.get("/tokens").json()}
+    # The same multipart form with the field is accepted, so browsers that send files work.
+    ok = client.post(
+        "/projects", files={**multipart, "csrf_token": (None, csrf)}, follow_redirects=False
+    )
+    assert ok.status_code == 303
+    # A streamed upload checks the field as the body arrives, and keeps nothing without it.
+    project = create_project(api)
+    upload = client.post(
+        f"/api/v1/projects/{project['id']}/uploads",
+        files={"file": ("a.jsonl", jsonl(alpaca_records(2)), "application/jsonl")},
+    )
+    assert upload.status_code == 403
+    assert api.get(f"/projects/{project['id']}/uploads").json()["total"] == 0
 
 
 def test_eleventh_wrong_password_in_a_minute_is_refused(

@@ -12,7 +12,7 @@ import json
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,7 @@ import torch
 
 from worker.deploy.card import model_card
 from worker.training import models
-from worker.training.errors import TrainingError
+from worker.training.errors import TrainingCancelled, TrainingError
 from worker.training.formatting import Message, ensure_chat_template, render
 
 Kind = Literal["adapter", "merged"]
@@ -120,9 +120,18 @@ def export_merged(
     prompts: Sequence[Sequence[Message]] = (),
     allow_downloads: bool = False,
     trust_remote_code: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> ExportResult:
     """Base + adapter merged into one standalone model (safetensors, tokenizer, chat template,
-    generation config), checked against base + adapter before it is kept."""
+    generation config), checked against base + adapter before it is kept.
+
+    ``should_stop`` is asked between the long phases (load, merge, save, check); when it says
+    yes the export is abandoned (TrainingCancelled) and nothing of it is left behind."""
+
+    def stop_if_asked() -> None:
+        if should_stop():
+            raise TrainingCancelled("The export was stopped")
+
     kind = adapter_kind(adapter_dir)
     if not mergeable(kind):
         raise ExportError(UNMERGEABLE_NOTE.format(method=_title(kind)))
@@ -158,15 +167,18 @@ def export_merged(
             base = models.load_model(
                 resolved, dtype=torch.float32, device=device, trust_remote_code=trust_remote_code
             )
+            stop_if_asked()
             adapted = PeftModel.from_pretrained(base, str(adapter_dir))
             adapted.eval()
             reference = _logits(adapted, encoded)
             merged = adapted.merge_and_unload()
+        stop_if_asked()
         merged.to(weights_dtype).save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
         if merged.generation_config is not None:
             merged.generation_config.save_pretrained(str(staging))
         del merged
+        stop_if_asked()
         verification = None
         if reference is not None:
             # Read back what will ship, with nothing but transformers.
@@ -190,6 +202,7 @@ def export_merged(
             }
         )
         (staging / "README.md").write_text(text, encoding="utf-8")
+        stop_if_asked()
         return _finish(staging, out_dir, "merged", verification=verification, card=text)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -253,6 +266,18 @@ def _compare(
         "tolerance": tolerance,
         "passed": worst <= tolerance,
     }
+
+
+def discard_export(out_dir: Path) -> None:
+    """Remove everything an export attempt may have left: its folder, its .tar, and any
+    half-written staging folder or archive (a worker that died or was stopped mid-way)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    archive = out_dir.with_suffix(".tar")
+    archive.unlink(missing_ok=True)
+    archive.with_name(f".{archive.name}.partial").unlink(missing_ok=True)
+    if out_dir.parent.is_dir():
+        for leftover in out_dir.parent.glob(f".{out_dir.name}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _staging(out_dir: Path) -> Path:

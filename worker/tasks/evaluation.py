@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from app.models import DatasetVersion, EvalStatus, Evaluation, Job
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
 from app.services import jobs as jobs_service
+from app.services import leases
 from app.services.base_models import check_on_worker
-from app.services.queue import enqueue_evaluation
 from worker.celery_app import EVALUATE_MODELS, celery_app
 from worker.evaluation.run import (
     Candidate,
@@ -29,7 +28,7 @@ from worker.evaluation.run import (
 )
 from worker.evaluation.settings import DecodingSettings
 from worker.tasks import crashed
-from worker.tasks.training import SHUTTING_DOWN, worker_name
+from worker.tasks.runtime import Lease
 from worker.training import TrainingCancelled, TrainingError
 from worker.training.methods import METHODS
 from worker.training.model_names import for_remote_user
@@ -38,43 +37,14 @@ log = logging.getLogger(__name__)
 
 
 class EvalReporter:
-    """Progress and cancellation for a running evaluation, with a heartbeat thread."""
+    """Progress and cancellation for a running evaluation; the lease's heartbeat stores the
+    progress with each beat."""
 
-    def __init__(self, evaluation_id: uuid.UUID, worker: str, settings: Settings) -> None:
-        self.evaluation_id = evaluation_id
-        self.worker = worker
-        self.settings = settings
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
         self.progress: dict[str, Any] = {"phase": "loading"}
         self.events: list[dict[str, str]] = []
-        self.lease_lost = False
-        self.cancel_requested = False
-        self._stop = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="eval-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._done.set()
-        self._thread.join(timeout=10)
-
-    def _beat(self) -> None:
-        while not self._done.wait(1.0):
-            try:
-                with session_scope() as session:
-                    ours, cancel = service.heartbeat(
-                        session,
-                        evaluation_id=self.evaluation_id,
-                        worker=self.worker,
-                        progress={**self.progress, "events": self.events[-5:]},
-                    )
-                self.lease_lost = not ours
-                self.cancel_requested = cancel
-                if cancel or not ours:
-                    self._stop.set()
-            except Exception:  # the database may blink; the next beat tries again
-                log.exception("heartbeat for evaluation %s failed", self.evaluation_id)
+        lease.progress = lambda: {"progress": {**self.progress, "events": self.events[-5:]}}
 
     def on_progress(self, phase: str, key: str, done: int, total: int) -> None:
         self.progress = {"phase": phase, "model": key, "done": done, "total": total}
@@ -83,7 +53,7 @@ class EvalReporter:
         self.events.append({"level": level, "message": message})
 
     def should_stop(self) -> bool:
-        return self._stop.is_set() or SHUTTING_DOWN.is_set()
+        return self.lease.should_stop()
 
 
 def _read_split(settings: Settings, version: DatasetVersion, split: str) -> list[dict[str, Any]]:
@@ -152,10 +122,9 @@ def candidates_from(
 def evaluate_models(evaluation_id: str) -> str:
     """Run one evaluation. Idempotent: one that is not queued is left alone."""
     settings = get_settings()
-    eid = uuid.UUID(evaluation_id)
-    me = worker_name()
+    lease = Lease(leases.EVALUATION, uuid.UUID(evaluation_id))
     with session_scope() as session:
-        evaluation = service.claim_evaluation(session, evaluation_id=eid, worker=me)
+        evaluation = lease.claim(session)
         if evaluation is None:
             return "skipped"
         version = session.get(DatasetVersion, evaluation.dataset_version_id)
@@ -164,53 +133,49 @@ def evaluate_models(evaluation_id: str) -> str:
         pool = _read_split(settings, version, "train") if evaluation.split != "train" else []
         options = dict(evaluation.settings)
         baseline = options.get("baseline")
+        failure: str | None = None
         try:
             candidates = _candidates(session, settings, evaluation)
         except TrainingError as exc:
-            service.finish_evaluation(
-                session, evaluation_id=eid, worker=me, status=EvalStatus.failed, error=str(exc)
-            )
-            return "failed"
+            candidates, failure = [], str(exc)
+    if failure is not None:
+        lease.finish(EvalStatus.failed, error=failure)
+        return "failed"
 
-    reporter = EvalReporter(eid, me, settings)
-    reporter.start()
+    reporter = EvalReporter(lease)
     status, error, outcome, decoding = EvalStatus.failed, None, None, None
-    try:
-        examples = examples_from_records(records)
-        if options.get("max_samples"):
-            examples = examples[: int(options["max_samples"])]
-        decoding = _decoding(options.get("decoding") or {}, candidates, examples, settings)
-        outcome = evaluate(
-            candidates,
-            examples,
-            decoding,
-            model_cache_dir=settings.model_cache_dir,
-            allow_downloads=settings.allow_hub_downloads,
-            baseline=baseline,
-            few_shot_pool=examples_from_records(pool),
-            callbacks=reporter,
-            backend=settings.eval_backend,
-        )
-        status = EvalStatus.succeeded
-    except TrainingCancelled:
-        status = EvalStatus.cancelled
-    except TrainingError as exc:
-        error = for_remote_user(exc)
-    except Exception as exc:
-        error = crashed(f"evaluation {evaluation_id}", exc)
-    finally:
-        reporter.close()
+    with lease:
+        try:
+            examples = examples_from_records(records)
+            if options.get("max_samples"):
+                examples = examples[: int(options["max_samples"])]
+            decoding = _decoding(options.get("decoding") or {}, candidates, examples, settings)
+            outcome = evaluate(
+                candidates,
+                examples,
+                decoding,
+                model_cache_dir=settings.model_cache_dir,
+                allow_downloads=settings.allow_hub_downloads,
+                baseline=baseline,
+                few_shot_pool=examples_from_records(pool),
+                callbacks=reporter,
+                backend=settings.eval_backend,
+            )
+            status = EvalStatus.succeeded
+        except TrainingCancelled:
+            status = EvalStatus.cancelled
+        except TrainingError as exc:
+            error = for_remote_user(exc)
+        except Exception as exc:
+            error = crashed(f"evaluation {evaluation_id}", exc)
 
-    if status == EvalStatus.cancelled and SHUTTING_DOWN.is_set() and not reporter.cancel_requested:
-        with session_scope() as session:
-            queue = service.release_evaluation(session, evaluation_id=eid, worker=me)
-        if queue is not None:
-            enqueue_evaluation(evaluation_id=eid, queue=queue)
-        return "handed back"
-    if reporter.lease_lost:
+    if lease.lost:
         return "lease lost"
-
-    results, samples = None, []
+    if lease.shut_down:
+        lease.hand_back()
+        return "handed back"
+    results: dict[str, Any] | None = None
+    samples: list[dict[str, Any]] = []
     if outcome is not None and decoding is not None:
         subject = _subject(candidates, baseline)
         primary = str(options.get("primary_metric") or service.DEFAULT_PRIMARY)
@@ -218,16 +183,19 @@ def evaluate_models(evaluation_id: str) -> str:
         results["labels"] = {c.key: c.label for c in candidates}
         results["decoding"] = decoding.model_dump(mode="json")
         samples = _sample_rows(outcome, baseline=baseline, subject=subject, primary=primary)
-    with session_scope() as session:
-        service.finish_evaluation(
-            session,
-            evaluation_id=eid,
-            worker=me,
-            status=status,
-            error=error,
-            results=results,
-            samples=samples,
-        )
+    values: dict[str, Any] = {"results": results} if results is not None else {}
+    if status == EvalStatus.succeeded:
+        values["progress"] = {"phase": "done"}
+    lease.finish(
+        status,
+        error=error,
+        values=values,
+        then=lambda session: (
+            service.store_samples(session, evaluation_id=lease.item_id, samples=samples)
+            if samples
+            else None
+        ),
+    )
     return str(status)
 
 
@@ -275,13 +243,3 @@ def _sample_rows(
             }
         )
     return rows
-
-
-def requeue_stale_evaluations() -> int:
-    """Hand evaluations of dead workers back to the queue (called by every worker's reaper)."""
-    settings = get_settings()
-    with session_scope() as session:
-        stale = service.reap_stale_evaluations(session, lease_seconds=settings.lease_seconds)
-    for eid, queue in stale:
-        enqueue_evaluation(evaluation_id=eid, queue=queue)
-    return len(stale)

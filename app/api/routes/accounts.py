@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
-
 from app.api.deps import (
     CurrentAdmin,
     CurrentTrainer,
     CurrentUser,
+    CurrentWriter,
     Limit,
     Offset,
     SessionDep,
+    make_router,
 )
 from app.core.errors import Conflict
 from app.models import Role
@@ -31,7 +31,7 @@ from app.schemas.account import (
 from app.schemas.common import Page
 from app.services import access, accounts, audit, credentials
 
-router = APIRouter(tags=["accounts"])
+router = make_router(tags=["accounts"])
 
 
 @router.get("/me", response_model=UserRead)
@@ -45,13 +45,15 @@ def list_tokens(session: SessionDep, me: CurrentUser) -> list[TokenRead]:
 
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated)
-def create_token(body: TokenCreate, session: SessionDep, me: CurrentUser) -> TokenCreated:
-    """Create an API token for yourself. The secret is in this response and nowhere else."""
+def create_token(body: TokenCreate, session: SessionDep, me: CurrentWriter) -> TokenCreated:
+    """Create an API token for yourself, with at most the scopes of the credential you call
+    with. The secret is in this response and nowhere else."""
     token, secret = credentials.create_token(
         session,
         user=me.user,
         name=body.name,
         scopes=list(body.scopes),
+        granted=me.scopes,
         expires_at=body.expires_at,
         ip=me.ip,
     )
@@ -62,8 +64,11 @@ def create_token(body: TokenCreate, session: SessionDep, me: CurrentUser) -> Tok
 
 
 @router.post("/tokens/{token_id}/revoke", response_model=TokenRead)
-def revoke_token(token_id: uuid.UUID, session: SessionDep, me: CurrentUser) -> TokenRead:
-    token = credentials.revoke_token(session, user=me.user, token_id=token_id, ip=me.ip)
+def revoke_token(token_id: uuid.UUID, session: SessionDep, me: CurrentWriter) -> TokenRead:
+    """Revoke one of your tokens; another user's needs an admin with the `admin` scope."""
+    token = credentials.revoke_token(
+        session, user=me.user, token_id=token_id, others=me.acts_as_admin, ip=me.ip
+    )
     session.commit()
     return TokenRead.model_validate(token)
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-
-from app.api.deps import CurrentReader, SettingsDep
+from app.api.deps import CurrentReader, SettingsDep, make_router
 from worker.training.catalog import catalog_listing
 from worker.training.config import PRESETS
 from worker.training.method_support import check_method, method_choices
 
-router = APIRouter(tags=["catalog"])
+router = make_router(tags=["catalog"])
 
 
 @router.get("/models")

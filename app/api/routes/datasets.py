@@ -6,10 +6,18 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from fastapi.responses import FileResponse
 
-from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    make_router,
+)
 from app.core.errors import NotFound
 from app.models import Dataset, DatasetVersion
 from app.schemas.common import Page
@@ -28,7 +36,7 @@ from app.services import access, dataset_preview, tokenization
 from app.services import dataset_cleaning as cleaning
 from app.services import datasets as service
 
-router = APIRouter(tags=["datasets"])
+router = make_router(tags=["datasets"])
 
 
 def dataset_read(dataset: Dataset) -> DatasetRead:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    make_router,
+)
 from app.core.errors import NotFound
-from app.models import Job
 from app.schemas.common import Page
 from app.schemas.deploy import DeploymentCreate, DeploymentRead, ExportCreate, ExportRead
 from app.services import access, deployments
 from app.services import exports as service
-from app.services.queue import enqueue_deployment, enqueue_export
 
-router = APIRouter(tags=["deploy"])
+router = make_router(tags=["deploy"])
 
 
 @router.post("/jobs/{job_id}/exports", status_code=201, response_model=ExportRead)
@@ -29,8 +35,7 @@ def create_export(
         session, job_id=job_id, kind=body.kind, dtype=body.dtype, user=me.user
     )
     session.commit()
-    job = session.get(Job, job_id)
-    enqueue_export(export_id=export.id, queue=job.queue if job else "training")
+    service.offer(session, export=export)
     return ExportRead.model_validate(export)
 
 
@@ -74,7 +79,7 @@ def create_deployment(
     reached at `/v1` (OpenAI-compatible) as `<name>/base` and `<name>/job-<id>`."""
     deployment = deployments.create_deployment(session, settings=settings, data=body, user=me.user)
     session.commit()
-    enqueue_deployment(deployment_id=deployment.id, queue=deployment.queue)
+    deployments.offer(session, deployment=deployment)
     return deployments.deployment_read(deployment)
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
 from pydantic import Field
 
-from app.api.deps import CurrentReader, SessionDep
+from app.api.deps import CurrentReader, SessionDep, make_router
 from app.services import estimates as service
 from app.services.jobs import validate_config
 from worker.training.config import TrainConfig
 
-router = APIRouter(tags=["estimates"])
+router = make_router(tags=["estimates"])
 
 _REQUEST_ONLY = ("dataset_id", "dataset_version", "gpu")
 

@@ -3,10 +3,18 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import Query, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    make_router,
+)
 from app.models import EvalStatus
 from app.schemas.common import Page
 from app.schemas.evaluation import (
@@ -19,7 +27,7 @@ from app.services import access
 from app.services import evaluation_export as export
 from app.services import evaluations as service
 
-router = APIRouter(tags=["evaluations"])
+router = make_router(tags=["evaluations"])
 
 
 @router.post("/evaluations", status_code=201, response_model=EvaluationRead)
@@ -30,7 +38,7 @@ def create_evaluation(
     (base models with a prompt, zero- or k-shot; finished jobs; checkpoints)."""
     evaluation = service.create_evaluation(session, settings=settings, data=body, user=me.user)
     session.commit()
-    service.enqueue_or_fail(session, evaluation=evaluation)
+    service.offer(session, evaluation=evaluation)
     project = access.project_for(session, me.user, evaluation.project_id)
     return service.evaluation_read(evaluation, project)
 

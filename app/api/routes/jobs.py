@@ -3,10 +3,18 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    make_router,
+)
 from app.models import JobStatus
 from app.schemas.common import Page
 from app.schemas.job import ArtifactRead, JobCreate, JobEventRead, JobRead, MetricPointRead
@@ -15,7 +23,7 @@ from app.services import artifacts as artifacts_service
 from app.services import jobs as service
 from app.services.jobs import job_read
 
-router = APIRouter(tags=["jobs"])
+router = make_router(tags=["jobs"])
 
 
 @router.post("/jobs", status_code=201, response_model=JobRead)
@@ -25,8 +33,7 @@ def create_job(
     """Validate the config and the dataset, and queue the job for a worker."""
     job = service.create_job(session, settings=settings, data=body, user=me.user)
     session.commit()
-    if job.status == JobStatus.queued:
-        service.enqueue_or_fail(session, job=job)
+    service.offer(session, job=job)
     return job_read(job)
 
 

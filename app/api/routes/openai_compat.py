@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.api.deps import CurrentReader, SessionDep
+from app.api.deps import CurrentReader, SessionDep, in_thread, make_router
 from app.services import deployments
 
-router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+router = make_router(prefix="/v1", tags=["openai-compatible"])
 # Generation can take minutes; only connecting must be quick.
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
 
@@ -46,7 +46,9 @@ async def _forward(request: Request, session: SessionDep, me: Any, path: str) ->
         return openai_error(400, "the body must be JSON", kind="invalid_request_error")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return openai_error(400, "name the `model`", kind="invalid_request_error", param="model")
-    found = deployments.running_for_model(session, user=me.user, model=body["model"])
+    found = await in_thread(
+        session, deployments.running_for_model, session, user=me.user, model=body["model"]
+    )
     if found is None:
         return openai_error(
             404,
@@ -55,8 +57,8 @@ async def _forward(request: Request, session: SessionDep, me: Any, path: str) ->
             param="model",
         )
     deployment, _ = found
+    # in_thread gave the connection back: none is held while the model answers.
     url, key = f"{deployment.url}/v1/{path}", deployment.api_key
-    session.close()  # nothing more to read; do not hold a connection while the model answers
     client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT)
     try:
         upstream = await client.send(

@@ -3,15 +3,23 @@ from __future__ import annotations
 import shutil
 import uuid
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
-from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    make_router,
+)
 from app.schemas.common import Page
 from app.schemas.project import ProjectCreate, ProjectRead
 from app.services import access
 from app.services import projects as service
 
-router = APIRouter(prefix="/projects", tags=["projects"])
+router = make_router(prefix="/projects", tags=["projects"])
 
 
 @router.post("", status_code=201, response_model=ProjectRead)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import Path, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from app.api.deps import (
     Limit,
     Offset,
     SessionDep,
+    make_router,
 )
 from app.models import ReviewCampaign
 from app.schemas.common import Page
@@ -31,9 +32,8 @@ from app.schemas.review import (
 )
 from app.services import review_results, reviewing
 from app.services import reviews as service
-from app.services.queue import enqueue_review_answers
 
-router = APIRouter(tags=["reviews"])
+router = make_router(tags=["reviews"])
 Sequence = Annotated[int, Path(ge=1, le=2**31 - 1, description="1-based place in your queue")]
 
 
@@ -44,20 +44,15 @@ def campaign_read(session: Session, campaign: ReviewCampaign) -> CampaignRead:
     return read
 
 
-def _answer_typed(campaign: ReviewCampaign, counts: CampaignRead) -> None:
-    if counts.items_answering:
-        enqueue_review_answers(campaign_id=campaign.id)
-
-
 @router.post("/review-campaigns", status_code=201, response_model=CampaignRead)
 def create_campaign(body: CampaignCreate, session: SessionDep, me: CurrentTrainer) -> CampaignRead:
     """A blind review of an evaluation's answers (plus any typed prompts, which both models
     answer on a worker); opened at once for the named reviewers unless `open` is false."""
     campaign = service.create_campaign(session, data=body, user=me.user)
+    run = service.queue_answers(session, campaign=campaign)
     session.commit()
-    read = campaign_read(session, campaign)
-    _answer_typed(campaign, read)
-    return read
+    service.offer_answers(session, run=run)
+    return campaign_read(session, campaign)
 
 
 @router.get("/review-campaigns", response_model=Page[CampaignRead])
@@ -100,10 +95,10 @@ def add_prompts(
     assigned like the others."""
     campaign = service.campaign_for(session, me.user, campaign_id)
     service.add_prompts(session, campaign=campaign, prompts=body.prompts)
+    run = service.queue_answers(session, campaign=campaign)
     session.commit()
-    read = campaign_read(session, campaign)
-    _answer_typed(campaign, read)
-    return read
+    service.offer_answers(session, run=run)
+    return campaign_read(session, campaign)
 
 
 @router.post("/review-campaigns/{campaign_id}/open", response_model=CampaignRead)

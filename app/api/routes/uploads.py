@@ -10,12 +10,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from app.api.deps import CurrentReader, CurrentTrainer, Limit, Offset, SessionDep, SettingsDep
+from app.api.deps import (
+    CurrentReader,
+    CurrentTrainer,
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    in_thread,
+    make_router,
+    streams_upload,
+)
 from app.api.routes.datasets import dataset_read
 from app.core.errors import FieldError, InvalidInput, NotFound
 from app.core.uploads import ReceivedUpload, receive_upload
@@ -30,7 +40,7 @@ from app.services import access
 from app.services import dataset_imports as imports
 from app.services import datasets as service
 
-router = APIRouter(tags=["datasets"])
+router = make_router(tags=["datasets"])
 
 FILE_FIELDS = ("validation_file", "test_file")
 
@@ -153,6 +163,7 @@ def invalid_fields(exc: ValidationError) -> InvalidInput:
     openapi_extra=STAGE_BODY,
     responses={413: ERRORS[413]},
 )
+@streams_upload
 async def stage_upload(
     project_id: uuid.UUID,
     request: Request,
@@ -162,13 +173,17 @@ async def stage_upload(
 ) -> DatasetUpload:
     """Receive a file: it is inspected (container, columns, first rows, detected format) for
     the mapping step; `POST /uploads/{id}/import` makes it a dataset."""
-    access.project_for(session, me.user, project_id)
+    await in_thread(session, access.project_for, session, me.user, project_id)
     received = await receive(request, settings)
-    upload = imports.stage_upload(
-        session, settings=settings, project_id=project_id, received=received, user=me.user
-    )
-    session.commit()
-    return upload
+
+    def stage() -> DatasetUpload:
+        upload = imports.stage_upload(
+            session, settings=settings, project_id=project_id, received=received, user=me.user
+        )
+        session.commit()
+        return upload
+
+    return await in_thread(session, stage)
 
 
 @router.get("/projects/{project_id}/uploads", response_model=Page[UploadRead])
@@ -260,6 +275,7 @@ def delete_upload(
     openapi_extra=ONE_SHOT_BODY,
     responses=ERRORS,
 )
+@streams_upload
 async def upload_dataset(
     project_id: uuid.UUID,
     request: Request,
@@ -270,20 +286,26 @@ async def upload_dataset(
     """Upload and import in one request. Every bad line is reported; on errors nothing is
     created, and the 422 names the `upload_id` whose full error list can be downloaded or
     imported again with other choices (e.g. `drop_invalid`)."""
-    access.project_for(session, me.user, project_id)
+    await in_thread(session, access.project_for, session, me.user, project_id)
     received = await receive(request, settings)
     try:
         options = import_options(received.fields)
     except InvalidInput:
         received.discard()
         raise
-    dataset, _ = imports.create_dataset_from_upload(
-        session,
-        settings=settings,
-        project_id=project_id,
-        upload=received,
-        user=me.user,
-        options=options,
-    )
-    session.commit()
-    return dataset_read(dataset)
+
+    def create() -> DatasetRead:
+        # Validation reads the whole file: on the thread pool, so /healthz and every other
+        # request keep being answered meanwhile.
+        dataset, _ = imports.create_dataset_from_upload(
+            session,
+            settings=settings,
+            project_id=project_id,
+            upload=received,
+            user=me.user,
+            options=options,
+        )
+        session.commit()
+        return dataset_read(dataset)
+
+    return await in_thread(session, create)

@@ -88,7 +88,7 @@ class WorkerSupervisor:
             if lived > HEALTHY_SECONDS:
                 attempt = 0
             pause = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
-            why = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            why = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             log.warning("the worker (pid %s) %s; restarting it in %s s", proc.pid, why, pause)
             print(f"tunelab: the worker {why}; restarting it in {pause} s", flush=True)
             try:

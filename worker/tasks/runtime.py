@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 from sqlalchemy.orm import Session
 
@@ -77,7 +78,12 @@ class Lease:
         )
 
     def claim(self, session: Session) -> Any | None:
-        """The claimed row (read what the work needs from it in this session), or None."""
+        """The claimed row (read what the work needs from it in this session), or None.
+
+        A worker that is shutting down takes nothing new: the message goes back to the
+        broker for the next worker (it may be the one this worker just handed back)."""
+        if SHUTTING_DOWN.is_set():
+            raise Reject("this worker is shutting down", requeue=True)
         row = leases.claim(session, self.kind, self.item_id, worker=self.worker)
         if row is not None:
             BUSY.set()

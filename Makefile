@@ -7,7 +7,7 @@
 #   requirements/no-deps.txt  the packages installed without their dependencies (see below)
 #   requirements/gpu.txt      the `gpu` extra (bitsandbytes) for GPU images (Dockerfile)
 # torch is in none of them: CPU machines install $(TORCH) first, GPU hosts their own CUDA build
-# (pyproject.toml keeps ranges for them). worker/versions.py states the tested versions and
+# (pyproject.toml keeps ranges for them). worker/spec/versions.py states the tested versions and
 # `tunelab serve|worker|train` warn about any outside them.
 #   make lock                          regenerate the lock files from pyproject.toml, keeping
 #                                      every current pin that still fits
@@ -96,7 +96,7 @@ lock:
 # trainings among them) and `tunelab train` on the NEWEST releases of torch, transformers, peft,
 # accelerate and bitsandbytes, in a venv of its own ($(LATEST_VENV); .venv keeps the tested
 # versions), the rest from the lock. Run it when one of those five has a new release; when it
-# passes, raise the upper ends in worker/versions.py to the versions it printed. About 5 minutes
+# passes, raise the upper ends in worker/spec/versions.py to the versions it printed. About 5 minutes
 # of tests on 2 cores, plus the download: the newest torch on PyPI is a CUDA build, several GB
 # (about 3.5 GB of wheels, 6 GB installed). This machine's pip caps torch at the builds on its
 # disk (/etc/xdg/pip/constraints.txt); PIP_CONSTRAINT=/dev/null lifts the cap for these pip
@@ -119,9 +119,9 @@ test-latest:
 	  || echo "test-latest: bitsandbytes does not import here; it is needed only for QLoRA on a GPU"
 	$(LATEST_PIP) install -q --no-deps --no-build-isolation -e .
 	! $(call PIP_CHECK,$(LATEST_PY) -m pip)
-	@echo "== make test-latest: testing on"; $(LATEST_PY) -m worker.versions
+	@echo "== make test-latest: testing on"; $(LATEST_PY) -m worker.spec.versions
 	$(LATEST_PY) -m pytest -q $(LATEST_TESTS); status=$$?; \
-	  echo "== make test-latest: tested on"; $(LATEST_PY) -m worker.versions; \
+	  echo "== make test-latest: tested on"; $(LATEST_PY) -m worker.spec.versions; \
 	  echo "== make test-latest: $$( [ $$status -eq 0 ] && echo passed || echo FAILED )"; \
 	  exit $$status
 

@@ -121,7 +121,7 @@ def _baseline(src: Path) -> int:
 
 
 def _tunelab(src: Path, workers: int | None) -> int:
-    from app.services.dataset_parsing import validate_file  # imported before the clock starts
+    from app.datasets.parsing import validate_file  # imported before the clock starts
 
     dest = src.with_name("records.jsonl")
     try:
@@ -139,7 +139,7 @@ def _measure(kind: str, src: Path, workers: int | None) -> None:
     A server has the validation code imported already: importing it is not timed.
     """
     if kind == "tunelab":
-        import app.services.dataset_parsing  # noqa: F401
+        import app.datasets.parsing  # noqa: F401
     start = time.perf_counter()
     records = _baseline(src) if kind == "baseline" else _tunelab(src, workers)
     seconds = time.perf_counter() - start

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.evaluation.generation import DecodingSettings, eos_token_ids, generate_batched
-from worker.training.formatting import ensure_chat_template, ensure_pad_token, render
+from worker.spec.formatting import ensure_chat_template, ensure_pad_token, render
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -170,7 +170,7 @@ def load(name: str | None, device: torch.device, cache_dir: Path) -> tuple[Any, 
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
         return model.eval(), tokenizer, f"{name} (random weights)"
 
-    from worker.training.errors import TrainingError
+    from worker.spec.errors import TrainingError
     from worker.training.models import (
         load_model,
         load_tokenizer,

@@ -39,11 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from worker.spec.config import TrainConfig
+from worker.spec.formatting import IGNORE_INDEX, Sample
+from worker.spec.methods import build_peft_config
 from worker.training import data
-from worker.training.config import TrainConfig
 from worker.training.engine import StepMetrics, train_model
-from worker.training.formatting import IGNORE_INDEX, Sample
-from worker.training.methods import build_peft_config
 
 # Public architecture hyper-parameters of each model; weights are random.
 SHAPES: dict[str, dict[str, Any]] = {

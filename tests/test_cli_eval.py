@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.eval_cli import MARKS, display_width, results_table
+from app.cli.evaluations import MARKS, display_width, results_table
 from tests.api.test_evaluations_api import train_and_evaluate
 from tests.factories import (
     create_project,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from worker import versions
-from worker.versions import TESTED, in_tested_range, report, untested_versions
+from worker.spec import versions
+from worker.spec.versions import TESTED, in_tested_range, report, untested_versions
 
 ROOT = Path(__file__).parents[1]
 
@@ -90,7 +90,7 @@ def test_the_lock_pins_versions_within_the_tested_ranges() -> None:
 
 def test_the_check_reads_metadata_and_never_imports_the_packages() -> None:
     code = (
-        "import sys, worker.versions as v; v.installed_versions(); v.untested_versions();"
+        "import sys, worker.spec.versions as v; v.installed_versions(); v.untested_versions();"
         "print(sorted(set(sys.modules) & {'torch', 'transformers', 'peft', 'accelerate',"
         " 'bitsandbytes'}))"
     )

@@ -21,8 +21,8 @@ from app.core.db import get_sessionmaker
 from app.core.errors import Forbidden, Unauthorized
 from app.core.security import same
 from app.models import Role
-from app.services import credentials
 from app.services.access import Principal, Viewer
+from app.services.accounts import credentials
 
 SESSION_COOKIE = "tunelab_session"
 CSRF_HEADER = "x-csrf-token"

@@ -77,6 +77,15 @@ class InvalidInput(TunelabError):
             errors=[FieldError(field=field, message=message)],
         )
 
+    @classmethod
+    def from_validation(cls, exc: Any) -> InvalidInput:
+        """A pydantic ValidationError, each problem with the field it is about."""
+        errors = [
+            FieldError(field=".".join(str(p) for p in e["loc"]) or None, message=e["msg"])
+            for e in exc.errors()
+        ]
+        return cls(f"{errors[0].field or 'the request'}: {errors[0].message}", errors=errors)
+
 
 class InvalidDataset(InvalidInput):
     code = "invalid_dataset"

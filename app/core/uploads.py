@@ -17,8 +17,10 @@ from typing import IO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from app.core.config import Settings
 from app.core.errors import Forbidden, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.core.security import same
+from app.core.words import size_in_words
 
 
 @dataclass
@@ -106,7 +108,7 @@ class _Receiver:
             self._total += len(chunk)
             if self._total > self.max_bytes:
                 raise PayloadTooLarge(
-                    f"the file is larger than the upload limit of {_human(self.max_bytes)}"
+                    f"the file is larger than the upload limit of {size_in_words(self.max_bytes)}"
                 )
             self._out.write(chunk)
         elif not self._is_file:
@@ -122,15 +124,6 @@ class _Receiver:
     def close(self) -> None:
         if self._out is not None:
             self._out.close()
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} bytes"
 
 
 async def receive_upload(
@@ -154,7 +147,9 @@ async def receive_upload(
     declared = request.headers.get("content-length")
     # Allow for the multipart framing around the file itself.
     if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise PayloadTooLarge(f"the file is larger than the upload limit of {_human(max_bytes)}")
+        raise PayloadTooLarge(
+            f"the file is larger than the upload limit of {size_in_words(max_bytes)}"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(file_field, directory, max_bytes, extra_files)
     callbacks = {
@@ -196,3 +191,17 @@ async def receive_upload(
         receiver.upload.discard()
         raise InvalidInput(f"no file was sent: attach it in a form field named `{file_field}`")
     return receiver.upload
+
+
+# The optional companion files of a dataset upload: a separate validation and test split.
+DATASET_FILE_FIELDS = ("validation_file", "test_file")
+
+
+async def receive_dataset_files(request: Request, settings: Settings) -> ReceivedUpload:
+    """A dataset upload (the file and its optional split files) into the uploads folder."""
+    return await receive_upload(
+        request,
+        directory=settings.uploads_dir,
+        max_bytes=settings.upload_max_bytes,
+        extra_files=DATASET_FILE_FIELDS,
+    )

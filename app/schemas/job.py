@@ -22,7 +22,7 @@ class JobCreate(Input):
         description="when the job succeeds, evaluate it against its prompting baseline on the "
         "dataset version's test split",
     )
-    # Validated against worker.training.config.TrainConfig by the jobs service, so that the
+    # Validated against worker.spec.config.TrainConfig by the jobs service, so that the
     # error names the field inside `config` the way the form and the YAML file name it.
     config: dict[str, Any] = Field(
         examples=[{"base_model": "smollm2-135m-instruct", "method": "lora", "max_steps": 30}]

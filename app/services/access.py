@@ -25,7 +25,7 @@ from app.models import (
     Role,
     User,
 )
-from app.services import audit
+from app.services.accounts import audit
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def offer(session: Session, *, export: Export) -> None:
 def card_data(session: Session, *, job: Job) -> dict[str, Any]:
     """What the model card says of a job: its model, data, and newest evaluation."""
     from app.models import Dataset, DatasetVersion, EvalStatus, Evaluation, Project
-    from worker.training.catalog import catalog_entry
+    from worker.spec.catalog import catalog_entry
 
     project = session.get(Project, job.project_id)
     version = session.get(DatasetVersion, job.dataset_version_id)

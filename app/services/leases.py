@@ -341,13 +341,13 @@ def _job_note(session: Session, job_id: uuid.UUID, level: str, message: str) -> 
 
 
 def _answers_ended(session: Session, run_id: uuid.UUID, error: str | None) -> None:
-    from app.services.reviews import answers_abandoned
+    from app.services.reviews.campaigns import answers_abandoned
 
     answers_abandoned(session, run_id=run_id, error=error or "the answering was stopped")
 
 
 def _register_kinds() -> None:
-    from worker.celery_app import (
+    from worker.spec.tasks import (
         ANSWER_REVIEW_ITEMS,
         EVALUATE_MODELS,
         MAKE_EXPORT,

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import EvalSample, Evaluation, Job, JobStatus, Project, User
 from app.schemas.project import ProjectCreate
-from app.services import access, audit
-from worker.evaluation.criteria import check_criteria
+from app.services import access
+from app.services.accounts import audit
+from worker.spec.criteria import check_criteria
 
 
 def create_project(session: Session, *, data: ProjectCreate, creator: User) -> Project:

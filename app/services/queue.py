@@ -26,7 +26,7 @@ _BRIEF_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "in
 def offer(session: Session, kind: Kind, item_id: uuid.UUID, queue: str) -> bool:
     """Send one committed, waiting row to its queue; False when the broker could not take
     it (the row keeps waiting and is sent again later)."""
-    from worker.celery_app import celery_app
+    from app.core.broker import celery_app
 
     try:
         celery_app.send_task(

@@ -25,7 +25,8 @@ from app.core.db import utcnow
 from app.core.errors import TunelabError
 from app.core.security import new_secret, same
 from app.models import Role, User
-from app.services import accounts, audit, credentials
+from app.services.accounts import audit, credentials
+from app.services.accounts import users as accounts
 from app.web.rendering import Form, render
 
 router = make_router(include_in_schema=False)

@@ -21,15 +21,17 @@ from app.api.deps import (
     make_router,
     streams_upload,
 )
-from app.api.routes.uploads import invalid_fields, receive
-from app.core.errors import FieldError, TunelabError
+from app.core.errors import FieldError, InvalidInput, TunelabError
+from app.core.uploads import receive_dataset_files
+from app.datasets import preview as dataset_preview
+from app.datasets import tokenization
+from app.datasets.splits import SPLITS
 from app.models import Dataset, DatasetUpload, DatasetVersion, Project
 from app.schemas.dataset import CleanRequest, ImportRequest, SplitOptions
-from app.services import access, dataset_preview, tokenization
-from app.services import dataset_cleaning as cleaning
-from app.services import dataset_imports as imports
+from app.services import access
 from app.services import datasets as service
-from app.services.dataset_splits import SPLITS
+from app.services.datasets import cleaning as cleaning
+from app.services.datasets import imports as imports
 from app.web import charts
 from app.web.rendering import FormFields, render
 
@@ -67,7 +69,7 @@ async def stage_upload(
 
     await in_thread(session, access.project_for, session, me.user, project_id)
     try:
-        received = await receive(request, settings)
+        received = await receive_dataset_files(request, settings)
     except TunelabError as exc:
         return await in_thread(
             session, project_page_with_error, request, session, me, project_id, exc
@@ -165,7 +167,7 @@ def _import_form(form: dict[str, str], upload: DatasetUpload) -> ImportRequest:
     try:
         return ImportRequest.model_validate(body)
     except ValidationError as exc:
-        raise invalid_fields(exc) from None
+        raise InvalidInput.from_validation(exc) from None
 
 
 def _percent(value: str) -> float | str:
@@ -360,7 +362,7 @@ def derive_version(
                     user=me.user,
                 )
         except ValidationError as exc:
-            raise invalid_fields(exc) from None
+            raise InvalidInput.from_validation(exc) from None
     except TunelabError as exc:
         return _version_error(request, session, settings, me, dataset_id, number, exc)
     session.commit()

@@ -20,7 +20,7 @@ from app.services import access
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
 from app.web.rendering import FormFields, render
-from worker.deploy.card import METRIC_TITLES
+from worker.spec.metrics import METRIC_TITLES
 
 router = make_router(include_in_schema=False)
 SAMPLES_PAGE = 20

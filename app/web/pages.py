@@ -24,18 +24,19 @@ from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.models import JobStatus, Role
 from app.schemas.job import JobCreate
 from app.schemas.project import ProjectCreate
-from app.services import access, accounts
+from app.services import access
 from app.services import datasets as datasets_service
-from app.services import estimates as estimates_service
 from app.services import evaluations as evaluations_service
 from app.services import exports as exports_service
 from app.services import jobs as jobs_service
 from app.services import projects as projects_service
+from app.services.accounts import users as accounts
+from app.services.jobs import estimates as estimates_service
 from app.web.charts import line_chart
 from app.web.rendering import FormFields, render
-from worker.training.catalog import catalog_listing
-from worker.training.config import PRESETS
-from worker.training.method_support import method_choices
+from worker.spec.catalog import catalog_listing
+from worker.spec.config import PRESETS
+from worker.spec.method_support import method_choices
 
 router = make_router(include_in_schema=False)
 PAGE = 50

@@ -11,8 +11,11 @@ from starlette.datastructures import FormData
 
 from app.core.config import PROJECT_ROOT
 from app.core.errors import FieldError
+from app.core.words import clock_duration, short_id, size_in_words
 
 templates = Jinja2Templates(directory=PROJECT_ROOT / "templates")
+# Pages format, they do not compute: ids, sizes and durations read the same everywhere.
+templates.env.filters.update(short_id=short_id, size=size_in_words, duration=clock_duration)
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:

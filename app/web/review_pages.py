@@ -24,10 +24,12 @@ from app.api.deps import (
 from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.models import Evaluation, Project, ReviewCampaign
 from app.schemas.review import CampaignCreate, RatingIn
-from app.services import access, review_results, reviewing
-from app.services import reviews as service
+from app.services import access
+from app.services.reviews import campaigns as service
+from app.services.reviews import results as review_results
+from app.services.reviews import reviewing
 from app.web.rendering import FormFields, render
-from worker.evaluation.metrics import detect_language
+from worker.spec.metrics import detect_language
 
 router = make_router(include_in_schema=False)
 

@@ -30,7 +30,7 @@ from tests.factories import (
     wait_for_status,
 )
 from tests.live import LiveServer, wait_for
-from worker.training.model_names import REFUSED
+from worker.spec.model_names import REFUSED
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TEMP = Path(tempfile.gettempdir()).resolve()

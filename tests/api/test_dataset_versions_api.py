@@ -422,7 +422,7 @@ def test_server_start_purges_week_old_uploads_and_frees_cut_off_imports(
 
     from app.core.config import get_settings
     from app.core.db import utcnow
-    from app.services.dataset_imports import purge_stale_uploads
+    from app.services.datasets.imports import purge_stale_uploads
 
     old = stage(api, project["id"], jsonl(numbered(3)))
     cut_off = stage(api, project["id"], jsonl(numbered(4)))

@@ -169,7 +169,7 @@ def scoped_clients(cluster: LiveServer, admin_token: str) -> dict[str, httpx.Cli
 
 def test_route_scope_matrix(scoped_clients: dict[str, httpx.Client]) -> None:
     """A token reaches exactly the routes its scope allows, token routes included."""
-    from app.services.credentials import expand_scopes
+    from app.services.accounts.credentials import expand_scopes
 
     problems = []
     for route in all_routes():

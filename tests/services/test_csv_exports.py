@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from app.core.csv_cells import safe_cell, safe_writer
+from app.datasets.parsing import validate_file
 from app.models import (
     Dataset,
     DatasetUpload,
@@ -26,10 +27,10 @@ from app.models import (
     ReviewItem,
     User,
 )
-from app.services import evaluations, review_results
-from app.services.dataset_imports import write_errors_csv
-from app.services.dataset_parsing import validate_file
-from app.services.evaluation_export import csv_rows
+from app.services import evaluations
+from app.services.datasets.imports import write_errors_csv
+from app.services.evaluations.export import csv_rows
+from app.services.reviews import results as review_results
 
 FORMULA = '=HYPERLINK("http://x","y")'
 NEUTRAL = "'" + FORMULA

@@ -16,7 +16,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from app.services.dataset_parsing import inspect_file, validate_file
+from app.datasets.parsing import inspect_file, validate_file
 from tests.zip_bombs import bomb_workbook
 
 BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"

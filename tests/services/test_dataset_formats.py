@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.services.dataset_formats import (
+from app.datasets.formats import (
     FORMATS,
     ChatFormat,
     NoAnswer,
@@ -26,7 +26,7 @@ from app.services.dataset_formats import (
     ShareGPTFormat,
     detect,
 )
-from app.services.dataset_parsing import ValidationReport, validate_file
+from app.datasets.parsing import ValidationReport, validate_file
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from app.core import errors
-from app.services import dataset_containers, dataset_parsing
-from app.services.dataset_parsing import (
+from app.datasets import containers as dataset_containers
+from app.datasets import parsing as dataset_parsing
+from app.datasets.parsing import (
     InvalidDataset,
     RecordError,
     ValidationReport,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from app.core.errors import InvalidInput
-from app.services.dataset_preview import Piece, _pieces, preview
-from app.services.tokenization import TextTokenizer, clear_cache, load_tokenizer
-from worker.training import formatting
+from app.datasets.preview import Piece, _pieces, preview
+from app.datasets.tokenization import TextTokenizer, clear_cache, load_tokenizer
+from worker.spec import formatting
 
 CHINESE = [
     {"role": "user", "content": "请把“你好，世界”翻译成英文。"},

@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from app.core.config import PROJECT_ROOT
 from app.core.errors import InvalidDataset
-from app.services.dataset_stats import (
+from app.datasets.stats import (
     compute_stats,
     compute_stats_of,
     describe,
@@ -24,9 +24,9 @@ from app.services.dataset_stats import (
     nice_width,
     token_counter,
 )
-from app.services.tokenization import TextTokenizer, load_tokenizer
+from app.datasets.tokenization import TextTokenizer, load_tokenizer
 from app.web.charts import bar_chart, histogram_chart, language_chart, stats_charts
-from worker.training import formatting
+from worker.spec import formatting
 
 
 def chat(question: str, answer: str, system: str | None = None) -> list[dict[str, str]]:
@@ -302,7 +302,7 @@ def test_records_the_template_refuses_are_counted_not_fatal(
 
 
 def test_a_tokenizer_without_template_is_measured_with_the_fallback(tmp_path: Path) -> None:
-    from app.services.tokenization import clear_cache
+    from app.datasets.tokenization import clear_cache
 
     clear_cache()
     llama = load_tokenizer("llama-3.2", cache_dir=tmp_path)

@@ -13,7 +13,7 @@ from typing import Any
 import openpyxl
 import pytest
 
-from app.services.dataset_parsing import ValidationReport, inspect_file, validate_file
+from app.datasets.parsing import ValidationReport, inspect_file, validate_file
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:

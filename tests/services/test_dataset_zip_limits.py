@@ -9,9 +9,9 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from app.services.dataset_parsing import inspect_file, validate_file
-from app.services.dataset_xlsx import DAMAGED
-from app.services.dataset_zip_limits import (
+from app.datasets.parsing import inspect_file, validate_file
+from app.datasets.xlsx import DAMAGED
+from app.datasets.zip_limits import (
     MAX_RATIO,
     MAX_UNPACKED_BYTES,
     RATIO_CHECKED_FROM,

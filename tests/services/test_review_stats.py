@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from app.services.review_stats import (
+from app.services.reviews.stats import (
     RatingRow,
     agreement,
     cohen_kappa,

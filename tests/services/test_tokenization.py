@@ -13,15 +13,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from app.core.errors import InvalidInput
-from app.services import tokenization
-from app.services.tokenization import (
+from app.datasets import tokenization
+from app.datasets.tokenization import (
     TextTokenizer,
     clear_cache,
     export_folder,
     load_tokenizer,
     named_tokenizers,
 )
-from worker.training import formatting
+from worker.spec import formatting
 
 Conversation = list[dict[str, str]]
 
@@ -332,8 +332,8 @@ def test_an_invalid_template_is_reported(cache_dir: Path) -> None:
 def test_the_services_import_neither_torch_nor_transformers() -> None:
     code = (
         "import sys\n"
-        "import app.services.tokenization, app.services.dataset_stats\n"
-        "import app.services.dataset_preview, app.web.charts\n"
+        "import app.datasets.tokenization, app.datasets.stats\n"
+        "import app.datasets.preview, app.web.charts\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

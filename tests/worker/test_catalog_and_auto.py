@@ -10,22 +10,22 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.training import TrainConfig, train
-from worker.training.autoconfig import (
+from worker.spec.autoconfig import (
     ConfigProblem,
     check_against_dataset,
     chosen_fields,
     resolve_auto,
     settled,
 )
-from worker.training.catalog import (
+from worker.spec.catalog import (
     CATALOG,
     FULL_FINETUNE_MAX_PARAMS,
     Architecture,
     catalog_entry,
     catalog_listing,
 )
-from worker.training.config import AUTO_FIELDS, METHODS
+from worker.spec.config import AUTO_FIELDS, METHODS
+from worker.training import TrainConfig, train
 
 # --- The catalog ---------------------------------------------------------------------------
 
@@ -59,7 +59,7 @@ def test_parameter_counts_follow_from_the_architecture_and_match_the_published_o
 
 
 def test_the_catalog_spells_methods_as_the_run_config_does() -> None:
-    from worker.training.catalog import ALL_METHODS
+    from worker.spec.catalog import ALL_METHODS
 
     assert set(ALL_METHODS) == set(METHODS)
 
@@ -163,8 +163,8 @@ def test_a_config_without_the_needed_numbers_is_refused() -> None:
 def test_catalog_config_autoconfig_and_estimates_import_without_torch() -> None:
     code = (
         "import sys\n"
-        "import worker.training.catalog, worker.training.config, worker.training.autoconfig\n"
-        "import worker.training.estimate, app.services.estimates, app.services.tokenization\n"
+        "import worker.spec.catalog, worker.spec.config, worker.spec.autoconfig\n"
+        "import worker.spec.estimate, app.services.jobs.estimates, app.datasets.tokenization\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     root = Path(__file__).resolve().parents[2]

@@ -9,21 +9,15 @@ from typing import Any
 import pytest
 
 from app.core.errors import InvalidInput
-from app.services.estimates import (
+from app.services.jobs.estimates import (
     DatasetLengths,
     estimate_for,
     human_duration,
     lengths_from_stats,
 )
-from worker.training.catalog import CATALOG, Architecture
-from worker.training.config import TrainConfig
-from worker.training.estimate import (
-    GPUS,
-    default_token_budget,
-    estimate,
-    gpu_spec,
-    known_gpu,
-)
+from worker.spec.catalog import CATALOG, Architecture
+from worker.spec.config import TrainConfig
+from worker.spec.estimate import GPUS, default_token_budget, estimate, gpu_spec, known_gpu
 
 H200 = GPUS["H200"]
 

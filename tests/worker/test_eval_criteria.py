@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker.evaluation.criteria import (
+from worker.spec.criteria import (
     METRIC_ALIASES,
     METRICS,
     Criterion,
@@ -521,6 +521,6 @@ def test_summary_of_real_verdicts() -> None:
 
 
 def test_criteria_module_loads_without_torch_or_transformers() -> None:
-    code = "import sys, worker.evaluation.criteria; print(' '.join(sys.modules))"
+    code = "import sys, worker.spec.criteria; print(' '.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert not {"torch", "transformers"} & {name.split(".")[0] for name in out.stdout.split()}

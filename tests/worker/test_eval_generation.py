@@ -18,7 +18,7 @@ from worker.evaluation.generation import (
     generate_batched,
     reference_nll,
 )
-from worker.training.formatting import encode, ensure_chat_template, render
+from worker.spec.formatting import encode, ensure_chat_template, render
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 import sacrebleu
 from rouge_score.rouge_scorer import RougeScorer
 
-from worker.evaluation.metrics import (
+from worker.spec.metrics import (
     bleu_from_stats,
     bootstrap_ci,
     compare,
@@ -370,7 +370,7 @@ def test_score_needs_both_halves_of_perplexity() -> None:
 
 
 def test_metrics_module_imports_no_torch_or_web_code() -> None:
-    code = "import sys, worker.evaluation.metrics; print(' '.join(sys.modules))"
+    code = "import sys, worker.spec.metrics; print(' '.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = {name.split(".")[0] for name in out.stdout.split()}
     assert not loaded & {"torch", "transformers", "fastapi", "sqlalchemy", "app"}

@@ -14,9 +14,9 @@ from worker.evaluation.run import (
     examples_from_records,
     few_shot_turns,
 )
-from worker.evaluation.settings import DecodingSettings
+from worker.spec.config import TrainConfig
+from worker.spec.decoding import DecodingSettings
 from worker.training import train
-from worker.training.config import TrainConfig
 
 RECORDS = [chat(q, a) for q, a in QA] * 6
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories_models import build_tiny_model
+from worker.spec.formatting import IGNORE_INDEX, Sample
 from worker.training import TrainConfig, attention, fused, packing, train
-from worker.training.formatting import IGNORE_INDEX, Sample
 from worker.training.loss import linear_cross_entropy_sum
 
 pytestmark = [
@@ -427,9 +427,9 @@ def test_memory_estimate_is_within_20_percent_of_the_measured_peak(
     import json
     import os
 
-    from worker.training.catalog import CATALOG
+    from worker.spec.catalog import CATALOG
+    from worker.spec.estimate import estimate, gpu_spec
     from worker.training.engine import train_model
-    from worker.training.estimate import estimate, gpu_spec
 
     name, shape, settings, batch_size, accumulation, length, max_seq_length = case
     arch = CATALOG[shape].arch
@@ -500,7 +500,7 @@ def test_evaluation_compares_base_lora_and_qlora_on_the_gpu(tmp_path: Path) -> N
     """The evaluation library on CUDA in bf16: the prompting baseline, a LoRA adapter, and a
     QLoRA adapter evaluated on its 4-bit base, sharing one loaded model per base."""
     from worker.evaluation.run import Candidate, evaluate, examples_from_records
-    from worker.evaluation.settings import DecodingSettings
+    from worker.spec.decoding import DecodingSettings
 
     model = build_tiny_model(tmp_path / "model")
     records = [

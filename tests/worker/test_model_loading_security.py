@@ -106,7 +106,7 @@ def test_default_config_trusts_no_code_and_no_pickle() -> None:
 
 
 def test_the_config_module_still_imports_without_torch() -> None:
-    code = "import sys, worker.training.config; print('torch' in sys.modules)"
+    code = "import sys, worker.spec.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -13,9 +13,9 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
-from app.services.base_models import allowed_model_dirs, check_base_model, check_on_worker
-from worker.training.errors import TrainingError
-from worker.training.model_names import (
+from app.services.jobs.base_models import allowed_model_dirs, check_base_model, check_on_worker
+from worker.spec.errors import TrainingError
+from worker.spec.model_names import (
     REFUSED,
     BaseModelRefused,
     LocalModelUnusable,
@@ -24,7 +24,7 @@ from worker.training.model_names import (
     is_hub_id,
     worker_may_load,
 )
-from worker.training.model_names import check_base_model as check_name
+from worker.spec.model_names import check_base_model as check_name
 
 OUTSIDE = Path(__file__).resolve().parents[2]  # the repository: not a model folder
 
@@ -244,7 +244,7 @@ def test_a_local_model_that_cannot_be_used_reads_the_same_to_a_remote_user(
 
 def test_the_rule_loads_neither_torch_nor_the_web_stack() -> None:
     code = (
-        "import sys, worker.training.model_names; "
+        "import sys, worker.spec.model_names; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'torch', 'transformers', 'app', 'fastapi', 'sqlalchemy'}))"
     )

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from worker.evaluation.generation import eos_token_ids
 from worker.serving.engine import SamplingParams, ServingEngine
 from worker.serving.openai_app import make_app
-from worker.training.formatting import ensure_chat_template, render
+from worker.spec.formatting import ensure_chat_template, render
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-internal-key"

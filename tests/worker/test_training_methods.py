@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.factories import QA, chat
+from worker.spec import config as config_module
+from worker.spec.method_support import check_method, method_choices, model_type_of
+from worker.spec.methods import METHODS
 from worker.training import TrainConfig, TrainingError, TrainResult, attention, fused, train
-from worker.training import config as config_module
 from worker.training import data as training_data
-from worker.training.method_support import check_method, method_choices, model_type_of
-from worker.training.methods import METHODS
 from worker.training.models import ResolvedModel
 
 RECORDS = [chat(q, a) for q, a in QA] * 4
@@ -294,7 +294,7 @@ def test_every_method_is_listed_with_a_title_and_description() -> None:
 
 def test_method_support_imports_no_torch() -> None:
     code = (
-        "import sys, worker.training.method_support as m\n"
+        "import sys, worker.spec.method_support as m\n"
         "m.check_method('qlora', model_type='llama', cuda_available=False)\n"
         "m.method_choices()\n"
         "print(' '.join(sys.modules))"
@@ -408,10 +408,10 @@ def small_model(model_type: str) -> Any:
 def trains_and_generates(model_type: str, method: str) -> None:
     """One optimiser step's forward and backward through the engine's own step code, every
     trainable weight getting a gradient, then three generated tokens."""
+    from worker.spec.formatting import Sample
+    from worker.spec.methods import build_peft_config
     from worker.training import steps
     from worker.training.engine import _forward_module
-    from worker.training.formatting import Sample
-    from worker.training.methods import build_peft_config
 
     settings: dict[str, Any] = {"lora_dropout": 0.0, "num_virtual_tokens": 4}
     if method == "lora":

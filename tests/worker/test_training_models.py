@@ -15,7 +15,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from worker.training import TrainingError, config, methods, models
+from worker.spec import config, methods
+from worker.training import TrainingError, models
 from worker.training.models import (
     CATALOG,
     convert_gguf,

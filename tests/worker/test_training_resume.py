@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from app.services.training_runs import run_config_file
+from app.cli.train import run_config_file
 from tests.factories import alpaca_records, jsonl
 from tests.worker.test_training_engine import RECORDS, Recorder, chat, tiny_config
 from worker.training import TrainConfig, TrainingCancelled, TrainingError, TrainResult, train

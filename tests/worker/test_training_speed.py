@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from worker.spec.formatting import IGNORE_INDEX, Sample
 from worker.training import TrainConfig, attention, fused, packing, train
-from worker.training.formatting import IGNORE_INDEX, Sample
 from worker.training.loss import linear_cross_entropy_sum
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-METRIC_TITLES = {
-    "bleu": "BLEU",
-    "rouge1": "ROUGE-1",
-    "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L",
-    "exact_match": "Exact match",
-    "token_f1": "Token F1",
-    "perplexity": "Perplexity",
-}
+from worker.spec.metrics import METRIC_TITLES
 
 
 def _fmt(metric: str, value: float) -> str:

@@ -20,9 +20,9 @@ from typing import Any, Literal
 import torch
 
 from worker.deploy.card import model_card
+from worker.spec.errors import TrainingCancelled, TrainingError
+from worker.spec.formatting import Message, ensure_chat_template, render
 from worker.training import models
-from worker.training.errors import TrainingCancelled, TrainingError
-from worker.training.formatting import Message, ensure_chat_template, render
 
 Kind = Literal["adapter", "merged"]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -1,7 +1,7 @@
 """Batched generation and reference likelihoods for evaluation.
 
 Prompts are rendered with the same chat template and system prompt as training
-(``worker.training.formatting``), sorted by length so each batch carries little padding,
+(``worker.spec.formatting``), sorted by length so each batch carries little padding,
 batched by a token budget, left-padded, and returned in the caller's order. The vLLM path is
 used when vLLM is installed and it is given a model folder; it is deliberately small and is
 not exercised by the tests (vLLM is not installed where they run).
@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import torch
 
-from worker.evaluation.settings import DecodingSettings
-from worker.training.formatting import (
+from worker.spec.decoding import DecodingSettings
+from worker.spec.formatting import (
     IGNORE_INDEX,
     Message,
     encode,

@@ -22,7 +22,6 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from worker.evaluation import metrics
 from worker.evaluation.generation import (
     Backend,
     DecodingSettings,
@@ -30,9 +29,10 @@ from worker.evaluation.generation import (
     generate_batched,
     reference_nll,
 )
+from worker.spec import metrics
+from worker.spec.errors import TrainingCancelled, TrainingError
+from worker.spec.formatting import Message, ensure_chat_template
 from worker.training import models
-from worker.training.errors import TrainingCancelled, TrainingError
-from worker.training.formatting import Message, ensure_chat_template
 
 Kind = Literal["base", "job", "checkpoint"]
 
@@ -373,9 +373,9 @@ def _with_checkpoint(model: Any, candidate: Candidate) -> Any:
     the run's config and filled by name, as the engine saved it."""
     from safetensors.torch import load_file
 
+    from worker.spec.config import TrainConfig
+    from worker.spec.methods import build_peft_config
     from worker.training.checkpoints import WEIGHTS_FILE
-    from worker.training.config import TrainConfig
-    from worker.training.methods import build_peft_config
 
     if candidate.weights_dir is None or candidate.train_config is None:
         raise TrainingError(f"{candidate.label}: the checkpoint's folder or config is missing.")

@@ -12,7 +12,7 @@ import uvicorn
 
 from worker.serving.engine import ServingEngine
 from worker.serving.openai_app import make_app
-from worker.training.errors import TrainingError
+from worker.spec.errors import TrainingError
 
 
 def main(argv: list[str] | None = None) -> None:

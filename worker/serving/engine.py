@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from worker.evaluation.generation import eos_token_ids, left_padded
-from worker.training.formatting import ensure_chat_template, ensure_pad_token, render
+from worker.spec.formatting import ensure_chat_template, ensure_pad_token, render
 from worker.training.models import (
     load_model,
     load_tokenizer,

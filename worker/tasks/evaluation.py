@@ -15,7 +15,7 @@ from app.services import datasets as datasets_service
 from app.services import evaluations as service
 from app.services import jobs as jobs_service
 from app.services import leases
-from app.services.base_models import check_on_worker
+from app.services.jobs.base_models import check_on_worker
 from worker.celery_app import EVALUATE_MODELS, celery_app
 from worker.evaluation.run import (
     Candidate,
@@ -26,12 +26,12 @@ from worker.evaluation.run import (
     examples_from_records,
     tokenizer_for,
 )
-from worker.evaluation.settings import DecodingSettings
+from worker.spec.decoding import DecodingSettings
+from worker.spec.methods import METHODS
+from worker.spec.model_names import for_remote_user
 from worker.tasks import crashed
 from worker.tasks.runtime import Lease
 from worker.training import TrainingCancelled, TrainingError
-from worker.training.methods import METHODS
-from worker.training.model_names import for_remote_user
 
 log = logging.getLogger(__name__)
 

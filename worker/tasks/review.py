@@ -11,10 +11,10 @@ from app.core.config import get_settings
 from app.core.db import session_scope
 from app.models import CampaignStatus, Evaluation, ItemStatus, ReviewCampaign, ReviewItem
 from app.services import leases
-from app.services import reviews as service
+from app.services.reviews import campaigns as service
 from worker.celery_app import ANSWER_REVIEW_ITEMS, celery_app
 from worker.evaluation.run import Example, generate_answers
-from worker.evaluation.settings import DecodingSettings
+from worker.spec.decoding import DecodingSettings
 from worker.tasks import crashed
 from worker.tasks.evaluation import candidates_from
 from worker.tasks.runtime import Lease

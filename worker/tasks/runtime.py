@@ -26,7 +26,7 @@ from app.core.db import session_scope
 from app.services import leases
 from app.services.leases import Kind
 from app.services.queue import offer
-from worker.training.errors import TrainingCancelled
+from worker.spec.errors import TrainingCancelled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -17,9 +17,11 @@ from app.core.db import session_scope
 from app.models import JobStatus
 from app.services import jobs as jobs_service
 from app.services import leases
-from app.services.base_models import check_on_worker
+from app.services.jobs.base_models import check_on_worker
 from app.services.queue import offer
 from worker.celery_app import TRAIN_JOB, celery_app
+from worker.spec.config import TrainConfig
+from worker.spec.model_names import for_remote_user
 from worker.tasks import crashed
 from worker.tasks.runtime import Lease
 from worker.training import (
@@ -30,8 +32,6 @@ from worker.training import (
     train,
 )
 from worker.training.checkpoints import IncompatibleCheckpoint, latest_checkpoint
-from worker.training.config import TrainConfig
-from worker.training.model_names import for_remote_user
 
 
 class JobReporter:

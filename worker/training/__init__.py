@@ -1,7 +1,8 @@
 """The training engine as a library: config in, adapter folder and callbacks out.
 
-The web app imports ``worker.training.config`` (and so this package) without torch, so the
-torch-backed names below are imported on first use rather than here.
+Importing this package does not import torch: the torch-backed names below are imported on
+first use, so a caller that only needs the config or the errors (re-exported from
+``worker.spec``) stays light.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from worker.training.config import TrainConfig
-from worker.training.errors import TrainingCancelled, TrainingError
+from worker.spec.config import TrainConfig
+from worker.spec.errors import TrainingCancelled, TrainingError
 
 if TYPE_CHECKING:
     from worker.training.engine import StepMetrics, TrainCallbacks, TrainResult, train

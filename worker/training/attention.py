@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.training.errors import TrainingError
+from worker.spec.errors import TrainingError
 
 ATTENTION_NAME = "tunelab_packed"
 

@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from worker.training.config import TrainConfig
-from worker.training.errors import TrainingError
-from worker.training.formatting import Sample
+from worker.spec.config import TrainConfig
+from worker.spec.errors import TrainingError
+from worker.spec.formatting import Sample
 
 PREFIX = "checkpoint-"
 WEIGHTS_FILE = "trainable.safetensors"

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from worker.training.errors import TrainingError
-from worker.training.formatting import (
+from worker.spec.errors import TrainingError
+from worker.spec.formatting import (
     FALLBACK_CHAT_TEMPLATE,
     IGNORE_INDEX,
     Message,

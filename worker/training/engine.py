@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from worker.training import autoconfig, data, method_support, models
+from worker.spec import autoconfig, method_support
+from worker.spec.config import TrainConfig
+from worker.spec.errors import TrainingCancelled, TrainingError
+from worker.spec.methods import METHODS
+from worker.training import data, models
 from worker.training.callbacks import Silent, StepMetrics, TrainCallbacks
-from worker.training.config import TrainConfig
-from worker.training.errors import TrainingCancelled, TrainingError
-from worker.training.methods import METHODS
 from worker.training.trainer import TrainedModel, train_model
 
 # Imported from here by tests that drive one step through the engine's own code.

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from worker.training import autoconfig, checkpoints, data, packing
+from worker.spec import autoconfig
+from worker.spec.config import TrainConfig
+from worker.spec.errors import TrainingCancelled, TrainingError
+from worker.training import checkpoints, data, packing
 from worker.training.callbacks import StepMetrics, TrainCallbacks
-from worker.training.config import TrainConfig
-from worker.training.errors import TrainingCancelled, TrainingError
 from worker.training.steps import StepPlan, micro_batches, optimiser_step, validation_loss
 
 # Without checkpoint_every, a checkpoint this often bounds the work a re-queued job repeats.

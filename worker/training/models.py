@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 # The catalog is data the web process reads too, so it lives in a torch-free module.
-from worker.training.catalog import CATALOG, CatalogEntry
-from worker.training.errors import TrainingError
-from worker.training.model_names import LocalModelUnusable
+from worker.spec.catalog import CATALOG, CatalogEntry
+from worker.spec.errors import TrainingError
+from worker.spec.model_names import LocalModelUnusable
 
 Notify = Callable[[str], None]
 Source = Literal["catalog", "gguf", "folder", "hub"]

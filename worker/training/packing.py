@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from worker.training.formatting import IGNORE_INDEX, Sample
+from worker.spec.formatting import IGNORE_INDEX, Sample
 
 # Work per packed row, in tokens x weights of one transformer layer: 2,048 tokens of a
 # Llama-3-8B layer (218M weights). Each forward pass costs a fixed amount of host time per

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.training import attention, autoconfig, models
-from worker.training.config import TrainConfig
-from worker.training.formatting import Sample
+from worker.spec import autoconfig
+from worker.spec.config import TrainConfig
+from worker.spec.formatting import Sample
+from worker.training import attention, models
 from worker.training.loss import DEFAULT_CHUNK_ELEMENTS, linear_cross_entropy_sum
 from worker.training.packing import (
     MicroBatch,

@@ -6,7 +6,7 @@ NAME is anything ``resolve_model`` accepts (a catalog name, a .gguf file, a mode
 a GGUF file is converted once into DIR, shared with training. DEST receives tokenizer.json,
 tokenizer_config.json and chat_template.jinja, with the fallback chat template installed
 when the model has none, exactly as training would use it. The web process runs this in a
-child process (app.services.tokenization) so transformers never loads there.
+child process (app.datasets.tokenization) so transformers never loads there.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from worker.training.errors import TrainingError
-from worker.training.formatting import ensure_chat_template
+from worker.spec.errors import TrainingError
+from worker.spec.formatting import ensure_chat_template
 
 
 def export_tokenizer(name: str, dest: Path, *, cache_dir: Path) -> Path:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="where GGUF conversions are cached (default: two levels above DEST, the layout "
-        "app.services.tokenization uses: CACHE/tokenizers/NAME)",
+        "app.datasets.tokenization uses: CACHE/tokenizers/NAME)",
     )
     args = parser.parse_args(argv)
     cache_dir = args.cache_dir or args.dest.resolve().parent.parent

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from worker.training import attention, autoconfig, checkpoints, data, fused, models
+from worker.spec import autoconfig
+from worker.spec.config import TrainConfig
+from worker.spec.errors import TrainingCancelled, TrainingError
+from worker.spec.methods import METHODS, build_peft_config
+from worker.training import attention, checkpoints, data, fused, models
 from worker.training.callbacks import Silent, TrainCallbacks
-from worker.training.config import TrainConfig
-from worker.training.errors import TrainingCancelled, TrainingError
 from worker.training.loop import LoopExtras, Run, run_steps
-from worker.training.methods import METHODS, build_peft_config
 from worker.training.steps import plan_steps
 
 

@@ -29,7 +29,9 @@ from app.schemas.account import (
     UserUpdate,
 )
 from app.schemas.common import Page
-from app.services import access, accounts, audit, credentials
+from app.services import access
+from app.services.accounts import audit, credentials
+from app.services.accounts import users as accounts
 
 router = make_router(tags=["accounts"])
 

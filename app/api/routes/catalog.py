@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from app.api.deps import CurrentReader, SettingsDep, make_router
-from worker.training.catalog import catalog_listing
-from worker.training.config import PRESETS
-from worker.training.method_support import check_method, method_choices
+from worker.spec.catalog import catalog_listing
+from worker.spec.config import PRESETS
+from worker.spec.method_support import check_method, method_choices
 
 router = make_router(tags=["catalog"])
 

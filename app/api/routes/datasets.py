@@ -19,7 +19,9 @@ from app.api.deps import (
     make_router,
 )
 from app.core.errors import NotFound
-from app.models import Dataset, DatasetVersion
+from app.datasets import preview as dataset_preview
+from app.datasets import tokenization
+from app.models import DatasetVersion
 from app.schemas.common import Page
 from app.schemas.dataset import (
     CleanRequest,
@@ -32,27 +34,11 @@ from app.schemas.dataset import (
     SplitOptions,
     TokenizerRead,
 )
-from app.services import access, dataset_preview, tokenization
-from app.services import dataset_cleaning as cleaning
+from app.services import access
 from app.services import datasets as service
+from app.services.datasets import cleaning as cleaning
 
 router = make_router(tags=["datasets"])
-
-
-def dataset_read(dataset: Dataset) -> DatasetRead:
-    latest = service.latest_version(dataset)
-    return DatasetRead(
-        id=dataset.id,
-        project_id=dataset.project_id,
-        name=dataset.name,
-        created_at=dataset.created_at,
-        version_id=latest.id,
-        version=latest.number,
-        records=latest.records,
-        format=latest.format,
-        warnings=latest.warnings,
-        versions=[DatasetVersionRead.model_validate(v) for v in dataset.versions],
-    )
 
 
 @router.get("/projects/{project_id}/datasets", response_model=Page[DatasetRead])
@@ -65,12 +51,14 @@ def list_datasets(
 ) -> Page[DatasetRead]:
     access.project_for(session, me.user, project_id)
     rows, total = service.list_datasets(session, project_id=project_id, limit=limit, offset=offset)
-    return Page(items=[dataset_read(d) for d in rows], total=total, limit=limit, offset=offset)
+    return Page(
+        items=[service.dataset_read(d) for d in rows], total=total, limit=limit, offset=offset
+    )
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetRead)
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> DatasetRead:
-    return dataset_read(access.dataset_for(session, me.user, dataset_id))
+    return service.dataset_read(access.dataset_for(session, me.user, dataset_id))
 
 
 def version_for(session: SessionDep, me: Any, dataset_id: uuid.UUID, number: int) -> DatasetVersion:

@@ -8,9 +8,9 @@ from typing import Any
 from pydantic import Field
 
 from app.api.deps import CurrentReader, SessionDep, make_router
-from app.services import estimates as service
+from app.services.jobs import estimates as service
 from app.services.jobs import validate_config
-from worker.training.config import TrainConfig
+from worker.spec.config import TrainConfig
 
 router = make_router(tags=["estimates"])
 

@@ -24,8 +24,8 @@ from app.schemas.evaluation import (
     ProjectReport,
 )
 from app.services import access
-from app.services import evaluation_export as export
 from app.services import evaluations as service
+from app.services.evaluations import export as export
 
 router = make_router(tags=["evaluations"])
 

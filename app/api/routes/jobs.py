@@ -19,8 +19,8 @@ from app.models import JobStatus
 from app.schemas.common import Page
 from app.schemas.job import ArtifactRead, JobCreate, JobEventRead, JobRead, MetricPointRead
 from app.services import access
-from app.services import artifacts as artifacts_service
 from app.services import jobs as service
+from app.services.jobs import artifacts as artifacts_service
 from app.services.jobs import job_read
 
 router = make_router(tags=["jobs"])

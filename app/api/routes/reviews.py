@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 from fastapi import Path, Query, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 
 from app.api.deps import (
     CurrentReader,
@@ -19,7 +18,6 @@ from app.api.deps import (
     SessionDep,
     make_router,
 )
-from app.models import ReviewCampaign
 from app.schemas.common import Page
 from app.schemas.review import (
     CampaignCreate,
@@ -30,18 +28,12 @@ from app.schemas.review import (
     ReviewerCampaign,
     ReviewerItem,
 )
-from app.services import review_results, reviewing
-from app.services import reviews as service
+from app.services.reviews import campaigns as service
+from app.services.reviews import results as review_results
+from app.services.reviews import reviewing
 
 router = make_router(tags=["reviews"])
 Sequence = Annotated[int, Path(ge=1, le=2**31 - 1, description="1-based place in your queue")]
-
-
-def campaign_read(session: Session, campaign: ReviewCampaign) -> CampaignRead:
-    read = CampaignRead.model_validate(campaign)
-    for name, value in service.campaign_counts(session, campaign).items():
-        setattr(read, name, value)
-    return read
 
 
 @router.post("/review-campaigns", status_code=201, response_model=CampaignRead)
@@ -52,7 +44,7 @@ def create_campaign(body: CampaignCreate, session: SessionDep, me: CurrentTraine
     run = service.queue_answers(session, campaign=campaign)
     session.commit()
     service.offer_answers(session, run=run)
-    return campaign_read(session, campaign)
+    return service.campaign_read(session, campaign)
 
 
 @router.get("/review-campaigns", response_model=Page[CampaignRead])
@@ -67,13 +59,16 @@ def list_campaigns(
         session, user=me.user, project_id=project_id, limit=limit, offset=offset
     )
     return Page(
-        items=[campaign_read(session, c) for c in rows], total=total, limit=limit, offset=offset
+        items=[service.campaign_read(session, c) for c in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 
 @router.get("/review-campaigns/{campaign_id}", response_model=CampaignRead)
 def get_campaign(campaign_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> CampaignRead:
-    return campaign_read(session, service.campaign_for(session, me.user, campaign_id))
+    return service.campaign_read(session, service.campaign_for(session, me.user, campaign_id))
 
 
 @router.post("/review-campaigns/{campaign_id}/reviewers", response_model=CampaignRead)
@@ -84,7 +79,7 @@ def add_reviewer(
     campaign = service.campaign_for(session, me.user, campaign_id)
     service.add_reviewer(session, campaign=campaign, email=body.email)
     session.commit()
-    return campaign_read(session, campaign)
+    return service.campaign_read(session, campaign)
 
 
 @router.post("/review-campaigns/{campaign_id}/prompts", response_model=CampaignRead)
@@ -98,7 +93,7 @@ def add_prompts(
     run = service.queue_answers(session, campaign=campaign)
     session.commit()
     service.offer_answers(session, run=run)
-    return campaign_read(session, campaign)
+    return service.campaign_read(session, campaign)
 
 
 @router.post("/review-campaigns/{campaign_id}/open", response_model=CampaignRead)
@@ -106,7 +101,7 @@ def open_campaign(campaign_id: uuid.UUID, session: SessionDep, me: CurrentTraine
     campaign = service.campaign_for(session, me.user, campaign_id)
     service.open_campaign(session, campaign=campaign)
     session.commit()
-    return campaign_read(session, campaign)
+    return service.campaign_read(session, campaign)
 
 
 @router.post("/review-campaigns/{campaign_id}/close", response_model=CampaignRead)
@@ -115,7 +110,7 @@ def close_campaign(campaign_id: uuid.UUID, session: SessionDep, me: CurrentTrain
     campaign = service.campaign_for(session, me.user, campaign_id)
     service.close_campaign(session, campaign=campaign)
     session.commit()
-    return campaign_read(session, campaign)
+    return service.campaign_read(session, campaign)
 
 
 @router.get("/review-campaigns/{campaign_id}/results")

@@ -26,9 +26,8 @@ from app.api.deps import (
     make_router,
     streams_upload,
 )
-from app.api.routes.datasets import dataset_read
 from app.core.errors import FieldError, InvalidInput, NotFound
-from app.core.uploads import ReceivedUpload, receive_upload
+from app.core.uploads import receive_dataset_files
 from app.models import DatasetUpload
 from app.schemas.common import Page
 from app.schemas.dataset import (
@@ -37,12 +36,10 @@ from app.schemas.dataset import (
     UploadRead,
 )
 from app.services import access
-from app.services import dataset_imports as imports
 from app.services import datasets as service
+from app.services.datasets import imports as imports
 
 router = make_router(tags=["datasets"])
-
-FILE_FIELDS = ("validation_file", "test_file")
 
 
 def _file_schema(description: str) -> dict[str, str]:
@@ -115,15 +112,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def receive(request: Request, settings: SettingsDep) -> ReceivedUpload:
-    return await receive_upload(
-        request,
-        directory=settings.uploads_dir,
-        max_bytes=settings.upload_max_bytes,
-        extra_files=FILE_FIELDS,
-    )
-
-
 def import_options(fields: dict[str, str]) -> ImportRequest:
     """The one-shot upload's form fields as an import request (errors name the field)."""
     body: dict[str, Any] = {
@@ -145,15 +133,7 @@ def import_options(fields: dict[str, str]) -> ImportRequest:
     try:
         return ImportRequest.model_validate(body)
     except ValidationError as exc:
-        raise invalid_fields(exc) from None
-
-
-def invalid_fields(exc: ValidationError) -> InvalidInput:
-    errors = [
-        FieldError(field=".".join(str(p) for p in e["loc"]) or None, message=e["msg"])
-        for e in exc.errors()
-    ]
-    return InvalidInput(f"{errors[0].field or 'the request'}: {errors[0].message}", errors=errors)
+        raise InvalidInput.from_validation(exc) from None
 
 
 @router.post(
@@ -174,7 +154,7 @@ async def stage_upload(
     """Receive a file: it is inspected (container, columns, first rows, detected format) for
     the mapping step; `POST /uploads/{id}/import` makes it a dataset."""
     await in_thread(session, access.project_for, session, me.user, project_id)
-    received = await receive(request, settings)
+    received = await receive_dataset_files(request, settings)
 
     def stage() -> DatasetUpload:
         upload = imports.stage_upload(
@@ -255,7 +235,7 @@ def import_upload(
         session, settings=settings, upload=upload, options=body, user=me.user
     )
     session.commit()
-    return dataset_read(dataset)
+    return service.dataset_read(dataset)
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
@@ -287,7 +267,7 @@ async def upload_dataset(
     created, and the 422 names the `upload_id` whose full error list can be downloaded or
     imported again with other choices (e.g. `drop_invalid`)."""
     await in_thread(session, access.project_for, session, me.user, project_id)
-    received = await receive(request, settings)
+    received = await receive_dataset_files(request, settings)
     try:
         options = import_options(received.fields)
     except InvalidInput:
@@ -306,6 +286,6 @@ async def upload_dataset(
             options=options,
         )
         session.commit()
-        return dataset_read(dataset)
+        return service.dataset_read(dataset)
 
     return await in_thread(session, create)

@@ -1,0 +1,155 @@
+"""The one HTTP client of the CLI commands that talk to a running tunelab server (``tunelab
+eval``, ``tunelab export``, ``tunelab deploy``): the REST API with an API token, and failures
+said as sentences with an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+POLL_SECONDS = 2.0
+TOKEN_HINT = (
+    "create one with `tunelab token create --user EMAIL` and set TUNELAB_TOKEN (or pass --token)"
+)
+
+
+class CliError(Exception):
+    """A failure said in words, with the exit status to leave with."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+# --- The API client ---------------------------------------------------------------------------
+
+
+class Api:
+    """The tunelab REST API at ``url``, called as the owner of ``token``."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise CliError(f"no API token: {TOKEN_HINT}")
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._json(self._call("GET", path, params=params))
+
+    def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        return self._json(self._call("POST", path, body=body))
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            # Something answers at the URL, but not tunelab's API (a wrong port, a proxy page).
+            raise CliError(f"{self.url} did not answer as a tunelab server would") from exc
+
+    @contextmanager
+    def stream(self, path: str, **params: Any) -> Iterator[httpx.Response]:
+        """A streamed GET whose status has been checked; its bytes are still to be read."""
+        with (
+            self._transport(),
+            self.http.stream("GET", path, params=present(params)) as response,
+        ):
+            if not response.is_success:
+                response.read()
+                _raise_for(response)
+            yield response
+
+    def _call(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None
+    ) -> httpx.Response:
+        with self._transport():
+            response = self.http.request(method, path, params=present(params or {}), json=body)
+        _raise_for(response)
+        return response
+
+    @contextmanager
+    def _transport(self) -> Iterator[None]:
+        """Network failures as a sentence naming the server, not a traceback."""
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            message = f"cannot reach tunelab at {self.url}: is `tunelab serve` running?"
+            raise CliError(message) from exc
+        except httpx.TimeoutException as exc:
+            raise CliError(f"tunelab at {self.url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise CliError(f"could not talk to tunelab at {self.url}: {exc}") from exc
+
+
+def present(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    """Turn an error response into its ``detail`` and each ``field: message``."""
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, str):
+        # Not a tunelab error body: perhaps another server, or a proxy in between.
+        detail = f"HTTP {response.status_code} from {response.request.url}"
+    lines = [detail]
+    for error in (body.get("errors") if isinstance(body, dict) else None) or []:
+        if isinstance(error, dict) and error.get("field"):
+            lines.append(f"  {error['field']}: {error.get('message', '')}")
+    if response.status_code == 401:
+        lines.append(f"  {TOKEN_HINT}")
+    # A refused request is the caller's to fix (2); a server failure is not (1).
+    raise CliError("\n".join(lines), 2 if response.status_code < 500 else 1)
+
+
+# --- Rendering --------------------------------------------------------------------------------
+
+
+Command = Callable[[argparse.Namespace, Api], int]
+
+
+def command_entry(command: Command) -> Callable[[argparse.Namespace], int]:
+    """The argparse entry of ``command``: the client made from flags or environment, and
+    errors printed as sentences with their exit status."""
+
+    def run(args: argparse.Namespace) -> int:
+        url = args.url or os.environ.get("TUNELAB_URL") or DEFAULT_URL
+        token = args.token or os.environ.get("TUNELAB_TOKEN")
+        try:
+            api = Api(url, token)
+            try:
+                return command(args, api)
+            finally:
+                api.close()
+        except CliError as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return error.status
+
+    return run
+
+
+def server_options() -> argparse.ArgumentParser:
+    """The --url and --token flags every command that talks to a server takes."""
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--url", help=f"tunelab server (default: $TUNELAB_URL or {DEFAULT_URL})")
+    server.add_argument("--token", help="API token (default: $TUNELAB_TOKEN)")
+    return server

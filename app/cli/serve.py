@@ -1,0 +1,147 @@
+"""``tunelab serve`` (the web server, and in embedded mode its supervised worker) and
+``tunelab worker``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+from app.cli.accounts import settings_ready
+
+
+def worker_command(queue: str, loglevel: str = "INFO") -> list[str]:
+    # One job at a time per process (solo pool): a GPU host runs one worker per GPU. Gossip,
+    # mingle and broker heartbeats are off because the embedded SQL broker has no fan-out,
+    # and job liveness is tracked on the job row instead.
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app:celery_app",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={queue}",
+        f"--loglevel={loglevel}",
+        f"--hostname=tunelab-{queue}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.spec.versions import warn_untested_versions
+
+    if args.parent_pid:
+        from app.cli.supervisor import die_with_parent
+
+        die_with_parent(args.parent_pid)
+    warn_untested_versions()
+    settings = settings_ready()
+    queue = args.queue or settings.default_queue
+    cmd = worker_command(queue, args.loglevel)
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    # uvicorn stops serving on SIGTERM, restores the handler it found and raises the signal
+    # again: this handler turns it into an ordinary exit, so serve's cleanup (stopping its
+    # worker) runs instead of the process vanishing with the worker left training.
+    raise SystemExit(128 + signum)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from worker.spec.versions import warn_untested_versions
+
+    warn_untested_versions()
+    import uvicorn
+
+    from app.cli.supervisor import WorkerSupervisor
+    from app.core.db import session_scope
+    from app.core.migrate import upgrade
+    from app.services import leases
+    from app.services.datasets.imports import purge_stale_uploads
+
+    settings = settings_ready()
+    upgrade()
+    with session_scope() as session:
+        # Uploads nobody imported within a week; they count against their owner's quota.
+        purge_stale_uploads(session, settings=settings)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    start_worker = settings.embedded if args.worker is None else args.worker
+    supervisor: WorkerSupervisor | None = None
+    if start_worker and not _engine_installed():
+        print(
+            "tunelab: the training engine is not installed here (pip install 'tunelab[engine]'); "
+            "serving without a local worker",
+            flush=True,
+        )
+        start_worker = False
+    if start_worker:
+        if settings.embedded:
+            # Nothing else can be running this data folder's work before our worker starts:
+            # anything still marked running was cut off when tunelab last stopped. Give it
+            # back to the queue now instead of waiting for its lease to expire; the worker's
+            # sweeper offers it to the broker.
+            with session_scope() as session:
+                leases.reap(session, lease_seconds=0, reason="tunelab stopped while it ran")
+        supervisor = WorkerSupervisor(
+            tunelab_command(
+                "worker",
+                "--queue",
+                settings.default_queue,
+                "--loglevel",
+                "WARNING",
+                "--parent-pid",
+                str(os.getpid()),
+            )
+        )
+        supervisor.start()
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    mode = "embedded" if settings.embedded else "cluster"
+    print(f"tunelab ({mode} mode, data in {settings.data_dir}) at http://{host}:{port}", flush=True)
+    if settings.embedded and host in ("127.0.0.1", "localhost", "::1"):
+        _first_start(settings, host, port)
+    try:
+        uvicorn.run("app.main:app", host=host, port=port, log_level=args.log_level)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+    return 0
+
+
+def tunelab_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def _engine_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _first_start(settings: Any, host: str, port: int) -> None:
+    """On loopback in embedded mode, the first start makes a local admin and prints a one-time
+    login link (as Jupyter does), so the quick start needs no account setup."""
+    from datetime import timedelta
+
+    from app.core.db import session_scope
+    from app.services.accounts import users as accounts
+
+    with session_scope() as session:
+        admin, created = accounts.ensure_local_admin(session)
+        if created:
+            secret = accounts.create_login_link(session, user=admin, valid_for=timedelta(days=1))
+            print(
+                f"\n  First start: log in as {admin.email} with this one-time link:\n"
+                f"  http://{host}:{port}/login/link/{secret}\n"
+                f"  (another one any time: tunelab user login-link {admin.email})\n",
+                flush=True,
+            )

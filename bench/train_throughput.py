@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.spec.config import TrainConfig
 from worker.spec.formatting import IGNORE_INDEX, Sample
-from worker.spec.methods import build_peft_config
 from worker.training import data
+from worker.training.adapters import build_peft_config
 from worker.training.engine import StepMetrics, train_model
 
 # Public architecture hyper-parameters of each model; weights are random.

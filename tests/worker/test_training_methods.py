@@ -409,8 +409,8 @@ def trains_and_generates(model_type: str, method: str) -> None:
     """One optimiser step's forward and backward through the engine's own step code, every
     trainable weight getting a gradient, then three generated tokens."""
     from worker.spec.formatting import Sample
-    from worker.spec.methods import build_peft_config
     from worker.training import steps
+    from worker.training.adapters import build_peft_config
     from worker.training.engine import _forward_module
 
     settings: dict[str, Any] = {"lora_dropout": 0.0, "num_virtual_tokens": 4}

@@ -374,7 +374,7 @@ def _with_checkpoint(model: Any, candidate: Candidate) -> Any:
     from safetensors.torch import load_file
 
     from worker.spec.config import TrainConfig
-    from worker.spec.methods import build_peft_config
+    from worker.training.adapters import build_peft_config
     from worker.training.checkpoints import WEIGHTS_FILE
 
     if candidate.weights_dir is None or candidate.train_config is None:

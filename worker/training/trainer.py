@@ -17,8 +17,9 @@ import torch
 from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
-from worker.spec.methods import METHODS, build_peft_config
+from worker.spec.methods import METHODS
 from worker.training import attention, checkpoints, data, fused, models
+from worker.training.adapters import build_peft_config
 from worker.training.callbacks import Silent, TrainCallbacks
 from worker.training.loop import LoopExtras, Run, run_steps
 from worker.training.steps import plan_steps

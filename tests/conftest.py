@@ -1,8 +1,16 @@
-"""Test setup: a fresh Postgres database and Redis queue per run, and live tunelab processes.
+"""Test setup: a fresh Postgres database and Redis queue per test process, and live tunelab
+processes.
 
 Settings are read from the environment, so they are fixed here, before any test module
 imports the app. Postgres and Redis must be running (``.ci/run`` starts them); tests that need
 them fail rather than skip when they are not, so CI cannot pass without really using them.
+
+Two tiers (docs/architecture.md, "Tests"): the fast tier (unit tests, the dataset library,
+services and the in-process API on real Postgres, the engine on tiny models) and the
+end-to-end tier (``e2e``: a subprocess server, a real Celery worker, the browser, SmolLM2).
+A test is end-to-end when it uses a live server (the ``cluster`` fixture) or its module says
+so; ``make test-fast`` runs the fast tier, ``make test`` both. Every process of
+``pytest -n auto`` has its own database, data folder and queue.
 """
 
 from __future__ import annotations
@@ -56,6 +64,20 @@ from tests.live import (  # noqa: E402
 )
 
 ADMIN_EMAIL = "admin@tunelab.test"
+# Fixtures that start or reach a live tunelab server: a test using one is end-to-end.
+LIVE_FIXTURES = {"cluster"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if LIVE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker(
+            "slow"
+        ):
+            item.add_marker(pytest.mark.e2e)
+    # The longest first: with several processes, the run ends when its last test does.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+
+
 ADMIN_PASSWORD = "correct horse battery"
 
 

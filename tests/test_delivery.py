@@ -36,6 +36,9 @@ from tests.live import (
     wait_for,
 )
 
+# Real processes started by the tests themselves.
+pytestmark = pytest.mark.e2e
+
 
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
@@ -254,6 +257,7 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_once_it_wakes(
     tiny_model: Path,
     tmp_path: Path,
 ) -> None:
+
     _server, env, api = own_cluster
     frozen = start_worker(env=env, log=tmp_path / "frozen.log")
     other: subprocess.Popen[bytes] | None = None

@@ -65,7 +65,7 @@ def test_every_tunelab_command_in_compose_is_a_real_entry_point_with_its_setting
     parser = build_parser()
     checked = 0
     for name, service in compose()["services"].items():
-        if "command" not in service or service.get("image", "").split(":")[0] != "tunelab":
+        if "command" not in service or "build" not in service:  # not a tunelab image
             continue
         for argv in commands_in(service["command"]):
             assert argv[0] == "tunelab", f"{name}: {argv}"
@@ -84,10 +84,83 @@ def test_web_service_migrates_before_serving() -> None:
     assert steps[0] == ["db", "upgrade"] and steps[-1][0] == "serve"
 
 
-def test_dockerfile_default_command_is_a_real_entry_point() -> None:
-    cmd_line = next(
-        line for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("CMD")
-    )
-    argv = json.loads(cmd_line.removeprefix("CMD").strip())
-    assert argv[0] == "tunelab"
-    build_parser().parse_args(argv[1:])
+def dockerfile_stages() -> dict[str, list[str]]:
+    """The Dockerfile's stages by name, each as its instructions (continuation lines joined)."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    logical = ""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if not logical and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        logical += line.rstrip().removesuffix("\\") + " "
+        if line.rstrip().endswith("\\"):
+            continue
+        instruction, logical = " ".join(logical.split()), ""
+        if instruction.startswith("FROM "):
+            words = instruction.split()
+            assert len(words) == 4 and words[2] == "AS", f"every stage is named: {instruction}"
+            current = stages.setdefault(words[3], [])
+        current.append(instruction)
+    return stages
+
+
+def default_command(stage: list[str]) -> list[str]:
+    cmd = [i for i in stage if i.startswith("CMD ")]
+    assert len(cmd) == 1
+    return list(json.loads(cmd[0].removeprefix("CMD ")))
+
+
+def test_dockerfile_default_commands_are_real_entry_points() -> None:
+    stages = dockerfile_stages()
+    web, worker = default_command(stages["web"]), default_command(stages["worker"])
+    for argv in (web, worker):
+        assert argv[0] == "tunelab"
+        build_parser().parse_args(argv[1:])
+    assert web[1] == "serve" and "--no-worker" in web
+    assert worker[1] == "worker"
+
+
+def test_the_web_image_is_slim_and_the_worker_image_has_the_engine() -> None:
+    stages = dockerfile_stages()
+    web = " ".join(stages["web"])
+    assert stages["web"][0].startswith("FROM python:3.11-slim ")
+    assert "requirements/web.txt" in web, "the web's lock: no engine, no torch"
+    for other in ("lock.txt", "worker.txt", "gpu.txt", "torch", "[engine]"):
+        assert other not in web
+    worker = " ".join(stages["worker"])
+    assert stages["worker"][0].startswith("FROM pytorch/pytorch:")
+    assert "-r requirements/worker.txt" in worker and "-r requirements/gpu.txt" in worker
+    for name in ("web", "worker"):
+        installs = [i for i in stages[name] if "pip install" in i]
+        # tunelab itself from its wheel, never editable: the files it serves are inside it.
+        assert any("tunelab-*.whl" in i for i in installs), name
+        assert not any(" -e " in i or "--editable" in i for i in installs), name
+
+
+def test_the_wheel_stage_copies_everything_the_wheel_is_built_from() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    needed = {package.split(".")[0] for package in setuptools["packages"]}
+    needed |= set(setuptools["package-dir"].values())
+    needed |= {"pyproject.toml", project["project"]["readme"]}
+    copied = {
+        word.removeprefix("./")
+        for instruction in dockerfile_stages()["wheel"]
+        if instruction.startswith("COPY ") and "--from=" not in instruction
+        for word in instruction.split()[1:-1]
+    }
+    assert needed <= copied, f"the wheel stage lacks {needed - copied}"
+
+
+def test_compose_builds_the_web_and_worker_images_from_their_targets() -> None:
+    stages = dockerfile_stages()
+    services = compose()["services"]
+    built = {name: s["build"] for name, s in services.items() if "build" in s}
+    assert set(built) == {"web"} | {name for name in services if name.startswith("worker")}
+    for name, build in built.items():
+        assert build["context"] == "."
+        assert build["target"] == ("web" if name == "web" else "worker"), name
+        assert build["target"] in stages
+    assert services["web"]["image"] != services["worker-gpu0"]["image"]

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.factories import (
     alpaca_records,
     create_dataset,
@@ -22,6 +24,9 @@ from tests.factories import (
     wait_for_status,
 )
 from tests.live import embedded_api, embedded_env, free_port, start_server, wait_for
+
+# Real processes started by the tests themselves.
+pytestmark = pytest.mark.e2e
 
 
 def test_embedded_serve_trains_a_job_end_to_end_on_sqlite(tmp_path: Path, tiny_model: Path) -> None:
@@ -161,6 +166,7 @@ def test_a_job_cut_off_mid_run_is_resumed_by_the_next_start(
 def test_stopping_serve_hands_a_running_job_back_to_the_queue(
     tmp_path: Path, tiny_model: Path
 ) -> None:
+
     data, port = tmp_path / "data", free_port()
     env = embedded_env(data)
     first = start_server(port=port, env=env, log=tmp_path / "first.log")

@@ -142,8 +142,9 @@ class Rule:
             await check_csrf(request, principal)
         if self.scope not in principal.scopes:
             raise Forbidden(f"this needs a token with the `{self.scope}` scope")
-        if self.roles is not None and principal.user.role not in self.roles:
-            raise Forbidden(f"your role ({principal.user.role}) may not do this")
+        # The snapshot: on the event loop nothing may touch the ORM row (and the database).
+        if self.roles is not None and principal.viewer.role not in self.roles:
+            raise Forbidden(f"your role ({principal.viewer.role}) may not do this")
         request.state.principal = principal
         return principal
 

@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import ADMIN_EMAIL
 from tests.live import LiveServer, cli_token, embedded_env, free_port, start_server
 
+# Real processes started by the tests themselves.
+pytestmark = pytest.mark.e2e
+
 CLIENTS = 200
 # Deliberately small, so 200 clients queue for threads and connections: with the old
 # arrangement 16 concurrent requests already exhausted the pool while the event loop sat
@@ -80,6 +83,7 @@ def test_two_hundred_concurrent_requests_are_all_answered_in_cluster_mode(
 def test_two_hundred_concurrent_requests_are_all_answered_in_embedded_mode(
     tmp_path: Path,
 ) -> None:
+
     env = {**embedded_env(tmp_path / "data"), **TIGHT}
     server = start_server(
         port=free_port(), env=env, log=tmp_path / "server.log", extra_args=["--no-worker"]

@@ -23,7 +23,7 @@ from tests.factories import (
 )
 from tests.live import api_client, free_port, tunelab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CRITERIA = ["rougeL >= 0.99", "perplexity improves on baseline by >= 0.5", "human win rate >= 60%"]
 
 

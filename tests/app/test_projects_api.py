@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+from fastapi.testclient import TestClient
 
 from tests.factories import create_project
 
@@ -38,11 +39,11 @@ def test_unknown_project_is_404(api: httpx.Client) -> None:
     assert response.json()["detail"] == "project not found"
 
 
-def test_openapi_documents_the_upload_field(cluster: object) -> None:
-    spec = httpx.get(f"{cluster.url}/openapi.json").json()  # type: ignore[attr-defined]
+def test_openapi_documents_the_upload_field(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/v1/projects/{project_id}/datasets"]["post"]["requestBody"]
     assert "file" in body["content"]["multipart/form-data"]["schema"]["properties"]
-    assert httpx.get(f"{cluster.url}/docs").status_code == 200  # type: ignore[attr-defined]
+    assert client.get("/docs").status_code == 200
 
 
 def test_deleting_a_project_removes_it_and_is_audited(api: httpx.Client) -> None:

@@ -29,8 +29,9 @@ from app.api.routes import (
     reviews,
     uploads,
 )
-from app.core.config import PROJECT_ROOT, get_settings
+from app.core.config import get_settings
 from app.core.errors import TunelabError, Unauthorized
+from app.core.paths import STATIC_DIR
 from app.core.security_headers import (
     CONTENT_SECURITY_POLICY,
     SECURITY_HEADERS,
@@ -97,7 +98,7 @@ def create_app() -> FastAPI:
     app.include_router(review_pages.router)
     app.include_router(deploy_pages.router)
     app.include_router(auth_pages.router)
-    app.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(TunelabError)
     async def _domain_error(request: Request, exc: TunelabError) -> Response:

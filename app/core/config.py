@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The repository, when running from a checkout (tests and tools only). Code that runs installed
+# finds its templates, static files and migrations through app.core.paths.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEV_SECRET = "tunelab-development-secret-change-me"
 

@@ -9,11 +9,11 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from app.core.config import PROJECT_ROOT
 from app.core.errors import FieldError
+from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
 
-templates = Jinja2Templates(directory=PROJECT_ROOT / "templates")
+templates = Jinja2Templates(directory=TEMPLATES_DIR)
 # Pages format, they do not compute: ids, sizes and durations read the same everywhere.
 templates.env.filters.update(short_id=short_id, size=size_in_words, duration=clock_duration)
 

@@ -85,13 +85,10 @@ def make_export(export_id: str) -> str:
         except Exception as exc:
             error = crashed(f"export {export_id}", exc)
     values["seconds"] = round(time.perf_counter() - started, 2)
-    if status != "succeeded" or lease.lost or lease.shut_down:
+    if status != "succeeded" or lease.ended_elsewhere:
         discard_export(out_dir)
-    if lease.lost:
-        return "lease lost"
-    if lease.shut_down:
-        lease.hand_back()
-        return "handed back"
+    if (stopped := lease.give_up_or_hand_back()) is not None:
+        return stopped
     if not lease.finish(status, error=error, values=values):
         discard_export(out_dir)
         return "lease lost"
@@ -176,11 +173,8 @@ def serve_deployment(deployment_id: str) -> str:
                 thread.join(timeout=30)
             if engine is not None:
                 engine.close()
-    if lease.lost:
-        return "lease lost"
-    if lease.shut_down and error is None:
-        # Served again when a worker is back (in embedded mode: when tunelab starts again).
-        lease.hand_back()
-        return "handed back"
+    if error is None and (stopped := lease.give_up_or_hand_back()) is not None:
+        # Handed back: served again when a worker is back (embedded: when tunelab restarts).
+        return stopped
     lease.finish("failed" if error else "stopped", error=error, values={"url": None})
     return "failed" if error else "stopped"

@@ -169,11 +169,8 @@ def evaluate_models(evaluation_id: str) -> str:
         except Exception as exc:
             error = crashed(f"evaluation {evaluation_id}", exc)
 
-    if lease.lost:
-        return "lease lost"
-    if lease.shut_down:
-        lease.hand_back()
-        return "handed back"
+    if (stopped := lease.give_up_or_hand_back()) is not None:
+        return stopped
     results: dict[str, Any] | None = None
     samples: list[dict[str, Any]] = []
     if outcome is not None and decoding is not None:

@@ -91,11 +91,8 @@ def answer_review_items(run_id: str) -> str:
             error = str(exc)
         except Exception as exc:  # the items must not wait forever
             error = crashed(f"answering review run {run_id}", exc)
-    if lease.lost:
-        return "lease lost"
-    if lease.shut_down:
-        lease.hand_back()
-        return "handed back"
+    if (stopped := lease.give_up_or_hand_back()) is not None:
+        return stopped
 
     def record(session: Session) -> None:
         _set_all(session, work, answers, keys, error)

@@ -106,6 +106,23 @@ class Lease:
         """Stopped because this worker is stopping, not because anyone cancelled the work."""
         return SHUTTING_DOWN.is_set() and not self.cancel_requested and not self.lost
 
+    @property
+    def ended_elsewhere(self) -> bool:
+        """This attempt's outcome is not to be recorded: another worker holds the row now, or
+        this worker is stopping (and hands the row back)."""
+        return self.lost or self.shut_down
+
+    def give_up_or_hand_back(self) -> str | None:
+        """After the work stopped: "lease lost" (another worker has it; nothing is written),
+        "handed back" (this worker is stopping; the row is back in the queue), else None and
+        the caller records the outcome."""
+        if self.lost:
+            return "lease lost"
+        if self.shut_down:
+            self.hand_back()
+            return "handed back"
+        return None
+
     def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a transaction that first renews the lease; raise LeaseLost (and
         write nothing) when the row is no longer ours. The renewal locks the row until the

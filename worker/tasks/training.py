@@ -130,16 +130,13 @@ def train_job(job_id: str) -> str:
         except Exception as exc:
             error = crashed(f"job {job_id}", exc)
 
-    if lease.lost or lease.shut_down or status != JobStatus.succeeded:
+    if lease.ended_elsewhere or status != JobStatus.succeeded:
         # This attempt's output is never used: another worker owns the job now, it goes
         # back to the queue (and resumes from its checkpoints), or it ended without a model.
         # The checkpoints stay, so what was trained can be resumed or exported.
         shutil.rmtree(plan.output.parent, ignore_errors=True)
-    if lease.lost:
-        return "lease lost"
-    if lease.shut_down:
-        lease.hand_back()
-        return "handed back"
+    if (stopped := lease.give_up_or_hand_back()) is not None:
+        return stopped
     evaluation = []
 
     def record(session: Any) -> None:

@@ -30,6 +30,7 @@ from app.api.routes import (
     uploads,
 )
 from app.core.config import get_settings
+from app.core.db import serve_on_this_loop
 from app.core.errors import TunelabError, Unauthorized
 from app.core.paths import STATIC_DIR
 from app.core.security_headers import (
@@ -62,6 +63,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # The routes' database work runs on this pool of threads; the database pool is sized to
     # match (app.core.db.make_engine).
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().web_threads
+    serve_on_this_loop()
     yield
 
 

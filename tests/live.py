@@ -44,6 +44,7 @@ class LiveServer:
     process: subprocess.Popen[bytes]
     log: Path
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # the server's environment
     _handles: list[IO[Any]] = field(default_factory=list)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> None:
@@ -87,7 +88,9 @@ def start_server(
         stdout=handle,
         stderr=subprocess.STDOUT,
     )
-    server = LiveServer(url=f"http://127.0.0.1:{port}", process=proc, log=log, _handles=[handle])
+    server = LiveServer(
+        url=f"http://127.0.0.1:{port}", process=proc, log=log, env=env, _handles=[handle]
+    )
 
     def up() -> bool:
         if proc.poll() is not None:

@@ -96,12 +96,24 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# The web server's event loop, once it runs (app.main's lifespan says which). Other loops (a
+# test driving a browser through Playwright's sync API runs one) are none of the guard's
+# business.
+_served_loop: asyncio.AbstractEventLoop | None = None
+
+
+def serve_on_this_loop() -> None:
+    """Called by the web server from inside its event loop when it starts."""
+    global _served_loop
+    _served_loop = asyncio.get_running_loop()
+
+
 def _on_event_loop() -> bool:
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return False
-    return True
+    return loop is _served_loop
 
 
 def _guard_event_loop(engine: Engine) -> None:

@@ -152,10 +152,13 @@ serve: install
 	$(VENV)/bin/tunelab serve
 
 # Every tier: the fast one and the end-to-end one (live servers, Celery workers, the browser,
-# SmolLM2), one process per core. The converted SmolLM2 is kept between runs (a cache, never
-# in the repository); delete the folder to convert it again.
+# SmolLM2), one test process per core, each (and the servers and workers it starts) on one
+# thread: the work is CPU-bound, and two processes with two threads each on two cores ran the
+# suite twice as slowly as one thread each. The converted SmolLM2 is kept between runs (a cache,
+# never in the repository); delete the folder to convert it again.
 TEST_MODEL_CACHE ?= $(HOME)/.cache/tunelab/test-models
-PYTEST := TUNELAB_TEST_MODEL_CACHE=$(TEST_MODEL_CACHE) $(VENV)/bin/pytest -n auto --dist worksteal
+PYTEST := OMP_NUM_THREADS=1 TUNELAB_TEST_MODEL_CACHE=$(TEST_MODEL_CACHE) \
+	$(VENV)/bin/pytest -n auto --dist worksteal
 
 test: install browser
 	$(PYTEST)

@@ -1,4 +1,4 @@
-"""Guards on our own source that review alone would let slip (DESIGN.md, security model).
+"""Guards on our own source that review alone would let slip (the security model: README, "Accounts and security").
 
 - Every ``torch.load`` passes ``weights_only=True``: without it, loading a file unpickles
   arbitrary objects, which runs any code the file carries.

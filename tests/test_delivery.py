@@ -259,6 +259,8 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_once_it_wakes(
 ) -> None:
 
     _server, env, api = own_cluster
+    # A short lease for these two workers, so the takeover comes quickly.
+    env = {**env, "TUNELAB_LEASE_SECONDS": "5"}
     frozen = start_worker(env=env, log=tmp_path / "frozen.log")
     other: subprocess.Popen[bytes] | None = None
     try:
@@ -266,7 +268,7 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_once_it_wakes(
         frozen.send_signal(signal.SIGSTOP)
         stopped_at = api.get(f"/jobs/{job['id']}").json()["current_step"]
         other = start_worker(env=env, log=tmp_path / "other.log")
-        # Past the lease (15 s in the tests) the other worker's reaper re-queues the job and
+        # Past the lease (5 s here) the other worker's reaper re-queues the job and
         # the other worker takes it over from its checkpoint.
         wait_for(
             lambda: api.get(f"/jobs/{job['id']}").json()["attempts"] == 2,

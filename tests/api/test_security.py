@@ -1,5 +1,5 @@
 """The security model: every route has a rule, ids do not leak across projects, credentials
-are checked the way DESIGN.md says. Real HTTP against the cluster server."""
+are checked the way the README ("Accounts and security") says. Real HTTP against the cluster server."""
 
 from __future__ import annotations
 

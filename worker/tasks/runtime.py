@@ -84,12 +84,10 @@ class Lease:
         broker for the next worker (it may be the one this worker just handed back)."""
         if SHUTTING_DOWN.is_set():
             raise Reject("this worker is shutting down", requeue=True)
-        row = leases.claim(session, self.kind, self.item_id, worker=self.worker)
-        if row is not None:
-            BUSY.set()
-        return row
+        return leases.claim(session, self.kind, self.item_id, worker=self.worker)
 
     def __enter__(self) -> Lease:
+        BUSY.set()
         self._thread.start()
         return self
 

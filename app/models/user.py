@@ -28,6 +28,9 @@ class User(UUIDPrimaryKey, Timestamped, Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The language the user chose on the account page ("en", "zh_CN"); None: not chosen, the
+    # cookie switch or the browser's Accept-Language decides.
+    locale: Mapped[str | None] = mapped_column(String(16))
 
 
 class ProjectMember(Timestamped, Base):

@@ -7,6 +7,7 @@ from app.models.deploy import Deployment, Export
 from app.models.evaluation import EvalSample, EvalStatus, Evaluation
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
 from app.models.lease import Leased
+from app.models.openai_compat import OpenAIFile, OpenAIJob, OpenAIProject
 from app.models.project import Project
 from app.models.review import (
     CampaignReviewer,
@@ -43,6 +44,9 @@ __all__ = [
     "LoginLink",
     "MetricPoint",
     "ModelPermission",
+    "OpenAIFile",
+    "OpenAIJob",
+    "OpenAIProject",
     "Project",
     "ProjectMember",
     "Rating",

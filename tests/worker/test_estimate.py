@@ -27,15 +27,16 @@ H200 = GPUS["H200"]
 # (case, shape, settings, batch size, accumulation, max_seq_length, samples, mean tokens,
 #  95th-percentile tokens, answer share, measured peak GiB (max_memory_allocated, the same in
 #  both runs), tokens per second over steps 2-3, the mean of two runs (they differed by up
-#  to 45%: two timed steps are a short sample).)
+#  to 45%: two timed steps are a short sample).) The LoRA cases ran at the engine's token
+#  budget of then (layer size alone, before it came from the GPU's memory), pinned here.
 MEASURED_H200: list[tuple[Any, ...]] = [
-    ("qwen0.5b-lora-10k", "qwen2.5-0.5b-instruct", {}, 8, 4, 1024, 96, 313.5, 384, 0.5008, 13.89, 56592.6),
-    ("qwen0.5b-lora-65k", "qwen2.5-0.5b-instruct", {}, 16, 4, 2048, 192, 1013.1, 1252, 0.5003, 36.29, 74416.4),
-    ("llama1b-lora-4k-nodrop", "llama-3.2-1b-instruct", {"lora_dropout": 0.0}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 8.17, 37988.7),
-    ("llama1b-lora-48k", "llama-3.2-1b-instruct", {}, 8, 4, 2048, 96, 1523.9, 1863, 0.5002, 14.34, 49944.7),
-    ("qwen3-0.6b-lora-22k", "qwen3-0.6b", {}, 16, 2, 1024, 96, 717.9, 854, 0.5004, 36.49, 49070.1),
-    ("llama8b-lora-8k", "llama-3.1-8b-instruct", {}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 27.28, 9368.4),
-    ("llama8b-lora-long", "llama-3.1-8b-instruct", {}, 4, 1, 4096, 12, 2857.7, 3634, 0.5001, 36.18, 10336.0),
+    ("qwen0.5b-lora-10k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 29959}, 8, 4, 1024, 96, 313.5, 384, 0.5008, 13.89, 56592.6),
+    ("qwen0.5b-lora-65k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 29959}, 16, 4, 2048, 192, 1013.1, 1252, 0.5003, 36.29, 74416.4),
+    ("llama1b-lora-4k-nodrop", "llama-3.2-1b-instruct", {"lora_dropout": 0.0, "micro_batch_tokens": 7344}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 8.17, 37988.7),
+    ("llama1b-lora-48k", "llama-3.2-1b-instruct", {"micro_batch_tokens": 7344}, 8, 4, 2048, 96, 1523.9, 1863, 0.5002, 14.34, 49944.7),
+    ("qwen3-0.6b-lora-22k", "qwen3-0.6b", {"micro_batch_tokens": 28398}, 16, 2, 1024, 96, 717.9, 854, 0.5004, 36.49, 49070.1),
+    ("llama8b-lora-8k", "llama-3.1-8b-instruct", {"micro_batch_tokens": 2048}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 27.28, 9368.4),
+    ("llama8b-lora-long", "llama-3.1-8b-instruct", {"micro_batch_tokens": 2048}, 4, 1, 4096, 12, 2857.7, 3634, 0.5001, 36.18, 10336.0),
     ("qwen0.5b-dora", "qwen2.5-0.5b-instruct", {"use_dora": True}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 36.27, 15651.0),
     ("qwen0.5b-ia3", "qwen2.5-0.5b-instruct", {"method": "ia3"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 10.84, 81000.3),
     ("qwen0.5b-prefix", "qwen2.5-0.5b-instruct", {"method": "prefix_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.06, 22176.8),
@@ -260,7 +261,7 @@ def test_the_service_estimates_a_catalog_model_and_says_what_it_assumed() -> Non
     assert result["available"] is True
     assert result["model"]["title"] == "Qwen2.5 7B Instruct"
     assert result["gpu"]["name"] == "NVIDIA H100 80GB"
-    assert 15 < result["peak_memory_gib"] < 40 and result["fits"] is True
+    assert 15 < result["peak_memory_gib"] < 80 and result["fits"] is True
     assert result["duration"].startswith("about ")
     assert result["chosen"]["max_seq_length"] == 896
     assert any("qwen3 tokenizer" in a for a in result["assumptions"])

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.spec import budget as budget_rule
 from worker.spec.autoconfig import resolve_auto, total_steps
 from worker.spec.catalog import Architecture
 from worker.spec.config import LORA_METHODS, TrainConfig
@@ -373,24 +374,31 @@ class _Run:
         return total
 
     def _plan(self) -> tuple[int, bool]:
-        """The engine's token budget and checkpointing decision (steps._fit_in_memory): the
-        budget shrinks to fit the free memory, and checkpointing comes on only when one row
-        of the longest sample would not fit. Judged with the engine's own rough bytes per
-        token, so the estimate follows the engine's decision, not a better one."""
+        """The engine's token budget and checkpointing decision: the rule of
+        ``worker.spec.budget`` applied to this GPU's memory less what loading the model and
+        its adapter takes (the engine applies it to the memory its GPU reports free then).
+        Judged with the engine's own rough bytes per token, so the estimate follows the
+        engine's decision, not a better one."""
         a, c = self.arch, self.config
-        budget = max(c.micro_batch_tokens or default_token_budget(a), int(self.longest))
-        per_layer = 2 * (8 * a.hidden_size + 3 * a.intermediate_size)
-        if isinstance(c.lora_dropout, float | int) and c.lora_dropout > 0:
-            per_layer += 5 * a.hidden_size + a.intermediate_size
-        per_token = a.layers * per_layer
-        free = self.gpu.memory_bytes - _CUDA_CONTEXT_BYTES - self._weight_bytes()
-        available = 0.9 * (free - 4 * self.trainable) - 12 * self.trainable - 12 * _CHUNK_ELEMENTS
-        rows = budget if self.packed else self.batch_size * self.padded_width
-        if rows * per_token <= available:
-            return budget, False
-        if self.packed and self.longest * per_token <= available:
-            return max(int(self.longest), int(available // per_token)), False
-        return budget, True
+        shape = budget_rule.ModelShape(a.hidden_size, a.intermediate_size, a.layers)
+        dropout = c.lora_dropout if isinstance(c.lora_dropout, float | int) else 0.0
+        per_token = budget_rule.activation_bytes_per_token(
+            shape, lora_dropout=float(dropout), method=self.method, dora=self.dora
+        )
+        fixed = budget_rule.fixed_bytes(
+            trainable=self.trainable, shape=shape, quantized=self.method == "qlora"
+        )
+        loaded = self._weight_bytes() + 4 * self.trainable
+        free = self.gpu.memory_bytes - _CUDA_CONTEXT_BYTES - loaded
+        longest = int(self.longest) if self.packed else self.batch_size * self.padded_width
+        chosen = budget_rule.token_budget(
+            free_bytes=int(free),
+            fixed=fixed,
+            per_token=per_token,
+            longest=longest,
+            explicit=c.micro_batch_tokens,
+        )
+        return (chosen.tokens if self.packed else longest), chosen.checkpointing
 
     def memory(self) -> dict[str, float]:
         a = self.arch

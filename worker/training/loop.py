@@ -15,9 +15,9 @@ import torch
 from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
-from worker.training import checkpoints, data, packing
+from worker.training import budget, checkpoints, data, packing
 from worker.training.callbacks import StepMetrics, TrainCallbacks
-from worker.training.steps import StepPlan, micro_batches, optimiser_step, validation_loss
+from worker.training.steps import StepPlan, validation_loss
 
 # Without checkpoint_every, a checkpoint this often bounds the work a re-queued job repeats.
 CHECKPOINT_INTERVAL_SECONDS = 15 * 60
@@ -76,6 +76,8 @@ def run_steps(
         # Last, after everything that may have drawn random numbers (the adapter's
         # initialisation, loading): the next dropout mask is the one the interrupted run drew.
         restored.restore_rng()
+    # Halves the pass size and retries a step that runs out of GPU memory (see budget).
+    fitter = budget.StepFitter(run.plan, on_event=callbacks.on_event)
     started = last_saved = time.perf_counter()
     seconds_before, steps_here = state.train_seconds, 0
     batches: list[list[data.Sample]] = []
@@ -91,9 +93,10 @@ def run_steps(
         step_started = time.perf_counter()
         first = state.batch_index
         group = batches[first : first + accum]
-        micro = micro_batches(group, run.plan, run.pad_id)
         answer_tokens = sum(packing.answer_token_count(s) for b in group for s in b)
-        loss_value, tokens = optimiser_step(run.lm, micro, answer_tokens, run.plan, device)
+        loss_value, tokens = fitter.step(
+            run.lm, group, run.pad_id, answer_tokens, run.optimizer, device
+        )
         grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm))
         learning_rate = run.scheduler.get_last_lr()[0]
         run.optimizer.step()

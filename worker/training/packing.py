@@ -95,23 +95,6 @@ def layer_weights(model_config: Any) -> int:
     return max(1, attention + 3 * hidden * intermediate)
 
 
-def activation_bytes_per_token(model_config: Any, lora_dropout: float) -> int:
-    """Rough bytes kept for backward per token with the fused layers (16-bit activations).
-
-    Per layer: the block input and the normalised inputs (hidden x 2 bytes each), query, key,
-    value and attention output, gate and up (intermediate each) and their product, plus a
-    one-byte dropout mask per adapted input when LoRA dropout is on. Used only to decide
-    whether a packed row of the longest sample fits without gradient checkpointing.
-    """
-    hidden = int(getattr(model_config, "hidden_size", 0) or 4096)
-    intermediate = int(getattr(model_config, "intermediate_size", 0) or 4 * hidden)
-    layers = int(getattr(model_config, "num_hidden_layers", 0) or 32)
-    per_layer = 2 * (8 * hidden + 3 * intermediate)
-    if lora_dropout > 0:
-        per_layer += 5 * hidden + intermediate
-    return layers * per_layer
-
-
 def pack(samples: Sequence[Sample], token_budget: int) -> list[list[Sample]]:
     """Group ``samples`` into rows of at most ``token_budget`` tokens (first fit, longest
     first). A sample longer than the budget gets a row of its own; the order is a pure

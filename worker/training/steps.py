@@ -25,7 +25,6 @@ from worker.training import attention, models
 from worker.training.loss import DEFAULT_CHUNK_ELEMENTS, linear_cross_entropy_sum
 from worker.training.packing import (
     MicroBatch,
-    activation_bytes_per_token,
     collate_packed,
     collate_padded,
     default_token_budget,
@@ -87,25 +86,16 @@ def _fit_in_memory(
     device: torch.device,
     packed: bool,
 ) -> tuple[int, bool]:
-    """Shrink the token budget, then turn on gradient checkpointing, only if memory needs it.
+    """The token budget from this GPU's free memory (the rule of ``worker.spec.budget``,
+    which the estimate applies too; an explicit ``micro_batch_tokens`` is kept), and gradient
+    checkpointing only when even one packed row of the longest sample (one padded batch)
+    would not fit: it recomputes every layer's forward in backward (about half as much work
+    again for LoRA, whose backward skips the frozen weights' gradients)."""
+    from worker.training.budget import plan_budget  # it imports this module
 
-    Checkpointing recomputes every layer's forward in backward (about half as much work
-    again for LoRA, whose backward skips the frozen weights' gradients), so it is the last
-    resort, used when even one packed row of the longest sample would not fit.
-    """
-    per_token = activation_bytes_per_token(lm.config, autoconfig.settled(config).lora_dropout)
-    free, _ = torch.cuda.mem_get_info(device)
-    trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
-    # fp32 gradient and two AdamW moments per trainable weight, the loss head's chunk of
-    # fp32 logits (three copies at most), and a tenth left to the allocator's fragmentation.
-    workspace = 12 * trainable + 3 * 4 * DEFAULT_CHUNK_ELEMENTS
-    available = int(free * 0.9) - workspace
-    rows = budget if packed else config.batch_size * longest
-    if rows * per_token <= available:
-        return budget, False
-    if packed and longest * per_token <= available:
-        return max(longest, available // per_token), False
-    return budget, True
+    rows = longest if packed else autoconfig.settled(config).batch_size * longest
+    chosen = plan_budget(lm, config, rows, device)
+    return (chosen.tokens if packed else budget), chosen.checkpointing
 
 
 # Model types whose causal-LM head is a plain ``lm_head(hidden)``: for these the loss is

@@ -1,0 +1,115 @@
+"""The token budget of a packed forward pass, chosen from the memory of the GPU it runs on.
+
+One rule for both sides: the engine applies it to the memory the GPU reports free once the
+model and its adapter are loaded (``worker.training.budget``), the estimate at job creation to
+the chosen GPU's memory less what loading will take (``worker.spec.estimate``).
+
+- What a pass may keep for backward is the free memory, less what the step needs besides
+  activations (gradients and AdamW's moments of the trained weights, the loss head's chunk of
+  logits, a dequantised 4-bit weight in flight), times a safety margin for the allocator and
+  for what the per-token figure leaves out.
+- Divided by the bytes one token keeps for backward (the engine's per-layer count of the
+  tensors its fused functions save, more for methods that run through PEFT's own layers),
+  that gives the tokens of one pass, within ``MIN_BUDGET`` and ``MAX_BUDGET``.
+- A pass always holds at least the longest sample; if even that does not fit, gradient
+  checkpointing comes on.
+- An explicit ``micro_batch_tokens`` is used as given.
+
+At run time a budget that turns out not to fit is halved and the step retried
+(``worker.training.budget.StepFitter``), so the margin need not be pessimistic.
+
+Torch-free: the web process calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Share of the free memory (after the fixed needs) that activations may take: the rest is
+# left to the caching allocator's fragmentation and to the working set of backward.
+SAFETY_MARGIN = 0.85
+MIN_BUDGET = 512
+# Longer passes gain nothing measurable (the step's samples bound a pass anyway) and make
+# the allocator's blocks larger.
+MAX_BUDGET = 32768
+# The loss head's chunk of float32 logits (worker.training.loss.DEFAULT_CHUNK_ELEMENTS), three
+# copies at most in flight.
+LOSS_CHUNK_ELEMENTS = 2**27
+
+# Methods whose adapted linears run the engine's fused functions (worker.training.fused and
+# fused_qlora): they keep the shared 16-bit input of each projection group. Other methods go
+# through PEFT's own layers, which keep float32 copies of every adapted input.
+FUSED_METHODS = frozenset({"lora", "qlora"})
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the rule needs of a decoder: its sizes."""
+
+    hidden_size: int
+    intermediate_size: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    tokens: int
+    checkpointing: bool
+    from_memory: bool  # False when micro_batch_tokens was given
+
+
+def activation_bytes_per_token(
+    shape: ModelShape, *, lora_dropout: float, method: str = "lora", dora: bool = False
+) -> int:
+    """Rough bytes kept for backward per token of a pass (16-bit activations).
+
+    Per layer with the fused layers: the block input and the normalised inputs (hidden x 2
+    bytes each), query, key, value and attention output, gate and up (intermediate each) and
+    their product, plus a one-byte dropout mask per adapted input when dropout is on. Methods
+    that run through PEFT's layers (DoRA, IA3, prompt learning) keep a float32 copy of each
+    adapted input on top; full fine-tuning a float32 residual stream and a bf16 copy of each
+    linear's input.
+    """
+    h, i = shape.hidden_size, shape.intermediate_size
+    per_layer = 2 * (8 * h + 3 * i)
+    if lora_dropout > 0:
+        per_layer += 5 * h + i
+    if method == "full":
+        per_layer += 2 * (6 * h + i) + 4 * h
+    elif method not in FUSED_METHODS or dora:
+        per_layer += 4 * (6 * h + i)
+        if dora:
+            per_layer += 8 * (4 * h + 2 * i)
+    return shape.layers * per_layer
+
+
+def fixed_bytes(*, trainable: int, shape: ModelShape, quantized: bool) -> int:
+    """What a step needs besides activations once the model and its adapter are loaded:
+    the float32 gradient and two AdamW moments of each trained weight, the loss head's chunk
+    of logits, and for 4-bit weights one dequantised 16-bit layer weight in flight."""
+    total = 12 * trainable + 3 * 4 * LOSS_CHUNK_ELEMENTS
+    if quantized:
+        total += 2 * 2 * shape.hidden_size * shape.intermediate_size
+    return total
+
+
+def token_budget(
+    *,
+    free_bytes: int,
+    fixed: int,
+    per_token: int,
+    longest: int,
+    explicit: int | None = None,
+    margin: float = SAFETY_MARGIN,
+) -> Budget:
+    """Tokens per packed pass and whether checkpointing is needed (see the module's text)."""
+    available = margin * (free_bytes - fixed)
+    per_token = max(1, per_token)
+    longest = max(1, longest)
+    if explicit is not None:
+        tokens = max(explicit, longest)
+        return Budget(tokens, longest * per_token > available, False)
+    fit = int(available // per_token) if available > 0 else 0
+    if fit < longest:
+        return Budget(max(longest, min(MAX_BUDGET, MIN_BUDGET)), True, True)
+    return Budget(max(longest, min(MAX_BUDGET, max(MIN_BUDGET, fit))), False, True)

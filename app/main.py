@@ -25,6 +25,8 @@ from app.api.routes import (
     evaluations,
     jobs,
     openai_compat,
+    openai_files,
+    openai_fine_tuning,
     projects,
     reviews,
     uploads,
@@ -94,6 +96,8 @@ def create_app() -> FastAPI:
     ):
         app.include_router(module.router, prefix=api_prefix)
     app.include_router(openai_compat.router)
+    app.include_router(openai_files.router)
+    app.include_router(openai_fine_tuning.router)
     app.include_router(pages.router)
     app.include_router(data_pages.router)
     app.include_router(evaluation_pages.router)

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # reaches it at (a cluster worker sets both to its own reachable address).
     serve_host: str = "127.0.0.1"
     serve_advertise_host: str | None = None
+    # A call to a fine-tuned model's OpenAI name (ft:…) that no running deployment serves:
+    # deploy it and wait up to the timeout (seconds), instead of answering 409.
+    auto_deploy: bool = False
+    auto_deploy_timeout: float = 300.0
     # Where base models given by hub id come from; off-line installs set HF_HUB_OFFLINE too.
     allow_hub_downloads: bool = True
     # Converted and downloaded base models; can be shared between data folders.

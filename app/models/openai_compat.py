@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey
@@ -53,16 +53,11 @@ class OpenAIJob(Base):
     # ft:<base>:<owner>:<suffix>:<id>, fixed at creation, answered once the job succeeded.
     fine_tuned_model: Mapped[str] = mapped_column(String(800), unique=True)
     owner: Mapped[str] = mapped_column(String(64))
-    training_file_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("openai_files.id", ondelete="SET NULL")
-    )
-    validation_file_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("openai_files.id", ondelete="SET NULL")
-    )
+    # The files' ids, kept when a file is deleted (the job's data is its dataset version).
+    training_file_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    validation_file_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # tunelab's own addition: held-out questions with reference answers, the evaluation's data.
-    test_file_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("openai_files.id", ondelete="SET NULL")
-    )
+    test_file_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # The request's own values ("auto" or a number), as OpenAI's job object shows them.
     method: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     request_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -96,24 +96,6 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_openai_jobs_job_id_jobs"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["test_file_id"],
-            ["openai_files.id"],
-            name=op.f("fk_openai_jobs_test_file_id_openai_files"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["training_file_id"],
-            ["openai_files.id"],
-            name=op.f("fk_openai_jobs_training_file_id_openai_files"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["validation_file_id"],
-            ["openai_files.id"],
-            name=op.f("fk_openai_jobs_validation_file_id_openai_files"),
-            ondelete="SET NULL",
-        ),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_openai_jobs")),
         sa.UniqueConstraint("fine_tuned_model", name=op.f("uq_openai_jobs_fine_tuned_model")),
     )

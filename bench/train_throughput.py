@@ -1,29 +1,39 @@
 """LoRA training throughput: plain transformers Trainer + PEFT against tunelab's engine.
 
     python bench/train_throughput.py --shape qwen2.5-0.5b --shape llama-3-8b
+    python bench/train_throughput.py --shape llama-3-8b --method qlora --lengths chat-short
+
+Without ``--lengths`` both data shapes run, one after the other, in the one command.
 
 For each model shape: the same random-initialised bf16 model (weights do not change speed),
 the same samples in the same order, the same LoRA (rank, alpha, dropout, target modules),
 learning rate and schedule, and the same samples per optimiser step (8 per batch x 4
 accumulation steps) go through
 
-(a) the usual recipe: ``transformers.Trainer`` with ``bf16=True``, SDPA attention, each batch
-    padded to its longest sample (DataCollatorForSeq2Seq style), gradient checkpointing only
-    if the largest padded batch does not fit without it (probed first, reported);
+(a) the usual recipe at its best: ``transformers.Trainer`` with ``bf16=True``, SDPA attention,
+    fused AdamW (``adamw_torch_fused``), each batch padded to its longest sample
+    (DataCollatorForSeq2Seq style), gradient checkpointing only if the largest padded batch
+    does not fit without it (probed first, reported); for QLoRA, PEFT's 4-bit LoRA layers on
+    the same NF4 weights;
 (b) ``worker.training.engine.train_model``: the loop ``train()`` runs after loading.
 
 One JSON line per shape: real (non-pad) tokens per second of each over the timed steps (all
 but the first), the ratio, peak allocated GPU memory of each, the final loss of each, and MFU
 (4 x parameters FLOPs per real token against the GPU's dense bf16 peak).
 
-Sample lengths follow a long-tailed (log-normal) distribution between 50 and 2048 tokens,
-the shape of chat/instruction data; the first 20-80% of each sample is prompt (unlabelled).
-Tokens follow a Zipf law over 8,192 ids so the loss has something to learn.
+Two data shapes (``--lengths``): ``lognormal``, this script's own, sample lengths log-normal
+(median 320, sigma 0.9) between 50 and 2048 tokens, the first 20-80% of each sample prompt
+(unlabelled); ``chat-short``, short chat turns, prompts log-normal around 60 tokens (sigma 0.8)
+and answers around 110 (sigma 0.9). Tokens follow a Zipf law over 8,192 ids so the loss has
+something to learn. ``--method qlora`` quantises the same random weights to NF4 for both
+(``worker.training.fused_qlora.quantize_nf4``). Each line also gives the engine's own time and
+memory estimate for the run (``worker.spec.estimate``), next to what was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -114,6 +124,13 @@ class RunResult:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES), required=True)
+    parser.add_argument(
+        "--lengths",
+        action="append",
+        choices=LENGTHS,
+        help="data shape(s) to run (default: both, in this order)",
+    )
+    parser.add_argument("--method", choices=["lora", "qlora"], default="lora")
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per run")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed first steps")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -148,24 +165,27 @@ def main() -> None:
     if not torch.cuda.is_available() and set(args.shape) != {"tiny"}:
         sys.exit("This benchmark needs a CUDA GPU (only the 'tiny' smoke shape runs on a CPU).")
 
-    for shape in args.shape:
-        try:
-            line = bench_shape(shape, args)
-        except Exception as exc:  # one shape failing should not lose the others' numbers
-            traceback.print_exc()
-            line = {"shape": shape, "error": f"{type(exc).__name__}: {exc}"}
-        text = json.dumps(line, separators=(",", ":"))
-        print(text, flush=True)
-        if args.out:
-            with args.out.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+    for lengths in args.lengths or list(LENGTHS):
+        for shape in args.shape:
+            try:
+                line = bench_shape(shape, lengths, args)
+            except Exception as exc:  # one shape failing should not lose the others' numbers
+                traceback.print_exc()
+                line = {"shape": shape, "lengths": lengths, "error": f"{type(exc).__name__}: {exc}"}
+            text = json.dumps(line, separators=(",", ":"))
+            print(text, flush=True)
+            if args.out:
+                with args.out.open("a", encoding="utf-8") as handle:
+                    handle.write(text + "\n")
 
 
-def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str, Any]:
     samples_per_step = args.batch_size * args.accumulation
-    samples = make_samples(
-        args.steps * samples_per_step, args.median_length, args.max_length, args.seed
-    )
+    count = args.steps * samples_per_step
+    if lengths == "chat-short":
+        samples = make_chat_samples(count, args.max_length, args.seed)
+    else:
+        samples = make_samples(count, args.median_length, args.max_length, args.seed)
     # The engine's own order (one epoch, shuffled by seed); the baseline reads it as is.
     ordered = [
         s for b in data.make_batches(samples, args.batch_size, seed=args.seed, epoch=0) for s in b
@@ -182,6 +202,7 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     ]
     config = TrainConfig(
         base_model=f"random {shape}",
+        method=args.method,
         max_steps=args.steps,
         batch_size=args.batch_size,
         gradient_accumulation_steps=args.accumulation,
@@ -196,7 +217,13 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu), None)
 
-    line: dict[str, Any] = {"shape": shape, "gpu": gpu, "parameters": parameters}
+    line: dict[str, Any] = {
+        "shape": shape,
+        "lengths": lengths,
+        "method": args.method,
+        "gpu": gpu,
+        "parameters": parameters,
+    }
     baseline = None
     if not args.skip_baseline:
         baseline = run_baseline(shape, ordered, config, args, step_tokens)
@@ -236,6 +263,7 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
                 ),
             }
         )
+    line.update(estimated(shape, samples, config, engine))
     line.update(
         {
             "bf16_peak_tflops": peak,
@@ -248,11 +276,7 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
             "learning_rate": args.learning_rate,
             "engine_notes": engine.notes,
             "engine_losses": [round(x, 4) for x in engine.losses],
-            "versions": {
-                "torch": torch.__version__,
-                "transformers": __import__("transformers").__version__,
-                "peft": __import__("peft").__version__,
-            },
+            "versions": versions(),
         }
     )
     if baseline is not None:
@@ -268,6 +292,59 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     return line
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    found = {"torch": torch.__version__}
+    for name in ("transformers", "peft", "bitsandbytes"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+# The catalog's model of each shape, for the estimate (same architecture numbers).
+CATALOG_NAMES = {
+    "qwen2.5-0.5b": "qwen2.5-0.5b-instruct",
+    "llama-3.2-1b": "llama-3.2-1b-instruct",
+    "llama-3-8b": "llama-3.1-8b-instruct",
+}
+
+
+def estimated(
+    shape: str, samples: list[Sample], config: TrainConfig, engine: RunResult
+) -> dict[str, Any]:
+    """The estimate the job form would show for this run, and its ratio to the measurement
+    (tokens per second of the timed steps; the peak allocated memory)."""
+    from worker.spec.catalog import CATALOG
+    from worker.spec.estimate import estimate, gpu_spec
+
+    if shape not in CATALOG_NAMES:
+        return {}
+    lengths = sorted(len(s.input_ids) for s in samples)
+    answers = sum(sum(1 for t in s.labels if t != IGNORE_INDEX) for s in samples)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    result = estimate(
+        config,
+        CATALOG[CATALOG_NAMES[shape]].arch,
+        gpu=gpu_spec(gpu),
+        dataset_records=len(samples),
+        mean_tokens=sum(lengths) / len(lengths),
+        p95_tokens=lengths[int(0.95 * (len(lengths) - 1))],
+        answer_share=answers / sum(lengths),
+    )
+    rate = float(result.breakdown["tokens_per_second"])
+    peak_gib = result.peak_memory_bytes / 2**30
+    return {
+        "estimate_tokens_per_s": round(rate, 1),
+        "estimate_over_measured_rate": round(rate / engine.tokens_per_second, 3),
+        "estimate_peak_mem_gib": round(peak_gib, 2),
+        "estimate_over_measured_mem": round(peak_gib / engine.peak_memory_gib, 3)
+        if engine.peak_memory_gib
+        else None,
+        "estimate_row_tokens": result.breakdown["row_tokens"],
+    }
 
 
 def log(message: str) -> None:
@@ -295,10 +372,29 @@ def make_samples(count: int, median: int, longest: int, seed: int) -> list[Sampl
     return samples
 
 
+LENGTHS = ("lognormal", "chat-short")
+
+
+def make_chat_samples(count: int, longest: int, seed: int) -> list[Sample]:
+    """Short chat turns: prompt lengths log-normal around 60 tokens (sigma 0.8), answers
+    log-normal around 110 (sigma 0.9); every answer token labelled."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts = torch.exp(math.log(60) + 0.8 * torch.randn(count, generator=generator))
+    answers = torch.exp(math.log(110) + 0.9 * torch.randn(count, generator=generator))
+    zipf = 1.0 / torch.arange(1, 8192 + 1, dtype=torch.float64)
+    samples = []
+    for p, a in zip(prompts.tolist(), answers.tolist(), strict=True):
+        prompt = max(1, min(longest - 2, int(p)))
+        n = min(longest, prompt + max(2, int(a)))
+        ids = (torch.multinomial(zipf, n, replacement=True, generator=generator) + 1).tolist()
+        samples.append(Sample(input_ids=ids, labels=[IGNORE_INDEX] * prompt + ids[prompt:]))
+    return samples
+
+
 # --- Models --------------------------------------------------------------------------------
 
 
-def build_model(shape: str, seed: int) -> Any:
+def build_model(shape: str, seed: int, method: str = "lora") -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = dict(SHAPES[shape])
@@ -308,6 +404,10 @@ def build_model(shape: str, seed: int) -> Any:
         model = AutoModelForCausalLM.from_config(
             config, dtype=torch.bfloat16, attn_implementation="sdpa"
         )
+    if method == "qlora":
+        from worker.training.fused_qlora import quantize_nf4
+
+        quantize_nf4(model)
     return model
 
 
@@ -369,7 +469,7 @@ def run_engine(
     args: argparse.Namespace,
     step_tokens: list[int],
 ) -> RunResult:
-    model = build_model(shape, args.seed)
+    model = build_model(shape, args.seed, args.method)
     release()
     clock = StepClock()
     config = config.model_copy(update={"micro_batch_tokens": budget})
@@ -458,7 +558,7 @@ def run_baseline(
     from torch.utils.data import SequentialSampler
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    model = build_model(shape, args.seed)
+    model = build_model(shape, args.seed, args.method)
     torch.manual_seed(config.seed)
     model = get_peft_model(model, build_peft_config(config, model))
     dataset = [{"input_ids": s.input_ids, "labels": s.labels} for s in ordered]
@@ -497,6 +597,7 @@ def run_baseline(
         weight_decay=0.0,
         max_grad_norm=config.max_grad_norm,
         bf16=True,
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=1,

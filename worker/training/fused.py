@@ -8,6 +8,10 @@ tested, on the CPU too) and installed on a model's modules for the duration of t
   projection and launches a kernel per step; here the adapters compute in the input's dtype
   (bf16 on a GPU) from float32 master weights, and backward keeps the shared input plus a
   one-byte dropout mask instead of a copy.
+- QLoRA linear: the same function over a frozen bitsandbytes 4-bit (NF4) weight, which is
+  dequantised to the compute dtype for the product in forward and again in backward (one
+  layer's 16-bit weight exists at a time; nothing 16-bit is kept between the two), instead
+  of PEFT's 4-bit layer plus its float32 LoRA branch.
 - RMSNorm (Llama-style ``weight * normalised``): keeps the bf16 input and one float per
   token rather than float32 copies of the whole row.
 - SwiGLU (``silu(gate) * up``): keeps gate and up and recomputes the SiLU in backward.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +58,7 @@ class FusedReport:
     """How many modules of each kind run through the fused functions."""
 
     lora_linear: int = 0
+    qlora_linear: int = 0
     rms_norm: int = 0
     gated_mlp: int = 0
     skipped_lora: list[str] = field(default_factory=list)
@@ -61,7 +66,7 @@ class FusedReport:
 
     @property
     def fused(self) -> int:
-        return self.lora_linear + self.rms_norm + self.gated_mlp
+        return self.lora_linear + self.qlora_linear + self.rms_norm + self.gated_mlp
 
     def lost(self) -> int:
         """How many of the patched modules no longer run the fused forward."""
@@ -123,6 +128,8 @@ def _runs_ours(module: nn.Module) -> bool:
 def _fused_forward_for(module: nn.Module) -> tuple[str, Any] | None:
     if _lora_fusable(module):
         return "lora_linear", _lora_forward
+    if _qlora_fusable(module):
+        return "qlora_linear", _qlora_forward
     cls = type(module).__name__
     if (
         cls in _RMS_NORM_CLASSES
@@ -140,10 +147,10 @@ def _fused_forward_for(module: nn.Module) -> tuple[str, Any] | None:
 
 def _is_lora_linear(module: nn.Module) -> bool:
     try:
-        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
-    return isinstance(module, LoraLinear)
+    return isinstance(module, LoraLayer) and hasattr(module, "base_layer")
 
 
 def _lora_fusable(module: nn.Module) -> bool:
@@ -152,6 +159,12 @@ def _lora_fusable(module: nn.Module) -> bool:
     # Exact type: quantised subclasses (bitsandbytes, …) have their own base computation.
     if type(module) is not LoraLinear or type(module.base_layer) is not nn.Linear:
         return False
+    return _one_plain_adapter(module)
+
+
+def _one_plain_adapter(module: Any) -> bool:
+    """One active, unmerged adapter of plain A and B linears, no variant (DoRA, …), no
+    fan-in-fan-out weights, and plain dropout."""
     adapters = list(module.active_adapters)
     if len(adapters) != 1 or module.merged or module.disable_adapters:
         return False
@@ -185,8 +198,52 @@ def _lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     return out
 
 
+def _qlora_fusable(module: nn.Module) -> bool:
+    try:
+        import bitsandbytes as bnb
+        from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+    except ImportError:  # bitsandbytes is installed on GPU workers only
+        return False
+    if type(module) is not LoraLinear4bit or type(module.base_layer) is not bnb.nn.Linear4bit:
+        return False
+    weight = module.base_layer.weight
+    state = getattr(weight, "quant_state", None)
+    if state is None or getattr(state, "shape", None) is None:
+        return False  # not quantised yet (still on the CPU)
+    return _one_plain_adapter(module)
+
+
+def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    import bitsandbytes.functional as bnb_functional
+
+    name = self.active_adapters[0]
+    dropout = self.lora_dropout[name]
+    p = float(dropout.p) if isinstance(dropout, nn.Dropout) and self.training else 0.0
+    base = self.base_layer
+    packed, state = base.weight, base.weight.quant_state
+
+    def dequantize() -> torch.Tensor:
+        weight: torch.Tensor = bnb_functional.dequantize_4bit(packed.data, state)
+        return weight
+
+    out: torch.Tensor = _LoraLinear.apply(
+        x,
+        packed,
+        base.bias,
+        self.lora_A[name].weight,
+        self.lora_B[name].weight,
+        float(self.scaling[name]),
+        p,
+        dequantize,
+    )
+    return out
+
+
 class _LoraLinear(torch.autograd.Function):
-    """y = x W^T + b + s * dropout(x) A^T B^T, A and B cast to x's dtype for the products."""
+    """y = x W^T + b + s * dropout(x) A^T B^T, A and B cast to x's dtype for the products.
+
+    With ``dequantize``, ``weight`` is a frozen quantised weight and ``dequantize()`` gives
+    it in 16 bits, called in forward and again in backward rather than kept."""
 
     @staticmethod
     def forward(
@@ -198,6 +255,7 @@ class _LoraLinear(torch.autograd.Function):
         lora_b: torch.Tensor,
         scaling: float,
         p: float,
+        dequantize: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
@@ -208,10 +266,12 @@ class _LoraLinear(torch.autograd.Function):
         else:
             dropped, mask = x2, None
         xa = dropped @ a.t()
-        out = F.linear(x2, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        full = weight if dequantize is None else dequantize()
+        out = F.linear(x2, full.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        del full
         out.addmm_(xa, b.t(), alpha=scaling)
         ctx.save_for_backward(x2, weight, mask, a, b, xa)
-        ctx.scaling, ctx.p, ctx.shape = scaling, p, shape
+        ctx.scaling, ctx.p, ctx.shape, ctx.dequantize = scaling, p, shape, dequantize
         ctx.dtypes = (
             weight.dtype,
             None if bias is None else bias.dtype,
@@ -231,7 +291,9 @@ class _LoraLinear(torch.autograd.Function):
         grad_x = grad_w = grad_bias = grad_a = grad_b = None
         if need_x:
             assert g_b is not None
-            grad_x = g @ weight.to(g.dtype)
+            full = weight if ctx.dequantize is None else ctx.dequantize()
+            grad_x = g @ full.to(g.dtype)
+            del full
             if mask is None:
                 grad_x.addmm_(g_b, a, alpha=s)
             else:
@@ -247,11 +309,11 @@ class _LoraLinear(torch.autograd.Function):
             grad_a = (g_b.t() @ dropped).mul_(s).to(a_dtype)
         if need_b:
             grad_b = (g.t() @ xa).mul_(s).to(b_dtype)
-        if need_w:
+        if need_w:  # never for a quantised weight, which is frozen
             grad_w = (g.t() @ x2).to(w_dtype)
         if need_bias:
             grad_bias = g.sum(0).to(bias_dtype)
-        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None
+        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None, None
 
 
 # --- RMSNorm -------------------------------------------------------------------------------
@@ -320,4 +382,4 @@ class _SiluMul(torch.autograd.Function):
         return grad_gate, grad_up
 
 
-_OUR_FORWARDS = frozenset({_lora_forward, _rms_norm_forward, _gated_mlp_forward})
+_OUR_FORWARDS = frozenset({_lora_forward, _qlora_forward, _rms_norm_forward, _gated_mlp_forward})

@@ -1,4 +1,5 @@
-"""The ``tunelab`` command: serve, worker, db, user, token, train, data, eval, export, deploy.
+"""The ``tunelab`` command: serve, worker, db, user, token, train, data, eval, export, deploy,
+import-openai.
 
 Each group of commands is a module here; this one wires them into one parser.
 """
@@ -11,6 +12,7 @@ from app.cli import accounts
 from app.cli import data as data_cli
 from app.cli import deploy as deploy_cli
 from app.cli import evaluations as eval_cli
+from app.cli import import_openai as import_openai_cli
 from app.cli import serve as serve_cli
 from app.cli import train as train_cli
 
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_parser(sub)
     eval_cli.add_parser(sub)
     deploy_cli.add_parser(sub)
+    import_openai_cli.add_parser(sub)
     return parser
 
 

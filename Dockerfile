@@ -17,10 +17,12 @@ WORKDIR /src
 COPY Makefile ./
 RUN make static/vendor/htmx.min.js static/vendor/swagger-ui/swagger-ui-bundle.js
 
-# --- tunelab's wheel: the code, templates/, static/ (with static/vendor/) and migrations/.
+# --- tunelab's wheel: the code, templates/, static/ (with static/vendor/), migrations/ and the
+# compiled translations.
 FROM python:3.11-slim AS wheel
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py compiles the translation catalogs (app/translations/*/messages.po) into the wheel.
+COPY pyproject.toml setup.py README.md ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations

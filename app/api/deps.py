@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from app.core.config import Settings, get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import Forbidden, Unauthorized
+from app.core.i18n import set_locale
 from app.core.security import same
 from app.models import Role
 from app.services.access import Principal, Viewer
@@ -146,6 +147,8 @@ class Rule:
         if self.roles is not None and principal.viewer.role not in self.roles:
             raise Forbidden(f"your role ({principal.viewer.role}) may not do this")
         request.state.principal = principal
+        if principal.viewer.locale:  # the user's own setting beats the cookie and the browser
+            set_locale(principal.viewer.locale)
         return principal
 
 

@@ -20,6 +20,9 @@ def _folder(installed: str, in_checkout: str) -> Path:
 
 TEMPLATES_DIR = _folder("_templates", "templates")
 STATIC_DIR = _folder("_static", "static")
+# The translation catalogs (<locale>/LC_MESSAGES/messages.po, compiled to .mo at install): part
+# of the app package in the checkout and in the wheel alike.
+TRANSLATIONS_DIR = APP_PACKAGE / "translations"
 # Alembic's script location (env.py, script.py.mako, versions/): the `migrations` package,
 # which the wheel installs next to app and the checkout keeps next to app/. Taken as app's
 # sibling rather than looked up by name, so another `migrations` on sys.path is never used.

@@ -1,32 +1,36 @@
 """Numbers as a person reads them, for pages, errors and the CLI alike: sizes, durations and
-the short form of an id."""
+the short form of an id, in the language of the request (app.core.i18n)."""
 
 from __future__ import annotations
 
 import uuid
 
+from app.core.i18n import _, number
+
 
 def size_in_words(count: float) -> str:
-    """A byte count: "2 GB", "100 MB", "1.5 MB", "300 bytes"."""
+    """A byte count: "2 GB", "100 MB", "1.5 MB", "300 bytes" (“300 字节”)."""
     gb = count / 1024**3
     if gb >= 1:
-        return f"{gb:.1f}".removesuffix(".0") + " GB"
+        return number(gb, digits=1) + " GB"
     mb = count / (1024 * 1024)
     if mb >= 10:
-        return f"{mb:.0f} MB"
+        return number(mb, digits=0) + " MB"
     if mb >= 1:
-        return f"{mb:.1f} MB"
-    return f"{int(count):,} bytes"
+        return number(mb, digits=1) + " MB"
+    return _("%(count)s bytes", count=number(int(count)))
 
 
 def clock_duration(seconds: float) -> str:
-    """A time left or taken: "2h 05m", "3m 07s", "45s"."""
+    """A time left or taken: "2h 05m", "3m 07s", "45s" (“2 小时 05 分”, “3 分 07 秒”, “45 秒”)."""
     whole = max(0, round(seconds))
     if whole >= 3600:
-        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+        minutes = f"{whole % 3600 // 60:02d}"
+        return _("%(h)sh %(m)sm", h=whole // 3600, m=minutes)
     if whole >= 60:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    return f"{whole}s"
+        secs = f"{whole % 60:02d}"
+        return _("%(m)sm %(s)ss", m=whole // 60, s=secs)
+    return _("%(s)ss", s=whole)
 
 
 def short_id(value: uuid.UUID | str) -> str:

@@ -37,10 +37,11 @@ class Viewer:
     email: str
     role: str
     display_name: str
+    locale: str | None = None  # the language the user chose; None: the browser's
 
     @classmethod
     def of(cls, user: User) -> Viewer:
-        return cls(user.id, user.email, str(user.role), user.display_name or "")
+        return cls(user.id, user.email, str(user.role), user.display_name or "", user.locale)
 
 
 @dataclass

@@ -18,11 +18,14 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     client_ip,
+    identify,
     make_router,
 )
+from app.core import i18n
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import TunelabError
+from app.core.i18n import gettext
 from app.core.security import new_secret, same
 from app.models import Role, User
 from app.services.accounts import audit, credentials
@@ -123,7 +126,7 @@ def login(
             next_=next_,
             status_code=403,
             email=email,
-            error="The form expired; please try again.",
+            error=gettext("The form expired; please try again."),
         )
     try:
         user = accounts.authenticate(session, email=email, password=password, ip=client_ip(request))
@@ -182,6 +185,56 @@ def account_page(request: Request, session: SessionDep, me: CurrentUser) -> HTML
     return _account(request, session, me)
 
 
+def _remember_language(
+    request: Request, response: Response, settings: Settings, locale: str | None
+) -> None:
+    if locale is None:
+        response.delete_cookie(i18n.LOCALE_COOKIE, path="/")
+        return
+    response.set_cookie(
+        i18n.LOCALE_COOKIE,
+        locale,
+        max_age=i18n.LOCALE_COOKIE_MAX_AGE,
+        samesite="lax",
+        secure=_secure(request, settings),
+        path="/",
+    )
+
+
+@router.post("/language")
+def switch_language(
+    request: Request, session: SessionDep, settings: SettingsDep, _p: Public, form: Form
+) -> Response:
+    """The header's switch: a cookie for everyone; a logged-in user who chose a language on
+    the account page has that setting changed too (it comes first)."""
+    locale = i18n.normalize(str(form.get("locale", ""))) or i18n.DEFAULT_LOCALE
+    response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
+    principal = identify(request, session) if request.cookies.get(SESSION_COOKIE) else None
+    if (
+        principal is not None
+        and principal.user.locale
+        and principal.csrf_token
+        and same(str(form.get("csrf_token", "")), principal.csrf_token)
+    ):
+        accounts.set_locale(session, user=principal.user, locale=locale)
+        session.commit()
+    _remember_language(request, response, settings, locale)
+    return response
+
+
+@router.post("/account/language")
+def account_language(
+    request: Request, session: SessionDep, settings: SettingsDep, me: CurrentUser, form: Form
+) -> Response:
+    """The account's language: one of tunelab's, or empty for the browser's choice."""
+    locale = i18n.normalize(str(form.get("locale", "")))
+    accounts.set_locale(session, user=me.user, locale=locale)
+    session.commit()
+    response = RedirectResponse("/account", status_code=303)
+    _remember_language(request, response, settings, locale)
+    return response
+
+
 @router.post("/account/tokens")
 def create_token(
     request: Request, session: SessionDep, me: CurrentWriter, form: Form
@@ -202,7 +255,9 @@ def create_token(
     except (TunelabError, ValueError) as exc:
         session.rollback()
         message = (
-            exc.message if isinstance(exc, TunelabError) else "expiry must be a number of days"
+            exc.message
+            if isinstance(exc, TunelabError)
+            else gettext("expiry must be a number of days")
         )
         return _account(request, session, me, token_error=message, status_code=422)
     session.commit()

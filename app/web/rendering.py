@@ -1,4 +1,5 @@
-"""Rendering pages: templates get the caller and the CSRF token of their session."""
+"""Rendering pages: templates get the caller, the CSRF token of their session and the
+language of the request (app.core.i18n: ``{% trans %}``, ``_()`` and the formatting filters)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,35 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
+from app.core import i18n
 from app.core.errors import FieldError
+from app.core.messages import field_label, translate_errors, translate_message
 from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
 
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
-# Pages format, they do not compute: ids, sizes and durations read the same everywhere.
-templates.env.filters.update(short_id=short_id, size=size_in_words, duration=clock_duration)
+templates.env.add_extension("jinja2.ext.i18n")
+# Paragraphs wrapped over several lines in a template are one message, spaces collapsed.
+templates.env.policies["ext.i18n.trimmed"] = True
+templates.env.install_gettext_callables(  # type: ignore[attr-defined]
+    i18n.gettext, i18n.ngettext, newstyle=True
+)
+# Pages format, they do not compute: ids, sizes, durations, numbers and moments read the same
+# everywhere, in the reader's language.
+templates.env.filters.update(
+    short_id=short_id,
+    size=size_in_words,
+    duration=clock_duration,
+    number=i18n.number,
+    percent=i18n.percent,
+    datetime=i18n.datetime_text,
+    date=i18n.date_text,
+    time=i18n.time_text,
+    lang_tag=i18n.lang_tag,
+    # Error tables: a field's label (its API name stays in the title), the message in words.
+    field_label=field_label,
+    error_text=translate_message,
+)
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -23,13 +46,22 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     # The snapshot, not the ORM row: error pages render after the request's session closed.
     context.setdefault("me", principal.viewer if principal else None)
     context.setdefault("csrf_token", principal.csrf_token if principal else "")
+    locale = i18n.current_locale()
+    context.setdefault("locale", locale)
+    context.setdefault("languages", i18n.LANGUAGES)
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
 def error_page(
     request: Request, status_code: int, message: str, errors: list[FieldError]
 ) -> HTMLResponse:
-    return render(request, "error.html", status_code, message=message, errors=errors)
+    return render(
+        request,
+        "error.html",
+        status_code,
+        message=translate_message(message),
+        errors=translate_errors(errors),
+    )
 
 
 async def form_fields(request: Request) -> dict[str, str]:

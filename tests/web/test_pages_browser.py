@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -65,7 +66,24 @@ def test_bad_job_settings_are_shown_next_to_the_form(page: Page, tiny_model: Pat
     page.get_by_label("Base model").fill(str(tiny_model))
     page.get_by_label("Learning rate").fill("-1")
     page.get_by_role("button", name="Start training").click()
-    expect(page.locator("#job-form > [data-testid=errors]")).to_contain_text("config.learning_rate")
+    errors = page.locator("#job-form > [data-testid=errors]")
+    # The setting's name in words; the API's name for it stays in the cell's title.
+    expect(errors).to_contain_text("Learning rate")
+    expect(errors.locator('[data-field="config.learning_rate"]')).to_be_visible()
+
+
+def test_the_header_switches_between_english_and_chinese(page: Page) -> None:
+    page.goto("/projects")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    page.get_by_test_id("language-zh_CN").click()
+    expect(page).to_have_url(re.compile(r"/projects$"))
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    expect(page.get_by_role("heading", name="新建项目")).to_be_visible()
+    expect(page.get_by_role("button", name="创建项目")).to_be_visible()
+    page.goto("/account")  # the choice is kept (a cookie) from page to page
+    expect(page.get_by_role("heading", level=1)).to_have_text("我的账户")
+    page.get_by_test_id("language-en").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your account")
 
 
 def test_model_output_and_names_are_escaped(page: Page) -> None:

@@ -94,6 +94,13 @@ def set_role(session: Session, *, user: User, role: Role, actor: User) -> User:
     return user
 
 
+def set_locale(session: Session, *, user: User, locale: str | None) -> User:
+    """The language the user reads tunelab in (a supported locale), or None for the browser's."""
+    user.locale = locale
+    session.flush()
+    return user
+
+
 def authenticate(session: Session, *, email: str, password: str, ip: str) -> User:
     """Check a password login, refusing after too many recent failures.
 

@@ -1,0 +1,135 @@
+"""Chinese and English throughout: every visible string of the templates is marked for
+translation, and every marked message (templates and Python) has its Chinese translation.
+
+Run `make translations` after adding or changing a message: it extracts the messages, updates
+the catalogs (then translate the new entries of app/translations/zh_CN/LC_MESSAGES/messages.po)
+and compiles them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+
+from app.core import i18n, paths
+from app.core.words import clock_duration, size_in_words
+
+REPO = Path(__file__).resolve().parents[1]
+ZH_PO = paths.TRANSLATIONS_DIR / "zh_CN" / "LC_MESSAGES" / "messages.po"
+
+# Text that reads the same in every language: the product's name, symbols.
+SAME_IN_EVERY_LANGUAGE = {"tunelab", "API", "v", "B", "GB", "MB", "UTC"}
+VISIBLE_ATTRIBUTES = ("placeholder", "title", "aria-label", "alt")
+
+
+def unmarked_strings(source: str) -> list[str]:
+    """The visible text of a template that is not marked for translation: text between tags,
+    visible attributes and string literals shown by ``{{ … }}``, outside ``{% trans %}``
+    blocks and ``_()``. Code (``<code>``, ``<pre>``), scripts, styles and a textarea's
+    default input are not prose."""
+    text = re.sub(r"\{#.*?#\}", "", source, flags=re.S)
+    text = re.sub(r"\{%-?\s*trans\b.*?%\}.*?\{%-?\s*endtrans\s*-?%\}", "", text, flags=re.S)
+    text = re.sub(r"<(script|style|code|pre|textarea)\b.*?</\1>", "", text, flags=re.S)
+    # Attributes that are never read: classes, data for scripts.
+    text = re.sub(r'\s(class|data-[\w-]+)="[^"]*"', " ", text)
+    found: list[str] = []
+    # {{ "words" if … else "words" }}: literals shown as they are.
+    for expression in re.findall(r"\{\{(.*?)\}\}", text, flags=re.S):
+        bare = re.sub(r"_\(\s*(\"[^\"]*\"|'[^']*')", "", expression)  # _("…") is marked
+        for literal in re.findall(
+            r"(?:^|\belse\b|\bor\b|\bif\b)\s*(\"[^\"]*\"|'[^']*')\s*(?=\bif\b|\belse\b|$)",
+            bare.strip(),
+        ):
+            words = literal[1:-1]
+            if re.search(r"[A-Za-z]{2,}", words) and words.strip() not in SAME_IN_EVERY_LANGUAGE:
+                found.append(words)
+    for name in VISIBLE_ATTRIBUTES:
+        for value in re.findall(rf'\b{name}="([^"]*)"', text):
+            bare = re.sub(r"\{\{.*?\}\}", "", value)
+            if re.search(r"[A-Za-z]{2,}", bare):
+                found.append(f'{name}="{value}"')
+    text = re.sub(r"\{\{.*?\}\}", " ", text, flags=re.S)
+    text = re.sub(r"\{%.*?%\}", " ", text, flags=re.S)
+    text = re.sub(r"<[^>]*>", " ", text, flags=re.S)
+    text = re.sub(r"&[a-z#0-9]+;", " ", text)
+    for chunk in re.split(r"\s{2,}|\n", text):
+        chunk = chunk.strip(" ·—–/|()[]:,.;")
+        if re.search(r"[A-Za-z]{2,}", chunk) and chunk not in SAME_IN_EVERY_LANGUAGE:
+            found.append(chunk)
+    return found
+
+
+def test_the_scanner_finds_unmarked_text() -> None:
+    assert unmarked_strings("<p>Hello <b>world</b></p>") == ["Hello", "world"]
+    assert unmarked_strings('<input placeholder="e.g. CI">') == ['placeholder="e.g. CI"']
+    assert unmarked_strings('{{ "never" if x else "no" }}') == ["never", "no"]
+    assert unmarked_strings("{% trans %}Hello{% endtrans %} {{ _('World') }}") == []
+    assert unmarked_strings("<input placeholder=\"{{ _('e.g. CI') }}\"> <code>x y</code>") == []
+
+
+def test_every_visible_template_string_is_marked_for_translation() -> None:
+    unmarked = {
+        str(path.relative_to(paths.TEMPLATES_DIR)): found
+        for path in sorted(paths.TEMPLATES_DIR.rglob("*.html"))
+        if (found := unmarked_strings(path.read_text(encoding="utf-8")))
+    }
+    assert unmarked == {}, "wrap these in {% trans %}…{% endtrans %} or _('…')"
+
+
+def _extracted() -> set[str]:
+    method_map = [("app/**.py", "python"), ("templates/**.html", "jinja2")]
+    # As babel.cfg says (what `make translations` runs).
+    options = {
+        "templates/**.html": {
+            "extensions": "jinja2.ext.i18n",
+            "trimmed": "true",
+            "newstyle_gettext": "true",
+        }
+    }
+    ids: set[str] = set()
+    for _file, _line, message, _comments, _context in extract_from_dir(
+        str(REPO), method_map=method_map, options_map=options, keywords=_KEYWORDS
+    ):
+        ids.add(message if isinstance(message, str) else message[0])
+    return ids
+
+
+_KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
+
+
+def test_every_message_has_its_chinese_translation() -> None:
+    with ZH_PO.open("rb") as fp:
+        catalog = read_po(fp, locale="zh_CN")
+    translated = {
+        (m.id if isinstance(m.id, str) else m.id[0])
+        for m in catalog
+        if m.id and not m.fuzzy and all(m.string if isinstance(m.string, tuple) else [m.string])
+    }
+    missing = sorted(_extracted() - translated)
+    assert missing == [], "run `make translations` and translate these in " + str(ZH_PO)
+
+
+@pytest.mark.parametrize(
+    ("locale", "size", "duration"),
+    [("en", "12,345 bytes", "2h 05m"), ("zh_CN", "12,345 字节", "2 小时 05 分")],
+)
+def test_sizes_and_durations_read_in_the_language(locale: str, size: str, duration: str) -> None:
+    with i18n.using_locale(locale):
+        assert size_in_words(12345) == size
+        assert clock_duration(7500) == duration
+
+
+def test_the_language_comes_from_the_setting_then_the_cookie_then_the_browser() -> None:
+    header = "zh-CN,zh;q=0.9,en;q=0.8"
+    assert i18n.choose(accept_language=header) == "zh_CN"
+    assert i18n.choose(accept_language="fr-FR, en;q=0.5") == "en"
+    assert i18n.choose(accept_language="en-US,zh;q=0.5") == "en"
+    assert i18n.choose(accept_language="zh-TW") == "zh_CN"
+    assert i18n.choose(accept_language="fr") == "en"
+    assert i18n.choose(cookie="en", accept_language=header) == "en"
+    assert i18n.choose(user="zh_CN", cookie="en", accept_language="en") == "zh_CN"
+    assert i18n.choose(user=None, cookie="bogus", accept_language=None) == "en"

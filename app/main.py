@@ -34,6 +34,8 @@ from app.api.routes import (
 from app.core.config import get_settings
 from app.core.db import serve_on_this_loop
 from app.core.errors import TunelabError, Unauthorized
+from app.core.i18n import LocaleMiddleware
+from app.core.messages import translated_body
 from app.core.paths import STATIC_DIR
 from app.core.security_headers import (
     CONTENT_SECURITY_POLICY,
@@ -81,6 +83,8 @@ def create_app() -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.add_middleware(SecurityHeadersMiddleware, docs_policies={"/docs": CONTENT_SECURITY_POLICY})
+    # Outermost: the language is known before anything (the error handlers too) speaks.
+    app.add_middleware(LocaleMiddleware)
     api_prefix = "/api/v1"
     for module in (
         projects,
@@ -112,7 +116,7 @@ def create_app() -> FastAPI:
             if isinstance(exc, Unauthorized):
                 return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
             return error_page(request, exc.status_code, exc.message, exc.errors)
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return JSONResponse(translated_body(exc.body()), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -131,7 +135,7 @@ def create_app() -> FastAPI:
             "errors": errors,
             "error_count": len(errors),
         }
-        return JSONResponse(body, status_code=422)
+        return JSONResponse(translated_body(body), status_code=422)
 
     @app.exception_handler(SQLAlchemyTimeout)
     @app.exception_handler(OperationalError)
@@ -144,7 +148,9 @@ def create_app() -> FastAPI:
         if _wants_html(request):
             response: Response = error_page(request, 503, message, [])
         else:
-            response = JSONResponse({"detail": message, "code": "unavailable"}, status_code=503)
+            response = JSONResponse(
+                translated_body({"detail": message, "code": "unavailable"}), status_code=503
+            )
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         response.headers.update(SECURITY_HEADERS)
         return response
@@ -156,7 +162,9 @@ def create_app() -> FastAPI:
         if _wants_html(request):
             response: Response = error_page(request, 500, message, [])
         else:
-            response = JSONResponse({"detail": message, "code": "internal_error"}, status_code=500)
+            response = JSONResponse(
+                translated_body({"detail": message, "code": "internal_error"}), status_code=500
+            )
         # Starlette runs this handler outside the middleware stack, so the headers go on here.
         response.headers.update(SECURITY_HEADERS)
         return response

@@ -5,7 +5,9 @@ and cancelled, and what is refused, each error in OpenAI's error object."""
 from __future__ import annotations
 
 import io
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -244,6 +246,10 @@ def test_learning_rate_multiplier_maps_onto_tunelabs_own_rate() -> None:
     config, shown, _ = openai_jobs.training_config(request)
     assert config["learning_rate"] == pytest.approx(4e-4)
     assert shown["supervised"]["hyperparameters"]["learning_rate_multiplier"] == 2
+    # The README's example: 1.8 on a LoRA job on qwen2.5-1.5b-instruct trains at 3.6e-4.
+    assert 1.8 * openai_jobs.base_learning_rate("qwen2.5-1.5b-instruct", "lora") == pytest.approx(
+        3.6e-4
+    )
     auto = openai_jobs.JobRequest(model="smollm2-135m-instruct", training_file="file-x")
     assert openai_jobs.training_config(auto)[0]["learning_rate"] == "auto"
 
@@ -283,3 +289,17 @@ def test_a_succeeded_job_names_its_model_and_its_results_file(
     body = caught.value.body
     assert isinstance(body, dict) and body["code"] == "model_not_deployed"
     assert body["deployment_url"].endswith("/deployments")
+
+
+def test_the_readme_runs_one_script_on_both_services_changing_base_url_and_model() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The OpenAI fine-tuning API", 1)[1].split("\n## ", 1)[0]
+    openai_script, tunelab_script = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    changed = [
+        (a, b)
+        for a, b in zip(openai_script.splitlines(), tunelab_script.splitlines(), strict=True)
+        if a != b
+    ]
+    assert [a.split("=", 1)[0] for a, _ in changed] == ["client ", "MODEL "]
+    assert "api.openai.com" in changed[0][0] and "127.0.0.1:8000" in changed[0][1]
+    assert "gpt-4o-mini" in changed[1][0] and "qwen2.5-1.5b-instruct" in changed[1][1]

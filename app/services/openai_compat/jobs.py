@@ -366,10 +366,15 @@ def _dataset_version(
         and upload.status == UploadStatus.imported.value
         and upload.version_id is not None
     ):
-        # The same file trained in this project already: the same version again.
+        # The same file trained alone in this project already: the same version again.
         version = session.get(DatasetVersion, upload.version_id)
         dataset = session.get(Dataset, version.dataset_id) if version else None
-        if version is not None and dataset is not None and dataset.project_id == project.id:
+        if (
+            version is not None
+            and dataset is not None
+            and dataset.project_id == project.id
+            and (version.split or {}).get("method") != "files"
+        ):
             return version
     if upload is None or upload.project_id != project.id or upload.status != "staged":
         upload = files.stage_records(
@@ -463,6 +468,10 @@ def job_object(session: Session, job: Job, row: OpenAIJob) -> dict[str, Any]:
         value = chosen.get(field, config.get(field))
         if value not in (None, "auto"):
             hyper[name] = int(value) if float(value).is_integer() else value
+    rate = chosen.get("learning_rate", config.get("learning_rate"))
+    if isinstance(rate, int | float):
+        base = base_learning_rate(str(config["base_model"]), str(config.get("method")))
+        hyper["learning_rate_multiplier"] = round(rate / base, 6)
     estimated = None
     if job.status == JobStatus.running and job.current_step:
         eta = session.scalar(

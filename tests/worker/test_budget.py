@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.worker.test_training_speed import Recorder, run_train
 from worker.spec import budget as rule
@@ -141,3 +142,48 @@ def test_a_single_sample_that_does_not_fit_fails_with_a_clear_message(
     monkeypatch.setenv(SIMULATE_ENV, "5")
     with pytest.raises(TrainingError, match="one sample"):
         run(tmp_path, tiny_model_dir, "none", micro_batch_tokens=4096)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_the_gpu_the_budget_follows_free_memory_and_a_pass_too_big_is_halved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.worker.test_training_speed import make_samples
+    from worker.training import trainer
+
+    def train_once() -> Recorder:
+        config = LlamaConfig(
+            vocab_size=5000,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        recorder = Recorder()
+        settings = TrainConfig(
+            base_model="random llama",
+            max_steps=4,
+            batch_size=8,
+            gradient_accumulation_steps=2,
+            learning_rate=1e-3,
+            lora_dropout=0.0,
+            max_seq_length=256,
+        )
+        samples = make_samples([30 + 11 * (i % 13) for i in range(64)])
+        trainer.train_model(model, samples, settings, pad_id=0, callbacks=recorder)
+        return recorder
+
+    whole = train_once()
+    # A tiny model on a large GPU: the rule's cap, far above the step's tokens.
+    assert whole.started()["micro_batch_tokens"] == rule.MAX_BUDGET
+    monkeypatch.setenv(SIMULATE_ENV, "300")
+    halved = train_once()
+    assert halvings(halved) and halvings(halved)[-1]["micro_batch_tokens"] <= 300
+    assert halved.losses == pytest.approx(whole.losses, rel=2e-2)

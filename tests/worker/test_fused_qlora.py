@@ -27,7 +27,6 @@ def test_the_fused_function_over_a_dequantised_weight_is_the_plain_product() -> 
     torch.manual_seed(0)
     tokens, d_in, d_out, r = 37, 24, 40, 4
     weight = torch.randn(d_out, d_in, dtype=torch.float64)
-    packed = torch.randint(0, 255, (d_out * d_in // 2, 1), dtype=torch.uint8)  # stands in
     calls: list[int] = []
 
     def dequantize() -> torch.Tensor:
@@ -38,7 +37,7 @@ def test_the_fused_function_over_a_dequantised_weight_is_the_plain_product() -> 
     a = torch.randn(r, d_in, dtype=torch.float64, requires_grad=True)
     b = torch.randn(d_out, r, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(d_out, dtype=torch.float64)
-    out = fused._LoraLinear.apply(x, packed, bias, a, b, 0.5, 0.0, dequantize)
+    out = fused._LoraLinear.apply(x, None, bias, a, b, 0.5, 0.0, dequantize)
     grad = torch.randn_like(out)
     out.backward(grad)
     got = (out.detach(), x.grad, a.grad, b.grad)

@@ -228,7 +228,7 @@ def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
 
     out: torch.Tensor = _LoraLinear.apply(
         x,
-        packed,
+        None,  # the packed weight never enters autograd (bitsandbytes overrides torch functions)
         base.bias,
         self.lora_A[name].weight,
         self.lora_B[name].weight,
@@ -242,14 +242,14 @@ def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
 class _LoraLinear(torch.autograd.Function):
     """y = x W^T + b + s * dropout(x) A^T B^T, A and B cast to x's dtype for the products.
 
-    With ``dequantize``, ``weight`` is a frozen quantised weight and ``dequantize()`` gives
-    it in 16 bits, called in forward and again in backward rather than kept."""
+    With ``dequantize`` (and ``weight`` None), ``dequantize()`` gives a frozen quantised
+    weight in 16 bits, called in forward and again in backward rather than kept."""
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        weight: torch.Tensor,
+        weight: torch.Tensor | None,
         bias: torch.Tensor | None,
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
@@ -266,14 +266,15 @@ class _LoraLinear(torch.autograd.Function):
         else:
             dropped, mask = x2, None
         xa = dropped @ a.t()
-        full = weight if dequantize is None else dequantize()
+        full = dequantize() if dequantize is not None else weight
+        assert full is not None
         out = F.linear(x2, full.to(x.dtype), None if bias is None else bias.to(x.dtype))
         del full
         out.addmm_(xa, b.t(), alpha=scaling)
         ctx.save_for_backward(x2, weight, mask, a, b, xa)
         ctx.scaling, ctx.p, ctx.shape, ctx.dequantize = scaling, p, shape, dequantize
         ctx.dtypes = (
-            weight.dtype,
+            None if weight is None else weight.dtype,
             None if bias is None else bias.dtype,
             lora_a.dtype,
             lora_b.dtype,
@@ -291,7 +292,7 @@ class _LoraLinear(torch.autograd.Function):
         grad_x = grad_w = grad_bias = grad_a = grad_b = None
         if need_x:
             assert g_b is not None
-            full = weight if ctx.dequantize is None else ctx.dequantize()
+            full = ctx.dequantize() if ctx.dequantize is not None else weight
             grad_x = g @ full.to(g.dtype)
             del full
             if mask is None:

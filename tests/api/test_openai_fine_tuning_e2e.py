@@ -73,9 +73,18 @@ def test_the_openai_client_fine_tunes_smollm2_and_calls_the_result(
     training = client.files.create(
         file=("train.jsonl", io.BytesIO(jsonl([chat(q, a) for q, a in QA]))), purpose="fine-tune"
     )
+    for unknown in ("gpt-4o-mini", "not-a-model"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.fine_tuning.jobs.create(model=unknown, training_file=training.id)
+        assert caught.value.body["param"] == "model"  # type: ignore[index]
+    # No preference tuning yet: a DPO job is refused, naming method.type.
     with pytest.raises(openai.BadRequestError) as caught:
-        client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training.id)
-    assert caught.value.body["param"] == "model"  # type: ignore[index]
+        client.fine_tuning.jobs.create(
+            model="smollm2-135m-instruct",
+            training_file=training.id,
+            method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}},
+        )
+    assert caught.value.body["param"] == "method.type"  # type: ignore[index]
 
     job = client.fine_tuning.jobs.create(
         model="smollm2-135m-instruct", training_file=training.id, suffix="e2e", extra_body=tiny

@@ -303,3 +303,35 @@ def test_the_readme_runs_one_script_on_both_services_changing_base_url_and_model
     assert [a.split("=", 1)[0] for a, _ in changed] == ["client ", "MODEL "]
     assert "api.openai.com" in changed[0][0] and "127.0.0.1:8000" in changed[0][1]
     assert "gpt-4o-mini" in changed[1][0] and "qwen2.5-1.5b-instruct" in changed[1][1]
+
+
+def test_metadata_project_picks_the_project_and_config_errors_name_tunelab_config(
+    client: openai.OpenAI,
+) -> None:
+    api = client._client
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    made = api.post("/api/v1/projects", json={"name": "客服 via OpenAI"}, headers=headers).json()
+    training = upload(client, TRAIN)
+    job = client.fine_tuning.jobs.create(
+        model="smollm2-135m-instruct",
+        training_file=training.id,
+        metadata={"project": "客服 via OpenAI"},
+        extra_body=tiny(),
+    )
+    assert (job.model_extra or {})["tunelab"]["project_id"] == made["id"]
+    datasets = api.get(f"/api/v1/projects/{made['id']}/datasets", headers=headers).json()
+    assert [d["records"] for d in datasets["items"]] == [len(QA) * 2]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.fine_tuning.jobs.create(
+            model="smollm2-135m-instruct",
+            training_file=training.id,
+            metadata={"project": "no such project"},
+        )
+    assert missing.value.body["param"] == "metadata.project"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(
+            model="smollm2-135m-instruct",
+            training_file=training.id,
+            extra_body={"tunelab_config": {"method": "ia3", "lora_r": 8}},
+        )
+    assert caught.value.body["param"] == "tunelab_config.lora_r"  # type: ignore[index]

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.csv_cells import safe_writer
 from app.core.db import utcnow
-from app.core.errors import TunelabError
+from app.core.errors import InvalidDataset, TunelabError
 from app.models import (
     Dataset,
     DatasetUpload,
@@ -311,7 +311,9 @@ def create_job(
     except TunelabError as exc:
         error = from_tunelab(exc)
         field = next((e.field for e in exc.errors if e.field), None)
-        if field is not None:
+        if isinstance(exc, InvalidDataset):
+            error.param = "training_file"  # its records, as the data step found them
+        elif field is not None and field.startswith("config."):
             error.param = PARAM_OF_FIELD.get(field, field.replace("config.", "tunelab_config.", 1))
         raise error from None
     owner = names.owner_name(user.email)

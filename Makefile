@@ -69,7 +69,7 @@ translations: $(VENV)/.installed
 	$(PYBABEL) extract -F babel.cfg -k N_ -k ngettext:1,2 --no-wrap --sort-by-file \
 	  --project tunelab --copyright-holder tunelab -o app/translations/messages.pot . 2>/dev/null
 	$(PYBABEL) update -i app/translations/messages.pot -d app/translations --no-wrap \
-	  --no-fuzzy-matching
+	  --no-fuzzy-matching --ignore-obsolete
 	$(PYBABEL) compile -d app/translations --statistics
 
 $(VENV)/.installed: pyproject.toml $(LOCK) $(NO_DEPS_LOCK)

@@ -200,9 +200,10 @@ def gettext(message: str, /, **variables: Any) -> str:
 
 
 def ngettext(singular: str, plural: str, n: int, /, **variables: Any) -> str:
-    """The singular or plural form for ``n`` (``%(num)s`` is ``n``)."""
+    """The singular or plural form for ``n``, placeholders filled from ``variables`` (none
+    given: left for the caller, as Jinja2's i18n extension fills them itself)."""
     translated = translations(current_locale()).ngettext(singular, plural, n)
-    return translated % {"num": n, **variables}
+    return translated % variables if variables else translated
 
 
 _ = gettext

@@ -3,6 +3,7 @@ language of the request (app.core.i18n: ``{% trans %}``, ``_()`` and the formatt
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -15,6 +16,13 @@ from app.core.errors import FieldError
 from app.core.messages import field_label, translate_errors, translate_message
 from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
+
+
+def readable_json(value: Any) -> str:
+    """JSON for people: indented, and Chinese (any text) as itself, not ``\\u4f60``. For an
+    element's content, where autoescaping applies; ``tojson`` stays for scripts."""
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
+
 
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
 templates.env.add_extension("jinja2.ext.i18n")
@@ -38,6 +46,7 @@ templates.env.filters.update(
     # Error tables: a field's label (its API name stays in the title), the message in words.
     field_label=field_label,
     error_text=translate_message,
+    readable_json=readable_json,
 )
 
 

@@ -151,3 +151,41 @@ def test_a_job_config_error_names_the_setting_not_the_api_field(api: httpx.Clien
     assert refused.status_code in (404, 422)
     body = refused.json()
     assert body["message"] and "config." not in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/projects", "新建项目"),
+        ("/account", "API 令牌"),
+        ("/reviews", "我的评审"),
+        ("/admin/users", "新建用户"),
+        ("/admin/models", "模型权限"),
+        ("/admin/audit", "审计日志"),
+    ],
+)
+def test_every_page_renders_in_chinese(browser: TestClient, path: str, words: str) -> None:
+    page = browser.get(path, headers=ZH)
+    assert page.status_code == 200, page.text
+    assert '<html lang="zh-CN">' in page.text and words in page.text
+
+
+def test_a_project_page_in_chinese_with_dates_in_chinese(browser: TestClient) -> None:
+    form = browser.get("/projects", headers=ZH)
+    created = browser.post(
+        "/projects",
+        data={
+            "name": "客服助手",
+            "success_criteria": "rougeL >= 0.40",
+            "csrf_token": csrf(form.text),
+        },
+        follow_redirects=False,
+    )
+    assert created.status_code == 303, created.text
+    page = browser.get(created.headers["location"], headers=ZH)
+    assert page.status_code == 200, page.text
+    assert (
+        "客服助手" in page.text and "成员" in page.text and "上传数据后即可开始训练。" in page.text
+    )
+    listing = browser.get("/projects", headers=ZH)
+    assert re.search(r"\d{4}年\d{1,2}月\d{1,2}日 \d\d:\d\d", listing.text)

@@ -144,6 +144,7 @@ def test_the_openai_client_fine_tunes_smollm2_and_calls_the_result(
         )
         text = reply.choices[0].message.content or ""
         assert text and reply.usage is not None and reply.usage.completion_tokens > 0
+        assert reply.model == done.fine_tuned_model
         streamed = client.chat.completions.create(
             model=done.fine_tuned_model,
             messages=question,  # type: ignore[arg-type]
@@ -151,8 +152,10 @@ def test_the_openai_client_fine_tunes_smollm2_and_calls_the_result(
             temperature=0,
             stream=True,
         )
-        pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
+        chunks = list(streamed)
+        pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
         assert "".join(pieces) == text
+        assert {c.model for c in chunks} == {done.fine_tuned_model}
     finally:
         stop_deployment(cluster, admin_token, done.model_extra["tunelab"]["project_id"])  # type: ignore[index]
 

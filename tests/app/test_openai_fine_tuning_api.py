@@ -335,3 +335,23 @@ def test_metadata_project_picks_the_project_and_config_errors_name_tunelab_confi
             extra_body={"tunelab_config": {"method": "ia3", "lora_r": 8}},
         )
     assert caught.value.body["param"] == "tunelab_config.lora_r"  # type: ignore[index]
+
+
+def test_answers_name_the_model_as_it_was_asked_for_even_across_chunks() -> None:
+    import asyncio
+
+    from app.api.routes.openai_compat import _renamed
+
+    async def chunks() -> Any:
+        for piece in (b'data: {"model": "ft-ab/jo', b'b-1", "x": 1}\n\ndata: {"model": ', b'"ft'):
+            yield piece
+        yield b'-ab/job-1"}\n\ndata: [DONE]\n\n'
+
+    async def collect() -> list[bytes]:
+        return [c async for c in _renamed(chunks(), b'"ft-ab/job-1"', b'"ft:m:o::1"')]
+
+    out = asyncio.run(collect())
+    assert b"".join(out) == (
+        b'data: {"model": "ft:m:o::1", "x": 1}\n\ndata: {"model": "ft:m:o::1"}\n\ndata: [DONE]\n\n'
+    )
+    assert out[0].endswith(b"\n\n")  # each event goes out as soon as it is whole

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -101,10 +102,13 @@ async def _forward(
         return openai_error(400, "the body must be JSON", kind="invalid_request_error")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return openai_error(400, "name the `model`", kind="invalid_request_error", param="model")
+    rename: tuple[bytes, bytes] | None = None
     if body["model"].startswith("ft:"):
         served = await _fine_tuned(session, settings, me, body["model"])
         if isinstance(served, Response):
             return served
+        # The answer names the model as it was asked for, as OpenAI's does.
+        rename = (json.dumps(served).encode(), json.dumps(body["model"]).encode())
         body["model"] = served
     found = await in_thread(
         session, deployments.running_for_model, session, user=me.user, model=body["model"]
@@ -135,8 +139,12 @@ async def _forward(
 
     async def relay() -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.aiter_raw():
-                yield chunk
+            if rename is None or upstream.headers.get("content-encoding"):
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            else:
+                async for chunk in _renamed(upstream.aiter_raw(), *rename):
+                    yield chunk
         finally:
             await upstream.aclose()
             await client.aclose()
@@ -147,6 +155,20 @@ async def _forward(
         media_type=upstream.headers.get("content-type", "application/json"),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _renamed(chunks: AsyncIterator[bytes], old: bytes, new: bytes) -> AsyncIterator[bytes]:
+    """The body with the JSON string ``old`` written ``new``: each server-sent event as soon
+    as it is whole (so a stream stays a stream), a plain JSON body at its end."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        end = pending.rfind(b"\n\n")
+        if end >= 0:
+            yield pending[: end + 2].replace(old, new)
+            pending = pending[end + 2 :]
+    if pending:
+        yield pending.replace(old, new)
 
 
 @router.post("/chat/completions", response_model=None)

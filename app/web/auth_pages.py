@@ -300,7 +300,7 @@ def create_user(request: Request, session: SessionDep, me: CurrentAdmin, form: F
         )
     except (TunelabError, ValueError) as exc:
         session.rollback()
-        message = exc.message if isinstance(exc, TunelabError) else "choose a valid role"
+        message = exc.message if isinstance(exc, TunelabError) else gettext("choose a valid role")
         return render(
             request, "auth/users.html", 422, users=accounts.list_users(session), error=message
         )

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.i18n import N_, _
+
 
 @dataclass
 class Chart:
@@ -145,7 +147,11 @@ def histogram_chart(
                 y=round(baseline - bar_h, 1),
                 width=round(max(slot - gap, 0.5), 1),
                 height=round(bar_h, 1),
-                title=f"{span}{suffix}: {format_number(count)} samples",
+                title=_(
+                    "%(span)s: %(count)s samples",
+                    span=f"{span}{suffix}",
+                    count=format_number(count),
+                ),
             )
         )
     # At most about eight edge labels, so that "12.5k" labels never overlap.
@@ -190,13 +196,19 @@ class BarChart:
 
 
 LANGUAGE_NAMES = {
-    "zh": "Chinese",
-    "ja": "Japanese",
-    "ko": "Korean",
-    "latin": "Latin script",
-    "other": "Other scripts",
-    "none": "No letters",
+    "zh": N_("Chinese"),
+    "ja": N_("Japanese"),
+    "ko": N_("Korean"),
+    "latin": N_("Latin script"),
+    "other": N_("Other scripts"),
+    "none": N_("No letters"),
 }
+PART_TITLES = {
+    "prompt": N_("Prompt length"),
+    "answer": N_("Answer length"),
+    "total": N_("Total length"),
+}
+UNITS = {"characters": N_("characters"), "tokens": N_("tokens")}
 
 
 def bar_chart(
@@ -229,10 +241,14 @@ def bar_chart(
 def language_chart(languages: dict[str, int], *, width: int = 480) -> BarChart:
     """The language mix of ``compute_stats``, largest first, languages with no record left out."""
     items = sorted(
-        ((LANGUAGE_NAMES.get(code, code), n) for code, n in languages.items() if n > 0),
+        (
+            (_(LANGUAGE_NAMES[code]) if code in LANGUAGE_NAMES else code, n)
+            for code, n in languages.items()
+            if n > 0
+        ),
         key=lambda item: -item[1],
     )
-    return bar_chart(items, label="Records by language", width=width)
+    return bar_chart(items, label=_("Records by language"), width=width)
 
 
 def _percent(value: int, total: int) -> str:
@@ -248,12 +264,14 @@ def stats_charts(stats: dict[str, Any]) -> dict[str, Any]:
     """The charts of ``dataset_stats.compute_stats``: a histogram each for "prompt", "answer"
     and "total" lengths, and the "languages" bar chart."""
     unit = stats.get("unit", "characters")
-    by = f" of {stats['tokenizer']}" if stats.get("tokenizer") else ""
+    unit_text = _(UNITS[unit]) if unit in UNITS else unit
+    if stats.get("tokenizer"):
+        unit_text = _("%(unit)s of %(tokenizer)s", unit=unit_text, tokenizer=stats["tokenizer"])
     charts: dict[str, Any] = {}
-    for part, title in (("prompt", "Prompt"), ("answer", "Answer"), ("total", "Total")):
+    for part, title in PART_TITLES.items():
         hist = (stats.get(part) or {}).get("histogram") or {"edges": [], "counts": []}
-        charts[part] = histogram_chart(
-            hist["edges"], hist["counts"], label=f"{title} length ({unit}{by})", unit=unit
-        )
+        label = _("%(title)s (%(unit)s)", title=_(title), unit=unit_text)
+        shown_unit = _(UNITS[unit]) if unit in UNITS else unit
+        charts[part] = histogram_chart(hist["edges"], hist["counts"], label=label, unit=shown_unit)
     charts["languages"] = language_chart(stats.get("languages") or {})
     return charts

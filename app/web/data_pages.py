@@ -22,6 +22,7 @@ from app.api.deps import (
     streams_upload,
 )
 from app.core.errors import FieldError, InvalidInput, TunelabError
+from app.core.i18n import N_
 from app.core.uploads import receive_dataset_files
 from app.datasets import preview as dataset_preview
 from app.datasets import tokenization
@@ -37,20 +38,21 @@ from app.web.rendering import FormFields, render
 
 router = make_router(include_in_schema=False)
 RECORDS_PAGE = 20
+# Titles marked for the catalog; the template translates them (``_(title)``).
 FORMATS = [
-    ("", "detect automatically"),
-    ("alpaca", "alpaca (instruction / input / output)"),
-    ("chat", "chat (messages with roles)"),
-    ("sharegpt", "ShareGPT (conversations with from / value)"),
-    ("prompt_completion", "prompt / completion"),
-    ("self_instruct", "self-instruct (instruction + instances)"),
-    ("columns", "my own columns (use the mapping below)"),
+    ("", N_("detect automatically")),
+    ("alpaca", N_("alpaca (instruction / input / output)")),
+    ("chat", N_("chat (messages with roles)")),
+    ("sharegpt", N_("ShareGPT (conversations with from / value)")),
+    ("prompt_completion", N_("prompt / completion")),
+    ("self_instruct", N_("self-instruct (instruction + instances)")),
+    ("columns", N_("my own columns (use the mapping below)")),
 ]
 ROLES = [
-    ("prompt", "Prompt / question", True),
-    ("input", "Extra input (appended to the prompt)", False),
-    ("completion", "Answer / completion", True),
-    ("system", "System prompt", False),
+    ("prompt", N_("Prompt / question"), True),
+    ("input", N_("Extra input (appended to the prompt)"), False),
+    ("completion", N_("Answer / completion"), True),
+    ("system", N_("System prompt"), False),
 ]
 
 

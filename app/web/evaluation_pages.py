@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app.api.deps import CurrentReader, CurrentTrainer, Offset, SessionDep, SettingsDep, make_router
 from app.core.errors import FieldError, InvalidInput, TunelabError
+from app.core.i18n import N_
 from app.models import EvalStatus, Evaluation, Job, JobStatus, ReviewCampaign
 from app.schemas.evaluation import EvaluationCreate
 from app.services import access
@@ -261,8 +262,8 @@ def _evaluation_request(project_id: uuid.UUID, form: dict[str, str]) -> Evaluati
         )
     except (ValueError, ValidationError):
         raise InvalidInput(
-            "check the form: choose a finished job or name a base model",
-            errors=[FieldError(field="job_id", message="choose a finished job")],
+            N_("check the form: choose a finished job or name a base model"),
+            errors=[FieldError(field="job_id", message=N_("choose a finished job"))],
         ) from None
 
 

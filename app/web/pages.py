@@ -21,6 +21,7 @@ from app.api.deps import (
 )
 from app.core.config import get_settings
 from app.core.errors import FieldError, InvalidInput, TunelabError
+from app.core.i18n import N_, gettext
 from app.models import JobStatus, Role
 from app.schemas.job import JobCreate
 from app.schemas.project import ProjectCreate
@@ -194,7 +195,8 @@ def _job_request(project_id: uuid.UUID, form: dict[str, str]) -> JobCreate:
         )
     except ValueError:
         raise InvalidInput(
-            "choose a dataset", errors=[FieldError(field="dataset_id", message="choose a dataset")]
+            N_("choose a dataset"),
+            errors=[FieldError(field="dataset_id", message=N_("choose a dataset"))],
         ) from None
 
 
@@ -254,8 +256,10 @@ def estimate_fragment(
     if estimate and estimate.get("available", True) and not settings.workers_have_cuda:
         estimate["warnings"] = [
             *estimate.get("warnings", []),
-            "These workers have no NVIDIA GPU: the job trains on the CPU, far slower than this "
-            "GPU estimate.",
+            gettext(
+                "These workers have no NVIDIA GPU: the job trains on the CPU, far slower than "
+                "this GPU estimate."
+            ),
         ]
     return render(request, "jobs/_estimate.html", estimate=estimate, errors=errors)
 
@@ -286,7 +290,9 @@ def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, A
         "artifacts": jobs_service.list_artifacts(session, job_id=job_id),
         "chart": line_chart(
             [(p.step, p.value) for p in losses],
-            label="training loss" + (" and validation loss" if val_losses else ""),
+            label=gettext("training and validation loss")
+            if val_losses
+            else gettext("training loss"),
             overlay=[(p.step, p.value) for p in val_losses],
         ),
         "latest": latest,

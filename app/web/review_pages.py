@@ -22,6 +22,7 @@ from app.api.deps import (
     make_router,
 )
 from app.core.errors import FieldError, InvalidInput, TunelabError
+from app.core.i18n import N_, gettext
 from app.models import Evaluation, Project, ReviewCampaign
 from app.schemas.review import CampaignCreate, RatingIn
 from app.services import access
@@ -124,7 +125,7 @@ def save_from_form(
     except (ValidationError, TunelabError) as exc:
         session.rollback()
         item = reviewing.reviewer_item(session, campaign=campaign, user=me.user, sequence=sequence)
-        message = exc.message if isinstance(exc, TunelabError) else "check your choices"
+        message = exc.message if isinstance(exc, TunelabError) else gettext("check your choices")
         return render(
             request,
             "reviews/item.html",
@@ -203,7 +204,7 @@ def _campaign_request(evaluation: Evaluation, form: dict[str, str]) -> CampaignC
             if isinstance(exc, ValidationError)
             else [FieldError(field="form", message=str(exc))]
         )
-        raise InvalidInput("check the review form", errors=errors) from None
+        raise InvalidInput(N_("check the review form"), errors=errors) from None
 
 
 def _campaign_context(session: SessionDep, campaign: ReviewCampaign) -> dict[str, Any]:

@@ -95,11 +95,14 @@ def test_the_openai_client_fine_tunes_smollm2_and_calls_the_result(
     deadline = time.monotonic() + 600
     messages: list[str] = []
     while time.monotonic() < deadline:
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+        events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+        messages = [e.message for e in events if e.type == "message"]
         if any(m.startswith(("Succeeded", "Failed", "Cancelled")) for m in messages):
             break
         time.sleep(1)
     assert messages and messages[0] == "Succeeded", messages
+    steps = [e.message for e in events if e.type == "metrics"]
+    assert steps[0].startswith("Step 2/2: training loss=") and len(steps) == 2
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded" and done.trained_tokens and done.finished_at
     assert done.fine_tuned_model and done.fine_tuned_model.startswith(

@@ -265,7 +265,7 @@ def test_a_succeeded_job_names_its_model_and_its_results_file(
     with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
         row = session.get(Job, job_id)
         assert row is not None
-        row.status, row.result = "succeeded", {"tokens": 123}
+        row.status, row.result, row.total_steps = "succeeded", {"tokens": 123}, 2
         from app.core.db import utcnow
 
         row.finished_at = utcnow()
@@ -276,6 +276,14 @@ def test_a_succeeded_job_names_its_model_and_its_results_file(
         session.commit()
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded" and done.trained_tokens == 123
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))  # pages through
+    steps = [e for e in events if e.type == "metrics"]
+    assert [e.message for e in steps] == [
+        "Step 2/2: training loss=2.0000",
+        "Step 1/2: training loss=2.5000",
+    ]
+    assert steps[0].data == {"step": 2, "total_steps": 2, "train_loss": 2.0}
+    assert len({e.id for e in events}) == len(events) > 2
     assert done.fine_tuned_model and done.fine_tuned_model.startswith("ft:smollm2-135m-instruct:")
     models = {m.id: m for m in client.models.list()}
     assert models[done.fine_tuned_model].owned_by == "admin"

@@ -537,31 +537,64 @@ def _chosen(session: Session, job: Job) -> dict[str, Any]:
 def events(
     session: Session, job: Job, *, after: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Newest first, as OpenAI lists them; ``after`` is the last event id seen."""
-    conditions: list[Any] = [JobEvent.job_id == job.id]
-    if after:
-        try:
-            conditions.append(JobEvent.id < int(after.removeprefix(names.EVENT)))
-        except ValueError:
-            raise OpenAIError(400, f"after: no such event {after!r}", param="after") from None
-    rows = list(
-        session.scalars(
-            select(JobEvent).where(*conditions).order_by(JobEvent.id.desc()).limit(limit + 1)
-        )
-    )
-    data = [
-        {
-            "id": f"{names.EVENT}{event.id}",
-            "object": "fine_tuning.job.event",
-            "created_at": files.unix(event.created_at),
-            "level": {"warning": "warn"}.get(event.level, event.level),
-            "message": event.message,
-            "data": event.data or {},
-            "type": "message",
-        }
-        for event in rows[:limit]
+    """The job's events and a ``metrics`` event per trained step ("Step 3/30: training
+    loss=…"), newest first, as OpenAI lists them; ``after`` is the last event id seen."""
+    timeline = [
+        (event.created_at, 1, event.id, _event_object(event))
+        for event in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))
     ]
-    return data, len(rows) > limit
+    losses: dict[int, dict[str, Any]] = {}
+    for point in session.scalars(
+        select(MetricPoint).where(
+            MetricPoint.job_id == job.id, MetricPoint.name.in_(("loss", "val_loss"))
+        )
+    ):
+        step = losses.setdefault(point.step, {"at": point.created_at})
+        step[point.name] = point.value
+        step["at"] = max(step["at"], point.created_at)
+    timeline += [
+        (values["at"], 0, step, _step_event(job, step, values))
+        for step, values in losses.items()
+        if "loss" in values
+    ]
+    timeline.sort(key=lambda item: item[:3], reverse=True)
+    ordered = [item[3] for item in timeline]
+    if after:
+        ids = [item["id"] for item in ordered]
+        if after not in ids:
+            raise OpenAIError(400, f"after: no such event {after!r}", param="after")
+        ordered = ordered[ids.index(after) + 1 :]
+    return ordered[:limit], len(ordered) > limit
+
+
+def _event_object(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": f"{names.EVENT}{event.id}",
+        "object": "fine_tuning.job.event",
+        "created_at": files.unix(event.created_at),
+        "level": {"warning": "warn"}.get(event.level, event.level),
+        "message": event.message,
+        "data": event.data or {},
+        "type": "message",
+    }
+
+
+def _step_event(job: Job, step: int, values: dict[str, Any]) -> dict[str, Any]:
+    total = job.total_steps or step
+    message = f"Step {step}/{total}: training loss={values['loss']:.4f}"
+    data: dict[str, Any] = {"step": step, "total_steps": total, "train_loss": values["loss"]}
+    if "val_loss" in values:
+        message += f", validation loss={values['val_loss']:.4f}"
+        data["valid_loss"] = values["val_loss"]
+    return {
+        "id": f"{names.EVENT}step-{step}",
+        "object": "fine_tuning.job.event",
+        "created_at": files.unix(values["at"]),
+        "level": "info",
+        "message": message,
+        "data": data,
+        "type": "metrics",
+    }
 
 
 def checkpoints(

@@ -16,7 +16,8 @@ Each job is recreated through tunelab's OpenAI-compatible API on the open model 
 queued. The report says, job by job, what has no equivalent here. With ``--eval``, the
 references become the job's test split, so the evaluation after training scores the new
 model on them; the saved answers of the original model are scored on the same references
-here, with the same metrics, and written in the report beside them.
+here, with the same metrics, and written in the report beside them. Once the jobs have
+trained, ``tunelab import-openai --compare report.json`` prints both side by side.
 """
 
 from __future__ import annotations
@@ -81,13 +82,19 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     command.add_argument(
-        "jobs", type=Path, help="the saved job objects (JSON from client.fine_tuning.jobs.list)"
+        "jobs",
+        type=Path,
+        nargs="?",
+        help="the saved job objects (JSON from client.fine_tuning.jobs.list)",
     )
+    command.add_argument("--files", type=Path, help="folder of the saved files, named by file id")
+    command.add_argument("--model", help="the open model to train on: a catalog name or hub id")
     command.add_argument(
-        "--files", type=Path, required=True, help="folder of the saved files, named by file id"
-    )
-    command.add_argument(
-        "--model", required=True, help="the open model to train on: a catalog name or hub id"
+        "--compare",
+        type=Path,
+        metavar="REPORT",
+        help="instead: the original models' scores beside the new models' evaluations, from "
+        "an earlier run's --report",
     )
     command.add_argument("--project", help="project (id or name); default: your API project")
     command.add_argument(
@@ -323,6 +330,10 @@ class Uploader:
 
 
 def cmd_import_openai(args: argparse.Namespace, api: Api) -> int:
+    if args.compare:
+        return compare(api, args.compare)
+    if args.jobs is None or args.files is None or args.model is None:
+        raise CliError("name the saved jobs file, --files and --model (or --compare REPORT)")
     jobs = read_jobs(args.jobs)
     if not args.files.is_dir():
         raise CliError(f"--files {args.files} is not a folder")
@@ -394,3 +405,45 @@ def print_report(reports: list[JobReport], *, url: str) -> None:
             )
     queued = sum(r.status == "queued" for r in reports)
     print(f"{queued} of {len(reports)} jobs queued", file=sys.stderr)
+
+
+def compare(api: Api, path: Path) -> int:
+    """For each job queued by an earlier run, its evaluation's scores beside the original
+    model's saved answers, on the same references and metrics."""
+    try:
+        reports = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read the report {path}: {exc}") from None
+    shown = 0
+    for report in reports:
+        if report.get("status") != "queued" or not report.get("tunelab_id"):
+            continue
+        shown += 1
+        print(f"{report['openai_id']} ({report.get('original_model')}) → {report['new_job']}")
+        found = api.get("/evaluations", job_id=report["tunelab_id"], limit=1)["items"]
+        if not found:
+            print("  no evaluation: the job has not succeeded yet, or had no --eval references")
+            continue
+        evaluation = found[0]
+        if evaluation["status"] != "succeeded":
+            print(f"  its evaluation is {evaluation['status']}; run this again later")
+            continue
+        results = evaluation["results"]
+        models = results.get("models", {})
+        new = models.get(results.get("subject"), {})
+        baseline = models.get(results.get("baseline"), {})
+        original = report.get("original_scores") or {}
+        print(f"  on {results.get('n')} references   original   new [95% interval]   prompting")
+        for name in REPORTED_METRICS:
+            if name not in new:
+                continue
+            mine = new[name]
+            before = f"{original[name]:.3f}" if name in original else "-"
+            base = f"{baseline[name]['value']:.3f}" if name in baseline else "-"
+            print(
+                f"  {name:<16} {before:>10}   {mine['value']:.3f} [{mine['low']:.3f}, "
+                f"{mine['high']:.3f}]   {base}"
+            )
+    if not shown:
+        print("no job of that report was queued", file=sys.stderr)
+    return 0

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.cli import import_openai
 from app.cli.http import Api
-from app.models import DatasetVersion, Job, OpenAIJob, User
+from app.models import DatasetVersion, Evaluation, Job, OpenAIJob, User
 from app.services.accounts import credentials
 from tests.conftest import ADMIN_EMAIL
 
@@ -39,6 +39,7 @@ def api(client: TestClient, connection: Connection) -> Api:  # type: ignore[over
     api = Api(str(client.base_url), secret)
     api.http.close()
     client.headers["Authorization"] = f"Bearer {secret}"
+    client.base_url = client.base_url.join("/api/v1")  # as Api's own client has it
     api.http = client
     return api
 
@@ -48,20 +49,11 @@ def run(api: Api, tmp_path: Path, *extra: str) -> tuple[int, list[dict]]:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     import_openai.add_parser(sub)
-    args = parser.parse_args(
-        [
-            "import-openai",
-            str(DATA / "jobs.json"),
-            "--files",
-            str(DATA / "files"),
-            "--model",
-            "smollm2-135m-instruct",
-            "--report",
-            str(report),
-            *extra,
-        ]
-    )
-    status = import_openai.cmd_import_openai(args, api)
+    words = ["import-openai", *extra]
+    if "--compare" not in extra:
+        words += [str(DATA / "jobs.json"), "--files", str(DATA / "files")]
+        words += ["--model", "smollm2-135m-instruct", "--report", str(report)]
+    status = import_openai.cmd_import_openai(parser.parse_args(words), api)
     return status, json.loads(report.read_text(encoding="utf-8"))
 
 
@@ -109,6 +101,44 @@ def test_import_recreates_each_job_and_reports_what_has_no_equivalent(
     out = capsys.readouterr().out
     assert "ftjob-abc123 (gpt-4o-mini-2024-07-18): queued" in out
     assert "no equivalent: integrations" in out
+
+    # Once trained and evaluated (here: an evaluation row as the worker leaves it), the
+    # original's saved answers and the new model side by side.
+    def interval(value: float) -> dict[str, float]:
+        return {"value": value, "low": value - 0.1, "high": value + 0.1, "n": 2}
+
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.add(
+            Evaluation(
+                project_id=job.project_id,
+                dataset_version_id=job.dataset_version_id,
+                split="test",
+                job_id=job.id,
+                candidates=[],
+                settings={},
+                status="succeeded",
+                queue="training",
+                progress={},
+                results={
+                    "n": 2,
+                    "subject": "job",
+                    "baseline": "base",
+                    "models": {
+                        "job": {m: interval(0.5) for m in import_openai.REPORTED_METRICS},
+                        "base": {m: interval(0.2) for m in import_openai.REPORTED_METRICS},
+                    },
+                },
+            )
+        )
+        session.commit()
+    status, _ = run(api, tmp_path, "--compare", str(tmp_path / "report.json"))
+    out = capsys.readouterr().out
+    assert status == 0
+    rouge = next(line for line in out.splitlines() if line.strip().startswith("rougeL"))
+    original = marv["original_scores"]["rougeL"]
+    assert rouge.split() == ["rougeL", f"{original:.3f}", "0.500", "[0.400,", "0.600]", "0.200"]
 
 
 def test_a_dry_run_maps_and_sends_nothing(api: Api, tmp_path: Path) -> None:

@@ -133,3 +133,36 @@ def test_the_language_comes_from_the_setting_then_the_cookie_then_the_browser() 
     assert i18n.choose(cookie="en", accept_language=header) == "en"
     assert i18n.choose(user="zh_CN", cookie="en", accept_language="en") == "zh_CN"
     assert i18n.choose(user=None, cookie="bogus", accept_language=None) == "en"
+
+
+def test_the_cli_speaks_the_terminals_language() -> None:
+    assert i18n.from_environment({"LANG": "zh_CN.UTF-8"}) == "zh_CN"
+    assert i18n.from_environment({"LANGUAGE": "zh_CN:en", "LANG": "en_US.UTF-8"}) == "zh_CN"
+    assert i18n.from_environment({"LANG": "C.UTF-8"}) == "en"
+    assert i18n.from_environment({"TUNELAB_LANGUAGE": "en", "LANG": "zh_CN.UTF-8"}) == "en"
+    assert i18n.from_environment({}) == "en"
+
+
+def test_cli_errors_read_in_chinese_with_the_servers_own_words() -> None:
+    import httpx
+
+    from app.cli.accounts import error_line
+    from app.cli.http import CliError, _raise_for
+
+    request = httpx.Request("POST", "http://127.0.0.1:8000/api/v1/projects")
+    body = {
+        "detail": "name: String should have at least 1 character",
+        "message": "名称：请至少输入 1 个字符。",
+        "errors": [{"field": "name", "message": "请至少输入 1 个字符。", "line": None}],
+    }
+    response = httpx.Response(422, json=body, request=request)
+    with i18n.using_locale("zh_CN"), pytest.raises(CliError) as caught:
+        _raise_for(response)
+    assert caught.value.message.splitlines()[0] == "名称：请至少输入 1 个字符。"
+    assert "  name: 请至少输入 1 个字符。" in caught.value.message
+    with pytest.raises(CliError) as english:
+        _raise_for(response)
+    assert english.value.message.startswith("name: String should have")
+    with i18n.using_locale("zh_CN"):
+        assert error_line("not found") == "错误：未找到"
+    assert error_line("not found") == "error: not found"

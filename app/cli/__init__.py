@@ -15,6 +15,7 @@ from app.cli import evaluations as eval_cli
 from app.cli import import_openai as import_openai_cli
 from app.cli import serve as serve_cli
 from app.cli import train as train_cli
+from app.core.i18n import from_environment, set_locale
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,5 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Human messages in the terminal's language (TUNELAB_LANGUAGE, LANGUAGE, LC_ALL, LANG).
+    set_locale(from_environment())
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

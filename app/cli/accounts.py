@@ -7,6 +7,9 @@ import argparse
 import sys
 from typing import Any
 
+from app.core.i18n import gettext
+from app.core.messages import translate_message
+
 
 def settings_ready() -> Any:
     from app.core.config import get_settings
@@ -43,17 +46,27 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     role = Role.admin if args.admin else Role(args.role)
     password = args.password
     if password is None and not args.no_password and sys.stdin.isatty():
-        password = getpass.getpass(f"password for {args.email} (empty: use a login link): ") or None
+        password = (
+            getpass.getpass(
+                gettext("password for %(email)s (empty: use a login link): ", email=args.email)
+            )
+            or None
+        )
     try:
         with session_scope() as session:
             user = accounts.create_user(session, email=args.email, role=role, password=password)
-            print(f"created {role} {user.email}")
+            print(gettext("created %(role)s %(email)s", role=gettext(role), email=user.email))
             if password is None:
                 _print_login_link(session, user)
     except TunelabError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(error_line(exc.message), file=sys.stderr)
         return 2
     return 0
+
+
+def error_line(message: str) -> str:
+    """ "error: …" in the terminal's language, the message too when the catalog has it."""
+    return gettext("error: %(message)s", message=translate_message(message))
 
 
 def _print_login_link(session: Any, user: Any) -> None:
@@ -63,11 +76,8 @@ def _print_login_link(session: Any, user: Any) -> None:
 
     settings = settings_ready()
     secret = accounts.create_login_link(session, user=user, valid_for=timedelta(days=1))
-    print(
-        f"one-time login link (valid for a day): "
-        f"http://{settings.host}:{settings.port}/login/link/{secret}",
-        flush=True,
-    )
+    link = f"http://{settings.host}:{settings.port}/login/link/{secret}"
+    print(gettext("one-time login link (valid for a day): %(link)s", link=link), flush=True)
 
 
 def cmd_user_login_link(args: argparse.Namespace) -> int:
@@ -80,7 +90,7 @@ def cmd_user_login_link(args: argparse.Namespace) -> int:
         with session_scope() as session:
             _print_login_link(session, accounts.find_user(session, email=args.email))
     except TunelabError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(error_line(exc.message), file=sys.stderr)
         return 2
     return 0
 
@@ -109,7 +119,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
                 expires_at=expires,
             )
     except TunelabError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(error_line(exc.message), file=sys.stderr)
         return 2
     print(secret)
     return 0

@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 
+from app.core.i18n import N_, current_locale, gettext, lang_tag
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 2.0
-TOKEN_HINT = (
+TOKEN_HINT = N_(
     "create one with `tunelab token create --user EMAIL` and set TUNELAB_TOKEN (or pass --token)"
 )
 
@@ -37,11 +39,15 @@ class Api:
 
     def __init__(self, url: str, token: str | None) -> None:
         if not token:
-            raise CliError(f"no API token: {TOKEN_HINT}")
+            raise CliError(gettext("no API token: %(hint)s", hint=gettext(TOKEN_HINT)))
         self.url = url.rstrip("/")
         self.http = httpx.Client(
             base_url=self.url + "/api/v1",
-            headers={"Authorization": f"Bearer {token}"},
+            # The server's error messages come back in the terminal's language.
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept-Language": lang_tag(current_locale()),
+            },
             timeout=60,
         )
 
@@ -59,7 +65,8 @@ class Api:
             return response.json()
         except ValueError as exc:
             # Something answers at the URL, but not tunelab's API (a wrong port, a proxy page).
-            raise CliError(f"{self.url} did not answer as a tunelab server would") from exc
+            message = gettext("%(url)s did not answer as a tunelab server would", url=self.url)
+            raise CliError(message) from exc
 
     @contextmanager
     def stream(self, path: str, **params: Any) -> Iterator[httpx.Response]:
@@ -87,12 +94,18 @@ class Api:
         try:
             yield
         except httpx.ConnectError as exc:
-            message = f"cannot reach tunelab at {self.url}: is `tunelab serve` running?"
+            message = gettext(
+                "cannot reach tunelab at %(url)s: is `tunelab serve` running?", url=self.url
+            )
             raise CliError(message) from exc
         except httpx.TimeoutException as exc:
-            raise CliError(f"tunelab at {self.url} did not answer in time") from exc
+            message = gettext("tunelab at %(url)s did not answer in time", url=self.url)
+            raise CliError(message) from exc
         except httpx.HTTPError as exc:
-            raise CliError(f"could not talk to tunelab at {self.url}: {exc}") from exc
+            message = gettext(
+                "could not talk to tunelab at %(url)s: %(error)s", url=self.url, error=exc
+            )
+            raise CliError(message) from exc
 
 
 def present(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,15 +121,19 @@ def _raise_for(response: httpx.Response) -> None:
     except ValueError:
         body = None
     detail = body.get("detail") if isinstance(body, dict) else None
+    if current_locale() != "en" and isinstance(body, dict) and body.get("message"):
+        detail = body["message"]  # the server's words in the terminal's language
     if not isinstance(detail, str):
         # Not a tunelab error body: perhaps another server, or a proxy in between.
-        detail = f"HTTP {response.status_code} from {response.request.url}"
+        detail = gettext(
+            "HTTP %(status)s from %(url)s", status=response.status_code, url=response.request.url
+        )
     lines = [detail]
     for error in (body.get("errors") if isinstance(body, dict) else None) or []:
         if isinstance(error, dict) and error.get("field"):
             lines.append(f"  {error['field']}: {error.get('message', '')}")
     if response.status_code == 401:
-        lines.append(f"  {TOKEN_HINT}")
+        lines.append(f"  {gettext(TOKEN_HINT)}")
     # A refused request is the caller's to fix (2); a server failure is not (1).
     raise CliError("\n".join(lines), 2 if response.status_code < 500 else 1)
 
@@ -141,7 +158,7 @@ def command_entry(command: Command) -> Callable[[argparse.Namespace], int]:
             finally:
                 api.close()
         except CliError as error:
-            print(f"error: {error.message}", file=sys.stderr)
+            print(gettext("error: %(message)s", message=error.message), file=sys.stderr)
             return error.status
 
     return run

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from app.cli.accounts import settings_ready
+from app.core.i18n import gettext
 
 
 def worker_command(queue: str, loglevel: str = "INFO") -> list[str]:
@@ -79,8 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     supervisor: WorkerSupervisor | None = None
     if start_worker and not _engine_installed():
         print(
-            "tunelab: the training engine is not installed here (pip install 'tunelab[engine]'); "
-            "serving without a local worker",
+            gettext(
+                "tunelab: the training engine is not installed here (pip install "
+                "'tunelab[engine]'); serving without a local worker"
+            ),
             flush=True,
         )
         start_worker = False
@@ -105,8 +108,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         supervisor.start()
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    mode = "embedded" if settings.embedded else "cluster"
-    print(f"tunelab ({mode} mode, data in {settings.data_dir}) at http://{host}:{port}", flush=True)
+    mode = gettext("embedded") if settings.embedded else gettext("cluster")
+    print(
+        gettext(
+            "tunelab (%(mode)s mode, data in %(data)s) at %(url)s",
+            mode=mode,
+            data=settings.data_dir,
+            url=f"http://{host}:{port}",
+        ),
+        flush=True,
+    )
     if settings.embedded and host in ("127.0.0.1", "localhost", "::1"):
         _first_start(settings, host, port)
     try:
@@ -139,9 +150,13 @@ def _first_start(settings: Any, host: str, port: int) -> None:
         admin, created = accounts.ensure_local_admin(session)
         if created:
             secret = accounts.create_login_link(session, user=admin, valid_for=timedelta(days=1))
+            first = gettext(
+                "First start: log in as %(email)s with this one-time link:", email=admin.email
+            )
+            again = gettext(
+                "(another one any time: tunelab user login-link %(email)s)", email=admin.email
+            )
             print(
-                f"\n  First start: log in as {admin.email} with this one-time link:\n"
-                f"  http://{host}:{port}/login/link/{secret}\n"
-                f"  (another one any time: tunelab user login-link {admin.email})\n",
+                f"\n  {first}\n  http://{host}:{port}/login/link/{secret}\n  {again}\n",
                 flush=True,
             )

@@ -100,6 +100,22 @@ def choose(
     return DEFAULT_LOCALE
 
 
+def from_environment(environ: dict[str, str] | None = None) -> str:
+    """The CLI's language: ``TUNELAB_LANGUAGE``, else the POSIX locale variables in gettext's
+    order (``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES``, ``LANG``: "zh_CN.UTF-8"), else English."""
+    import os
+
+    env = os.environ if environ is None else environ
+    for name in ("TUNELAB_LANGUAGE", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(name, "")
+        if not value:
+            continue
+        # LANGUAGE may list several ("zh_CN:en"); C and POSIX mean no language: English.
+        first = value.split(":")[0].split(".")[0]
+        return normalize(first) or DEFAULT_LOCALE
+    return DEFAULT_LOCALE
+
+
 # --- the current language -------------------------------------------------------------------
 
 

@@ -363,3 +363,27 @@ def test_answers_name_the_model_as_it_was_asked_for_even_across_chunks() -> None
         b'data: {"model": "ft:m:o::1", "x": 1}\n\ndata: {"model": "ft:m:o::1"}\n\ndata: [DONE]\n\n'
     )
     assert out[0].endswith(b"\n\n")  # each event goes out as soon as it is whole
+
+
+def test_a_running_job_estimates_its_finish(client: openai.OpenAI, connection: Connection) -> None:
+    import time
+
+    from app.core.db import utcnow
+
+    training = upload(client, TRAIN)
+    job = client.fine_tuning.jobs.create(
+        model="smollm2-135m-instruct", training_file=training.id, extra_body=tiny()
+    )
+    job_id = uuid.UUID(job.id.removeprefix("ftjob-"))
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        row.status, row.current_step, row.total_steps = "running", 1, 10
+        session.add(
+            MetricPoint(job_id=job_id, step=1, name="eta_seconds", value=120, created_at=utcnow())
+        )
+        session.commit()
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running" and running.error is None
+    assert running.estimated_finish is not None
+    assert abs(running.estimated_finish - (time.time() + 120)) < 30

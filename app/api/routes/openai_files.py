@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.deps import (
     CurrentReader,
@@ -169,10 +169,10 @@ def file_content(
         job = jobs_service.results_job(session, me.user, file_id)
         return Response(jobs_service.results_csv(session, job), media_type="text/csv")
     row = service.get_file(session, me.user, file_id)
-    return Response(
-        (settings.data_dir / row.path).read_bytes(),
+    return FileResponse(
+        settings.data_dir / row.path,
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{names.file_id(row.id)}.jsonl"'},
+        filename=f"{names.file_id(row.id)}.jsonl",
     )
 
 

@@ -61,12 +61,16 @@ install: $(VENV)/.installed static/vendor/htmx.min.js static/vendor/swagger-ui/s
 CATALOGS_PO := $(wildcard app/translations/*/LC_MESSAGES/messages.po)
 CATALOGS_MO := $(CATALOGS_PO:.po=.mo)
 PYBABEL := $(VENV)/bin/pybabel
+# The calls whose string arguments are messages (tests/test_translations.py extracts the same).
+BABEL_KEYWORDS := N_ ngettext:1,2 InvalidInput NotFound Conflict Forbidden Unauthorized \
+  TooManyRequests PayloadTooLarge UnsupportedMediaType InvalidDataset TunelabError CriterionError \
+  on:2
 
 app/translations/%/LC_MESSAGES/messages.mo: app/translations/%/LC_MESSAGES/messages.po $(VENV)/.installed
 	$(PYBABEL) compile -i $< -o $@ -l $*
 
 translations: $(VENV)/.installed
-	$(PYBABEL) extract -F babel.cfg -k N_ -k ngettext:1,2 --no-wrap --sort-by-file \
+	$(PYBABEL) extract -F babel.cfg $(addprefix -k ,$(BABEL_KEYWORDS)) --no-wrap --sort-by-file \
 	  --project tunelab --copyright-holder tunelab -o app/translations/messages.pot . 2>/dev/null
 	$(PYBABEL) update -i app/translations/messages.pot -d app/translations --no-wrap \
 	  --no-fuzzy-matching --ignore-obsolete

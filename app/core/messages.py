@@ -130,6 +130,62 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
             N_("The training settings are not valid; see the fields below."),
         ),
         (r"^the request is not valid: .*$", N_("The request is not valid; see the fields below.")),
+        # Success criteria (worker/spec/criteria.py), the first thing a new user writes.
+        (
+            r'^could not read "(?P<text>.*)": write it like "(?P<a>[^"]+)" or "(?P<b>[^"]+)"; '
+            r"metrics: (?P<metrics>.+)$",
+            N_('could not read "%(text)s": write it like "%(a)s" or "%(b)s"; metrics: %(metrics)s'),
+        ),
+        (
+            r'^could not read "(?P<text>.*)": write one criterion per line$',
+            N_('could not read "%(text)s": write one criterion per line'),
+        ),
+        (
+            r'^unknown metric "(?P<name>.*)" in "(?P<text>.*)": use one of (?P<metrics>.+?)'
+            r" \(did you mean (?P<hint>\S+)\?\)$",
+            N_(
+                'unknown metric "%(name)s" in "%(text)s": use one of %(metrics)s (did you mean %(hint)s?)'
+            ),
+        ),
+        (
+            r'^unknown metric "(?P<name>.*)" in "(?P<text>.*)": use one of (?P<metrics>.+)$',
+            N_('unknown metric "%(name)s" in "%(text)s": use one of %(metrics)s'),
+        ),
+        (
+            r'^could not read the amount "(?P<amount>.*)" in "(?P<text>.*)": write it like '
+            r'"(?P<example>.+)"$',
+            N_('could not read the amount "%(amount)s" in "%(text)s": write it like "%(example)s"'),
+        ),
+        (
+            r'^the criterion is empty: write it like "(?P<a>[^"]+)" or "(?P<b>[^"]+)"$',
+            N_('the criterion is empty: write it like "%(a)s" or "%(b)s"'),
+        ),
+        (
+            r"^success criterion (?P<n>\d+): (?P<rest>.+)$",
+            N_("success criterion %(n)s: %(rest)s"),
+        ),
+        # Accounts, evaluations, jobs.
+        (
+            r"^the password must have at least (?P<n>\d+) characters$",
+            N_("the password must have at least %(n)s characters"),
+        ),
+        (
+            r"^a user with the e-mail (?P<email>\S+) already exists$",
+            N_("a user with the e-mail %(email)s already exists"),
+        ),
+        (r"^no user with the e-mail (?P<email>\S+)$", N_("no user with the e-mail %(email)s")),
+        (
+            r"^say which data to evaluate on: dataset_id \(and dataset_version\)$",
+            N_("choose the data to evaluate on"),
+        ),
+        (
+            r"^the job has already (?P<status>\w+) and cannot be cancelled$",
+            N_("the job has already %(status)s and cannot be cancelled"),
+        ),
+        (
+            r"^the training config does not fit this model or dataset: (?P<why>.+)$",
+            N_("the training settings do not fit this model or dataset: %(why)s"),
+        ),
         (r"^(?P<field>[\w.]+): (?P<rest>.+)$", "%(field)s: %(rest)s"),
     ]
 ]
@@ -159,6 +215,8 @@ def translate_message(message: str) -> str:
         if found is None:
             continue
         values: dict[str, Any] = found.groupdict()
+        if "rest" in values and message_id != "%(field)s: %(rest)s":
+            values["rest"] = translate_message(values["rest"])
         if message_id == "%(field)s: %(rest)s":
             return labelled(values["field"], translate_message(values["rest"]))
         return _(message_id, **values)

@@ -189,3 +189,21 @@ def test_a_project_page_in_chinese_with_dates_in_chinese(browser: TestClient) ->
     )
     listing = browser.get("/projects", headers=ZH)
     assert re.search(r"\d{4}年\d{1,2}月\d{1,2}日 \d\d:\d\d", listing.text)
+
+
+def test_a_chinese_criterion_is_refused_in_chinese_with_the_input_kept(
+    browser: TestClient,
+) -> None:
+    criterion = "微调后的模型要比直接提示基础模型回答得更好"
+    form = browser.get("/projects", headers=ZH)
+    refused = browser.post(
+        "/projects",
+        data={"name": "客服助手", "success_criteria": criterion, "csrf_token": csrf(form.text)},
+        headers=ZH,
+    )
+    assert refused.status_code == 422
+    assert f"第 1 条成功标准：无法理解“{criterion}”" in refused.text or (
+        f"无法理解“{criterion}”" in refused.text
+    )
+    assert "could not read" not in refused.text
+    assert "成功标准" in refused.text  # the field's label, not success_criteria.0

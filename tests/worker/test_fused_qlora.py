@@ -64,7 +64,7 @@ def tiny_llama_4bit(dropout: float = 0.0) -> Any:
     from worker.training.fused_qlora import quantize_nf4
 
     config = LlamaConfig(
-        vocab_size=512,
+        vocab_size=5000,
         hidden_size=256,
         intermediate_size=512,
         num_hidden_layers=2,
@@ -86,7 +86,7 @@ def tiny_llama_4bit(dropout: float = 0.0) -> Any:
 def test_fused_qlora_matches_peft_4bit_lora_on_the_gpu() -> None:
     model = tiny_llama_4bit()
     model.train()
-    ids = torch.randint(0, 512, (2, 96), device="cuda")
+    ids = torch.randint(0, 5000, (2, 96), device="cuda")
 
     def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)
@@ -102,7 +102,8 @@ def test_fused_qlora_matches_peft_4bit_lora_on_the_gpu() -> None:
         assert report.qlora_linear == 14 and report.lora_linear == 0
         assert report.skipped_lora == []
         out, grads = run()
-    assert relative_error(out, reference) < 1e-2
+    # PEFT computes the LoRA branch in float32, the fused function in bf16: bf16 rounding.
+    assert relative_error(out, reference) < 2e-2
     assert grads.keys() == reference_grads.keys() and len(grads) == 28
     worst = max(relative_error(grads[n], reference_grads[n]) for n in grads)
     assert worst < 3e-2

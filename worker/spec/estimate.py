@@ -36,6 +36,7 @@ from worker.spec import budget as budget_rule
 from worker.spec.autoconfig import resolve_auto, total_steps
 from worker.spec.catalog import Architecture
 from worker.spec.config import LORA_METHODS, TrainConfig
+from worker.spec.cpu_time import CpuCalibration, as_dict
 
 GIB = 2**30
 
@@ -124,6 +125,24 @@ _METHOD_TIME = {
     "p_tuning": 1.05,
     "full": 0.6,
 }
+# Fused QLoRA's time per token relative to fused LoRA, measured on an H200 on 2026-12-05
+# (bench/train_throughput.py --lengths chat-short, passes of 8k tokens; torch 2.11,
+# bitsandbytes 0.50.2): 1.53 at Qwen2.5-0.5B, 1.22 at Llama-3.2-1B, 1.04 at Llama-3-8B. The
+# dequantisation costs each pass a fixed time per weight, which small layers cannot hide.
+# Interpolated in log(parameters).
+_QLORA_TIME_POINTS = ((494_032_768, 1.5), (1_235_814_400, 1.2), (8_030_261_248, 1.05))
+
+
+def _qlora_time(params: int) -> float:
+    points = _QLORA_TIME_POINTS
+    if params <= points[0][0]:
+        return points[0][1]
+    for (p0, f0), (p1, f1) in itertools.pairwise(points):
+        if params <= p1:
+            return f0 + math.log(params / p0) / math.log(p1 / p0) * (f1 - f0)
+    return points[-1][1]
+
+
 # Loading: reading the weights (~1.5 GB/s from a local disk or cache) plus a fixed start.
 _LOAD_BYTES_PER_S = 1.5e9
 _START_SECONDS = 15.0
@@ -144,8 +163,12 @@ def estimate(
     mean_tokens: float,
     p95_tokens: float | None = None,
     answer_share: float = 0.5,
+    cpu: CpuCalibration | None = None,
 ) -> Estimate:
     """Peak GPU memory and wall time of training ``config`` on a model of ``arch``.
+
+    With ``cpu`` (a worker without CUDA), "auto" takes the CPU rules and the wall time comes
+    from that CPU's measured rate instead of the GPU's (memory stays the GPU model's).
 
     ``mean_tokens`` and ``p95_tokens`` are sample lengths in the model's tokens (chat
     template included), ``answer_share`` the share of tokens that carry the loss. Fields
@@ -156,8 +179,10 @@ def estimate(
         model_params=arch.params(),
         dataset_records=dataset_records,
         dataset_p95_tokens=p95_tokens,
+        cpu=cpu is not None,
     )
     run = _Run(config, arch, gpu, dataset_records, mean_tokens, p95_tokens, answer_share)
+    run.cpu = cpu
     memory = run.memory()
     seconds = run.seconds()
     peak = sum(memory.values())
@@ -173,6 +198,7 @@ def estimate(
             "fits": peak + _CUDA_CONTEXT_BYTES <= gpu.memory_bytes,
             "tight": reserved > gpu.memory_bytes,
             "gpu": gpu.name,
+            "cpu": as_dict(cpu) if cpu is not None else None,
             "seconds": seconds,
             "steps": run.steps,
             "tokens": int(run.train_tokens),
@@ -225,6 +251,7 @@ class _Run:
         answer_share: float,
     ) -> None:
         self.config, self.arch, self.gpu = config, arch, gpu
+        self.cpu: CpuCalibration | None = None  # a CPU worker's measured rate, if it runs there
         assert isinstance(config.max_seq_length, int)
         assert isinstance(config.batch_size, int)
         assert isinstance(config.gradient_accumulation_steps, int)
@@ -246,7 +273,8 @@ class _Run:
         self.train_tokens = self.steps * min(self.per_step, self.records) * self.mean
         self.packed = config.packing and arch.packable and not self.prompt
         self.plain_head = arch.model_type in _PLAIN_HEAD_TYPES and not self.prompt
-        self.fused_lora = self.method == "lora" and not self.dora
+        # QLoRA's 4-bit linears run the fused function too (dequantised in forward and backward).
+        self.fused_lora = self.method in ("lora", "qlora") and not self.dora
         # Methods and model types whose memory was measured against this model.
         self.calibrated = self.method in ("lora", "ia3", "p_tuning", "prefix_tuning", "full") and (
             arch.model_type in _PLAIN_HEAD_TYPES
@@ -478,8 +506,13 @@ class _Run:
         return flops
 
     def tokens_per_second(self) -> float:
-        rate = self.mfu() * self.gpu.bf16_tflops * 1e12 / self.flops_per_token()
+        if self.cpu is not None:
+            rate = self.cpu.training_flops / self.flops_per_token()
+        else:
+            rate = self.mfu() * self.gpu.bf16_tflops * 1e12 / self.flops_per_token()
         factor = _METHOD_TIME.get(self.method, 1.0)
+        if self.method == "qlora":
+            factor = _qlora_time(self.arch.params())
         if self.dora:
             factor = _METHOD_TIME["dora"] * (_METHOD_TIME["qlora"] if self.method == "qlora" else 1)
         rate /= factor

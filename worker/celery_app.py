@@ -18,6 +18,7 @@ celery_app.conf.include = [
     "worker.tasks.review",
     "worker.tasks.deploy",
     "worker.tasks.upkeep",
+    "worker.tasks.calibration",
 ]
 
 __all__ = [

@@ -253,7 +253,12 @@ def estimate_fragment(
         )
     except TunelabError as exc:
         errors = exc.errors or [FieldError(message=exc.message)]
-    if estimate and estimate.get("available", True) and not settings.workers_have_cuda:
+    if (
+        estimate
+        and estimate.get("available", True)
+        and not settings.workers_have_cuda
+        and estimate.get("device") != "cpu"
+    ):
         estimate["warnings"] = [
             *estimate.get("warnings", []),
             gettext(

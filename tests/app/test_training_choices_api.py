@@ -80,3 +80,31 @@ def test_an_estimate_of_memory_and_time_before_queueing(api: httpx.Client, proje
     assert unknown["available"] is False and unknown["reason"]
     bad = api.post("/estimates", json={"base_model": "qwen3-0.6b", "learning_rate": -1})
     assert bad.status_code == 422
+
+
+def test_on_cpu_workers_the_estimate_gives_cpu_minutes_from_the_workers_measurement(
+    api: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+    from worker.spec.cpu_time import write_calibration
+
+    # The test cluster's workers are CPUs (TUNELAB_WORKER_CUDA=false); this data folder has
+    # no measurement yet, so the estimate says what it assumes.
+    monkeypatch.setattr(get_settings(), "data_dir", tmp_path)
+    config = {"base_model": "smollm2-135m-instruct", "method": "lora"}
+    assumed = api.post("/estimates", json=config).json()
+    assert assumed["device"] == "cpu" and assumed["cpu"]["measured"] is False
+    assert any("not measured yet" in a for a in assumed["assumptions"])
+    # The CPU rules: one pass, the CPU's rate.
+    assert assumed["chosen"]["epochs"] == 1.0 and assumed["chosen"]["learning_rate"] == 8e-4
+    write_calibration(
+        tmp_path,
+        {"matmul_gflops": 400.0, "dtype": "bfloat16", "threads": 2, "processor": "Test CPU"},
+    )
+    measured = api.post("/estimates", json=config).json()
+    assert measured["cpu"]["measured"] is True and measured["cpu"]["processor"] == "Test CPU"
+    assert measured["seconds"] < assumed["seconds"]
+    # Naming a GPU asks what it would take there: the GPU's rules and time.
+    on_gpu = api.post("/estimates", json={**config, "gpu": "H100"}).json()
+    assert on_gpu["device"] == "gpu" and on_gpu["chosen"]["epochs"] == 2.0  # 1,000 assumed
+    assert on_gpu["seconds"] < measured["seconds"]

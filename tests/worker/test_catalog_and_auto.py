@@ -492,4 +492,28 @@ def test_the_engine_chooses_auto_fields_from_the_model_and_the_records(
     auto = chosen["auto"]
     assert auto["max_seq_length"] == 128  # short samples, the smallest automatic length
     assert (auto["batch_size"], auto["gradient_accumulation_steps"]) == (4, 1)
-    assert (auto["lora_r"], auto["lora_alpha"], auto["learning_rate"]) == (8, 16, 2e-4)
+    # This machine has no CUDA: the CPU rules (one pass, a faster rate, rank 8).
+    assert (auto["lora_r"], auto["lora_alpha"], auto["learning_rate"]) == (8, 16, 8e-4)
+
+
+def test_on_a_cpu_auto_aims_at_quality_per_minute() -> None:
+    config = TrainConfig(base_model="m", method="lora")
+    gpu = resolve_auto(
+        config, model_params=135_000_000, dataset_records=500, dataset_p95_tokens=3000
+    )
+    cpu = resolve_auto(
+        config, model_params=135_000_000, dataset_records=500, dataset_p95_tokens=3000, cpu=True
+    )
+    assert (gpu.epochs, gpu.lora_r, gpu.learning_rate) == (3.0, 16, 2e-4)
+    assert (cpu.epochs, cpu.lora_r, cpu.learning_rate) == (1.0, 8, 8e-4)
+    assert gpu.max_seq_length == 3328 and cpu.max_seq_length == 1024
+    # Explicit values are kept, and large models keep the GPU's rate even on a CPU.
+    kept = resolve_auto(
+        config.model_copy(update={"learning_rate": 1e-5, "epochs": 2}),
+        model_params=135_000_000,
+        dataset_records=500,
+        cpu=True,
+    )
+    assert (kept.learning_rate, kept.epochs) == (1e-5, 2)
+    big = resolve_auto(config, model_params=8_000_000_000, dataset_records=500, cpu=True)
+    assert big.learning_rate == 2e-4

@@ -16,6 +16,12 @@ was chosen):
   it with rsLoRA, whose scale already grows with the rank); lora_dropout 0.05 under 10,000
   samples, else none.
 
+On a worker without CUDA (``cpu=True``) every minute counts, so the rules aim at the best
+quality per minute instead (see ``CPU_RULES`` and the README's "Training on a CPU" for the
+measurements behind them): one pass over the data, a learning rate four times higher for
+LoRA-family methods under 3B parameters (a short run must move further per step), rank 8,
+and samples cut at 1,024 tokens at most.
+
 Torch-free: the estimates in the web process resolve a config the same way the engine does.
 """
 
@@ -38,6 +44,14 @@ UNKNOWN_MAX_SEQ_LENGTH = 2048
 PADDED_BATCH_TOKENS = 16384
 # Records whose length the engine measures to choose max_seq_length (evenly spaced).
 LENGTH_SAMPLE = 2000
+# What "auto" chooses on a CPU worker, where the default run must finish in minutes.
+CPU_EPOCHS = 1.0
+CPU_LORA_RANK = 8
+CPU_MAX_SEQ_LENGTH = 1024
+# LoRA-family learning rate on a CPU under this many parameters; larger models keep the
+# GPU's rule.
+CPU_LORA_LEARNING_RATE = 8e-4
+CPU_FAST_RATE_MAX_PARAMS = 3_000_000_000
 
 
 class ConfigProblem(TrainingError):
@@ -56,8 +70,10 @@ def resolve_auto(
     dataset_records: int | None,
     dataset_p95_tokens: float | None = None,
     context_length: int | None = None,
+    cpu: bool = False,
 ) -> TrainConfig:
     """A copy of ``config`` with every "auto" field chosen; explicit values are kept.
+    ``cpu`` applies the CPU rules (a worker without CUDA).
 
     Unknown inputs (None) fall back to middle-of-the-road choices: a 1B model, 1,000 records,
     samples of unknown length. Raises ConfigProblem when an explicit max_seq_length is more
@@ -76,14 +92,18 @@ def resolve_auto(
         chosen[name] = value
         return value
 
-    max_seq = pick("max_seq_length", _max_seq_length(dataset_p95_tokens, context))
+    longest = _max_seq_length(dataset_p95_tokens, context)
+    max_seq = pick("max_seq_length", min(longest, CPU_MAX_SEQ_LENGTH) if cpu else longest)
     if context is not None and max_seq > context:
         raise ConfigProblem(
             "max_seq_length",
             f"{max_seq} tokens is more than this model reads at once ({context:,} tokens); use "
             f"at most {context} or auto",
         )
-    pick("epochs", 3.0 if records < 1000 else 2.0 if records < 10_000 else 1.0)
+    pick(
+        "epochs",
+        CPU_EPOCHS if cpu else 3.0 if records < 1000 else 2.0 if records < 10_000 else 1.0,
+    )
     per_step = min(64, max(4, _power_of_two_at_most(records // 32)))
     batch_size = config.batch_size
     accum = config.gradient_accumulation_steps
@@ -93,12 +113,16 @@ def resolve_auto(
         batch_size = pick("batch_size", max(1, min(16, fits, per_step // divisor)))
     if accum == "auto":
         accum = pick("gradient_accumulation_steps", max(1, round(per_step / batch_size)))
-    pick("learning_rate", _learning_rate(config, params))
+    fast = cpu and lora and params < CPU_FAST_RATE_MAX_PARAMS
+    pick("learning_rate", CPU_LORA_LEARNING_RATE if fast else _learning_rate(config, params))
     epochs = chosen.get("epochs", config.epochs)
     steps = config.max_steps or total_steps(records, batch_size, accum, epochs)
     pick("warmup_steps", int(0.03 * steps))
     if lora:
-        rank = pick("lora_r", 8 if records < 500 else 16 if records < 20_000 else 32)
+        rank = pick(
+            "lora_r",
+            CPU_LORA_RANK if cpu else 8 if records < 500 else 16 if records < 20_000 else 32,
+        )
         pick("lora_alpha", rank if config.use_rslora else 2 * rank)
         pick("lora_dropout", 0.05 if records < 10_000 else 0.0)
     else:
@@ -191,6 +215,7 @@ def resolve_for_run(
     tokenizer: Any,
     model_dir: Path,
     notify: Callable[[str, dict[str, Any]], None] | None = None,
+    cpu: bool = False,
 ) -> TrainConfig:
     """``resolve_auto`` with the model's config.json and the records' measured lengths."""
     hf_config = _read_config(model_dir)
@@ -203,6 +228,7 @@ def resolve_for_run(
         dataset_records=len(records),
         dataset_p95_tokens=p95,
         context_length=_context_of(hf_config),
+        cpu=cpu,
     )
     if notify is not None:
         chosen = chosen_fields(config, resolved)
@@ -212,7 +238,9 @@ def resolve_for_run(
     return resolved
 
 
-def resolve_for_model(config: TrainConfig, *, model: Any, samples: Sequence[Any]) -> TrainConfig:
+def resolve_for_model(
+    config: TrainConfig, *, model: Any, samples: Sequence[Any], cpu: bool = False
+) -> TrainConfig:
     """``resolve_auto`` for a loaded model (a transformers model) and encoded samples."""
     if not any(getattr(config, name) == "auto" for name in AUTO_FIELDS):
         return config
@@ -225,6 +253,7 @@ def resolve_for_model(config: TrainConfig, *, model: Any, samples: Sequence[Any]
         dataset_records=len(samples),
         dataset_p95_tokens=percentile(lengths, 95) if lengths else None,
         context_length=context if isinstance(context, int) else None,
+        cpu=cpu,
     )
 
 

@@ -183,17 +183,16 @@ def _run(
         tokenizer=tokenizer,
         model_dir=resolved.path,
         notify=lambda message, chosen: callbacks.on_event("info", message, chosen),
+        cpu=not torch.cuda.is_available(),
     )
     samples = _prepare(config, records, tokenizer, callbacks)
     validation = _prepare_validation(config, options.validation_records, tokenizer, callbacks)
     stop_if_asked()
 
-    device, dtype = models.pick_device_and_dtype(config.dtype)
+    device = models.pick_device_and_dtype(config.dtype)[0]
     model = models.load_model(
         resolved,
-        # Full fine-tuning keeps float32 master weights and computes in ``dtype`` under
-        # autocast (see steps.plan_steps): bfloat16 weights would round small updates away.
-        dtype=torch.float32 if method.trains_all_weights else dtype,
+        dtype=models.training_dtype(config, device),
         device=device,
         trust_remote_code=config.trust_remote_code,
         allow_pickle_weights=config.allow_pickle_weights,

@@ -24,8 +24,11 @@ from torch import nn
 
 # The catalog is data the web process reads too, so it lives in a torch-free module.
 from worker.spec.catalog import CATALOG, CatalogEntry
+from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingError
+from worker.spec.methods import METHODS
 from worker.spec.model_names import LocalModelUnusable
+from worker.training import cpu
 
 Notify = Callable[[str], None]
 Source = Literal["catalog", "gguf", "folder", "hub"]
@@ -397,6 +400,24 @@ def pick_device_and_dtype(requested: str) -> tuple[torch.device, torch.dtype]:
         device, auto = torch.device("cpu"), torch.float32
     explicit = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     return device, explicit.get(requested, auto)
+
+
+def compute_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """The dtype a run's matrix products compute in: the config's, else bfloat16 on GPUs
+    that support it and on CPUs that compute it natively (see ``cpu``), else float32."""
+    if device.type == "cpu" and config.dtype == "auto":
+        return torch.bfloat16 if cpu.bf16_capable() else torch.float32
+    return pick_device_and_dtype(config.dtype)[1]
+
+
+def training_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """The dtype a run loads the base model's weights in: the compute dtype for the frozen
+    weights of adapter methods (their trained weights stay float32 masters), float32 for
+    full fine-tuning, which computes under autocast instead (see steps.plan_steps):
+    bfloat16 weights would round small updates away."""
+    if METHODS[config.method].trains_all_weights:
+        return torch.float32
+    return compute_dtype(config, device)
 
 
 def load_tokenizer(model: ResolvedModel, *, trust_remote_code: bool = False) -> Any:

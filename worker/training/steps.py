@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.formatting import Sample
-from worker.training import attention, models
+from worker.training import attention, cpu, models
 from worker.training.loss import DEFAULT_CHUNK_ELEMENTS, linear_cross_entropy_sum
 from worker.training.packing import (
     MicroBatch,
@@ -42,8 +42,12 @@ class StepPlan:
     fused_head: bool
     note: str  # why packing is off, when it is
     # The dtype forward passes compute in when the weights are float32 masters (full
-    # fine-tuning on a GPU); None runs them in the weights' own dtype.
+    # fine-tuning); None runs them in the weights' own dtype.
     autocast: torch.dtype | None = None
+    # The engine's fused layers (GPU), or PyTorch's own (CPU: see worker.training.cpu).
+    fused_layers: bool = True
+    # Float32 logits per chunk of the loss head (see loss).
+    loss_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
@@ -65,10 +69,21 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         budget, checkpointing = _fit_in_memory(lm, budget, longest, config, device, packed)
     autocast = None
     weights = next(lm.parameters())
-    if device.type == "cuda" and weights.requires_grad and weights.dtype == torch.float32:
-        compute = models.pick_device_and_dtype(config.dtype)[1]
+    if weights.requires_grad and weights.dtype == torch.float32:
+        compute = models.compute_dtype(config, device)
         autocast = None if compute == torch.float32 else compute
     fused_head = _plain_head(lm) and not prompt_learning
+    if device.type == "cpu":
+        return StepPlan(
+            packed,
+            max(config.micro_batch_tokens or cpu.CPU_TOKEN_BUDGET, longest),
+            checkpointing,
+            fused_head,
+            note,
+            autocast,
+            fused_layers=cpu.FUSED_LAYERS,
+            loss_chunk_elements=cpu.CPU_CHUNK_ELEMENTS,
+        )
     return StepPlan(packed, budget, checkpointing, fused_head, note, autocast)
 
 
@@ -156,14 +171,20 @@ def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor
         if plan.autocast is not None:
             picked = picked.to(plan.autocast)  # the head's product in the compute dtype too
         head = lm.get_output_embeddings()
-        return linear_cross_entropy_sum(picked, head.weight, batch.label_targets, head.bias)
+        return linear_cross_entropy_sum(
+            picked,
+            head.weight,
+            batch.label_targets,
+            head.bias,
+            chunk_elements=plan.loss_chunk_elements,
+        )
     with autocast:
         logits = lm(**inputs).logits
     # P-tuning returns logits for its virtual tokens too, in front of the sample's.
     logits = logits[:, logits.shape[1] - batch.input_ids.shape[1] :]
     picked = logits.flatten(0, 1).index_select(0, batch.label_positions)
     del logits
-    rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, picked.shape[-1]))
+    rows = max(1, plan.loss_chunk_elements // max(1, picked.shape[-1]))
     total = torch.zeros((), device=picked.device)
     for start in range(0, picked.shape[0], rows):
         total = total + F.cross_entropy(

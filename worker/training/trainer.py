@@ -18,7 +18,7 @@ from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
 from worker.spec.methods import METHODS
-from worker.training import attention, checkpoints, data, fused, models
+from worker.training import attention, checkpoints, cpu, data, fused, models
 from worker.training.adapters import build_peft_config
 from worker.training.callbacks import Silent, TrainCallbacks
 from worker.training.loop import LoopExtras, Run, run_steps
@@ -57,8 +57,10 @@ def train_model(
     attention) only while training runs and restored before this returns.
     """
     callbacks = callbacks or Silent()
-    config = autoconfig.resolve_for_model(config, model=model, samples=samples)
     device = next(model.parameters()).device
+    config = autoconfig.resolve_for_model(
+        config, model=model, samples=samples, cpu=device.type == "cpu"
+    )
     # Seeded right before the adapter is created so its initial weights, and the dropout
     # masks after them, depend on the seed alone and not on what loading consumed.
     _seed_everything(config.seed)
@@ -163,8 +165,13 @@ def _loop(
     # forward (dropping ours). Kernels stay off here; the engine's own fused layers stand in.
     models.disable_hub_kernels(model)
     model.train()
+    threads = cpu.configure_threads() if device.type == "cpu" else None
     with contextlib.ExitStack() as stack:
-        fused_report = stack.enter_context(fused.fused_modules(model))
+        fused_report = (
+            stack.enter_context(fused.fused_modules(model))
+            if plan.fused_layers
+            else fused.FusedReport()
+        )
         if plan.packed:
             stack.enter_context(attention.packed_attention(lm))
         if plan.checkpointing:
@@ -181,6 +188,8 @@ def _loop(
                 "micro_batch_tokens": plan.token_budget if plan.packed else None,
                 "gradient_checkpointing": plan.checkpointing,
                 "fused_layers": fused_report.fused,
+                "compute_dtype": _compute_dtype_name(model, plan),
+                **({"cpu_threads": threads} if threads else {}),
             },
         )
         if plan.note and config.packing:
@@ -217,6 +226,14 @@ def _loop(
                 {"fused_layers_lost": lost},
             )
         return result
+
+
+def _compute_dtype_name(model: Any, plan: Any) -> str:
+    if plan.autocast is not None:
+        return str(plan.autocast).removeprefix("torch.")
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    weights = frozen if frozen is not None else next(model.parameters())
+    return str(weights.dtype).removeprefix("torch.")
 
 
 def _forward_module(model: Any) -> Any:

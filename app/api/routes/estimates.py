@@ -29,7 +29,11 @@ class EstimateRequest(TrainConfig):
     gpu: str | None = Field(
         default=None,
         max_length=100,
-        description="GPU model, e.g. 'H100' or 'RTX 4090' (default: an H200)",
+        description=(
+            "GPU model, e.g. 'H100' or 'RTX 4090', for a what-if estimate (default: where the "
+            "job will run: the workers' CPU, at the rate a worker measured, when they have no "
+            "GPU, else an H200)"
+        ),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.core.config import get_settings
 from app.core.errors import FieldError, InvalidInput
 from app.models import DatasetVersion, User
 from app.services import access
@@ -23,6 +24,7 @@ from app.services.jobs.base_models import check_base_model
 from worker.spec.autoconfig import ConfigProblem, check_against_dataset, chosen_fields, resolve_auto
 from worker.spec.catalog import CATALOG, CatalogEntry, catalog_entry
 from worker.spec.config import TrainConfig
+from worker.spec.cpu_time import ASSUMED, CpuCalibration, as_dict, read_calibration
 from worker.spec.estimate import estimate, gpu_spec, known_gpu
 
 # Without a dataset: a thousand chat samples of 400 tokens, half of them answer.
@@ -51,8 +53,9 @@ def estimate_for(
     *,
     dataset: DatasetLengths | None,
     gpu_name: str | None,
+    cpu: CpuCalibration | None = None,
 ) -> dict[str, Any]:
-    """The estimate as plain data, or ``{"available": False, "reason": ...}`` for a model
+    """The estimate as plain data (on ``cpu`` when the job will train on a CPU worker), or ``{"available": False, "reason": ...}`` for a model
     whose architecture is not known here (a hub id or folder outside the catalog).
 
     Raises InvalidInput naming the config field when the config cannot run on this model or
@@ -79,7 +82,9 @@ def estimate_for(
         )
     else:
         assumptions.append(f"Sample lengths: {dataset.source}.")
-    if known_gpu(gpu_name) is None:
+    if cpu is not None:
+        assumptions.append(f"Trains on the CPU: {cpu.describe()}.")
+    elif known_gpu(gpu_name) is None:
         assumptions.append(f"GPU: {gpu.name} ({gpu.memory_bytes / 2**30:.0f} GiB) assumed.")
     try:
         resolved = resolve_auto(
@@ -88,6 +93,7 @@ def estimate_for(
             dataset_records=dataset.records,
             dataset_p95_tokens=dataset.p95_tokens,
             context_length=entry.context_length,
+            cpu=cpu is not None,
         )
         if given:
             check_against_dataset(resolved, dataset_records=dataset.records)
@@ -99,6 +105,7 @@ def estimate_for(
             mean_tokens=dataset.mean_tokens,
             p95_tokens=dataset.p95_tokens,
             answer_share=dataset.answer_share,
+            cpu=cpu,
         )
     except ConfigProblem as exc:
         raise InvalidInput(
@@ -111,10 +118,17 @@ def estimate_for(
         "P-tuning, prefix-tuning and full fine-tuning on Llama and Qwen shapes); the GPU "
         "also needs the CUDA context and allocator slack (reserved)."
     )
-    assumptions.append(
-        "Time is approximate (from throughput measured on an H200, scaled by the GPU's bf16 "
-        "peak): expect ±30%, more for QLoRA and models outside the Llama and Qwen families."
-    )
+    if cpu is not None:
+        assumptions.append(
+            "Time is approximate (the engine's measured share of this CPU's matrix rate): "
+            "expect ±30%, more while other programs use the processor."
+        )
+    else:
+        assumptions.append(
+            "Time is approximate (from throughput measured on an H200, scaled by the GPU's "
+            "bf16 peak): expect ±30%, more for QLoRA and models outside the Llama and Qwen "
+            "families."
+        )
     warnings = []
     if not breakdown["fits"]:
         warnings.append(
@@ -141,6 +155,8 @@ def estimate_for(
             "context_length": entry.context_length,
         },
         "gpu": {"name": gpu.name, "memory_bytes": gpu.memory_bytes},
+        "device": "cpu" if cpu is not None else "gpu",
+        "cpu": as_dict(cpu) if cpu is not None else None,
         "peak_memory_bytes": result.peak_memory_bytes,
         "peak_memory_gib": round(result.peak_memory_bytes / 2**30, 1),
         "reserved_bytes": breakdown["reserved_bytes"],
@@ -182,7 +198,16 @@ def estimate_for_dataset(
         dataset = access.dataset_for(session, user, dataset_id)
         version = datasets_service.version_of(dataset, dataset_version)
         lengths = lengths_of_version(version, base_model=config.base_model)
-    return estimate_for(config, dataset=lengths, gpu_name=gpu_name)
+    return estimate_for(config, dataset=lengths, gpu_name=gpu_name, cpu=worker_cpu(gpu_name))
+
+
+def worker_cpu(gpu_name: str | None) -> CpuCalibration | None:
+    """The CPU a job will train on when the workers have no GPU and no GPU was named for a
+    what-if estimate: the worker's own measurement, or an assumption until it has one."""
+    settings = get_settings()
+    if gpu_name or settings.workers_have_cuda:
+        return None
+    return read_calibration(settings.data_dir) or ASSUMED
 
 
 def lengths_of_version(version: DatasetVersion, *, base_model: str) -> DatasetLengths:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.core.csv_cells import safe_writer
 from app.core.db import utcnow
 from app.core.errors import InvalidDataset, TunelabError
@@ -175,7 +175,10 @@ def base_learning_rate(model: str, method: str) -> float:
     except ValidationError:
         config = TrainConfig.model_validate({"base_model": model, "method": DEFAULT_METHOD})
     resolved = resolve_auto(
-        config, model_params=entry.params if entry else None, dataset_records=None
+        config,
+        model_params=entry.params if entry else None,
+        dataset_records=None,
+        cpu=not get_settings().workers_have_cuda,
     )
     return float(resolved.learning_rate)
 

@@ -1,0 +1,119 @@
+"""Issue 21: the CPU path, chosen automatically when the worker has no CUDA. What it chooses
+(bfloat16 where the processor computes it, packed passes of a laptop's size, the fused
+layers, one thread per physical core) and that a run on it learns and repeats itself; the
+CPU calibration the estimates use. Speed and memory are measured by bench/cpu_train.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.worker.test_training_speed import run_train
+from worker.spec.catalog import catalog_entry
+from worker.spec.config import TrainConfig
+from worker.spec.cpu_time import ASSUMED, read_calibration, write_calibration
+from worker.spec.estimate import estimate, gpu_spec
+from worker.training import cpu, models
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path is for CPUs")
+
+
+def test_bf16_is_chosen_where_the_processor_has_it_and_float32_elsewhere(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELAB_CPU_BF16", "1")
+    fast = run_train(tiny_model_dir, tmp_path, "bf16", max_steps=12).started()
+    assert fast["compute_dtype"] == "bfloat16" and fast["device"] == "cpu"
+    assert fast["packing"] is True and fast["fused_layers"] > 0
+    assert fast["micro_batch_tokens"] == cpu.CPU_TOKEN_BUDGET
+    assert fast["cpu_threads"] >= 1
+    monkeypatch.setenv("TUNELAB_CPU_BF16", "0")
+    plain = run_train(tiny_model_dir, tmp_path, "fp32", max_steps=2).started()
+    assert plain["compute_dtype"] == "float32"
+    # An explicit dtype wins over the processor's.
+    monkeypatch.setenv("TUNELAB_CPU_BF16", "1")
+    explicit = run_train(tiny_model_dir, tmp_path, "explicit", max_steps=2, dtype="float32")
+    assert explicit.started()["compute_dtype"] == "float32"
+
+
+def test_a_bf16_cpu_run_learns_and_repeats_exactly(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELAB_CPU_BF16", "1")
+    settings = {"max_steps": 12, "lora_dropout": 0.1, "seed": 3}
+    first = run_train(tiny_model_dir, tmp_path, "first", **settings)
+    second = run_train(tiny_model_dir, tmp_path, "second", **settings)
+    assert first.losses == second.losses
+    assert sum(first.losses[-3:]) / 3 < sum(first.losses[:3]) / 3 - 0.5
+
+
+def test_full_fine_tuning_keeps_float32_weights_and_computes_in_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TUNELAB_CPU_BF16", "1")
+    device = torch.device("cpu")
+    lora = TrainConfig(base_model="m", method="lora")
+    full = TrainConfig(base_model="m", method="full")
+    assert models.training_dtype(lora, device) == torch.bfloat16
+    assert models.training_dtype(full, device) == torch.float32
+    assert models.compute_dtype(full, device) == torch.bfloat16
+    monkeypatch.setenv("TUNELAB_CPU_BF16", "0")
+    assert models.training_dtype(lora, device) == torch.float32
+
+
+def test_threads_follow_the_physical_cores_unless_omp_num_threads_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert cpu.configure_threads() == cpu.physical_cores()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert cpu.configure_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_calibration_is_written_read_back_and_scales_the_cpu_estimate(
+    tmp_path: Path,
+) -> None:
+    measured = cpu.calibrate(seconds=0.1)
+    assert measured["matmul_gflops"] > 0 and measured["threads"] >= 1
+    write_calibration(tmp_path, measured)
+    calibration = read_calibration(tmp_path)
+    assert calibration is not None and calibration.matmul_gflops == measured["matmul_gflops"]
+    assert read_calibration(tmp_path / "none") is None
+
+    entry = catalog_entry("smollm2-135m-instruct")
+    assert entry is not None
+    config = TrainConfig(base_model="smollm2-135m-instruct", method="lora")
+    args = {"dataset_records": 500, "mean_tokens": 300.0, "p95_tokens": 450.0}
+    on_cpu = estimate(config, entry.arch, gpu=gpu_spec(None), cpu=calibration, **args)
+    slower = estimate(config, entry.arch, gpu=gpu_spec(None), cpu=ASSUMED, **args)
+    on_gpu = estimate(config, entry.arch, gpu=gpu_spec(None), **args)
+    assert on_cpu.breakdown["cpu"]["matmul_gflops"] == calibration.matmul_gflops
+    # The CPU rules: one pass (500 samples, 16 per step), not the GPU's three.
+    assert on_cpu.breakdown["steps"] * 3 == on_gpu.breakdown["steps"]
+    training = on_cpu.breakdown["seconds"]["training"]
+    assert training == pytest.approx(
+        slower.breakdown["seconds"]["training"] * ASSUMED.matmul_gflops / calibration.matmul_gflops,
+        rel=0.01,
+    )
+    assert on_gpu.breakdown["seconds"]["training"] < training
+
+
+def test_a_cpu_worker_records_its_measurement_where_the_web_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+    from worker.tasks.calibration import measure_and_record
+
+    monkeypatch.setattr(get_settings(), "data_dir", tmp_path)
+    measured = measure_and_record()
+    assert measured is not None
+    calibration = read_calibration(tmp_path)
+    assert calibration is not None and calibration.measured_at
+    assert calibration.matmul_gflops == measured["matmul_gflops"]

@@ -217,3 +217,13 @@ def test_the_patterns_still_match_what_the_code_says() -> None:
             assert re.search(r"[\u4e00-\u9fff]", translated.replace(texts[0], "")), message
         first = translate_message(f"success criterion 1: {problems[0]}")
         assert first.startswith("第 1 条成功标准：无法理解“微调后的模型")
+
+
+def test_statuses_read_in_the_language() -> None:
+    from app.core.messages import status_text
+
+    with i18n.using_locale("zh_CN"):
+        assert status_text("running") == "运行中"
+        assert status_text("succeeded") == "已成功"
+        assert status_text("something-new") == "something-new"
+    assert status_text("succeeded") == "succeeded"

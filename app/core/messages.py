@@ -77,6 +77,49 @@ FIELD_LABELS: dict[str, str] = {
 }
 
 
+# The statuses pages show (jobs, evaluations, exports, deployments, uploads, review campaigns and
+# items, verdicts): the status itself is the message id, so English shows it as it is.
+STATUS_WORDS = [
+    N_("validating_files"),
+    N_("queued"),
+    N_("pending"),
+    N_("starting"),
+    N_("running"),
+    N_("loading"),
+    N_("ready"),
+    N_("stopping"),
+    N_("stopped"),
+    N_("succeeded"),
+    N_("failed"),
+    N_("cancelled"),
+    N_("staged"),
+    N_("validating"),
+    N_("imported"),
+    N_("invalid"),
+    N_("draft"),
+    N_("open"),
+    N_("closed"),
+    N_("answering"),
+    N_("met"),
+    N_("not_met"),
+    N_("not_measured"),
+    # An evaluation's phases, a dataset version's origin.
+    N_("generating"),
+    N_("scoring"),
+    N_("likelihood"),
+    N_("done"),
+    N_("clean"),
+    N_("split"),
+    N_("upload"),
+]
+
+
+def status_text(status: object) -> str:
+    """A status in the reader's language ("running" → “运行中”)."""
+    text = str(status)
+    return _(text) if text in STATUS_WORDS else text
+
+
 def field_label(field: str | None) -> str:
     """The words for a field path: its last named part's label, else the path itself."""
     if not field:

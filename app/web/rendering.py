@@ -13,7 +13,7 @@ from starlette.datastructures import FormData
 
 from app.core import i18n
 from app.core.errors import FieldError
-from app.core.messages import field_label, translate_errors, translate_message
+from app.core.messages import field_label, status_text, translate_errors, translate_message
 from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
 
@@ -47,6 +47,7 @@ templates.env.filters.update(
     field_label=field_label,
     error_text=translate_message,
     readable_json=readable_json,
+    status=status_text,
 )
 
 

@@ -224,7 +224,7 @@ def switch_language(
 
 @router.post("/account/language")
 def account_language(
-    request: Request, session: SessionDep, settings: SettingsDep, me: CurrentUser, form: Form
+    request: Request, session: SessionDep, settings: SettingsDep, me: CurrentWriter, form: Form
 ) -> Response:
     """The account's language: one of tunelab's, or empty for the browser's choice."""
     locale = i18n.normalize(str(form.get("locale", "")))

@@ -207,3 +207,16 @@ def test_a_chinese_criterion_is_refused_in_chinese_with_the_input_kept(
     )
     assert "could not read" not in refused.text
     assert "成功标准" in refused.text  # the field's label, not success_criteria.0
+
+
+def test_a_failed_login_says_so_in_chinese(client: TestClient) -> None:
+    form = client.get("/login", headers=ZH)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token
+    refused = client.post(
+        "/login",
+        data={"email": "nobody@tunelab.test", "password": "wrong password", "csrf_token": token[1]},
+        headers=ZH,
+    )
+    assert refused.status_code in (401, 403)
+    assert "电子邮箱或密码错误" in refused.text

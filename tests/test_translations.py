@@ -227,3 +227,13 @@ def test_statuses_read_in_the_language() -> None:
         assert status_text("succeeded") == "已成功"
         assert status_text("something-new") == "something-new"
     assert status_text("succeeded") == "succeeded"
+
+
+def test_the_method_words_are_the_methods_own() -> None:
+    from app.web.method_words import METHOD_WORDS, PRESET_WORDS
+    from worker.spec.config import PRESETS
+    from worker.spec.methods import METHODS
+
+    words = [w for m in METHODS.values() for w in (m.title, m.description)]
+    assert words == METHOD_WORDS, "copy the new words into app/web/method_words.py"
+    assert list(PRESETS) == PRESET_WORDS

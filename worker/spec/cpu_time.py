@@ -3,7 +3,7 @@
 A worker without CUDA times a matrix product in the dtype it trains in, once at start
 (``worker.training.cpu.calibrate``), and writes the result into the data folder
 (``cpu-calibration.json``). The web process reads it back (embedded mode shares the folder)
-and the estimate scales the run's FLOPs by it: the engine sustains ``ENGINE_SHARE`` of that
+and the estimate scales the run's FLOPs by it: the engine sustains ``engine_share`` of that
 rate on a whole training step (measured by ``bench/cpu_train.py``; see the README's
 "Training on a CPU").
 
@@ -13,6 +13,7 @@ Torch-free: the web process calls it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 CALIBRATION_FILE = "cpu-calibration.json"
-# The engine's training FLOPs per second over the calibration's matrix rate, measured with
-# bench/cpu_train.py (SmolLM2-135M, LoRA r16, packed rows of 512 tokens, bfloat16, one
-# thread of an AMD EPYC with AVX-512 BF16: 157 of 492 GFLOP/s, 2026-12-05).
-ENGINE_SHARE = 0.32
+# The engine's training FLOPs per second over the calibration's matrix rate, by model size,
+# measured with bench/cpu_train.py (LoRA r16, packed rows of 512 tokens, bfloat16, one thread
+# of an AMD EPYC with AVX-512 BF16, 2026-12-05): SmolLM2-135M 157 of 492 GFLOP/s, a
+# Qwen2.5-0.5B shape 258 of 462. Larger models' products are larger and run nearer the rate.
+ENGINE_SHARE = ((135_000_000, 0.32), (494_000_000, 0.56))
 # A matrix rate for CPUs not measured yet: a laptop's few cores in float32.
 ASSUMED_GFLOPS = 100.0
 
@@ -38,10 +40,9 @@ class CpuCalibration:
     measured_at: str = ""
     measured: bool = True
 
-    @property
-    def training_flops(self) -> float:
-        """FLOPs per second a training step sustains on this CPU."""
-        return self.matmul_gflops * 1e9 * ENGINE_SHARE
+    def training_flops(self, params: int) -> float:
+        """FLOPs per second a training step of a ``params``-parameter model sustains here."""
+        return self.matmul_gflops * 1e9 * engine_share(params)
 
     def describe(self) -> str:
         if not self.measured:
@@ -88,5 +89,15 @@ def write_calibration(data_dir: Path, measured: dict[str, Any]) -> Path:
     return final
 
 
+def engine_share(params: int) -> float:
+    """``ENGINE_SHARE`` at ``params``, log-linear between the measured sizes, held beyond."""
+    (small, low), (large, high) = ENGINE_SHARE
+    if params <= small:
+        return low
+    if params >= large:
+        return high
+    return low + (high - low) * math.log(params / small) / math.log(large / small)
+
+
 def as_dict(calibration: CpuCalibration) -> dict[str, Any]:
-    return {**asdict(calibration), "training_gflops": round(calibration.training_flops / 1e9, 1)}
+    return asdict(calibration)

@@ -513,7 +513,7 @@ class _Run:
 
     def tokens_per_second(self) -> float:
         if self.cpu is not None:
-            rate = self.cpu.training_flops / self.flops_per_token()
+            rate = self.cpu.training_flops(self.arch.params()) / self.flops_per_token()
         else:
             rate = self.mfu() * self.gpu.bf16_tflops * 1e12 / self.flops_per_token()
         factor = _METHOD_TIME.get(self.method, 1.0)

@@ -2,16 +2,29 @@
 // validation progress while an import runs. Without this script the forms still work.
 "use strict";
 
-function showError(box, body) {
+// The words come from the page (data-say-* attributes, in the reader's language, with {name}
+// placeholders); English when a page has none.
+function say(el, key, fallback, values) {
+  let text = (el && el.dataset["say" + key]) || fallback;
+  for (const [name, value] of Object.entries(values || {})) {
+    text = text.split("{" + name + "}").join(value);
+  }
+  return text;
+}
+
+function showError(box, body, form) {
   box.textContent = "";
   const p = document.createElement("p");
-  p.textContent = (body && body.detail) || "The upload failed.";
+  // The server's message is in the page's language; detail is the English one.
+  p.textContent = (body && (body.message || body.detail)) || say(form, "Failed", "The upload failed.");
   box.appendChild(p);
   if (body && Array.isArray(body.errors)) {
     const list = document.createElement("ul");
     for (const e of body.errors.slice(0, 20)) {
       const li = document.createElement("li");
-      li.textContent = (e.line ? "line " + e.line + ": " : "") + e.message;
+      li.textContent = e.line
+        ? say(form, "Line", "line {line}: {message}", { line: e.line, message: e.message })
+        : e.message;
       list.appendChild(li);
     }
     box.appendChild(list);
@@ -41,11 +54,14 @@ function enhanceUploadForm(form) {
     xhr.upload.addEventListener("progress", (e) => {
       if (e.lengthComputable) {
         bar.value = Math.round((e.loaded / e.total) * 100);
-        status.textContent = "Uploading: " + megabytes(e.loaded) + " of " + megabytes(e.total);
+        status.textContent = say(form, "Uploading", "Uploading: {done} of {total}", {
+          done: megabytes(e.loaded),
+          total: megabytes(e.total),
+        });
       }
     });
     xhr.upload.addEventListener("load", () => {
-      status.textContent = "Received; reading the first rows…";
+      status.textContent = say(form, "Received", "Received; reading the first rows…");
     });
     xhr.addEventListener("load", () => {
       let body = null;
@@ -61,11 +77,12 @@ function enhanceUploadForm(form) {
       form.querySelector("button[type=submit]").disabled = false;
       bar.hidden = true;
       status.hidden = true;
-      showError(errorBox, body);
+      showError(errorBox, body, form);
     });
     xhr.addEventListener("error", () => {
       form.querySelector("button[type=submit]").disabled = false;
-      showError(errorBox, { detail: "The connection failed during the upload: try again." });
+      const message = say(form, "Connection", "The connection failed during the upload: try again.");
+      showError(errorBox, { detail: message }, form);
     });
     xhr.send(data);
   });
@@ -78,7 +95,7 @@ function watchImport(form) {
     // The form submits normally; meanwhile the upload's progress is polled and shown.
     bar.hidden = false;
     status.hidden = false;
-    status.textContent = "Validating…";
+    status.textContent = say(form, "Validating", "Validating…");
     form.querySelector("button[type=submit]").disabled = true;
     const poll = () => {
       fetch("/api/v1/uploads/" + form.dataset.uploadId, { headers: { Accept: "application/json" } })
@@ -87,8 +104,10 @@ function watchImport(form) {
           if (u && u.size_bytes) {
             const share = Math.min(1, u.progress_bytes / u.size_bytes);
             bar.value = Math.round(share * 100);
-            status.textContent =
-              "Validating: " + megabytes(u.progress_bytes) + " of " + megabytes(u.size_bytes);
+            status.textContent = say(form, "Progress", "Validating: {done} of {total}", {
+              done: megabytes(u.progress_bytes),
+              total: megabytes(u.size_bytes),
+            });
           }
         })
         .catch(() => {})

@@ -284,10 +284,17 @@ def translated_body(body: dict[str, Any]) -> dict[str, Any]:
     errors = body.get("errors") or []
     translated = [{**e, "message": translate_message(str(e.get("message", "")))} for e in errors]
     out = dict(body)
+    detail = str(body.get("detail", ""))
     if errors:
         out["errors"] = translated
+    if translated and detail.startswith(_SUMMARIES):
+        # "the request is not valid: a: …; b: …": the first problem, in words, says more.
         first = translated[0]
         out["message"] = labelled(first.get("field"), first["message"])
     else:
-        out["message"] = translate_message(str(body.get("detail", "")))
+        out["message"] = translate_message(detail)
     return out
+
+
+# Details that only list their errors' fields and messages.
+_SUMMARIES = ("the request is not valid: ", "the training config is not valid: ")

@@ -187,6 +187,8 @@ def test_a_project_page_in_chinese_with_dates_in_chinese(browser: TestClient) ->
     assert (
         "客服助手" in page.text and "成员" in page.text and "上传数据后即可开始训练。" in page.text
     )
+    # The upload script's words come from the page, in its language.
+    assert 'data-say-uploading="正在上传：{done} / {total}"' in page.text
     listing = browser.get("/projects", headers=ZH)
     assert re.search(r"\d{4}年\d{1,2}月\d{1,2}日 \d\d:\d\d", listing.text)
 

@@ -237,3 +237,15 @@ def test_the_method_words_are_the_methods_own() -> None:
     words = [w for m in METHODS.values() for w in (m.title, m.description)]
     assert words == METHOD_WORDS, "copy the new words into app/web/method_words.py"
     assert list(PRESETS) == PRESET_WORDS
+
+
+def test_a_split_that_leaves_nothing_to_train_on_is_refused_in_chinese() -> None:
+    from app.core.errors import InvalidInput
+    from app.core.messages import translate_message
+    from app.datasets.splits import plan_counts
+
+    with pytest.raises(InvalidInput) as caught:
+        plan_counts(2, validation=0.5, test=0.5)
+    with i18n.using_locale("zh_CN"):
+        assert translate_message(caught.value.message).startswith("按验证集 50%、测试集 50% 划分")
+        assert translate_message(caught.value.errors[0].message) == "划分后没有剩下训练记录"

@@ -207,6 +207,29 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
             r"^success criterion (?P<n>\d+): (?P<rest>.+)$",
             N_("success criterion %(n)s: %(rest)s"),
         ),
+        # Uploads and splits.
+        (
+            r"^(?P<file>.+) cannot be read: (?P<problem>.+)$",
+            N_("%(file)s cannot be read: %(problem)s"),
+        ),
+        (
+            r"^a split of (?P<validation>\S+) validation and (?P<test>\S+) test leaves no "
+            r"record of (?P<records>\d+) to train on: use smaller fractions$",
+            N_(
+                "a split of %(validation)s validation and %(test)s test leaves no record of "
+                "%(records)s to train on: use smaller fractions"
+            ),
+        ),
+        (r"^use a fraction from 0 to 1$", N_("use a fraction from 0 to 1")),
+        (r"^leaves no training records$", N_("leaves no training records")),
+        (
+            r"^the file is larger than the upload limit of (?P<limit>.+)$",
+            N_("the file is larger than the upload limit of %(limit)s"),
+        ),
+        (
+            r"^no file was sent: attach it in a form field named `(?P<name>\w+)`$",
+            N_("no file was sent: attach it in a form field named `%(name)s`"),
+        ),
         # Accounts, evaluations, jobs.
         (
             r"^the password must have at least (?P<n>\d+) characters$",

@@ -41,6 +41,15 @@ def test_the_budget_grows_with_the_free_memory_and_keeps_a_margin() -> None:
     assert budget(5000).tokens == rule.MAX_BUDGET
 
 
+def test_passes_stop_growing_where_longer_ones_stop_paying() -> None:
+    llama_8b = rule.ModelShape(4096, 14336, 32, layer_weights=218_103_808)
+    qwen_05b = rule.ModelShape(896, 4864, 24, layer_weights=14_909_440)
+    assert rule.largest_useful(llama_8b) == 8192
+    assert rule.largest_useful(qwen_05b) == rule.MAX_BUDGET
+    assert budget(110, cap=rule.largest_useful(llama_8b)).tokens == 8192
+    assert budget(20, cap=rule.largest_useful(llama_8b)).tokens < 8192  # memory decides
+
+
 def test_a_pass_holds_the_longest_sample_or_checkpointing_comes_on() -> None:
     assert budget(20, longest=3000).tokens >= 3000
     tight = budget(3, longest=3000)
@@ -80,16 +89,17 @@ def test_the_estimate_uses_the_same_rule_for_the_chosen_gpu() -> None:
         )
         return int(result.breakdown["row_tokens"])
 
-    h200, l40s = row_tokens("H200"), row_tokens("L40S")
-    assert h200 > 2 * l40s
+    h200, l40s, rtx = row_tokens("H200"), row_tokens("L40S"), row_tokens("RTX 4090")
+    assert h200 == 8192  # the 8B layer's useful pass size, which an H200 has room for
+    assert h200 > l40s > rtx
     # 4-bit weights leave more of the same card to activations.
     assert row_tokens("L40S", method="qlora") > l40s
     assert row_tokens("H200", micro_batch_tokens=4096) == 4096
-    # What the estimate chose is the rule's own answer for that card.
+    # What the estimate chose on a smaller card is the rule's own answer for that card.
     shape = rule.ModelShape(arch.hidden_size, arch.intermediate_size, arch.layers)
     per_token = rule.activation_bytes_per_token(shape, lora_dropout=0.05)
-    assert h200 * per_token < GPUS["H200"].memory_bytes
-    assert (h200 + 1024) * per_token > 0.5 * GPUS["H200"].memory_bytes
+    assert l40s * per_token < GPUS["L40S"].memory_bytes
+    assert (l40s + 1024) * per_token > 0.5 * (GPUS["L40S"].memory_bytes - 16 * 2**30)
 
 
 def run(tmp_path: Path, tiny_model_dir: Path, name: str, **overrides: Any) -> Recorder:

@@ -414,7 +414,9 @@ class _Run:
         Judged with the engine's own rough bytes per token, so the estimate follows the
         engine's decision, not a better one."""
         a, c = self.arch, self.config
-        shape = budget_rule.ModelShape(a.hidden_size, a.intermediate_size, a.layers)
+        shape = budget_rule.ModelShape(
+            a.hidden_size, a.intermediate_size, a.layers, a.layer_weights()
+        )
         dropout = c.lora_dropout if isinstance(c.lora_dropout, float | int) else 0.0
         per_token = budget_rule.activation_bytes_per_token(
             shape, lora_dropout=float(dropout), method=self.method, dora=self.dora
@@ -431,6 +433,7 @@ class _Run:
             per_token=per_token,
             longest=longest,
             explicit=c.micro_batch_tokens,
+            cap=budget_rule.largest_useful(shape),
         )
         return (chosen.tokens if self.packed else longest), chosen.checkpointing
 

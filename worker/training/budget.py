@@ -28,7 +28,7 @@ from worker.spec import budget as rule
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingError
 from worker.spec.formatting import Sample
-from worker.training.packing import MicroBatch, collate_padded
+from worker.training.packing import MicroBatch, collate_padded, layer_weights
 from worker.training.steps import StepPlan, micro_batches, optimiser_step
 
 SIMULATE_ENV = "TUNELAB_SIMULATE_OOM_ABOVE_TOKENS"
@@ -40,6 +40,7 @@ def model_shape(model_config: Any) -> rule.ModelShape:
         hidden_size=hidden,
         intermediate_size=int(getattr(model_config, "intermediate_size", 0) or 4 * hidden),
         layers=int(getattr(model_config, "num_hidden_layers", 0) or 32),
+        layer_weights=layer_weights(model_config),
     )
 
 
@@ -68,6 +69,7 @@ def plan_budget(
         per_token=per_token,
         longest=longest_pass,
         explicit=config.micro_batch_tokens,
+        cap=rule.largest_useful(shape),
     )
 
 

@@ -152,7 +152,7 @@ lock:
 LATEST_VENV ?= .venv-latest
 LATEST_PY := $(LATEST_VENV)/bin/python
 LATEST_PIP := PIP_CONSTRAINT=/dev/null $(LATEST_PY) -m pip
-LATEST_TESTS ?= tests/worker tests/test_cli_train.py -m "not gpu"
+LATEST_TESTS ?= tests/worker tests/cli/test_train.py -m "not gpu"
 
 test-latest:
 	test -x $(LATEST_PY) || python3 -m venv $(LATEST_VENV)

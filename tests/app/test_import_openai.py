@@ -85,7 +85,8 @@ def test_import_recreates_each_job_and_reports_what_has_no_equivalent(
         assert job is not None and row is not None and job.status == "queued"
         assert job.config["base_model"] == "smollm2-135m-instruct"
         assert job.config["epochs"] == 3 and job.config["batch_size"] == 2
-        assert job.config["learning_rate"] == pytest.approx(1.8 * 2e-4)
+        # 1.8 x auto's rate on the test cluster's CPU workers (8e-4 for LoRA under 3B).
+        assert job.config["learning_rate"] == pytest.approx(1.8 * 8e-4)
         assert job.config["seed"] == 42
         assert row.request_metadata == {
             "team": "support",

@@ -342,7 +342,7 @@ SMOLLM2_METHODS: dict[str, dict[str, Any]] = {
     "lora": {"method": "lora", "use_rslora": True, "learning_rate": 2e-3},
     "dora": {"method": "lora", "use_dora": True, "learning_rate": 2e-3},
     "prefix_tuning": {"method": "prefix_tuning", "learning_rate": 3e-2, "num_virtual_tokens": 8},
-    "p_tuning": {"method": "p_tuning", "learning_rate": 1e-3, "num_virtual_tokens": 8},
+    "p_tuning": {"method": "p_tuning", "learning_rate": 3e-3, "num_virtual_tokens": 8},
     "ia3": {"method": "ia3", "learning_rate": 3e-2},
     "full": {"method": "full", "learning_rate": 5e-5, "max_steps": 2},
 }

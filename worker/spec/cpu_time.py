@@ -23,10 +23,11 @@ from typing import Any
 
 CALIBRATION_FILE = "cpu-calibration.json"
 # The engine's training FLOPs per second over the calibration's matrix rate, by model size,
-# measured with bench/cpu_train.py (LoRA r16, packed rows of 512 tokens, bfloat16, one thread
-# of an AMD EPYC with AVX-512 BF16, 2026-12-05): SmolLM2-135M 157 of 492 GFLOP/s, a
-# Qwen2.5-0.5B shape 258 of 462. Larger models' products are larger and run nearer the rate.
-ENGINE_SHARE = ((135_000_000, 0.32), (494_000_000, 0.56))
+# measured with bench/cpu_train.py (LoRA r16, packed rows of 512 tokens, bfloat16, both
+# threads of a 2-core AMD EPYC with AVX-512 BF16, 2026-12-05): SmolLM2-135M 216 of 902
+# GFLOP/s, a Qwen2.5-0.5B shape 456 of 987 (on one thread: 0.32 and 0.56). Larger models'
+# products are larger and run nearer the rate.
+ENGINE_SHARE = ((135_000_000, 0.24), (494_000_000, 0.46))
 # A matrix rate for CPUs not measured yet: a laptop's few cores in float32.
 ASSUMED_GFLOPS = 100.0
 

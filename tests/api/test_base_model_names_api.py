@@ -87,6 +87,8 @@ def refusal_body(field: str) -> dict[str, Any]:
         "code": "invalid_input",
         "errors": [{"message": REFUSED, "field": field, "line": None}],
         "error_count": 1,
+        # The message in the request's language (English here), beside the detail.
+        "message": f"{field}: {REFUSED}",
     }
 
 

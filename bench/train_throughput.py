@@ -28,6 +28,15 @@ and answers around 110 (sigma 0.9). Tokens follow a Zipf law over 8,192 ids so t
 something to learn. ``--method qlora`` quantises the same random weights to NF4 for both
 (``worker.training.fused_qlora.quantize_nf4``). Each line also gives the engine's own time and
 memory estimate for the run (``worker.spec.estimate``), next to what was measured.
+
+Compiled decoder layers (``worker.training.compiled``; on by default for small LoRA models on
+a GPU): ``--compile off --compile auto`` times the engine both ways in one command. The
+compile cache starts empty (a fresh folder, one per shape and data shape, under
+``--compile-cache DIR`` when named), so the first run pays its full compile time. Besides the rate of the timed steps, each line gives the
+rate over all steps from the call that starts training (``*_all_steps_tokens_per_s``:
+setup and compile included) and the seconds to the end of the first step; running the same
+command again with the same ``--compile-cache`` times a second run that loads the compiled
+code instead.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -119,6 +129,10 @@ class RunResult:
     losses: list[float]
     seconds: float
     notes: dict[str, Any]
+    # Every step's tokens over the whole run, from the call that starts training to the last
+    # step's end: setup and compile time included.
+    all_steps_tokens_per_second: float = 0.0
+    first_step_seconds: float = 0.0  # from that call to the end of the first step
 
 
 def main() -> None:
@@ -154,6 +168,19 @@ def main() -> None:
         action="append",
         help="engine token budget(s) to time (default: the engine's own choice)",
     )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        action="append",
+        help="engine runs with TUNELAB_COMPILE set so (default: as the environment says)",
+    )
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="TORCHINDUCTOR_CACHE_DIR for the engine's compiled layers (default: a fresh "
+        "empty folder, so the first run's compile time is measured in full; name a folder "
+        "twice across commands to time a second run from the cache)",
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument(
         "--profile",
@@ -164,6 +191,10 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available() and set(args.shape) != {"tiny"}:
         sys.exit("This benchmark needs a CUDA GPU (only the 'tiny' smoke shape runs on a CPU).")
+    if args.compile_cache is None:
+        import tempfile
+
+        args.compile_cache = Path(tempfile.mkdtemp(prefix="tunelab-bench-compile-"))
 
     for lengths in args.lengths or list(LENGTHS):
         for shape in args.shape:
@@ -217,6 +248,8 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu), None)
 
+    # A cache folder of this shape's own: the first engine run of each line compiles from cold.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache / f"{shape}-{lengths}")
     line: dict[str, Any] = {
         "shape": shape,
         "lengths": lengths,
@@ -230,8 +263,12 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
         log(f"{shape} baseline: {baseline}")
     engines = []
     for budget in args.micro_batch_tokens or [None]:
-        engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
-        log(f"{shape} engine: {engines[-1]}")
+        for compile_setting in args.compile or [None]:
+            if compile_setting is not None:
+                os.environ["TUNELAB_COMPILE"] = compile_setting
+            engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
+            engines[-1].notes["compile_setting"] = compile_setting
+            log(f"{shape} engine: {engines[-1]}")
     engine = engines[0]
 
     def mfu(result: RunResult) -> float | None:
@@ -245,6 +282,8 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
             "engine_peak_mem_gib": round(engine.peak_memory_gib, 2),
             "engine_final_loss": round(engine.losses[-1], 4),
             "engine_mfu": mfu(engine),
+            "engine_all_steps_tokens_per_s": round(engine.all_steps_tokens_per_second, 1),
+            "engine_first_step_s": round(engine.first_step_seconds, 2),
         }
     )
     if baseline is not None:
@@ -254,6 +293,10 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 "baseline_peak_mem_gib": round(baseline.peak_memory_gib, 2),
                 "baseline_final_loss": round(baseline.losses[-1], 4),
                 "baseline_mfu": mfu(baseline),
+                "baseline_all_steps_tokens_per_s": round(baseline.all_steps_tokens_per_second, 1),
+                "all_steps_speedup": round(
+                    engine.all_steps_tokens_per_second / baseline.all_steps_tokens_per_second, 2
+                ),
                 "speedup": round(engine.tokens_per_second / baseline.tokens_per_second, 2),
                 "memory_ratio": round(engine.peak_memory_gib / baseline.peak_memory_gib, 3)
                 if baseline.peak_memory_gib
@@ -283,10 +326,17 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
         line["baseline_notes"] = baseline.notes
         line["baseline_losses"] = [round(x, 4) for x in baseline.losses]
     for extra in engines[1:]:
-        line.setdefault("engine_other_budgets", []).append(
+        line.setdefault("engine_other_runs", []).append(
             {
                 "micro_batch_tokens": extra.notes.get("micro_batch_tokens"),
+                "compile_setting": extra.notes.get("compile_setting"),
+                "compiled_layers": extra.notes.get("compiled_layers"),
                 "tokens_per_s": round(extra.tokens_per_second, 1),
+                "speedup": round(extra.tokens_per_second / baseline.tokens_per_second, 2)
+                if baseline is not None
+                else None,
+                "all_steps_tokens_per_s": round(extra.all_steps_tokens_per_second, 1),
+                "first_step_s": round(extra.first_step_seconds, 2),
                 "peak_mem_gib": round(extra.peak_memory_gib, 2),
                 "final_loss": round(extra.losses[-1], 4),
             }
@@ -424,6 +474,7 @@ def count_parameters(shape: str) -> int:
 def release() -> None:
     """Free what the previous run left (callers drop their references first)."""
     gc.collect()
+    torch._dynamo.reset()  # each engine run compiles afresh (from the disk cache, if any)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -473,6 +524,9 @@ def run_engine(
     release()
     clock = StepClock()
     config = config.model_copy(update={"micro_batch_tokens": budget})
+    from torch._dynamo.utils import counters
+
+    graphs_before = counters["stats"]["unique_graphs"]
     started = time.perf_counter()
     if args.profile:
         trained = profile_engine(model, samples, config, clock)
@@ -481,6 +535,7 @@ def run_engine(
     seconds = time.perf_counter() - started
     peak = peak_memory_gib()
     notes = next((d for m, d in clock.events if m == "Training started"), None) or {}
+    compiling = next((d for m, d in clock.events if m.startswith("Compiling")), None) or {}
     del trained, model
     release()
     return RunResult(
@@ -491,7 +546,14 @@ def run_engine(
         notes={
             k: notes.get(k)
             for k in ("packing", "micro_batch_tokens", "gradient_checkpointing", "fused_layers")
+        }
+        | {
+            "compiled_layers": compiling.get("compiled_layers", 0),
+            "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before,
         },
+        all_steps_tokens_per_second=sum(step_tokens[: len(clock.marks)])
+        / (clock.marks[-1] - started),
+        first_step_seconds=clock.marks[0] - started,
     )
 
 
@@ -628,6 +690,9 @@ def run_baseline(
         losses=clock.losses,
         seconds=round(seconds, 1),
         notes=notes,
+        all_steps_tokens_per_second=sum(step_tokens[: len(clock.marks)])
+        / (clock.marks[-1] - started),
+        first_step_seconds=clock.marks[0] - started,
     )
 
 

@@ -29,6 +29,9 @@ ATTENTION_NAME = "tunelab_packed"
 
 _registered = False
 
+# Sample boundaries of the pass in flight when a compiled decoder runs it (see ``boundaries``).
+_current: tuple[torch.Tensor, int] | None = None
+
 
 def register() -> None:
     """Make ``tunelab_packed`` a valid ``attn_implementation`` (idempotent)."""
@@ -66,6 +69,20 @@ def unsupported_reason(model: Any) -> str | None:
 
 
 @contextlib.contextmanager
+def boundaries(cu_seq_lens: torch.Tensor, max_length: int) -> Iterator[None]:
+    """Hand one pass's sample boundaries to the attention calls inside the block without
+    passing them through the decoder layers' arguments. A compiled layer (see ``compiled``)
+    would otherwise take their length and the longest sample as part of its shape and
+    compile again for nearly every pass."""
+    global _current
+    previous, _current = _current, (cu_seq_lens, max_length)
+    try:
+        yield
+    finally:
+        _current = previous
+
+
+@contextlib.contextmanager
 def packed_attention(model: Any) -> Iterator[None]:
     """Switch ``model`` (a transformers PreTrainedModel) to packed attention for the block."""
     register()
@@ -77,6 +94,9 @@ def packed_attention(model: Any) -> Iterator[None]:
         model.set_attn_implementation(previous)
 
 
+# Compiled decoder layers stop here and call this eagerly: the boundaries differ from pass
+# to pass, and FlashAttention is one kernel that compiling would not improve.
+@torch.compiler.disable
 def packed_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -93,6 +113,8 @@ def packed_attention_forward(
     """
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     max_length = kwargs.get("max_length_q")
+    if cu_seq_lens is None and _current is not None:
+        cu_seq_lens, max_length = _current
     if cu_seq_lens is None or max_length is None:
         raise TrainingError(
             "Packed attention was called without sample boundaries (cu_seq_lens_q)."

@@ -4,6 +4,7 @@ position to the end. ``trainer`` builds everything it works with."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
-from worker.training import budget, checkpoints, data, packing
+from worker.training import budget, checkpoints, compiled, data, packing
 from worker.training.callbacks import StepMetrics, TrainCallbacks
 from worker.training.steps import StepPlan, validation_loss
 
@@ -52,6 +53,24 @@ class Run:
 
 
 def run_steps(
+    run: Run, restored: checkpoints.Restored | None
+) -> tuple[checkpoints.LoopState, bool]:
+    """The optimiser steps, with the decoder layers compiled when the plan says so (see
+    ``compiled``); see ``_run_steps``."""
+    if not run.plan.compiled:
+        return _run_steps(run, restored)
+    with contextlib.ExitStack() as stack:
+        layers = stack.enter_context(compiled.compiled_layers(run.lm))
+        run.callbacks.on_event(
+            "info",
+            f"Compiling {layers} decoder layers ({run.plan.compile_note}); the first steps "
+            "include the compile time.",
+            {"compiled_layers": layers, "compile_cache": str(compiled.cache_dir())},
+        )
+        return _run_steps(run, restored)
+
+
+def _run_steps(
     run: Run, restored: checkpoints.Restored | None
 ) -> tuple[checkpoints.LoopState, bool]:
     """The optimiser steps from the start, or from a checkpoint's position, to the end.

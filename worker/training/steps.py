@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.formatting import Sample
-from worker.training import attention, cpu, models
+from worker.training import attention, compiled, cpu, models
 from worker.training.loss import DEFAULT_CHUNK_ELEMENTS, linear_cross_entropy_sum
 from worker.training.packing import (
     MicroBatch,
+    bucket_length,
     collate_packed,
     collate_padded,
     default_token_budget,
@@ -48,6 +49,10 @@ class StepPlan:
     fused_layers: bool = True
     # Float32 logits per chunk of the loss head (see loss).
     loss_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    # Decoder layers run through torch.compile (see compiled; with CUDA graphs, packed rows
+    # padded to a few fixed lengths); why or why not.
+    compiled: bool = False
+    compile_note: str = ""
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
@@ -73,6 +78,14 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         compute = models.compute_dtype(config, device)
         autocast = None if compute == torch.float32 else compute
     fused_head = _plain_head(lm) and not prompt_learning
+    compile_layers, compile_note = compiled.decide(
+        lm,
+        device,
+        packed=packed,
+        checkpointing=checkpointing,
+        method=config.method,
+        dora=bool(getattr(config, "use_dora", False)),
+    )
     if device.type == "cpu":
         return StepPlan(
             packed,
@@ -83,8 +96,19 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
             autocast,
             fused_layers=cpu.FUSED_LAYERS,
             loss_chunk_elements=cpu.CPU_CHUNK_ELEMENTS,
+            compiled=compile_layers,
+            compile_note=compile_note,
         )
-    return StepPlan(packed, budget, checkpointing, fused_head, note, autocast)
+    return StepPlan(
+        packed,
+        budget,
+        checkpointing,
+        fused_head,
+        note,
+        autocast,
+        compiled=compile_layers,
+        compile_note=compile_note,
+    )
 
 
 def _prompt_learning(lm: Any) -> bool:
@@ -149,7 +173,12 @@ def optimiser_step(
 def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor:
     """Summed cross-entropy over the answer positions of one micro-batch (float32)."""
     inputs: dict[str, Any] = {"input_ids": batch.input_ids, "use_cache": False}
-    if batch.cu_seq_lens is not None:
+    bounds: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if batch.cu_seq_lens is not None and plan.compiled:
+        # Not through the layers' arguments, which a compiled layer would specialise on.
+        inputs["position_ids"] = batch.position_ids
+        bounds = attention.boundaries(batch.cu_seq_lens, batch.max_length)
+    elif batch.cu_seq_lens is not None:
         inputs.update(
             position_ids=batch.position_ids,
             cu_seq_lens_q=batch.cu_seq_lens,
@@ -165,7 +194,7 @@ def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor
         else contextlib.nullcontext()
     )
     if plan.fused_head:
-        with autocast:
+        with autocast, bounds:
             hidden = lm.get_decoder()(**inputs).last_hidden_state
         picked = hidden.flatten(0, 1).index_select(0, batch.label_positions)
         if plan.autocast is not None:
@@ -178,7 +207,7 @@ def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor
             head.bias,
             chunk_elements=plan.loss_chunk_elements,
         )
-    with autocast:
+    with autocast, bounds:
         logits = lm(**inputs).logits
     # P-tuning returns logits for its virtual tokens too, in front of the sample's.
     logits = logits[:, logits.shape[1] - batch.input_ids.shape[1] :]
@@ -200,9 +229,13 @@ def micro_batches(
 ) -> list[MicroBatch]:
     """The forward passes of one step whose batches are ``group``."""
     if plan.packed:
-        return [
-            collate_packed(row) for row in pack([s for b in group for s in b], plan.token_budget)
-        ]
+        rows = pack([s for b in group for s in b], plan.token_budget)
+        if plan.compiled and compiled.cuda_graphs():
+            return [
+                collate_packed(row, bucket_length(sum(len(s.input_ids) for s in row)))
+                for row in rows
+            ]
+        return [collate_packed(row) for row in rows]
     return [collate_padded(batch, pad_id) for batch in group]
 
 

@@ -132,6 +132,7 @@ def test_compiled_layers_give_the_eager_loss_and_gradients_on_a_cpu(
     with fused.fused_modules(model), attention.packed_attention(lm):
         expected = [_step(model, eager, samples) for samples in steps]
         torch._dynamo.reset()
+        counters.clear()
         with compiled.compiled_layers(lm) as layers:
             assert layers == 2
             got = [_step(model, plan, samples) for samples in steps]
@@ -148,6 +149,62 @@ def test_compiled_layers_give_the_eager_loss_and_gradients_on_a_cpu(
             scale = float(grad.norm()) or 1.0
             assert float((grads[name] - grad).norm()) / scale < 1e-3, name
     assert any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
+def test_the_engine_compiles_when_switched_on_and_trains_as_it_does_eagerly(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TUNELAB_COMPILE=on through the whole engine on a CPU: the event says so, the loss
+    curve (validation included) is the eager one, and the layers are eager again after."""
+    from tests.worker.test_training_speed import Recorder
+    from worker.training import trainer
+
+    class Curves(Recorder):
+        def on_step(self, metrics: Any) -> None:
+            super().on_step(metrics)
+            if metrics.val_loss is not None:
+                self.val_losses.append(metrics.val_loss)
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    config = TrainConfig(
+        base_model="tiny",
+        max_steps=3,
+        batch_size=4,
+        learning_rate=1e-2,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        micro_batch_tokens=64,  # several rows of different lengths per step
+        eval_every=3,
+    )
+    samples = make_samples([5, 17, 9, 30, 12, 40, 3, 22, 8, 16, 27, 11])
+    runs = {}
+    for mode in ("off", "on"):
+        monkeypatch.setenv(compiled.MODE_ENV, mode)
+        torch._dynamo.reset()
+        counters.clear()
+        recorder = Curves()
+        recorder.val_losses = []
+        model = lora_model(tiny_model_dir).unload()
+        trainer.train_model(
+            model,
+            samples,
+            config,
+            pad_id=0,
+            callbacks=recorder,
+            validation_samples=make_samples([7, 19], seed=3),
+        )
+        runs[mode] = recorder
+        assert all(layer._compiled_call_impl is None for layer in model.model.layers)
+        if mode == "on":
+            assert counters["stats"]["unique_graphs"] > 0  # compiled, not eager after an error
+    compiling = [d for m, d in runs["on"].events if m.startswith("Compiling")]
+    assert compiling and compiling[0]["compiled_layers"] == 2
+    assert not any(m.startswith("Compiling") for m, _ in runs["off"].events)
+    assert runs["on"].losses == pytest.approx(runs["off"].losses, rel=1e-4)
+    assert len(runs["on"].val_losses) == 1
+    assert runs["on"].val_losses == pytest.approx(runs["off"].val_losses, rel=1e-4)
 
 
 # --- On a CUDA GPU (skipped without one) ---------------------------------------------------
@@ -201,6 +258,7 @@ def test_a_small_lora_run_compiles_its_layers_on_the_gpu_and_trains_as_eager(
     for mode in ("off", "auto"):
         monkeypatch.setenv(compiled.MODE_ENV, mode)
         torch._dynamo.reset()
+        counters.clear()
         recorder = Recorder()
         trainer.train_model(_cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
         runs[mode] = recorder

@@ -5,6 +5,7 @@ from app.models.auth import ApiToken, LoginAttempt, LoginLink, ModelPermission, 
 from app.models.dataset import Dataset, DatasetUpload, DatasetVersion, UploadStatus
 from app.models.deploy import Deployment, Export
 from app.models.evaluation import EvalSample, EvalStatus, Evaluation
+from app.models.form_submission import FormSubmission
 from app.models.job import Job, JobEvent, JobStatus, MetricPoint
 from app.models.lease import Leased
 from app.models.openai_compat import OpenAIFile, OpenAIJob, OpenAIProject
@@ -35,6 +36,7 @@ __all__ = [
     "EvalStatus",
     "Evaluation",
     "Export",
+    "FormSubmission",
     "ItemStatus",
     "Job",
     "JobEvent",

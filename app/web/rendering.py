@@ -16,6 +16,7 @@ from app.core.errors import FieldError
 from app.core.messages import field_label, status_text, translate_errors, translate_message
 from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
+from app.web.form_tokens import form_token_input
 
 
 def readable_json(value: Any) -> str:
@@ -49,6 +50,8 @@ templates.env.filters.update(
     readable_json=readable_json,
     status=status_text,
 )
+# Creation forms carry a hidden token so that back-and-resubmit creates nothing twice.
+templates.env.globals["form_token_input"] = form_token_input
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:

@@ -108,6 +108,11 @@ STATUS_WORDS = [
     N_("scoring"),
     N_("likelihood"),
     N_("done"),
+    # What a worker does while it builds an export or loads a deployed model.
+    N_("checkpoint"),
+    N_("packing"),
+    N_("merging"),
+    N_("starting server"),
     N_("clean"),
     N_("split"),
     N_("upload"),

@@ -27,6 +27,8 @@ class Export(UUIDPrimaryKey, Timestamped, Leased, Base):
     verification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     note: Mapped[str | None] = mapped_column(Text)
     seconds: Mapped[float | None] = mapped_column()
+    # While a worker builds it: {"phase": "checkpoint" | "packing" | "merging", ...}.
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     created_by_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL")
     )
@@ -48,6 +50,8 @@ class Deployment(UUIDPrimaryKey, Timestamped, Leased, Base):
     status: Mapped[str] = mapped_column(String(16), default="starting", index=True)
     url: Mapped[str | None] = mapped_column(String(255))  # where the worker serves it
     api_key: Mapped[str] = mapped_column(String(128))  # what tunelab sends to that server
+    # While the model loads: {"phase": "loading" | "starting server"}.
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     created_by_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL")
     )

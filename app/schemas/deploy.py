@@ -36,6 +36,11 @@ class ExportRead(BaseModel):
     seconds: float | None
     created_at: datetime
     finished_at: datetime | None
+    progress: dict[str, Any] = Field(
+        default_factory=dict,
+        description="while a worker builds it: phase (checkpoint, packing, merging) and, for a "
+        "stopped job's export, the checkpoint it is made from",
+    )
 
 
 class DeploymentCreate(Input):
@@ -63,6 +68,9 @@ class DeploymentRead(BaseModel):
     adapters: list[dict[str, Any]]
     status: str
     error: str | None
+    progress: dict[str, Any] = Field(
+        default_factory=dict, description="while starting: phase (loading, starting server)"
+    )
     created_at: datetime
     heartbeat_at: datetime | None
     stopped_at: datetime | None = Field(validation_alias="finished_at")

@@ -62,6 +62,14 @@ class JobRead(BaseModel):
         default=None, description="peak GPU memory allocated by the training process so far"
     )
     result: dict[str, Any]
+    checkpoint: str | None = Field(
+        default=None,
+        description="a cancelled or failed job's newest checkpoint: it can be resumed "
+        "(POST /jobs/{id}/resume) or exported (POST /jobs/{id}/exports)",
+    )
+    jobs_ahead: int | None = Field(
+        default=None, description="a queued job: how many jobs of its queue wait or run ahead"
+    )
 
 
 class JobEventRead(BaseModel):

@@ -193,5 +193,5 @@ def mark_running(session: Session, deployment_id: uuid.UUID, *, url: str) -> Non
     session.execute(
         update(Deployment)
         .where(Deployment.id == deployment_id, Deployment.status == "starting")
-        .values(status="running", url=url)
+        .values(status="running", url=url, progress={})
     )

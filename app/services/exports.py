@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.config import get_settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import Export, Job, JobStatus, User
@@ -29,8 +30,16 @@ def create_export(
             f"kind: {kind!r} is not an export",
             errors=[FieldError(field="kind", message="adapter or merged")],
         )
-    if job.status != JobStatus.succeeded:
-        raise Conflict(f"the job has {job.status}; only a succeeded job has a model to export")
+    # A cancelled or failed job exports what it trained up to its newest checkpoint: the
+    # worker turns that checkpoint into an adapter first (worker.deploy.from_checkpoint).
+    from_checkpoint = job.status in jobs_service.STOPPED and (
+        jobs_service.newest_checkpoint(get_settings(), job.id) is not None
+    )
+    if job.status != JobStatus.succeeded and not from_checkpoint:
+        raise Conflict(
+            f"the job has {job.status} and saved no checkpoint; only a succeeded job, or a "
+            "stopped one with a checkpoint, has a model to export"
+        )
     method = str(job.config.get("method", "lora"))
     if kind == "merged" and method in PROMPT_LEARNING:
         message = (
@@ -41,7 +50,7 @@ def create_export(
     if kind == "adapter" and method == "full":
         message = "this job fine-tuned every weight: there is no adapter; export it merged"
         raise InvalidInput.on("kind", message, detail=message)
-    if jobs_service.model_artifact(session, job_id=job.id) is None:
+    if not from_checkpoint and jobs_service.model_artifact(session, job_id=job.id) is None:
         raise Conflict("the job's model files are gone")
     export = Export(
         job_id=job.id,

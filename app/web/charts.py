@@ -55,9 +55,16 @@ def line_chart(
 
     points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in data)
     second = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in overlay or [])
-    x_ticks = [(sx(x0 + (x1 - x0) * i / 4), str(round(x0 + (x1 - x0) * i / 4))) for i in range(5)]
     y_ticks = [(sy(y0 + (y1 - y0) * i / 4), _fmt(y0 + (y1 - y0) * i / 4)) for i in range(5)]
-    return Chart(width, height, points, x_ticks, y_ticks, label, False, second)
+    return Chart(width, height, points, step_ticks(min(xs), max(xs), sx), y_ticks, label, False, second)
+
+
+def step_ticks(first: int, last: int, at: Any, most: int = 8) -> list[tuple[float, str]]:
+    """Labels for an axis of whole steps: each step at most once, at its own position, every
+    1, 2, 5 × 10^k steps (a 2-step run reads "1 2", never "1 1 2 2 2")."""
+    every = max(1, int(_nice_step((last - first) / max(1, most - 1))))
+    start = -(-first // every) * every  # the first multiple of ``every`` on the axis
+    return [(at(x), str(x)) for x in range(start, last + 1, every)]
 
 
 # --- Dataset statistics ----------------------------------------------------------------------

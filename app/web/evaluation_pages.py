@@ -21,6 +21,7 @@ from app.services import access
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
 from app.web.rendering import FormFields, render
+from worker.spec.catalog import DEFAULT_MODEL
 from worker.spec.metrics import METRIC_TITLES
 
 router = make_router(include_in_schema=False)
@@ -184,7 +185,26 @@ def _form_context(session: SessionDep, project: Any) -> dict[str, Any]:
     datasets, _ = datasets_service.list_datasets(
         session, project_id=project.id, limit=100, offset=0
     )
-    return {"finished_jobs": jobs, "datasets": datasets}
+    # The form's own defaults must be a request the server accepts: without a job, the base
+    # model the project last trained (else the catalog's default) on the newest data.
+    newest = session.scalar(
+        select(Job).where(Job.project_id == project.id).order_by(Job.created_at.desc()).limit(1)
+    )
+    return {
+        "finished_jobs": jobs,
+        "datasets": datasets,
+        "default_base_model": str(newest.config.get("base_model")) if newest else DEFAULT_MODEL,
+        "default_dataset": _newest_version(datasets),
+    }
+
+
+def _newest_version(datasets: Any) -> str:
+    """ "<dataset id>@<number>" of the newest dataset's newest version; "" when none."""
+    for dataset in datasets:
+        if dataset.versions:
+            newest = max(dataset.versions, key=lambda v: v.number)
+            return f"{dataset.id}@{newest.number}"
+    return ""
 
 
 @router.get("/projects/{project_id}/report")
@@ -221,6 +241,9 @@ def start_evaluation(
 ) -> Response:
     """The report page's form: evaluate a finished job (or only the base model) now."""
     project = access.project_for(session, me.user, project_id)
+    if not form.get("job_id", "").strip() and not form.get("dataset", "").strip():
+        # Only a base model, prompted: "the chosen job's data" means the newest data here.
+        form = {**form, "dataset": _form_context(session, project)["default_dataset"]}
     try:
         body = _evaluation_request(project_id, form)
         evaluation = service.create_evaluation(session, settings=settings, data=body, user=me.user)

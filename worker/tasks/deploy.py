@@ -6,20 +6,33 @@ import logging
 import time
 import traceback
 import uuid
+from typing import Any
+
+from sqlalchemy import update
 
 from app.core.config import get_settings
 from app.core.db import session_scope
-from app.models import Job
+from app.models import Deployment, Export, Job
 from app.services import deployments, leases
 from app.services import exports as service
 from app.services import jobs as jobs_service
 from worker.celery_app import MAKE_EXPORT, SERVE_DEPLOYMENT, celery_app
 from worker.deploy.export import ExportError, discard_export, export_adapter, export_merged
+from worker.deploy.from_checkpoint import save_trained_model
 from worker.tasks import crashed
 from worker.tasks.runtime import Lease
 from worker.training import TrainingCancelled, TrainingError
 
 log = logging.getLogger(__name__)
+
+
+def _say(lease: Lease, model: type[Export] | type[Deployment], progress: dict[str, Any]) -> None:
+    """Store what the worker is doing now on the row it holds (the page polls it)."""
+    lease.write(
+        lambda session: session.execute(
+            update(model).where(model.id == lease.item_id).values(progress=progress)
+        )
+    )
 
 
 @celery_app.task(name=MAKE_EXPORT)
@@ -33,7 +46,13 @@ def make_export(export_id: str) -> str:
             return "skipped"
         job = session.get(Job, export.job_id)
         artifact = jobs_service.model_artifact(session, job_id=export.job_id)
-        if job is None or artifact is None:
+        # A stopped job has no model artifact: its newest checkpoint becomes one first.
+        checkpoint = (
+            jobs_service.newest_checkpoint(settings, export.job_id)
+            if job is not None and artifact is None and job.status in jobs_service.STOPPED
+            else None
+        )
+        if job is None or (artifact is None and checkpoint is None):
             gone = True
         else:
             gone = False
@@ -41,9 +60,16 @@ def make_export(export_id: str) -> str:
             prompts = service.check_prompts(session, job=job)
             kind, dtype, attempt = export.kind, export.dtype, export.attempts
             base_model = str(job.config["base_model"])
+            train_config = dict(job.config)
             trust = bool(job.config.get("trust_remote_code"))
-            adapter_dir = settings.data_dir / artifact.path
             job_id = job.id
+            if artifact is not None:
+                adapter_dir = settings.data_dir / artifact.path
+            else:
+                adapter_dir = (
+                    settings.artifacts_dir / str(job_id) / "exports" / f"trained-{export_id[:8]}"
+                )
+                card["name"] += f" ({checkpoint.name if checkpoint else ''}, stopped early)"
     if gone:
         lease.finish("failed", error="the model is gone")
         return "failed"
@@ -54,6 +80,17 @@ def make_export(export_id: str) -> str:
     status, error, values = "failed", None, {}
     with lease:
         try:
+            if checkpoint is not None:
+                _say(lease, Export, {"phase": "checkpoint", "checkpoint": checkpoint.name})
+                save_trained_model(
+                    checkpoint,
+                    train_config,
+                    adapter_dir,
+                    model_cache_dir=settings.model_cache_dir,
+                    allow_downloads=settings.allow_hub_downloads,
+                    should_stop=lease.should_stop,
+                )
+            _say(lease, Export, {"phase": "merging" if kind == "merged" else "packing"})
             if kind == "merged":
                 result = export_merged(
                     base_model,
@@ -85,6 +122,7 @@ def make_export(export_id: str) -> str:
         except Exception as exc:
             error = crashed(f"export {export_id}", exc)
     values["seconds"] = round(time.perf_counter() - started, 2)
+    values["progress"] = {}
     if status != "succeeded" or lease.ended_elsewhere:
         discard_export(out_dir)
     if (stopped := lease.give_up_or_hand_back()) is not None:
@@ -126,6 +164,7 @@ def serve_deployment(deployment_id: str) -> str:
     # lease), and a deployment stopped meanwhile is noticed as soon as the load ends.
     with lease:
         try:
+            _say(lease, Deployment, {"phase": "loading", "adapters": len(adapters)})
             engine = ServingEngine(
                 base_model,
                 adapters,
@@ -133,6 +172,7 @@ def serve_deployment(deployment_id: str) -> str:
                 served_name=f"{name}/base",
                 allow_downloads=settings.allow_hub_downloads,
             )
+            _say(lease, Deployment, {"phase": "starting server"})
             with socket.socket() as probe:
                 probe.bind((settings.serve_host, 0))
                 port = int(probe.getsockname()[1])

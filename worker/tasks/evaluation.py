@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,22 @@ class EvalReporter:
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.progress: dict[str, Any] = {"phase": "loading"}
+        self._stage: tuple[str, str] = ("loading", "")
+        self._stage_started = time.monotonic()
         self.events: list[dict[str, str]] = []
         lease.progress = lambda: {"progress": {**self.progress, "events": self.events[-5:]}}
 
     def on_progress(self, phase: str, key: str, done: int, total: int) -> None:
-        self.progress = {"phase": phase, "model": key, "done": done, "total": total}
+        now = time.monotonic()
+        if (phase, key) != self._stage or done == 0:
+            self._stage, self._stage_started = (phase, key), now
+        progress: dict[str, Any] = {"phase": phase, "model": key, "done": done, "total": total}
+        elapsed = now - self._stage_started
+        if 0 < done < total and elapsed > 0:
+            # This stage's remaining items at its mean pace so far (a model's answers are
+            # generated in batches of similar prompts, so the pace holds within a stage).
+            progress["eta_seconds"] = round(elapsed / done * (total - done), 1)
+        self.progress = progress
 
     def on_event(self, level: str, message: str) -> None:
         self.events.append({"level": level, "message": message})

@@ -71,7 +71,16 @@ class JobReporter:
         )
 
     def should_stop(self) -> bool:
-        return self.lease.should_stop()
+        # The lease's thread notices a cancel within a second; a tiny model takes many steps
+        # in a second, so the row is read here too (one primary-key lookup, before each step):
+        # a cancel stops the run before the step after the one in flight.
+        if self.lease.should_stop():
+            return True
+        with session_scope() as session:
+            if leases.cancel_asked(session, leases.JOB, self.lease.item_id):
+                self.lease.cancel_requested = True
+                return True
+        return False
 
 
 def _load_records(path: Path) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import torch
 from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
+from worker.spec.validation import validation_interval
 from worker.training import budget, checkpoints, compiled, data, packing
 from worker.training.callbacks import StepMetrics, TrainCallbacks
 from worker.training.steps import StepPlan, validation_loss
@@ -87,7 +88,7 @@ def _run_steps(
     accum = numbers.gradient_accumulation_steps
     state = restored.state if restored is not None else checkpoints.LoopState()
     validation = run.extras.validation
-    eval_every = config.eval_every or max(1, math.ceil(run.total_steps / 10))
+    eval_every = validation_interval(run.total_steps, config.eval_every)
     patience = config.early_stopping_patience if validation else None
     # A checkpoint written when early stopping ended its run ends the resumed one too.
     stopped_early = patience is not None and state.evals_without_improvement >= patience
@@ -99,10 +100,16 @@ def _run_steps(
     fitter = budget.StepFitter(run.plan, on_event=callbacks.on_event)
     started = last_saved = time.perf_counter()
     seconds_before, steps_here = state.train_seconds, 0
+    saved_step = state.step  # the newest step a checkpoint holds (or the start)
     batches: list[list[data.Sample]] = []
     batches_epoch = -1
     while state.step < run.total_steps and not stopped_early:
         if callbacks.should_stop():
+            # Keep what was trained: the steps since the last checkpoint are saved (cheap next
+            # to a step: the trainable weights and the optimiser state), so a cancelled run
+            # can be resumed or exported from where it stopped.
+            if run.extras.checkpoint_dir is not None and state.step > saved_step:
+                _save_checkpoint(run, run.extras.checkpoint_dir, state)
             raise TrainingCancelled("Training was cancelled")
         if batches_epoch != state.epoch:
             batches = data.make_batches(
@@ -165,7 +172,7 @@ def _run_steps(
             finished or _checkpoint_due(config, step, now - last_saved)
         ):
             _save_checkpoint(run, run.extras.checkpoint_dir, state)
-            last_saved = time.perf_counter()
+            last_saved, saved_step = time.perf_counter(), state.step
     return state, stopped_early
 
 

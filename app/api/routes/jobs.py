@@ -97,6 +97,18 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, me: CurrentTrainer) -> Jo
     return job_read(job)
 
 
+@router.post("/jobs/{job_id}/resume", response_model=JobRead)
+def resume_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, me: CurrentTrainer
+) -> JobRead:
+    """Queue a cancelled or failed job again, from its newest checkpoint (409 without one)."""
+    access.job_for(session, me.user, job_id)
+    job = service.resume_job(session, settings=settings, job_id=job_id)
+    session.commit()
+    service.offer(session, job=job)
+    return job_read(job)
+
+
 @router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactRead])
 def list_artifacts(job_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> list[ArtifactRead]:
     access.job_for(session, me.user, job_id)

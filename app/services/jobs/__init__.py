@@ -7,6 +7,7 @@ resolve to exactly one winner without locks held across the network.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, object_session
 
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import (
@@ -228,6 +229,75 @@ def cancel_job(session: Session, *, job_id: uuid.UUID) -> Job:
     session.flush()
     session.refresh(job)
     return job
+
+
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+# What a stopped job can carry on from: cancelled, or failed (its checkpoints stay, see
+# worker.tasks.training).
+STOPPED = (JobStatus.failed, JobStatus.cancelled)
+
+
+def newest_checkpoint(settings: Settings, job_id: uuid.UUID) -> Path | None:
+    """The job's newest finished checkpoint (staging folders start with a dot), or None."""
+    folder = checkpoints_dir(settings, job_id)
+    if not folder.is_dir():
+        return None
+    steps = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))
+    ]
+    return max(steps)[1] if steps else None
+
+
+def resume_job(session: Session, *, settings: Settings, job_id: uuid.UUID) -> Job:
+    """Queue a cancelled or failed job again; its worker carries on from the newest
+    checkpoint (see worker.tasks.training), so the steps already trained are not repeated."""
+    job = get_job(session, job_id=job_id)
+    if job.status not in STOPPED:
+        raise Conflict(f"the job has {job.status}; only a cancelled or failed job can resume")
+    checkpoint = newest_checkpoint(settings, job.id)
+    if checkpoint is None:
+        raise Conflict("the job saved no checkpoint to resume from; start a new job instead")
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(STOPPED))
+        .values(
+            status=JobStatus.queued,
+            worker=None,
+            heartbeat_at=None,
+            cancel_requested_at=None,
+            finished_at=None,
+            error=None,
+            # A resumed job gets its attempts afresh: the reaper counts lost workers of this
+            # run, not of the one that was stopped.
+            attempts=0,
+            queued_at=utcnow(),
+            offered_at=None,
+        )
+    )
+    if not queued.rowcount:  # type: ignore[attr-defined]
+        raise Conflict("the job changed meanwhile; read it again")
+    add_event(session, job_id=job.id, message=f"Resumed: queued again, from {checkpoint.name}")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def queue_position(session: Session, *, job: Job) -> int:
+    """How many jobs of the same queue wait or run ahead of this queued one."""
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.queue == job.queue,
+            Job.id != job.id,
+            Job.status.in_((JobStatus.queued, JobStatus.running)),
+            func.coalesce(Job.queued_at, Job.created_at)
+            <= func.coalesce(job.queued_at, job.created_at),
+        )
+    )
+    return int(ahead or 0)
 
 
 def list_events(
@@ -466,4 +536,10 @@ def job_read(job: Job) -> JobRead:
         update.update({name: value for name, value in latest})
         if "gpu_memory_bytes" in update:
             update["gpu_memory_bytes"] = int(update["gpu_memory_bytes"])
+    if job.status in STOPPED:
+        # What was trained before the job stopped: it can be resumed or exported.
+        checkpoint = newest_checkpoint(get_settings(), job.id)
+        update["checkpoint"] = checkpoint.name if checkpoint is not None else None
+    if job.status == JobStatus.queued and session is not None:
+        update["jobs_ahead"] = queue_position(session, job=job)
     return JobRead.model_validate(job).model_copy(update=update)

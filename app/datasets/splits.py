@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,10 @@ def split_records(
 def write_splits(out_dir: Path, labelled: Iterator[tuple[str, bytes]]) -> dict[str, int]:
     """Write (split, line) pairs to out_dir/{split}.jsonl atomically; returns the counts."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = {name: out_dir / f".{name}.jsonl.part" for name in SPLITS}
+    # A name of this writer's own: imports of the same content share the content-addressed
+    # folder, and two at once must not write into (or rename away) each other's part files.
+    mine = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp = {name: out_dir / f".{name}.jsonl.{mine}.part" for name in SPLITS}
     files = {name: path.open("wb") for name, path in tmp.items()}
     counts = dict.fromkeys(SPLITS, 0)
     try:

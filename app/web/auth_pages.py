@@ -227,7 +227,16 @@ def account_language(
     request: Request, session: SessionDep, settings: SettingsDep, me: CurrentWriter, form: Form
 ) -> Response:
     """The account's language: one of tunelab's, or empty for the browser's choice."""
-    locale = i18n.normalize(str(form.get("locale", "")))
+    chosen = str(form.get("locale", ""))
+    locale = i18n.normalize(chosen)
+    if chosen and locale is None:
+        return _account(
+            request,
+            session,
+            me,
+            language_error=gettext("choose one of the languages offered"),
+            status_code=422,
+        )
     accounts.set_locale(session, user=me.user, locale=locale)
     session.commit()
     response = RedirectResponse("/account", status_code=303)
@@ -259,7 +268,7 @@ def create_token(
             if isinstance(exc, TunelabError)
             else gettext("expiry must be a number of days")
         )
-        return _account(request, session, me, token_error=message, status_code=422)
+        return _account(request, session, me, token_error=message, token_form=form, status_code=422)
     session.commit()
     return _account(request, session, me, new_secret=secret, new_token=token)
 
@@ -285,7 +294,9 @@ def audit_page(
 
 @router.get("/admin/users")
 def users_page(request: Request, session: SessionDep, me: CurrentAdmin) -> HTMLResponse:
-    return render(request, "auth/users.html", users=accounts.list_users(session), error=None)
+    return render(
+        request, "auth/users.html", users=accounts.list_users(session), error=None, form={}
+    )
 
 
 @router.post("/admin/users")
@@ -302,7 +313,12 @@ def create_user(request: Request, session: SessionDep, me: CurrentAdmin, form: F
         session.rollback()
         message = exc.message if isinstance(exc, TunelabError) else gettext("choose a valid role")
         return render(
-            request, "auth/users.html", 422, users=accounts.list_users(session), error=message
+            request,
+            "auth/users.html",
+            422,
+            users=accounts.list_users(session),
+            error=message,
+            form={k: v for k, v in form.items() if k != "password"},
         )
     session.commit()
     return RedirectResponse("/admin/users", status_code=303)
@@ -320,7 +336,14 @@ def change_role(
     try:
         role = Role(str(form.get("role", "")))
     except ValueError:
-        return RedirectResponse("/admin/users", status_code=303)
+        return render(
+            request,
+            "auth/users.html",
+            422,
+            users=accounts.list_users(session),
+            error=gettext("choose a valid role"),
+            form={},
+        )
     if role != user.role and user.id != me.user.id:  # an admin cannot demote themselves
         accounts.set_role(session, user=user, role=role, actor=me.user)
         credentials.revoke_sessions(session, user=user, actor=me.user)
@@ -330,7 +353,13 @@ def change_role(
 
 @router.get("/admin/models")
 def models_page(request: Request, session: SessionDep, me: CurrentAdmin) -> HTMLResponse:
-    return render(request, "auth/models.html", permissions=accounts.model_permissions(session))
+    return render(
+        request,
+        "auth/models.html",
+        permissions=accounts.model_permissions(session),
+        error=None,
+        form={},
+    )
 
 
 @router.post("/admin/models")
@@ -338,6 +367,15 @@ def set_model_permission(
     request: Request, session: SessionDep, me: CurrentAdmin, form: Form
 ) -> Response:
     model = str(form.get("model", "")).strip()
+    if not model:
+        return render(
+            request,
+            "auth/models.html",
+            422,
+            permissions=accounts.model_permissions(session),
+            error=gettext("name the base model, e.g. a hub id or a folder"),
+            form=dict(form.items()),
+        )
     if model:
         accounts.set_model_permission(
             session,

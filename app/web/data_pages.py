@@ -366,7 +366,9 @@ def derive_version(
         except ValidationError as exc:
             raise InvalidInput.from_validation(exc) from None
     except TunelabError as exc:
-        return _version_error(request, session, settings, me, dataset_id, number, exc)
+        return _version_error(
+            request, session, settings, me, dataset_id, number, exc, form={**form, "for": action}
+        )
     session.commit()
     return RedirectResponse(f"/datasets/{dataset_id}?version={new.number}", status_code=303)
 
@@ -379,12 +381,14 @@ def _version_error(
     dataset_id: uuid.UUID,
     number: int,
     exc: TunelabError,
+    form: dict[str, str] | None = None,
 ) -> HTMLResponse:
     session.rollback()
     dataset, version, project = _version_of(session, me, dataset_id, number)
     context = _version_context(session, settings, request, dataset, version)
     context["clean_message"] = exc.message
     context["clean_errors"] = exc.errors
+    context["version_form"] = form or {}
     return render(request, "datasets/detail.html", exc.status_code, project=project, **context)
 
 

@@ -85,6 +85,11 @@ def remember(
     token = token_of(form)
     if token is None:
         return object_id
+    taken = session.get(FormSubmission, token)
+    if taken is not None and (taken.user_id != user.id or taken.kind != kind):
+        # Another user's (or another form's) token, copied: this submission goes unprotected
+        # rather than answering with an object that is not the sender's.
+        return object_id
     try:
         with session.begin_nested():
             session.add(
@@ -93,7 +98,7 @@ def remember(
     except IntegrityError:
         session.rollback()
         earlier = created_before(session, form=form, user=user, kind=kind)
-        if earlier is None:  # the token is another user's or another form's: not ours to reuse
+        if earlier is None:
             raise
         return earlier
     return object_id

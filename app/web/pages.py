@@ -33,8 +33,9 @@ from app.services import jobs as jobs_service
 from app.services import projects as projects_service
 from app.services.accounts import users as accounts
 from app.services.jobs import estimates as estimates_service
+from app.web import form_tokens
 from app.web.charts import line_chart
-from app.web.rendering import FormFields, render
+from app.web.rendering import FormFields, form_page, render
 from worker.spec.catalog import catalog_listing
 from worker.spec.config import PRESETS
 from worker.spec.method_support import method_choices
@@ -79,6 +80,9 @@ def projects_page(
 def create_project(
     request: Request, session: SessionDep, me: CurrentTrainer, form: FormFields
 ) -> Response:
+    earlier = form_tokens.created_before(session, form=form, user=me.user, kind="project")
+    if earlier:  # back and resubmit: the project this very form already created
+        return RedirectResponse(f"/projects/{earlier}", status_code=303)
     data = {
         "name": str(form.get("name", "")).strip(),
         "task_description": str(form.get("task_description", "")),
@@ -92,26 +96,25 @@ def create_project(
     }
     try:
         body = ProjectCreate.model_validate(data)
-    except ValidationError as exc:
+        project = projects_service.create_project(session, data=body, creator=me.user)
+    except (ValidationError, InvalidInput) as exc:
+        session.rollback()
         rows, total = projects_service.list_projects(session, user=me.user, limit=PAGE, offset=0)
-        errors = [
-            FieldError(field=".".join(str(p) for p in e["loc"]), message=e["msg"])
-            for e in exc.errors()
-        ]
-        return render(
+        return form_page(
             request,
             "projects/list.html",
-            422,
+            exc,
+            form=form,
             projects=rows,
             total=total,
             offset=0,
             page=PAGE,
-            form=form,
-            errors=errors,
         )
-    project = projects_service.create_project(session, data=body, creator=me.user)
+    kept = form_tokens.remember(
+        session, form=form, user=me.user, kind="project", object_id=project.id
+    )
     session.commit()
-    return RedirectResponse(f"/projects/{project.id}", status_code=303)
+    return RedirectResponse(f"/projects/{kept}", status_code=303)
 
 
 def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dict[str, Any]:
@@ -174,6 +177,7 @@ def add_member(
     except TunelabError as exc:
         context = _project_context(session, me, project_id)
         context["member_error"] = exc.message
+        context["member_email"] = email
         return render(request, "projects/detail.html", 422, **context)
     access.add_member(session, project=project, user=user, actor=me.user)
     session.commit()
@@ -182,7 +186,7 @@ def add_member(
 
 def _job_request(project_id: uuid.UUID, form: dict[str, str]) -> JobCreate:
     """The job form as a job request; empty fields are left to "auto"."""
-    fields = {k: v for k, v in form.items() if k != "csrf_token"}
+    fields = {k: v for k, v in form.items() if k not in ("csrf_token", form_tokens.FIELD)}
     # "<dataset id>@<version number>": the job form lists every version of every dataset.
     dataset_id, _, number = fields.pop("dataset_id", "").partition("@")
     config: dict[str, Any] = {k: v for k, v in fields.items() if v.strip() != ""}
@@ -214,6 +218,9 @@ def start_job(
         job = jobs_service.create_job(session, settings=settings, data=body, user=me.user)
     except InvalidInput as exc:
         session.rollback()
+    earlier = form_tokens.created_before(session, form=form, user=me.user, kind="job")
+    if earlier:  # back and resubmit: the job this very form already started
+        return RedirectResponse(f"/jobs/{earlier}", status_code=303)
         context = _project_context(session, me, project_id)
         context["job_errors"] = exc.errors
         context["job_form"] = form
@@ -223,6 +230,9 @@ def start_job(
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
+    kept = form_tokens.remember(session, form=form, user=me.user, kind="job", object_id=job.id)
+    if kept != job.id:
+        return RedirectResponse(f"/jobs/{kept}", status_code=303)
 @router.post("/projects/{project_id}/estimate")
 def estimate_fragment(
     project_id: uuid.UUID,

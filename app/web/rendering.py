@@ -4,15 +4,17 @@ language of the request (app.core.i18n: ``{% trans %}``, ``_()`` and the formatt
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from app.core import i18n
-from app.core.errors import FieldError
+from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.core.messages import field_label, status_text, translate_errors, translate_message
 from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
@@ -74,6 +76,39 @@ def error_page(
         status_code,
         message=translate_message(message),
         errors=translate_errors(errors),
+    )
+
+
+def form_errors(exc: Exception) -> list[FieldError]:
+    """A refusal as errors to show beside a form's fields: a service's domain error, or
+    pydantic's (whose messages are translated like the API's)."""
+    if isinstance(exc, ValidationError):
+        exc = InvalidInput.from_validation(exc)
+    if isinstance(exc, TunelabError):
+        return translate_errors(exc.errors or [FieldError(message=exc.message)])
+    raise exc
+
+
+def form_page(
+    request: Request,
+    name: str,
+    exc: TunelabError | ValidationError,
+    *,
+    form: Mapping[str, Any],
+    **context: Any,
+) -> HTMLResponse:
+    """A form's page again after a refusal: the input as sent, each message beside its field,
+    and a 4xx status (the domain error's own, 422 for a validation error)."""
+    status_code = exc.status_code if isinstance(exc, TunelabError) else 422
+    message = exc.message if isinstance(exc, TunelabError) else None
+    return render(
+        request,
+        name,
+        status_code,
+        form=form,
+        errors=form_errors(exc),
+        form_message=translate_message(message) if message else None,
+        **context,
     )
 
 

@@ -29,6 +29,7 @@ from app.services import access
 from app.services.reviews import campaigns as service
 from app.services.reviews import results as review_results
 from app.services.reviews import reviewing
+from app.web import form_tokens
 from app.web.rendering import FormFields, render
 from worker.spec.metrics import detect_language
 
@@ -134,6 +135,7 @@ def save_from_form(
             markdown=markdown,
             lang_of=lang_of,
             form_error=message,
+            sent=form,
         )
     session.commit()
     target = sequence + 1 if form.get("go") != "previous" else max(1, sequence - 1)
@@ -156,6 +158,9 @@ def start_campaign(
 ) -> Response:
     """The evaluation page's "send to human review" form."""
     evaluation = access.evaluation_for(session, me.user, evaluation_id)
+    earlier = form_tokens.created_before(session, form=form, user=me.user, kind="campaign")
+    if earlier:  # back and resubmit: the campaign this very form already started
+        return RedirectResponse(f"/campaigns/{earlier}", status_code=303)
     try:
         body = _campaign_request(evaluation, form)
         campaign = service.create_campaign(session, data=body, user=me.user)
@@ -169,7 +174,13 @@ def start_campaign(
             evaluation=evaluation,
             message=exc.message,
             errors=exc.errors,
+            campaign_form=form,
         )
+    kept = form_tokens.remember(
+        session, form=form, user=me.user, kind="campaign", object_id=campaign.id
+    )
+    if kept != campaign.id:
+        return RedirectResponse(f"/campaigns/{kept}", status_code=303)
     session.commit()
     service.offer_answers(session, run=run)
     return RedirectResponse(f"/campaigns/{campaign.id}", status_code=303)
@@ -179,7 +190,22 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
 
 
+def _whole_number(form: dict[str, str], field: str) -> int | None:
+    text = form.get(field, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(
+            N_("check the review form"),
+            errors=[FieldError(field=field, message=N_("write a whole number, e.g. 1"))],
+        ) from None
+
+
 def _campaign_request(evaluation: Evaluation, form: dict[str, str]) -> CampaignCreate:
+    per_item = _whole_number(form, "reviewers_per_item")
+    max_items = _whole_number(form, "max_items")
     try:
         return CampaignCreate.model_validate(
             {
@@ -189,8 +215,8 @@ def _campaign_request(evaluation: Evaluation, form: dict[str, str]) -> CampaignC
                 "instructions": form.get("instructions", ""),
                 "mode": form.get("mode") or "both",
                 "criteria": _lines(form.get("criteria", "")),
-                "reviewers_per_item": int(form.get("reviewers_per_item") or 1),
-                "max_items": int(form["max_items"]) if form.get("max_items") else None,
+                "reviewers_per_item": 1 if per_item is None else per_item,
+                "max_items": max_items,
                 "reviewers": _lines(form.get("reviewers", "")),
                 "prompts": [p for p in form.get("prompts", "").splitlines() if p.strip()],
             }
@@ -254,7 +280,13 @@ def campaign_action(
         session.rollback()
         context = _campaign_context(session, campaign)
         return render(
-            request, "reviews/campaign.html", exc.status_code, action_error=exc.message, **context
+            request,
+            "reviews/campaign.html",
+            exc.status_code,
+            action_error=exc.message,
+            action=action,
+            action_form=form,
+            **context,
         )
     run = service.queue_answers(session, campaign=campaign) if action == "prompts" else None
     session.commit()

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,11 +226,26 @@ def test_first_start_prints_a_one_time_login_link_for_a_local_admin(tmp_path: Pa
         port=free_port(), env=env, log=tmp_path / "serve.log", extra_args=["--no-worker"]
     )
     try:
-        link = re.search(r"http://127\.0\.0\.1:\d+/login/link/\S+", server.log.read_text())
+        log = server.log.read_text()
+        for _ in range(50):  # the box follows uvicorn's start-up lines
+            if "└" in log:
+                break
+            time.sleep(0.1)
+            log = server.log.read_text()
+        link = re.search(r"http://127\.0\.0\.1:\d+/login/link/[\w-]+", log)
         assert link, server.tail()
+        # The last thing printed at start, in a box, after the server says it is running;
+        # only the requests the server answers come after it.
+        box = log[log.rindex("┌") : log.rindex("┘") + 1]
+        assert link.group(0) in box, log
+        assert log.index("Uvicorn running") < log.rindex("┌"), log
+        after = log[log.rindex("┘") + 1 :].split("\n")
+        assert all(not line.strip() or '"GET /' in line for line in after), log
         with httpx.Client() as browser:
             first = browser.get(link.group(0), follow_redirects=False)
-            assert first.status_code == 303 and first.headers["location"] == "/"
+            # No password yet: the account page, where one is set.
+            assert first.status_code == 303
+            assert first.headers["location"] == "/account?welcome=1#password"
             assert browser.get(server.url + "/projects").status_code == 200
         again = httpx.get(link.group(0), follow_redirects=False)
         assert again.status_code == 401, "the link works once"

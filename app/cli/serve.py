@@ -7,6 +7,9 @@ import argparse
 import os
 import signal
 import sys
+import threading
+import time
+import unicodedata
 from typing import Any
 
 from app.cli.accounts import settings_ready
@@ -118,10 +121,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
+    box = None
     if settings.embedded and host in ("127.0.0.1", "localhost", "::1"):
-        _first_start(settings, host, port)
+        box = _first_start(settings, host, port)
+    server = uvicorn.Server(
+        uvicorn.Config("app.main:app", host=host, port=port, log_level=args.log_level)
+    )
+    if box:
+        # Last of all: after uvicorn's own start-up lines, so it is not lost above them.
+        threading.Thread(target=_print_when_started, args=(server, box), daemon=True).start()
     try:
-        uvicorn.run("app.main:app", host=host, port=port, log_level=args.log_level)
+        server.run()
     finally:
         if supervisor is not None:
             supervisor.stop()
@@ -138,9 +148,10 @@ def _engine_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _first_start(settings: Any, host: str, port: int) -> None:
-    """On loopback in embedded mode, the first start makes a local admin and prints a one-time
-    login link (as Jupyter does), so the quick start needs no account setup."""
+def _first_start(settings: Any, host: str, port: int) -> str | None:
+    """On loopback in embedded mode, the first start makes a local admin and gives a one-time
+    login link (as Jupyter does), so the quick start needs no account setup; the admin then
+    sets a password on the account page. Returns the box to print, or None on later starts."""
     from datetime import timedelta
 
     from app.core.db import session_scope
@@ -148,15 +159,39 @@ def _first_start(settings: Any, host: str, port: int) -> None:
 
     with session_scope() as session:
         admin, created = accounts.ensure_local_admin(session)
-        if created:
-            secret = accounts.create_login_link(session, user=admin, valid_for=timedelta(days=1))
-            first = gettext(
-                "First start: log in as %(email)s with this one-time link:", email=admin.email
-            )
-            again = gettext(
-                "(another one any time: tunelab user login-link %(email)s)", email=admin.email
-            )
-            print(
-                f"\n  {first}\n  http://{host}:{port}/login/link/{secret}\n  {again}\n",
-                flush=True,
-            )
+        if not created:
+            return None
+        secret = accounts.create_login_link(session, user=admin, valid_for=timedelta(days=1))
+        return boxed(
+            [
+                gettext(
+                    "First start: log in as %(email)s with this one-time link:", email=admin.email
+                ),
+                f"http://{host}:{port}/login/link/{secret}",
+                gettext("Then set a password on your account page to log in without a link."),
+                gettext(
+                    "(another link any time: tunelab user login-link %(email)s)", email=admin.email
+                ),
+            ]
+        )
+
+
+def display_width(text: str) -> int:
+    """Columns a terminal gives ``text``: Chinese (East Asian wide) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def boxed(lines: list[str]) -> str:
+    """Lines in a frame, padded to the widest (CJK counted as two columns)."""
+    width = max(display_width(line) for line in lines)
+    rule = "─" * (width + 2)
+    body = [f"│ {line}{' ' * (width - display_width(line))} │" for line in lines]
+    return "\n".join(["", f"┌{rule}┐", *body, f"└{rule}┘", ""])
+
+
+def _print_when_started(server: Any, box: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not server.started and not server.should_exit and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if server.started:
+        print(box, flush=True)

@@ -97,3 +97,28 @@ class ModelPermissionRead(ModelPermissionWrite):
 
     id: uuid.UUID
     created_at: datetime
+
+
+class PasswordSet(Input):
+    """One's own password; ``current_password`` is needed once a password is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    new_password: str = Field(min_length=10, max_length=1024)
+    current_password: str = Field(default="", max_length=1024)
+
+
+class InviteCreate(Input):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=3, max_length=320)
+    role: RoleName = "trainer"
+    days: int = Field(default=7, ge=1, le=30)
+
+
+class InviteCreated(BaseModel):
+    """The one-time link, shown once: send it to the person invited."""
+
+    user: UserRead
+    link: str
+    expires_at: datetime

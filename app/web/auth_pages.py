@@ -24,13 +24,13 @@ from app.api.deps import (
 from app.core import i18n
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import TunelabError
-from app.core.i18n import gettext
+from app.core.errors import InvalidInput, TunelabError
+from app.core.i18n import N_, gettext
 from app.core.security import new_secret, same
 from app.models import Role, User
-from app.services.accounts import audit, credentials
+from app.services.accounts import audit, credentials, invites
 from app.services.accounts import users as accounts
-from app.web.rendering import Form, render
+from app.web.rendering import Form, form_errors, render
 
 router = make_router(include_in_schema=False)
 LOGIN_CSRF_COOKIE = "tunelab_login_csrf"
@@ -153,7 +153,10 @@ def login_with_link(
         return _login_form(
             request, settings, next_="/", error=exc.message, status_code=exc.status_code
         )
-    return _log_in(request, session, settings, user, "/")
+    # An invitee (or the first start's admin) has no password yet: the account page says how
+    # to set one, so the next login needs no link.
+    target = "/account?welcome=1#password" if user.password_hash is None else "/"
+    return _log_in(request, session, settings, user, target)
 
 
 @router.post("/logout")
@@ -176,6 +179,7 @@ def _account(
         int(str(extra.pop("status_code", 200))),
         tokens=tokens,
         now=utcnow(),
+        has_password=me.user.password_hash is not None,
         **extra,
     )
 
@@ -242,6 +246,32 @@ def account_language(
     response = RedirectResponse("/account", status_code=303)
     _remember_language(request, response, settings, locale)
     return response
+
+
+@router.post("/account/password")
+def set_password(
+    request: Request, session: SessionDep, me: CurrentWriter, form: Form
+) -> HTMLResponse:
+    """Set or change one's own password; then /login works without a link."""
+    new, repeated = str(form.get("new_password", "")), str(form.get("repeat_password", ""))
+    try:
+        if new != repeated:
+            raise InvalidInput.on("repeat_password", N_("the two new passwords differ"))
+        invites.set_password(
+            session,
+            user=me.user,
+            new_password=new,
+            current_password=str(form.get("current_password", "")),
+            ip=me.ip,
+        )
+    except TunelabError as exc:
+        session.rollback()
+        # Passwords are never sent back into a page; the message says which field to retype.
+        return _account(
+            request, session, me, password_errors=form_errors(exc), status_code=exc.status_code
+        )
+    session.commit()
+    return _account(request, session, me, password_saved=True)
 
 
 @router.post("/account/tokens")
@@ -322,6 +352,59 @@ def create_user(request: Request, session: SessionDep, me: CurrentAdmin, form: F
         )
     session.commit()
     return RedirectResponse("/admin/users", status_code=303)
+
+
+@router.post("/admin/invites")
+def invite(request: Request, session: SessionDep, me: CurrentAdmin, form: Form) -> Response:
+    """Invite by link: the page shows the one-time link once, to copy and send."""
+    fields = {k: str(v) for k, v in form.items() if k != "csrf_token"}
+    try:
+        made = invites.invite(
+            session,
+            email=fields.get("email", ""),
+            role=_role(fields.get("role", "trainer")),
+            actor=me.user,
+            ip=me.ip,
+            days=_days(fields.get("days", "")),
+        )
+    except TunelabError as exc:
+        session.rollback()
+        return render(
+            request,
+            "auth/users.html",
+            exc.status_code,
+            users=accounts.list_users(session),
+            error=None,
+            form={},
+            invite_form=fields,
+            invite_errors=form_errors(exc),
+        )
+    session.commit()
+    return render(
+        request,
+        "auth/users.html",
+        users=accounts.list_users(session),
+        error=None,
+        form={},
+        invitation=made,
+        invite_link=invites.link_for(str(request.base_url), made.secret),
+    )
+
+
+def _role(text: str) -> Role:
+    try:
+        return Role(text)
+    except ValueError:
+        raise InvalidInput.on("role", N_("choose a valid role")) from None
+
+
+def _days(text: str) -> int:
+    if not text.strip():
+        return invites.INVITE_DAYS
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput.on("days", N_("an invitation is valid for 1 to 30 days")) from None
 
 
 @router.post("/admin/users/{user_id}/role")

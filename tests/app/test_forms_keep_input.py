@@ -285,6 +285,19 @@ CASES: dict[str, Case] = {
         data={"name": "持续集成", "expires_days": "三十", "scopes": "write"},
         kept=["持续集成", "三十"],
     ),
+    "/account/password": Case(
+        page=lambda w: "/account",
+        action=lambda w: "/account/password",
+        data={"new_password": "短", "repeat_password": "短"},
+        # Passwords are never sent back into a page: the message names the field to retype.
+        kept=['data-error-for="current_password"'],
+    ),
+    "/admin/invites": Case(
+        page=lambda w: "/admin/users",
+        action=lambda w: "/admin/invites",
+        data={"email": "新人@例子", "role": "reviewer", "days": "365"},
+        kept=["新人@例子", 'value="365"', 'data-error-for="days"'],
+    ),
     "/admin/users": Case(
         page=lambda w: "/admin/users",
         action=lambda w: "/admin/users",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from fastapi import Request
+
 from app.api.deps import (
     CurrentAdmin,
     CurrentTrainer,
@@ -18,9 +20,12 @@ from app.core.errors import Conflict
 from app.models import Role
 from app.schemas.account import (
     AuditEventRead,
+    InviteCreate,
+    InviteCreated,
     MemberAdd,
     ModelPermissionRead,
     ModelPermissionWrite,
+    PasswordSet,
     TokenCreate,
     TokenCreated,
     TokenRead,
@@ -30,7 +35,7 @@ from app.schemas.account import (
 )
 from app.schemas.common import Page
 from app.services import access
-from app.services.accounts import audit, credentials
+from app.services.accounts import audit, credentials, invites
 from app.services.accounts import users as accounts
 
 router = make_router(tags=["accounts"])
@@ -39,6 +44,36 @@ router = make_router(tags=["accounts"])
 @router.get("/me", response_model=UserRead)
 def me(me: CurrentUser) -> UserRead:
     return UserRead.model_validate(me.user)
+
+
+@router.put("/me/password", status_code=204)
+def set_password(body: PasswordSet, session: SessionDep, me: CurrentWriter) -> None:
+    """Set one's own password (then log in with it at /login); a password already set must be
+    given as ``current_password``."""
+    invites.set_password(
+        session,
+        user=me.user,
+        new_password=body.new_password,
+        current_password=body.current_password,
+        ip=me.ip,
+    )
+    session.commit()
+
+
+@router.post("/invites", status_code=201, response_model=InviteCreated)
+def invite(
+    body: InviteCreate, request: Request, session: SessionDep, me: CurrentAdmin
+) -> InviteCreated:
+    """Invite someone by a one-time link that expires after ``days`` days; audited."""
+    made = invites.invite(
+        session, email=body.email, role=Role(body.role), actor=me.user, ip=me.ip, days=body.days
+    )
+    session.commit()
+    return InviteCreated(
+        user=UserRead.model_validate(made.user),
+        link=invites.link_for(str(request.base_url), made.secret),
+        expires_at=made.expires_at,
+    )
 
 
 @router.get("/tokens", response_model=list[TokenRead])

@@ -32,3 +32,14 @@ class ProjectRead(BaseModel):
     examples: list[dict[str, Any]]
     created_at: datetime
     updated_at: datetime
+
+
+class GuideStepRead(BaseModel):
+    """One step of a project's guided path."""
+
+    key: str  # goal, data, model, train, check, use
+    title: str
+    explanation: str
+    done: bool
+    current: bool
+    href: str

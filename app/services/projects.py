@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
-from app.models import EvalSample, Evaluation, Job, JobStatus, Project, User
+from app.core.i18n import N_
+from app.models import (
+    Dataset,
+    Deployment,
+    EvalSample,
+    EvalStatus,
+    Evaluation,
+    Export,
+    Job,
+    JobStatus,
+    Project,
+    User,
+)
 from app.schemas.project import ProjectCreate
 from app.services import access
 from app.services.accounts import audit
@@ -97,3 +111,138 @@ def delete_project(session: Session, *, project: Project, actor: User, ip: str =
     )
     session.flush()
     return folders
+
+
+# The guided path: six steps from a goal to a model in use. Each has a title and one paragraph
+# (what it is for, what a good choice looks like), translated where they are shown.
+GUIDE: list[tuple[str, str, str]] = [
+    (
+        "goal",
+        N_("Goal"),
+        N_(
+            "Say what the model should do and how you will know it works. A good goal names "
+            'one task ("answer customer questions about our returns policy") and a '
+            'criterion the evaluation can check, such as "rougeL improves on baseline by '
+            '>= 0.05" or "token_f1 >= 0.6".'
+        ),
+    ),
+    (
+        "data",
+        N_("Data"),
+        N_(
+            "Upload examples of the task done well: a question and the answer you want. A few "
+            "hundred clean, varied examples beat thousands of noisy ones; keep enough aside "
+            "for the test split (at least 50) so that the verdict means something."
+        ),
+    ),
+    (
+        "model",
+        N_("Model and method"),
+        N_(
+            "Choose a base model and how to adapt it. Start small: a model that fits this "
+            "machine and speaks your users' language, with LoRA and the quick preset. Try a "
+            "larger model only when the small one is close but not good enough."
+        ),
+    ),
+    (
+        "train",
+        N_("Train"),
+        N_(
+            "Training runs on a worker while you wait or do something else. Watch the "
+            "training and validation loss: both should fall; when the validation loss rises "
+            "again, the model starts to memorise and more steps do not help."
+        ),
+    ),
+    (
+        "check",
+        N_("Check"),
+        N_(
+            "Compare the fine-tuned model with simply prompting the base model, on the test "
+            "examples it never saw. The report says whether each success criterion is met; "
+            "send the answers to people for blind review when numbers are not enough."
+        ),
+    ),
+    (
+        "use",
+        N_("Use"),
+        N_(
+            "Deploy the model to try it in the playground and call it with an OpenAI-style "
+            "API, or export it to run elsewhere. Keep the evaluation report with it: it says "
+            "what the model is good for."
+        ),
+    ),
+]
+
+
+@dataclass(frozen=True)
+class GuideStep:
+    key: str
+    title: str  # message ids: translate where shown
+    explanation: str
+    done: bool
+    current: bool
+    href: str  # where the step's action is
+
+
+def guide(session: Session, *, project: Project) -> list[GuideStep]:
+    """The guided path through ``project``, from its real state: the first step not done yet
+    is the current one."""
+
+    def exists(query: Select[Any]) -> bool:
+        return session.scalar(select(query.exists())) or False
+
+    pid = project.id
+    jobs = select(Job.id).where(Job.project_id == pid)
+    latest_job = session.scalar(
+        select(Job.id).where(Job.project_id == pid).order_by(Job.created_at.desc()).limit(1)
+    )
+    done = {
+        "goal": bool(project.task_description.strip() or project.success_criteria),
+        "data": exists(select(Dataset.id).where(Dataset.project_id == pid)),
+        "model": latest_job is not None,
+        "train": exists(jobs.where(Job.status == JobStatus.succeeded)),
+        "check": exists(
+            select(Evaluation.id).where(
+                Evaluation.project_id == pid, Evaluation.status == EvalStatus.succeeded
+            )
+        ),
+        "use": exists(select(Deployment.id).where(Deployment.project_id == pid))
+        or exists(select(Export.id).where(Export.job_id.in_(jobs))),
+    }
+    base = f"/projects/{pid}"
+    href = {
+        "goal": f"{base}#goal",
+        "data": f"{base}#datasets",
+        "model": f"{base}#jobs",
+        "train": f"/jobs/{latest_job}" if latest_job else f"{base}#jobs",
+        "check": f"{base}/report",
+        "use": f"{base}/deployments",
+    }
+    current = next((key for key, _, _ in GUIDE if not done[key]), None)
+    return [
+        GuideStep(
+            key=key,
+            title=title,
+            explanation=text,
+            done=done[key],
+            current=key == current,
+            href=href[key],
+        )
+        for key, title, text in GUIDE
+    ]
+
+
+def guide_before_any_project() -> list[GuideStep]:
+    """The guided path of a user with no project yet: the goal comes first, on the new
+    project form."""
+    return [
+        GuideStep(
+            key=key,
+            title=title,
+            explanation=text,
+            done=False,
+            current=key == "goal",
+            href="/projects#new" if key == "goal" else "",
+        )
+        for key, title, text in GUIDE
+    ]

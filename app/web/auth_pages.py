@@ -30,7 +30,7 @@ from app.core.security import new_secret, same
 from app.models import Role, User
 from app.services.accounts import audit, credentials, invites
 from app.services.accounts import users as accounts
-from app.web.rendering import Form, form_errors, render
+from app.web.rendering import GUIDE_COOKIE, Form, form_errors, render
 
 router = make_router(include_in_schema=False)
 LOGIN_CSRF_COOKIE = "tunelab_login_csrf"
@@ -223,6 +223,24 @@ def switch_language(
         accounts.set_locale(session, user=principal.user, locale=locale)
         session.commit()
     _remember_language(request, response, settings, locale)
+    return response
+
+
+@router.post("/guide")
+def switch_guide(request: Request, settings: SettingsDep, _p: Public, form: Form) -> Response:
+    """Hide the guided path (experts) or show it again: a cookie, like the language switch."""
+    response = RedirectResponse(_safe_next(str(form.get("next", "/projects"))), status_code=303)
+    if form.get("show") == "off":
+        response.set_cookie(
+            GUIDE_COOKIE,
+            "off",
+            max_age=i18n.LOCALE_COOKIE_MAX_AGE,
+            samesite="lax",
+            secure=_secure(request, settings),
+            path="/",
+        )
+    else:
+        response.delete_cookie(GUIDE_COOKIE, path="/")
     return response
 
 

@@ -35,7 +35,7 @@ from app.services.accounts import users as accounts
 from app.services.jobs import estimates as estimates_service
 from app.web import form_tokens
 from app.web.charts import line_chart
-from app.web.rendering import FormFields, form_page, render
+from app.web.rendering import FormFields, form_page, guide_context, render
 from worker.spec.catalog import catalog_listing
 from worker.spec.config import PRESETS
 from worker.spec.method_support import method_choices
@@ -73,6 +73,7 @@ def projects_page(
         page=PAGE,
         form={},
         errors=[],
+        **guide_context(request, projects_service.guide_before_any_project() if not total else []),
     )
 
 
@@ -148,7 +149,9 @@ def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dic
 def project_page(
     project_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
 ) -> HTMLResponse:
-    return render(request, "projects/detail.html", **_project_context(session, me, project_id))
+    context = _project_context(session, me, project_id)
+    steps = projects_service.guide(session, project=context["project"])
+    return render(request, "projects/detail.html", **context, **guide_context(request, steps))
 
 
 def project_page_with_error(

@@ -112,6 +112,15 @@ def form_page(
     )
 
 
+GUIDE_COOKIE = "tunelab_guide"
+
+
+def guide_context(request: Request, steps: list[Any]) -> dict[str, Any]:
+    """The guided path for a page, unless the reader hid it (a cookie, "off")."""
+    hidden = request.cookies.get(GUIDE_COOKIE) == "off"
+    return {"guide": steps, "show_guide": not hidden, "guide_hidden": hidden}
+
+
 async def form_fields(request: Request) -> dict[str, str]:
     """A submitted form's fields as text (files are not expected here)."""
     return {k: str(v) for k, v in (await request.form()).items()}

@@ -319,8 +319,8 @@ CASES: dict[str, Case] = {
 }
 
 # POST pages with no typed input: buttons (their refusals are tested where they live), the
-# job form's live estimate (a fragment, not a submission), and the header's language switch
-# (any value falls back to a language it has).
+# job form's live estimate (a fragment, not a submission), the header's language switch (any
+# value falls back to a language it has) and the guided path's hide/show button.
 NO_TYPED_INPUT = {
     "/projects/{project_id}/estimate",
     "/jobs/{job_id}/exports",
@@ -331,6 +331,7 @@ NO_TYPED_INPUT = {
     "/deployments/{deployment_id}/stop",
     "/logout",
     "/language",
+    "/guide",
     "/account/tokens/{token_id}/revoke",
 }
 

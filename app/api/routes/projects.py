@@ -14,8 +14,9 @@ from app.api.deps import (
     SettingsDep,
     make_router,
 )
+from app.core.i18n import gettext
 from app.schemas.common import Page
-from app.schemas.project import ProjectCreate, ProjectRead
+from app.schemas.project import GuideStepRead, ProjectCreate, ProjectRead
 from app.services import access
 from app.services import projects as service
 
@@ -42,6 +43,25 @@ def list_projects(
 @router.get("/{project_id}", response_model=ProjectRead)
 def get_project(project_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> ProjectRead:
     return ProjectRead.model_validate(access.project_for(session, me.user, project_id))
+
+
+@router.get("/{project_id}/guide", response_model=list[GuideStepRead])
+def get_guide(project_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> list[GuideStepRead]:
+    """The guided path (goal → data → model and method → train → check → use) from the
+    project's state: which steps are done, which is current, where each one's action is; the
+    title and explanation in the caller's language."""
+    project = access.project_for(session, me.user, project_id)
+    return [
+        GuideStepRead(
+            key=s.key,
+            title=gettext(s.title),
+            explanation=gettext(s.explanation),
+            done=s.done,
+            current=s.current,
+            href=s.href,
+        )
+        for s in service.guide(session, project=project)
+    ]
 
 
 @router.delete("/{project_id}", status_code=204)

@@ -24,7 +24,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
     settings = settings_ready()
     upgrade(args.revision)
-    print(f"database at {_safe_url(settings.sqlalchemy_url)} is at revision {args.revision}")
+    print(
+        gettext(
+            "database at %(url)s is at revision %(revision)s",
+            url=_safe_url(settings.sqlalchemy_url),
+            revision=args.revision,
+        )
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ They call the same services as `/api/v1`."""
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any, Literal
 
@@ -225,6 +226,21 @@ def delete_upload(
     return RedirectResponse(f"/projects/{project_id}#datasets", status_code=303)
 
 
+# Fewer test examples than this and the evaluation's interval is too wide for a verdict: with
+# 10 items, one answer more or less right moves a score by 0.1.
+MIN_TEST_FOR_VERDICT = 50
+
+
+def _few_test(version: DatasetVersion, counts: dict[str, int]) -> dict[str, int] | None:
+    """The test split is too small to judge a model: how many it has, and the test share (in
+    percent, at most 30) that would give MIN_TEST_FOR_VERDICT, or 0 when no share can."""
+    test = counts.get("test", 0)
+    if test >= MIN_TEST_FOR_VERDICT or not version.records:
+        return None
+    share = math.ceil(100 * MIN_TEST_FOR_VERDICT / version.records)
+    return {"test": test, "needed": MIN_TEST_FOR_VERDICT, "share": share if share <= 30 else 0}
+
+
 def _version_context(
     session: SessionDep,
     settings: SettingsDep,
@@ -263,6 +279,7 @@ def _version_context(
         "version": version,
         "parent": parents.get(version.parent_id) if version.parent_id else None,
         "counts": service.split_counts(version),
+        "few_test": _few_test(version, service.split_counts(version)),
         "split": split,
         "rows": rows,
         "total": total,

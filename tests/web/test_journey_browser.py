@@ -12,11 +12,13 @@ folder) or the test's tmp folder, with the time each step took in timings.txt.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.live import LiveServer
@@ -190,23 +192,29 @@ def watch_the_evaluation(j: Journey, job_url: str) -> str:
     """The evaluation each job queues for itself, its progress seen while it runs."""
     page = j.page
     # The job page lists its evaluation once the job is done; a user reloads to see it.
-    page.reload()
-    evaluations = page.get_by_test_id("job-evaluations")
-    expect(evaluations.get_by_role("link").first).to_be_visible()
-    evaluations.get_by_role("link").first.click()
+    link = page.get_by_test_id("job-evaluations").get_by_role("link").first
+    for _ in range(15):
+        page.reload()
+        if link.count():
+            break
+        page.wait_for_timeout(2_000)
+    link.click()
     expect(page).to_have_url(re.compile(r"/evaluations/[0-9a-f-]+$"))
     evaluation_url = page.url
-    live = page.locator("#eval-live")
     seen: list[str] = []
     shot = False
-    while live.count() == 0 or live.get_attribute("data-status") in ("queued", "running"):
-        progress = page.get_by_test_id("eval-progress")
-        if progress.count() and progress.is_visible():
-            text = progress.inner_text()
-            if text not in seen:
-                seen.append(text)
+    status: str | None = "queued"
+    deadline = time.monotonic() + EVALUATION_SECONDS
+    while status in (None, "queued", "running"):
+        assert time.monotonic() < deadline, f"the evaluation took over {EVALUATION_SECONDS} s"
+        try:  # one look at the page, which swaps its live part and reloads when done
+            status, text = page.evaluate(LOOK_AT_THE_EVALUATION)
+        except PlaywrightError:
+            status, text = None, None
+        if text and text not in seen:
+            seen.append(text)
             if not shot and re.search(r"\d", text):
-                j.step("evaluation-progress")
+                j.step("evaluation-progress")  # the first count of items done
                 shot = True
         page.wait_for_timeout(300)
     expect(page.get_by_test_id("status")).to_have_text(j.t("succeeded"), timeout=60_000)
@@ -216,6 +224,16 @@ def watch_the_evaluation(j: Journey, job_url: str) -> str:
     expect(page.get_by_test_id("model-row").first).to_be_visible()
     j.step("evaluation-done")
     return evaluation_url
+
+
+EVALUATION_SECONDS = 300
+# The evaluation's status and its progress line, read at once (the page may be mid-swap).
+LOOK_AT_THE_EVALUATION = """() => {
+  const live = document.getElementById("eval-live");
+  const progress = document.querySelector("[data-testid=eval-progress]");
+  const shown = progress && progress.offsetParent !== null;
+  return [live ? live.dataset.status : null, shown ? progress.innerText : null];
+}"""
 
 
 def review(j: Journey, evaluation_url: str) -> None:

@@ -24,7 +24,8 @@ from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.live import LiveServer
 from tests.web.journey import Journey, screenshot_root
 
-pytestmark = pytest.mark.e2e
+# Real SmolLM2 weights: "slow" also starts it first under `pytest -n auto`.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "journey"
 MODEL = "smollm2-135m-instruct"

@@ -76,7 +76,9 @@ def deploy(
             else ("name: lower-case letters, digits and dashes; and choose at least one job")
         )
         context = _context(session, project_id, me)
-        return render(request, "deploy/list.html", 422, deploy_error=message, **context)
+        return render(
+            request, "deploy/list.html", 422, deploy_error=message, deploy_form=form, **context
+        )
     session.commit()
     deployments.offer(session, deployment=deployment)
     return RedirectResponse(f"/deployments/{deployment.id}", status_code=303)

@@ -192,6 +192,11 @@ def _job_request(project_id: uuid.UUID, form: dict[str, str]) -> JobCreate:
     fields = {k: v for k, v in form.items() if k not in ("csrf_token", form_tokens.FIELD)}
     # "<dataset id>@<version number>": the job form lists every version of every dataset.
     dataset_id, _, number = fields.pop("dataset_id", "").partition("@")
+    # The model picker's "advanced" field (a hub id, a folder, a .gguf file) replaces the
+    # catalog choice when filled in.
+    custom = fields.pop("base_model_custom", "").strip()
+    if custom:
+        fields["base_model"] = custom
     config: dict[str, Any] = {k: v for k, v in fields.items() if v.strip() != ""}
     try:
         return JobCreate(
@@ -216,26 +221,26 @@ def start_job(
     me: CurrentTrainer,
     form: FormFields,
 ) -> Response:
+    earlier = form_tokens.created_before(session, form=form, user=me.user, kind="job")
+    if earlier:  # back and resubmit: the job this very form already started
+        return RedirectResponse(f"/jobs/{earlier}", status_code=303)
     try:
         body = _job_request(project_id, form)
         job = jobs_service.create_job(session, settings=settings, data=body, user=me.user)
     except InvalidInput as exc:
         session.rollback()
-    earlier = form_tokens.created_before(session, form=form, user=me.user, kind="job")
-    if earlier:  # back and resubmit: the job this very form already started
-        return RedirectResponse(f"/jobs/{earlier}", status_code=303)
         context = _project_context(session, me, project_id)
         context["job_errors"] = exc.errors
         context["job_form"] = form
         return render(request, "projects/detail.html", 422, **context)
+    kept = form_tokens.remember(session, form=form, user=me.user, kind="job", object_id=job.id)
+    if kept != job.id:
+        return RedirectResponse(f"/jobs/{kept}", status_code=303)
     session.commit()
     jobs_service.offer(session, job=job)
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
-    kept = form_tokens.remember(session, form=form, user=me.user, kind="job", object_id=job.id)
-    if kept != job.id:
-        return RedirectResponse(f"/jobs/{kept}", status_code=303)
 @router.post("/projects/{project_id}/estimate")
 def estimate_fragment(
     project_id: uuid.UUID,
@@ -279,7 +284,11 @@ def estimate_fragment(
                 "this GPU estimate."
             ),
         ]
-    return render(request, "jobs/_estimate.html", estimate=estimate, errors=errors)
+    # The model picker's table asks for one line per catalog model (?short=1).
+    name = (
+        "jobs/_estimate_short.html" if request.query_params.get("short") else "jobs/_estimate.html"
+    )
+    return render(request, name, estimate=estimate, errors=errors)
 
 
 def _train_records(session: SessionDep, me: Any, body: JobCreate) -> int:
@@ -393,4 +402,33 @@ def cancel_job(
         session.rollback()
     if request.headers.get("hx-request"):
         return render(request, "jobs/_live.html", **_job_context(session, me, job_id))
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/resume")
+def resume_job(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    me: CurrentTrainer,
+) -> Response:
+    """Queue a cancelled or failed job again from its newest checkpoint."""
+    access.job_for(session, me.user, job_id)
+    try:
+        job = jobs_service.resume_job(session, settings=settings, job_id=job_id)
+    except TunelabError as exc:
+        session.rollback()
+        context = _job_context(session, me, job_id)
+        return render(
+            request,
+            "jobs/detail.html",
+            exc.status_code,
+            evaluations=[],
+            exports=exports_service.list_exports(session, job_id=job_id),
+            resume_error=exc.message,
+            **context,
+        )
+    session.commit()
+    jobs_service.offer(session, job=job)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)

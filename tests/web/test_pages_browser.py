@@ -40,7 +40,8 @@ def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
     page.goto(project_url)
     expect(page.get_by_test_id("datasets")).to_contain_text("good.jsonl")
 
-    page.get_by_label("Base model").fill(str(tiny_model))
+    page.get_by_text("Advanced: another model").click()  # a local folder, not the catalog
+    page.get_by_test_id("model-custom").fill(str(tiny_model))
     page.get_by_label("Max steps").fill("10")
     page.get_by_label("Learning rate").fill("0.005")
     page.get_by_label("Max sequence length").fill("64")
@@ -63,7 +64,8 @@ def test_bad_job_settings_are_shown_next_to_the_form(page: Page, tiny_model: Pat
     page.get_by_role("button", name="Validate and import").click()
     expect(page.get_by_test_id("split-counts")).to_be_visible()
     page.goto(project_url)
-    page.get_by_label("Base model").fill(str(tiny_model))
+    page.get_by_text("Advanced: another model").click()  # a local folder, not the catalog
+    page.get_by_test_id("model-custom").fill(str(tiny_model))
     page.get_by_label("Learning rate").fill("-1")
     page.get_by_role("button", name="Start training").click()
     errors = page.locator("#job-form > [data-testid=errors]")

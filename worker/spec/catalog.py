@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker.spec.model_languages import languages_of, speaks_chinese
+
 # Method names as the run config spells them (config.METHODS; a test keeps the two equal). A
 # catalog entry lists the ones known to work with its architecture; QLoRA additionally needs
 # a CUDA GPU (checked when the job is made).
@@ -472,6 +474,8 @@ def catalog_listing() -> list[dict[str, Any]]:
                 "pip_name": entry.pip_name,
                 "gated": entry.gated,
                 "notes": entry.notes,
+                "languages": languages_of(name),
+                "chinese": speaks_chinese(name),
             }
         )
     return rows

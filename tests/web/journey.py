@@ -31,6 +31,15 @@ SAME_IN_CHINESE = {
     "job",
     "English",
     "vLLM",
+    "rsLoRA",
+    "lora",
+    "alpha",
+    "dropout",
+    "tuning",  # P-tuning
+    "token",
+    "Hugging",
+    "Face",
+    "gguf",
 }
 ENGLISH_WORD = re.compile(r"[A-Za-z]{3,}")
 HEX_ID = re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f-]+)?\b")
@@ -41,6 +50,12 @@ def screenshot_root(tmp_path: Path) -> Path:
     root = Path(os.environ.get("TUNELAB_SCREENSHOTS") or tmp_path / "screenshots")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+# A label's own words, without the options of the field inside it.
+LABELS_OWN_TEXT = """() => Array.from(document.querySelectorAll("main label")).map(label =>
+  Array.from(label.childNodes).filter(n => n.nodeType === Node.TEXT_NODE)
+    .map(n => n.textContent).join(" ").trim()).filter(t => t)"""
 
 
 @dataclass
@@ -109,11 +124,13 @@ class Journey:
         path = self.page.url.split("://", 1)[-1].split("/", 1)[-1]
         # The page's and its sections' titles must be Chinese; other labels are listed in
         # english.txt beside the screenshots, for a person to look at.
-        for selector, found in (
-            ("h1, h2, legend", self.english),
-            ("h3, th, button, summary", self.english_elsewhere),
-        ):
-            for text in self.page.locator(selector).all_inner_texts():
+        texts = {
+            "headings": self.page.locator("h1, h2, legend").all_inner_texts(),
+            "elsewhere": self.page.locator("h3, th, button, summary").all_inner_texts()
+            + self.page.evaluate(LABELS_OWN_TEXT),
+        }
+        for kind, found in (("headings", self.english), ("elsewhere", self.english_elsewhere)):
+            for text in texts[kind]:
                 words = self.english_words(text)
                 entry = f"/{path}: {text.strip()!r} ({', '.join(words)})"
                 if words and entry not in found:

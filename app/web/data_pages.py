@@ -231,13 +231,13 @@ def delete_upload(
 MIN_TEST_FOR_VERDICT = 50
 
 
-def _few_test(version: DatasetVersion, counts: dict[str, int]) -> dict[str, int] | None:
-    """The test split is too small to judge a model: how many it has, and the test share (in
-    percent, at most 30) that would give MIN_TEST_FOR_VERDICT, or 0 when no share can."""
-    test = counts.get("test", 0)
-    if test >= MIN_TEST_FOR_VERDICT or not version.records:
+def _few_test(records: int, test: int) -> dict[str, int] | None:
+    """A test split of ``test`` examples out of ``records`` is too small to judge a model: how
+    many it has, and the test share (in percent, at most 30) that would give
+    MIN_TEST_FOR_VERDICT, or 0 when no share can. None when it is big enough."""
+    if test >= MIN_TEST_FOR_VERDICT or not records:
         return None
-    share = math.ceil(100 * MIN_TEST_FOR_VERDICT / version.records)
+    share = math.ceil(100 * MIN_TEST_FOR_VERDICT / records)
     return {"test": test, "needed": MIN_TEST_FOR_VERDICT, "share": share if share <= 30 else 0}
 
 
@@ -279,7 +279,7 @@ def _version_context(
         "version": version,
         "parent": parents.get(version.parent_id) if version.parent_id else None,
         "counts": service.split_counts(version),
-        "few_test": _few_test(version, service.split_counts(version)),
+        "few_test": _few_test(version.records, service.split_counts(version).get("test", 0)),
         "split": split,
         "rows": rows,
         "total": total,

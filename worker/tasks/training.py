@@ -7,6 +7,7 @@ job to another one (it froze past its lease) stops at its next step and writes n
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -32,6 +33,8 @@ from worker.training import (
     train,
 )
 from worker.training.checkpoints import IncompatibleCheckpoint, latest_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class JobReporter:
@@ -70,17 +73,26 @@ class JobReporter:
             )
         )
 
+    def checkpoint_on_stop(self) -> bool:
+        """Stopped because someone cancelled the job (not lost to another worker, nor handed
+        back by a worker shutting down): keep what was trained."""
+        return self.lease.cancel_requested and not self.lease.lost
+
     def should_stop(self) -> bool:
         # The lease's thread notices a cancel within a second; a tiny model takes many steps
         # in a second, so the row is read here too (one primary-key lookup, before each step):
         # a cancel stops the run before the step after the one in flight.
         if self.lease.should_stop():
             return True
-        with session_scope() as session:
-            if leases.cancel_asked(session, leases.JOB, self.lease.item_id):
-                self.lease.cancel_requested = True
-                return True
-        return False
+        try:
+            with session_scope() as session:
+                asked = leases.cancel_asked(session, leases.JOB, self.lease.item_id)
+        except Exception:  # a database blip must not end the run: the lease's thread retries
+            log.warning("could not read whether job %s was cancelled", self.lease.item_id)
+            return False
+        if asked:
+            self.lease.cancel_requested = True
+        return asked
 
 
 def _load_records(path: Path) -> list[dict[str, Any]]:

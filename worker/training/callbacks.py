@@ -34,6 +34,15 @@ class TrainCallbacks(Protocol):
         ...
 
 
+def checkpoint_on_stop(callbacks: TrainCallbacks) -> bool:
+    """Whether a run stopped through ``should_stop`` saves a checkpoint of the step it reached
+    first. Only callbacks that say so (a job cancelled by its user: what it trained can be
+    resumed or exported); never a worker that lost its job to another, which must write
+    nothing more, nor callers that do not know the method."""
+    asks = getattr(callbacks, "checkpoint_on_stop", None)
+    return bool(asks()) if callable(asks) else False
+
+
 class Silent:
     """The callbacks used when a caller passes none: nothing reported, never stopped."""
 

@@ -18,7 +18,7 @@ from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
 from worker.spec.validation import validation_interval
 from worker.training import budget, checkpoints, compiled, data, packing
-from worker.training.callbacks import StepMetrics, TrainCallbacks
+from worker.training.callbacks import StepMetrics, TrainCallbacks, checkpoint_on_stop
 from worker.training.steps import StepPlan, validation_loss
 
 # Without checkpoint_every, a checkpoint this often bounds the work a re-queued job repeats.
@@ -108,7 +108,11 @@ def _run_steps(
             # Keep what was trained: the steps since the last checkpoint are saved (cheap next
             # to a step: the trainable weights and the optimiser state), so a cancelled run
             # can be resumed or exported from where it stopped.
-            if run.extras.checkpoint_dir is not None and state.step > saved_step:
+            if (
+                run.extras.checkpoint_dir is not None
+                and state.step > saved_step
+                and checkpoint_on_stop(callbacks)
+            ):
                 _save_checkpoint(run, run.extras.checkpoint_dir, state)
             raise TrainingCancelled("Training was cancelled")
         if batches_epoch != state.epoch:

@@ -56,7 +56,9 @@ def line_chart(
     points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in data)
     second = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in overlay or [])
     y_ticks = [(sy(y0 + (y1 - y0) * i / 4), _fmt(y0 + (y1 - y0) * i / 4)) for i in range(5)]
-    return Chart(width, height, points, step_ticks(min(xs), max(xs), sx), y_ticks, label, False, second)
+    return Chart(
+        width, height, points, step_ticks(min(xs), max(xs), sx), y_ticks, label, False, second
+    )
 
 
 def step_ticks(first: int, last: int, at: Any, most: int = 8) -> list[tuple[float, str]]:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import io
 import tarfile
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from app.core.config import get_settings
+from app.core.db import get_sessionmaker
+from app.models import Job
 from tests.factories import (
     alpaca_records,
     create_dataset,
@@ -92,6 +96,22 @@ def test_a_cancelled_job_stops_within_a_step_keeps_a_checkpoint_and_exports_and_
     assert [p["step"] for p in losses][:stopped_at] == list(range(1, stopped_at + 1))
     assert api.post(f"/jobs/{job['id']}/cancel").status_code == 200
     assert wait_for_status(api, job["id"], timeout=30)["status"] == "cancelled"
+
+    # A failed job with a checkpoint offers the same (its failure is written as a worker
+    # writes one: the status and the error).
+    with get_sessionmaker()() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(job["id"]))
+            .values(status="failed", error="The loss became nan at step 9; lower the rate.")
+        )
+        session.commit()
+    failed = api.get(f"/jobs/{job['id']}").json()
+    assert failed["status"] == "failed" and failed["checkpoint"].startswith("checkpoint-")
+    again = api.post(f"/jobs/{job['id']}/resume")
+    assert again.status_code == 200 and again.json()["error"] is None
+    api.post(f"/jobs/{job['id']}/cancel")
+    assert wait_for_status(api, job["id"], timeout=60)["status"] == "cancelled"
 
 
 def test_resume_and_export_are_refused_without_a_checkpoint(

@@ -280,6 +280,17 @@ def discard_export(out_dir: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def discard_earlier_attempts(out_dir: Path) -> None:
+    """Remove what earlier attempts of this export left: a worker killed mid-way leaves a
+    staging folder or a partial archive that was never reported and that nothing else
+    removes. ``out_dir`` is this attempt's folder, named ``<kind>-<id>-<attempt>``."""
+    stem, _, number = out_dir.name.rpartition("-")
+    if not number.isdigit():
+        return
+    for earlier in range(1, int(number)):
+        discard_export(out_dir.with_name(f"{stem}-{earlier}"))
+
+
 def _staging(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists():

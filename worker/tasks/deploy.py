@@ -17,7 +17,13 @@ from app.services import deployments, leases
 from app.services import exports as service
 from app.services import jobs as jobs_service
 from worker.celery_app import MAKE_EXPORT, SERVE_DEPLOYMENT, celery_app
-from worker.deploy.export import ExportError, discard_export, export_adapter, export_merged
+from worker.deploy.export import (
+    ExportError,
+    discard_earlier_attempts,
+    discard_export,
+    export_adapter,
+    export_merged,
+)
 from worker.deploy.from_checkpoint import save_trained_model
 from worker.tasks import crashed
 from worker.tasks.runtime import Lease
@@ -76,6 +82,7 @@ def make_export(export_id: str) -> str:
     # A folder per attempt: a worker that lost this export to another never writes where
     # the new one does. Only the attempt that finishes under its lease is ever reported.
     out_dir = settings.artifacts_dir / str(job_id) / "exports" / f"{kind}-{export_id[:8]}-{attempt}"
+    discard_earlier_attempts(out_dir)
     started = time.perf_counter()
     status, error, values = "failed", None, {}
     with lease:

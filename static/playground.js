@@ -12,6 +12,8 @@
     right: { el: form.querySelector("[data-pane=right]"), history: [] },
   };
   let lastMessage = "";
+  // The page's words, in its language (data- attributes of the form).
+  const words = form.dataset;
 
   function say(text) {
     if (status) status.textContent = text;
@@ -22,7 +24,7 @@
     div.className = "turn " + role;
     const who = document.createElement("span");
     who.className = "muted small";
-    who.textContent = role === "user" ? "you" : "model";
+    who.textContent = role === "user" ? words.you : words.model;
     const body = document.createElement("p");
     body.className = "pre";
     body.textContent = text;
@@ -94,7 +96,7 @@
     if (!message) return;
     lastMessage = message;
     form.elements.message.value = "";
-    say("answering…");
+    say(words.answering);
     await Promise.all([ask("left", message), ask("right", message)]);
     say("");
   });
@@ -113,7 +115,7 @@
   const review = form.querySelector("[data-action=review]");
   if (review) {
     review.addEventListener("click", async () => {
-      if (!lastMessage) return say("send a message first");
+      if (!lastMessage) return say(words.sendFirst);
       const campaign = form.elements.campaign.value;
       const response = await fetch(`/api/v1/review-campaigns/${campaign}/prompts`, {
         method: "POST",
@@ -121,7 +123,7 @@
         headers: { "content-type": "application/json", "x-csrf-token": form.dataset.csrf },
         body: JSON.stringify({ prompts: [lastMessage] }),
       });
-      say(response.ok ? "sent to the review campaign" : "could not send it to review");
+      say(response.ok ? words.sentToReview : words.notSentToReview);
     });
   }
   titles();

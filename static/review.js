@@ -15,6 +15,12 @@
   let again = false; // something changed while it ran
   let commentTimer = null;
 
+  // The page's words, in its language (data- attributes of the form).
+  const words = form.dataset;
+  function fill(template, name, value) {
+    return (template || "").replace("{" + name + "}", value);
+  }
+
   function show(text, kind) {
     if (!stateBox) return;
     stateBox.textContent = text;
@@ -37,7 +43,7 @@
     let last = null;
     for (const wait of waits) {
       if (wait) {
-        show("not saved yet, retrying…", "retrying");
+        show(words.retrying, "retrying");
         await new Promise((resolve) => setTimeout(resolve, wait));
       }
       try {
@@ -50,13 +56,13 @@
         if (response.ok) {
           const saved = await response.json();
           const rated = document.querySelector("[data-testid=rated]");
-          if (rated) rated.textContent = saved.rated + " graded";
-          show("saved", "saved");
+          if (rated) rated.textContent = fill(words.graded, "n", saved.rated);
+          show(words.saved, "saved");
           return true;
         }
         if (response.status < 500) {
           const problem = await response.json().catch(() => ({}));
-          show("not saved: " + (problem.detail || response.statusText), "error");
+          show(fill(words.notSaved, "reason", problem.message || problem.detail || response.statusText), "error");
           return false;
         }
         last = response.statusText;
@@ -64,7 +70,7 @@
         last = error;
       }
     }
-    show("not saved: the server cannot be reached (" + last + ")", "error");
+    show(fill(words.unreachable, "error", last), "error");
     return false;
   }
 
@@ -74,7 +80,7 @@
       again = true;
       return inFlight;
     }
-    show("saving…", "saving");
+    show(words.saving, "saving");
     inFlight = (async () => {
       let ok = true;
       do {

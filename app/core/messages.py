@@ -286,12 +286,27 @@ def translate_message(message: str) -> str:
         if found is None:
             continue
         values: dict[str, Any] = found.groupdict()
+        for name in ("a", "b", "example"):
+            if name in values:
+                values[name] = _criterion_example(values[name])
         if "rest" in values and message_id != "%(field)s: %(rest)s":
             values["rest"] = translate_message(values["rest"])
         if message_id == "%(field)s: %(rest)s":
             return labelled(values["field"], translate_message(values["rest"]))
         return _(message_id, **values)
     return text
+
+
+# The examples a success criterion's error proposes (worker/spec/criteria.py), written the way
+# the reader's language reads them; the criteria parser reads both.
+_IMPROVEMENT_EXAMPLE = re.compile(r"^(?P<metric>\S+) improves on baseline by >= (?P<n>\S+)$")
+
+
+def _criterion_example(example: str) -> str:
+    found = _IMPROVEMENT_EXAMPLE.match(example)
+    if found is None:
+        return example
+    return _("%(metric)s improves on baseline by >= %(n)s", **found.groupdict())
 
 
 def labelled(field: str | None, message: str) -> str:

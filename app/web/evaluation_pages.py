@@ -20,14 +20,13 @@ from app.schemas.evaluation import EvaluationCreate
 from app.services import access
 from app.services import datasets as datasets_service
 from app.services import evaluations as service
+from app.web.display_words import metric_title, model_label
 from app.web.rendering import FormFields, render
 from worker.spec.catalog import DEFAULT_MODEL
-from worker.spec.metrics import METRIC_TITLES
 
 router = make_router(include_in_schema=False)
 SAMPLES_PAGE = 20
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1", "perplexity")
-TITLES = METRIC_TITLES
 COLOURS = ("#98a2b3", "#3056d3", "#12b76a", "#f79009", "#7a5af8", "#ee46bc", "#06aed4", "#f04438")
 
 
@@ -90,7 +89,7 @@ def results_table(results: dict[str, Any], candidates: list[dict[str, Any]]) -> 
         rows.append(
             {
                 "key": c["key"],
-                "label": c["label"],
+                "label": model_label(c),
                 "baseline": c["key"] == baseline,
                 "colour": COLOURS[index % len(COLOURS)],
                 "cells": cells,
@@ -98,7 +97,7 @@ def results_table(results: dict[str, Any], candidates: list[dict[str, Any]]) -> 
                 "generation": (results.get("generation") or {}).get(c["key"]),
             }
         )
-    return {"metrics": [(m, TITLES[m]) for m in metrics], "rows": rows, "baseline": baseline}
+    return {"metrics": [(m, metric_title(m)) for m in metrics], "rows": rows, "baseline": baseline}
 
 
 @dataclass
@@ -145,7 +144,10 @@ def interval_chart(table: dict[str, Any], results: dict[str, Any], width: int = 
             )
             y += row
         groups.append(
-            {"label": TITLES[metric] + (" /100" if metric == "bleu" else ""), "y": (top + y) / 2}
+            {
+                "label": metric_title(metric) + (" /100" if metric == "bleu" else ""),
+                "y": (top + y) / 2,
+            }
         )
         y += gap
     ticks = [(round(left + t / 4 * span, 1), f"{t / 4:.2f}") for t in range(5)]
@@ -323,7 +325,7 @@ def evaluation_page(
         order=order,
         offset=offset,
         page=SAMPLES_PAGE,
-        labels={c["key"]: c["label"] for c in evaluation.candidates},
+        labels={c["key"]: model_label(c) for c in evaluation.candidates},
         campaigns=_campaigns(session, evaluation.id),
         **_evaluation_view(evaluation, project),
     )

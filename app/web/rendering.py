@@ -18,6 +18,7 @@ from app.core.errors import FieldError, InvalidInput, TunelabError
 from app.core.messages import field_label, status_text, translate_errors, translate_message
 from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
+from app.web import display_words
 from app.web.form_tokens import form_token_input
 
 
@@ -52,6 +53,9 @@ templates.env.filters.update(
     readable_json=readable_json,
     status=status_text,
 )
+# Stored English values (default criteria, model labels, metric names, …) in the reader's words.
+templates.env.filters.update(display_words.FILTERS)
+templates.env.globals.update(display_words.GLOBALS)
 # Creation forms carry a hidden token so that back-and-resubmit creates nothing twice.
 templates.env.globals["form_token_input"] = form_token_input
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import FieldError, InvalidInput, NotFound
+from app.core.i18n import N_, _
 from app.models import Job, JobStatus, ModelPermission, Project
 from app.schemas.evaluation import CandidateIn
 from app.services.jobs import checkpoints_dir
@@ -50,11 +52,10 @@ def base_candidate(
     system_prompt: str | None = None,
     label: str | None = None,
 ) -> dict[str, Any]:
-    shots = f", {k_shot}-shot" if k_shot else ", zero-shot"
     prompt = project.system_prompt if system_prompt is None else system_prompt
-    return {
+    chosen: dict[str, Any] = {
         "key": key,
-        "label": label or f"Base model + prompt ({_model_title(base_model)}{shots})",
+        "label": label,
         "kind": "base",
         "base_model": base_model,
         "job_id": None,
@@ -64,15 +65,17 @@ def base_candidate(
         "system_prompt": prompt,
         **_permissions(session, base_model),
     }
+    chosen["label"] = label or default_label(chosen)
+    return chosen
 
 
 def job_candidate(
     session: Session, job: Job, *, label: str | None = None, k_shot: int = 0
 ) -> dict[str, Any]:
     method = str(job.config.get("method", "lora"))
-    return {
+    chosen: dict[str, Any] = {
         "key": f"job-{str(job.id)[:8]}",
-        "label": label or f"Fine-tuned ({method_title(method)}, job {str(job.id)[:8]})",
+        "label": label,
         "kind": "job",
         "base_model": job.config["base_model"],
         "job_id": str(job.id),
@@ -82,6 +85,8 @@ def job_candidate(
         "system_prompt": job.config.get("system_prompt"),
         **_permissions(session, str(job.config["base_model"])),
     }
+    chosen["label"] = label or default_label(chosen)
+    return chosen
 
 
 def candidate(
@@ -129,9 +134,9 @@ def candidate(
         message = f"job {str(job.id)[:8]} has no checkpoint {name!r} (it has: {have})"
         raise InvalidInput.on(f"{field}.checkpoint", message, detail=message)
     step = name.removeprefix("checkpoint-")
-    return {
+    checkpoint: dict[str, Any] = {
         "key": f"ckpt-{str(job.id)[:8]}-{step}",
-        "label": model.label or f"Checkpoint {step} of job {str(job.id)[:8]}",
+        "label": model.label,
         "kind": "checkpoint",
         "base_model": job.config["base_model"],
         "job_id": str(job.id),
@@ -145,6 +150,58 @@ def candidate(
         ),
         **_permissions(session, str(job.config["base_model"])),
     }
+    checkpoint["label"] = model.label or default_label(checkpoint)
+    return checkpoint
+
+
+# --- Labels ---------------------------------------------------------------------------------
+# A candidate's label is stored in English (the API and the CLI read it as it is); pages show a
+# default one, rebuilt from the candidate's own fields, in the reader's language.
+BASE_K_SHOT = N_("Base model + prompt (%(model)s, %(k)s-shot)")
+BASE_ZERO_SHOT = N_("Base model + prompt (%(model)s, zero-shot)")
+FINE_TUNED = N_("Fine-tuned (%(method)s, job %(job)s)")
+CHECKPOINT = N_("Checkpoint %(step)s of job %(job)s")
+
+
+def _label_parts(candidate: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The default label's pattern (English) and its values, or None for an unknown kind."""
+    kind = candidate.get("kind")
+    job = str(candidate.get("job_id") or "")[:8]
+    if kind == "base":
+        k_shot = int(candidate.get("k_shot") or 0)
+        model = _model_title(str(candidate.get("base_model") or ""))
+        if k_shot:
+            return BASE_K_SHOT, {"model": model, "k": k_shot}
+        return BASE_ZERO_SHOT, {"model": model}
+    if kind == "job":
+        method = method_title(str(candidate.get("method") or "lora"))
+        return FINE_TUNED, {"method": method, "job": job}
+    if kind == "checkpoint":
+        step = str(candidate.get("checkpoint") or "").removeprefix("checkpoint-")
+        return CHECKPOINT, {"step": step, "job": job}
+    return None
+
+
+def default_label(candidate: Mapping[str, Any]) -> str:
+    """The label a candidate gets when none is given, in English (as stored)."""
+    parts = _label_parts(candidate)
+    if parts is None:
+        return str(candidate.get("key") or "")
+    pattern, values = parts
+    return pattern % values
+
+
+def shown_label(candidate: Mapping[str, Any]) -> str:
+    """A candidate's label for a person: a default one in the reader's language, one that
+    someone chose as it was written."""
+    stored = str(candidate.get("label") or "")
+    parts = _label_parts(candidate)
+    if parts is None or stored != default_label(candidate):
+        return stored or str(candidate.get("key") or "")
+    pattern, values = parts
+    if "method" in values:
+        values = {**values, "method": _(values["method"])}  # method titles are in the catalog
+    return _(pattern, **values)
 
 
 def checkpoint_folder(settings: Settings, job_id: uuid.UUID, name: str) -> Path:

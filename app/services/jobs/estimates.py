@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.errors import FieldError, InvalidInput
+from app.core.i18n import _, number
 from app.models import DatasetVersion, User
 from app.services import access
 from app.services import datasets as datasets_service
@@ -259,13 +260,15 @@ def lengths_from_stats(
 
 
 def human_duration(seconds: float) -> str:
-    """'about 40 s', 'about 25 min', 'about 3.5 h'."""
+    """'about 40 s', 'about 25 min', 'about 3.5 h' (“约 40 秒”), in the reader's language."""
     if seconds < 90:
-        return f"about {max(1, round(seconds))} s"
+        return _("about %(n)s s", n=max(1, round(seconds)))
     if seconds < 90 * 60:
-        return f"about {round(seconds / 60)} min"
+        return _("about %(n)s min", n=round(seconds / 60))
     hours = seconds / 3600
-    return f"about {hours:.1f} h" if hours < 24 else f"about {math.ceil(hours / 24)} days"
+    if hours < 24:
+        return _("about %(n)s h", n=number(hours, digits=1))
+    return _("about %(n)s days", n=math.ceil(hours / 24))
 
 
 def _characters_per_token(languages: Mapping[str, Any]) -> float:

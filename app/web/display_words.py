@@ -1,0 +1,110 @@
+"""Words that are stored or computed in English, shown in the reader's language.
+
+Some values are kept as they are written by code that knows no reader: a review campaign's
+default criteria, the evaluations' default model labels, the metrics' names (worker/spec), a
+dataset's format, the parts of a length table. The API and the CLI keep them as stored; pages
+show them through these filters, which translate the values they know and leave the others
+(a user's own words) as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.i18n import N_, _
+from app.core.messages import field_label
+from app.services.evaluations.candidates import shown_label
+from worker.spec.metrics import METRIC_TITLES
+
+# A review campaign's default rubric (app/schemas/review.py): stored in English when a campaign
+# comes from the API; the Chinese form proposes them in Chinese.
+DEFAULT_CRITERIA = {"accuracy": N_("accuracy"), "style": N_("style"), "format": N_("format")}
+
+REVIEW_MODES = {
+    "both": N_("pairwise and ratings"),
+    "pairwise": N_("pairwise"),
+    "rating": N_("ratings"),
+}
+
+
+def _known(words: dict[str, str], value: object) -> str:
+    """``value`` in the reader's language when ``words`` knows it, else as it is."""
+    text = str(value)
+    return _(words[text]) if text in words else text
+
+
+def criterion(name: object) -> str:
+    """A rubric criterion: a default one in the reader's language, a user's own as written."""
+    return _known(DEFAULT_CRITERIA, name)
+
+
+def default_criteria() -> list[str]:
+    """The review form's proposed criteria, in the reader's language."""
+    return [_(word) for word in DEFAULT_CRITERIA.values()]
+
+
+def review_mode(mode: object) -> str:
+    return _known(REVIEW_MODES, mode)
+
+
+# The metrics' names (worker/spec/metrics.py's METRIC_TITLES, which marks nothing: the worker
+# runs without the web stack); BLEU and ROUGE read the same everywhere.
+METRIC_WORDS = {
+    "exact_match": N_("Exact match"),
+    "token_f1": N_("Token F1"),
+    "perplexity": N_("Perplexity"),
+}
+
+
+def metric_title(metric: object) -> str:
+    """A metric's name for a person: "perplexity" → "Perplexity" (“困惑度”)."""
+    key = str(metric)
+    return _known(METRIC_WORDS, key) if key in METRIC_WORDS else METRIC_TITLES.get(key, key)
+
+
+def model_label(candidate: Any) -> str:
+    """An evaluated model's label (an evaluation's or a campaign's candidate)."""
+    if not isinstance(candidate, dict):
+        return "" if candidate is None else str(candidate)
+    return shown_label(candidate)
+
+
+# A dataset's format as stored: names of their own (alpaca, ShareGPT) read the same everywhere;
+# these are words.
+FORMAT_WORDS = {
+    "columns": N_("own columns"),
+    "chat": N_("chat"),
+    "prompt_completion": N_("prompt / completion"),
+    "self_instruct": N_("self-instruct"),
+}
+
+
+def dataset_format(name: object) -> str:
+    return _known(FORMAT_WORDS, name)
+
+
+# The roles of a conversation's messages (chat data, review prompts).
+MESSAGE_ROLES = {"system": N_("system"), "user": N_("user"), "assistant": N_("assistant")}
+
+
+def message_role(role: object) -> str:
+    return _known(MESSAGE_ROLES, role)
+
+
+def chosen_settings(chosen: Any) -> str:
+    """What "auto" chose, each setting by its label: "Learning rate 0.0008, Epochs 3"."""
+    if not isinstance(chosen, dict):
+        return ""
+    return _(", ").join(f"{field_label(name)} {value}" for name, value in chosen.items())
+
+
+FILTERS: dict[str, Any] = {
+    "chosen_settings": chosen_settings,
+    "message_role": message_role,
+    "dataset_format": dataset_format,
+    "metric_title": metric_title,
+    "model_label": model_label,
+    "criterion": criterion,
+    "review_mode": review_mode,
+}
+GLOBALS: dict[str, Any] = {"default_criteria": default_criteria}

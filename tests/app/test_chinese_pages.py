@@ -1,0 +1,323 @@
+"""Everything a zh-CN reader sees is Chinese (issue 15), including what is stored in English:
+a review campaign's default criteria and mode, the review page's choices and its script's
+words, the evaluations' default model labels and the metrics' names, a dataset's format and
+its length table, the job form's estimate, members' roles and a success criterion's examples.
+The API keeps the stored English values."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
+
+from app.models import (
+    CampaignReviewer,
+    CampaignStatus,
+    Dataset,
+    Evaluation,
+    Job,
+    JobStatus,
+    ReviewAssignment,
+    ReviewCampaign,
+    ReviewItem,
+    User,
+)
+from app.services.accounts import credentials
+from app.services.evaluations.candidates import default_label
+from tests.conftest import ADMIN_EMAIL
+from tests.factories import alpaca_records, jsonl
+
+ZH = {"Accept-Language": "zh-CN,zh;q=0.9"}
+EN = {"Accept-Language": "en"}
+
+
+@dataclass
+class World:
+    project: str
+    dataset: str
+    job: str
+    evaluation: str
+    campaign: str
+    labels: dict[str, str]
+
+
+@pytest.fixture
+def browser(client: TestClient, connection: Connection) -> TestClient:
+    """The admin logged in, as a browser is: the session cookie, asking for HTML."""
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        admin = session.scalar(select(User).where(User.email == ADMIN_EMAIL))
+        assert admin is not None
+        admin.locale = None
+        cookie = credentials.start_session(session, user=admin, ip="127.0.0.1", user_agent="test")
+        session.commit()
+    client.cookies.set("tunelab_session", cookie)
+    client.headers["Accept"] = "text/html"
+    return client
+
+
+def csrf(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+@pytest.fixture
+def world(browser: TestClient, connection: Connection) -> World:
+    """A project with data imported through "my own columns", a succeeded job, its evaluation
+    (default labels, stored in English) and an open campaign with the default criteria."""
+    page = browser.get("/projects")
+    made = browser.post(
+        "/projects",
+        data={"name": "中文页面", "csrf_token": csrf(page.text)},
+        follow_redirects=False,
+    )
+    assert made.status_code == 303, made.text
+    project_id = made.headers["location"].rsplit("/", 1)[1]
+    records = [{"问题": r["instruction"], "答案": r["output"]} for r in alpaca_records(30)]
+    staged = browser.post(
+        f"/projects/{project_id}/uploads",
+        files={"file": ("qa.jsonl", jsonl(records), "application/octet-stream")},
+        headers={"X-CSRF-Token": csrf(page.text)},
+        follow_redirects=False,
+    )
+    assert staged.status_code == 303, staged.text
+    upload_page = browser.get(staged.headers["location"])
+    imported = browser.post(
+        staged.headers["location"] + "/import",
+        data={
+            "name": "问答",
+            "format": "columns",
+            "map_prompt": "问题",
+            "map_completion": "答案",
+            "csrf_token": csrf(upload_page.text),
+        },
+        follow_redirects=False,
+    )
+    assert imported.status_code == 303, imported.text
+    dataset_id = imported.headers["location"].split("/")[2].split("?")[0]
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        admin = session.scalar(select(User).where(User.email == ADMIN_EMAIL))
+        assert admin is not None
+        dataset = session.get(Dataset, uuid.UUID(dataset_id))
+        assert dataset is not None
+        version = dataset.versions[-1]
+        job = Job(
+            project_id=dataset.project_id,
+            dataset_id=dataset.id,
+            dataset_version_id=version.id,
+            config={"base_model": "smollm2-135m-instruct", "method": "lora"},
+            status=JobStatus.succeeded,
+            queue="training",
+            result={},
+        )
+        session.add(job)
+        session.flush()
+        base = {
+            "key": "baseline",
+            "kind": "base",
+            "base_model": "smollm2-135m-instruct",
+            "k_shot": 0,
+        }
+        tuned = {"key": f"job-{str(job.id)[:8]}", "kind": "job", "job_id": str(job.id)}
+        tuned["method"] = "lora"
+        candidates = [
+            {**base, "label": default_label(base)},
+            {**tuned, "label": default_label(tuned)},
+        ]
+        value = {"value": 0.5, "low": 0.4, "high": 0.6}
+        evaluation = Evaluation(
+            project_id=dataset.project_id,
+            dataset_version_id=version.id,
+            job_id=job.id,
+            split="test",
+            candidates=candidates,
+            settings={},
+            status="succeeded",
+            queue="training",
+            progress={},
+            results={
+                "n": 3,
+                "baseline": "baseline",
+                "primary_metric": "exact_match",
+                "models": {
+                    c["key"]: {"exact_match": value, "token_f1": value, "perplexity": value}
+                    for c in candidates
+                },
+                "decoding": {"temperature": 0, "max_new_tokens": 64},
+                "bleu_tokenizer": "zh",
+            },
+        )
+        session.add(evaluation)
+        session.flush()
+        campaign = ReviewCampaign(
+            project_id=dataset.project_id,
+            evaluation_id=evaluation.id,
+            name="盲评",
+            mode="both",
+            criteria=["accuracy", "style", "format"],
+            model_a=candidates[0],
+            model_b=candidates[1],
+            status=CampaignStatus.open,
+        )
+        session.add(campaign)
+        session.flush()
+        item = ReviewItem(
+            campaign_id=campaign.id,
+            position=0,
+            messages=[
+                {"role": "system", "content": "你是客服。"},
+                {"role": "user", "content": "你好"},
+            ],
+            prompt="你好",
+            answer_a="甲",
+            answer_b="乙",
+        )
+        session.add_all([item, CampaignReviewer(campaign_id=campaign.id, user_id=admin.id)])
+        session.flush()
+        session.add(
+            ReviewAssignment(
+                campaign_id=campaign.id, reviewer_id=admin.id, item_id=item.id, sequence=1
+            )
+        )
+        session.commit()
+        return World(
+            project=project_id,
+            dataset=dataset_id,
+            job=str(job.id),
+            evaluation=str(evaluation.id),
+            campaign=str(campaign.id),
+            labels={c["key"]: c["label"] for c in candidates},
+        )
+
+
+def test_the_review_page_is_chinese(browser: TestClient, world: World) -> None:
+    page = browser.get(f"/reviews/{world.campaign}/1", headers=ZH)
+    assert page.status_code == 200, page.text[:2000]
+    text = page.text
+    for chinese in ("左边更好", "右边更好", "平局：一样好", "都不好", "准确性", "风格", "格式"):
+        assert chinese in text, chinese
+    for english in ("Left is better", "Tie: equally good", ">accuracy<", ">style<"):
+        assert english not in text, english
+    # The page's script shows the words it is given, in the page's language.
+    assert 'data-saved="已保存"' in text and 'data-graded="已评 {n} 条"' in text
+    assert ">系统<" in text  # a conversation's roles
+    english = browser.get(f"/reviews/{world.campaign}/1", headers=EN).text
+    assert "Left is better" in english and 'data-graded="{n} graded"' in english
+
+
+def test_the_campaign_page_names_its_mode_criteria_and_models_in_chinese(
+    browser: TestClient, world: World
+) -> None:
+    text = browser.get(f"/campaigns/{world.campaign}", headers=ZH).text
+    assert "两两比较并评分" in text and "pairwise and ratings" not in text
+    assert "基础模型 + 提示（SmolLM2" in text and "Base model + prompt" not in text
+    assert f"微调模型（LoRA，任务 {world.job[:8]}）" in text and "Fine-tuned (" not in text
+
+
+def test_the_new_campaign_form_proposes_chinese_criteria(browser: TestClient, world: World) -> None:
+    text = browser.get(f"/evaluations/{world.evaluation}", headers=ZH).text
+    assert "准确性\n风格\n格式" in text
+    assert "accuracy\nstyle\nformat" in browser.get(f"/evaluations/{world.evaluation}").text
+
+
+def test_evaluation_pages_translate_default_labels_and_metric_names(
+    browser: TestClient, world: World
+) -> None:
+    text = browser.get(f"/evaluations/{world.evaluation}", headers=ZH).text
+    for chinese in ("基础模型 + 提示（SmolLM2", "零示例", "微调模型（LoRA", "完全匹配", "困惑度"):
+        assert chinese in text, chinese
+    for english in ("Base model + prompt", "Fine-tuned (", ">Exact match<", ">Perplexity<"):
+        assert english not in text, english
+    report = browser.get(f"/projects/{world.project}/report", headers=ZH).text
+    assert "完全匹配" in report and "Exact match" not in report
+    assert "基础模型 + 提示" in report and "Base model + prompt" not in report
+    # English pages, and the API (which the CLI reads), keep the stored labels.
+    english = browser.get(f"/evaluations/{world.evaluation}", headers=EN).text
+    assert "Base model + prompt (SmolLM2" in english and ">Exact match<" in english
+    stored = browser.get(
+        f"/api/v1/evaluations/{world.evaluation}", headers={**ZH, "Accept": "application/json"}
+    ).json()
+    assert {c["key"]: c["label"] for c in stored["candidates"]} == world.labels
+
+
+def test_a_label_someone_chose_is_shown_as_written(world: World) -> None:
+    from app.core.i18n import using_locale
+    from app.web.display_words import model_label
+
+    base = {"key": "b", "kind": "base", "base_model": "smollm2-135m-instruct", "k_shot": 3}
+    with using_locale("zh_CN"):
+        assert model_label({**base, "label": default_label(base)}).endswith("3 个示例）")
+        assert model_label({**base, "label": "my prompt"}) == "my prompt"
+        assert model_label({"key": "x", "label": "旧的"}) == "旧的"
+
+
+def test_dataset_pages_show_the_format_and_roles_in_chinese(
+    browser: TestClient, world: World
+) -> None:
+    project = browser.get(f"/projects/{world.project}", headers=ZH).text
+    assert "自定义列" in project and ">columns<" not in project
+    assert "(管理员)" in project and "(admin)" not in project
+    dataset = browser.get(f"/datasets/{world.dataset}", headers=ZH).text
+    assert "自定义列" in dataset and ">columns " not in dataset
+
+
+def test_the_length_table_and_its_unit_are_chinese() -> None:
+    from app.core.i18n import using_locale
+    from app.web.rendering import templates
+
+    stats = {
+        "records": 3,
+        "unit": "characters",
+        "prompt": {"min": 1, "mean": 2, "max": 3},
+        "answer": {"min": 1, "mean": 2, "max": 3},
+        "total": {"min": 2, "mean": 4, "max": 6},
+    }
+    charts = {
+        name: {"label": name, "empty": True, "bars": [], "x_ticks": []}
+        for name in ("total", "languages", "prompt", "answer")
+    }
+    template = templates.env.get_template("datasets/_stats.html")
+    with using_locale("zh_CN"):
+        text = template.render(stats=stats, charts=charts, dataset=None, version=None)
+    assert "<th>提示</th>" in text and "<th>回答</th>" in text and "<th>合计</th>" in text
+    assert "<strong>字符</strong>" in text and "characters" not in text
+
+
+def test_the_job_forms_estimate_reads_in_chinese(browser: TestClient, world: World) -> None:
+    page = browser.get(f"/projects/{world.project}", headers=ZH)
+    estimate = browser.post(
+        f"/projects/{world.project}/estimate",
+        data={
+            "dataset_id": f"{world.dataset}@1",
+            "base_model": "smollm2-135m-instruct",
+            "method": "lora",
+            "csrf_token": csrf(page.text),
+        },
+        headers=ZH,
+    )
+    assert estimate.status_code == 200, estimate.text
+    text = estimate.text
+    assert "自动选择：" in text and "学习率" in text, text
+    assert "about " not in text and "learning rate" not in text
+    assert re.search(r"约 [\d.]+ (秒|分钟|小时)", text), text
+
+
+def test_a_success_criterions_examples_are_chinese(browser: TestClient) -> None:
+    page = browser.get("/projects", headers=ZH)
+    refused = browser.post(
+        "/projects",
+        data={
+            "name": "标准",
+            "success_criteria": "微调后的模型要比直接提示基础模型回答得更好",
+            "csrf_token": csrf(page.text),
+        },
+        headers=ZH,
+    )
+    assert refused.status_code == 422, refused.text[:1000]
+    assert "rougeL 比基线提高至少 0.05" in refused.text
+    assert "improves on baseline" not in refused.text

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.i18n import N_, _
-from app.core.messages import field_label
 from app.services.evaluations.candidates import shown_label
+from app.services.jobs.events import chosen_settings, event_text
 from worker.spec.metrics import METRIC_TITLES
 
 # A review campaign's default rubric (app/schemas/review.py): stored in English when a campaign
@@ -91,15 +91,19 @@ def message_role(role: object) -> str:
     return _known(MESSAGE_ROLES, role)
 
 
-def chosen_settings(chosen: Any) -> str:
+def chosen(settings: Any) -> str:
     """What "auto" chose, each setting by its label: "Learning rate 0.0008, Epochs 3"."""
-    if not isinstance(chosen, dict):
-        return ""
-    return _(", ").join(f"{field_label(name)} {value}" for name, value in chosen.items())
+    return chosen_settings(settings) if isinstance(settings, dict) else ""
+
+
+def event(row: Any) -> str:
+    """A job event's message in the reader's language."""
+    return event_text(str(row.message), row.data)
 
 
 FILTERS: dict[str, Any] = {
-    "chosen_settings": chosen_settings,
+    "chosen_settings": chosen,
+    "event_text": event,
     "message_role": message_role,
     "dataset_format": dataset_format,
     "metric_title": metric_title,

@@ -27,8 +27,10 @@ from app.models import (
     ReviewItem,
     User,
 )
+from app.services import jobs as jobs_service
 from app.services.accounts import credentials
 from app.services.evaluations.candidates import default_label
+from app.services.jobs import events
 from tests.conftest import ADMIN_EMAIL
 from tests.factories import alpaca_records, jsonl
 
@@ -117,6 +119,22 @@ def world(browser: TestClient, connection: Connection) -> World:
         )
         session.add(job)
         session.flush()
+        # As the services write them (a message id), and as the engine does (English only).
+        jobs_service.add_event(session, job_id=job.id, message=events.JOB_CREATED, params={})
+        jobs_service.add_event(
+            session,
+            job_id=job.id,
+            message=events.FILES_VALIDATED,
+            params={"records": 30, "queue": "training"},
+        )
+        for message, data in [
+            ("Started on worker vm:1", None),
+            ("Chosen automatically: learning_rate 0.0008", {"auto": {"learning_rate": 0.0008}}),
+            ("Model loaded (137.0M parameters, 2.4M trainable)", None),
+            ("Failed: the job has already failed and cannot be cancelled", None),
+            ("Something new the engine says", None),
+        ]:
+            jobs_service.add_event(session, job_id=job.id, message=message, data=data)
         base = {
             "key": "baseline",
             "kind": "base",
@@ -321,3 +339,38 @@ def test_a_success_criterions_examples_are_chinese(browser: TestClient) -> None:
     assert refused.status_code == 422, refused.text[:1000]
     assert "rougeL 比基线提高至少 0.05" in refused.text
     assert "improves on baseline" not in refused.text
+
+
+def test_job_events_are_shown_in_the_readers_language(browser: TestClient, world: World) -> None:
+    text = browser.get(f"/jobs/{world.job}", headers=ZH).text
+    for chinese in (
+        "任务已创建",
+        "文件已校验（30 条记录）；已在队列“training”中排队",
+        "已在工作节点 vm:1 上开始",
+        "自动选择：学习率 0.0008",
+        "模型已加载（137.0M 参数，其中 2.4M 可训练）",
+        "失败：训练任务已经是",
+    ):
+        assert chinese in text, chinese
+    for english in ("Job created", "Files validated", "Started on worker", "Model loaded"):
+        assert english not in text, english
+    assert "Something new the engine says" in text  # unknown: as stored
+    assert "Job created" in browser.get(f"/jobs/{world.job}", headers=EN).text
+    # The API keeps the English message; the id and values ride along in data.
+    stored = browser.get(
+        f"/api/v1/jobs/{world.job}/events", headers={**ZH, "Accept": "application/json"}
+    ).json()
+    rows = stored if isinstance(stored, list) else stored["items"]
+    first = rows[0]
+    assert first["message"] == "Job created"
+    assert first["data"] == {"message_id": "Job created", "message_params": {}}
+    assert rows[1]["message"] == "Files validated (30 records); queued on 'training'"
+
+
+def test_an_event_whose_values_do_not_fill_its_message_is_shown_as_stored() -> None:
+    from app.core.i18n import using_locale
+
+    data = {"message_id": "Checkpoint saved at step %(step)s", "message_params": {}}
+    with using_locale("zh_CN"):
+        assert events.event_text("Checkpoint saved at step 3", data) == "Checkpoint saved at step 3"
+        assert events.event_text("Checkpoint saved at step 3", None) == "已在第 3 步保存检查点"

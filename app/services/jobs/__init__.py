@@ -36,6 +36,7 @@ from app.models import (
 from app.schemas.job import JobCreate, JobRead
 from app.services import access, leases, queue
 from app.services import datasets as datasets_service
+from app.services.jobs import events
 from app.services.jobs.base_models import check_base_model
 from worker.spec.autoconfig import ConfigProblem, check_against_dataset
 from worker.spec.catalog import catalog_entry
@@ -132,14 +133,20 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
     )
     session.add(job)
     session.flush()
-    add_event(session, job_id=job.id, message="Job created")
+    add_event(session, job_id=job.id, message=events.JOB_CREATED, params={})
 
     records = datasets_service.records_file(settings, version)
     if not records.is_file():
         job.status = JobStatus.failed
         job.finished_at = utcnow()
-        job.error = f"the data of dataset version {version.number} is missing on the server"
-        add_event(session, job_id=job.id, level="error", message=job.error)
+        job.error = events.DATA_MISSING % {"version": version.number}
+        add_event(
+            session,
+            job_id=job.id,
+            level="error",
+            message=events.DATA_MISSING,
+            params={"version": version.number},
+        )
         return job
 
     job.status = JobStatus.queued
@@ -147,7 +154,8 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
     add_event(
         session,
         job_id=job.id,
-        message=f"Files validated ({version.records} records); queued on '{job.queue}'",
+        message=events.FILES_VALIDATED,
+        params={"records": version.records, "queue": job.queue},
     )
     session.flush()
     return job
@@ -222,10 +230,8 @@ def cancel_job(session: Session, *, job_id: uuid.UUID) -> Job:
     if done is None:
         session.refresh(job)
         raise Conflict(f"the job has already {job.status} and cannot be cancelled")
-    message = (
-        "Cancelled before it started" if done == "cancelled" else "Cancellation requested; stopping"
-    )
-    add_event(session, job_id=job_id, message=message)
+    message = events.CANCELLED_BEFORE_START if done == "cancelled" else events.CANCEL_REQUESTED
+    add_event(session, job_id=job_id, message=message, params={})
     session.flush()
     session.refresh(job)
     return job
@@ -278,7 +284,9 @@ def resume_job(session: Session, *, settings: Settings, job_id: uuid.UUID) -> Jo
     )
     if not queued.rowcount:  # type: ignore[attr-defined]
         raise Conflict("the job changed meanwhile; read it again")
-    add_event(session, job_id=job.id, message=f"Resumed: queued again, from {checkpoint.name}")
+    add_event(
+        session, job_id=job.id, message=events.RESUMED, params={"checkpoint": checkpoint.name}
+    )
     session.flush()
     session.refresh(job)
     return job
@@ -361,10 +369,15 @@ def add_event(
     message: str,
     level: str = "info",
     data: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        JobEvent(job_id=job_id, level=level, message=message, data=data, created_at=utcnow())
-    )
+    """A job event. With ``params`` (``{}`` for none), ``message`` is a message id marked for
+    the catalog: stored filled in, in English, its id and values kept in ``data`` so that pages
+    show it in their reader's language (app/services/jobs/events.py)."""
+    text, keep = events.stored(message, params)
+    if keep is not None:
+        data = {**(data or {}), **keep}
+    session.add(JobEvent(job_id=job_id, level=level, message=text, data=data, created_at=utcnow()))
 
 
 # --- The worker's side: what a training attempt needs, its steps, its outcome --------------
@@ -508,8 +521,8 @@ def offer(session: Session, *, job: Job) -> None:
             session,
             job_id=job.id,
             level="warning",
-            message="The job queue could not be reached; the job waits and is sent as soon "
-            "as it is back.",
+            message=events.QUEUE_UNREACHABLE,
+            params={},
         )
         session.commit()
 

@@ -11,6 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from app.core.i18n import gettext, ngettext
+from app.core.messages import translate_message
+
 ROLES = ("system", "prompt", "input", "completion")
 
 
@@ -68,7 +71,12 @@ def _mapping(pairs: list[str]) -> dict[str, str] | None:
         role, sep, column = pair.partition("=")
         if not sep or role not in ROLES or not column:
             raise SystemExit(
-                f"tunelab data: --map {pair!r}: use ROLE=COLUMN with ROLE one of {', '.join(ROLES)}"
+                "tunelab data: "
+                + gettext(
+                    "--map %(pair)s: use ROLE=COLUMN with ROLE one of %(roles)s",
+                    pair=repr(pair),
+                    roles=", ".join(ROLES),
+                )
             )
         mapping[role] = column
     return mapping or None
@@ -84,7 +92,7 @@ class _Bar:
             total=total,
             unit="B",
             unit_scale=True,
-            desc="validating",
+            desc=gettext("validating"),
             disable=quiet,
             file=sys.stderr,
         )
@@ -101,7 +109,7 @@ def _validate(args: argparse.Namespace, dest: Path | None, errors_out: Path | No
 
     path = Path(args.file)
     if not path.is_file():
-        raise SystemExit(f"tunelab data: {path}: no such file")
+        raise SystemExit("tunelab data: " + gettext("%(path)s: no such file", path=path))
     mapping = _mapping(args.map)
     bar = _Bar(path.stat().st_size, args.quiet)
     try:
@@ -119,15 +127,65 @@ def _validate(args: argparse.Namespace, dest: Path | None, errors_out: Path | No
         bar.close()
 
 
+def summary(report: Any) -> str:
+    """One line for a person: what was found, and the first error if any (in the terminal's
+    language; ``ValidationReport.summary`` is the English one)."""
+    kind = f"{report.format} " if report.format else ""
+    valid = ngettext(
+        "%(count)s valid %(kind)srecord",
+        "%(count)s valid %(kind)srecords",
+        report.records,
+        count=f"{report.records:,}",
+        kind=kind,
+    )
+    if report.ok:
+        count = len(report.warnings)
+        notes = [ngettext("%(n)s warning", "%(n)s warnings", count, n=count)] if count else []
+        if report.dropped:
+            notes.insert(
+                0,
+                ngettext(
+                    "%(n)s invalid record left out",
+                    "%(n)s invalid records left out",
+                    report.dropped,
+                    n=f"{report.dropped:,}",
+                ),
+            )
+        return (
+            gettext("%(valid)s (%(notes)s)", valid=valid, notes="; ".join(notes))
+            if notes
+            else valid
+        )
+    if not report.errors:
+        errors = ngettext(
+            "%(n)s error", "%(n)s errors", report.error_count, n=f"{report.error_count:,}"
+        )
+        return f"{errors}; {valid}"
+    first = report.errors[0]
+    first_text = gettext(
+        "line %(line)s: %(message)s", line=first.line, message=translate_message(first.message)
+    )
+    more = report.error_count - 1
+    rest = (
+        ngettext(" and %(n)s more error", " and %(n)s more errors", more, n=f"{more:,}")
+        if more
+        else ""
+    )
+    return f"{first_text}{rest}; {valid}"
+
+
 def _print_report(report: Any) -> None:
-    print(report.summary())
+    print(summary(report))
     for error in report.errors[:20]:
-        where = f"line {error.line}" + (f", `{error.field}`" if error.field else "")
-        print(f"  {where}: {error.message}")
+        where = gettext("line %(line)s", line=error.line) + (
+            f", `{error.field}`" if error.field else ""
+        )
+        print(f"  {where}: {translate_message(error.message)}")
     if report.error_count > 20:
-        print(f"  … {report.error_count - 20:,} more (--errors-out FILE writes them all)")
+        more = f"{report.error_count - 20:,}"
+        print("  " + gettext("… %(n)s more (--errors-out FILE writes them all)", n=more))
     for warning in report.warnings:
-        print(f"warning: {warning}")
+        print(gettext("warning: %(warning)s", warning=translate_message(warning)))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -207,13 +265,21 @@ def cmd_split(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
         except TunelabError as exc:
-            print(f"tunelab data split: {exc.message}", file=sys.stderr)
+            print(f"tunelab data split: {translate_message(exc.message)}", file=sys.stderr)
             return 2
         out.mkdir(parents=True, exist_ok=True)
         for name in dataset_splits.SPLITS:
             shutil.move(str(Path(tmp) / "out" / f"{name}.jsonl"), out / f"{name}.jsonl")
     print(
-        f"{report.records:,} records: train {counts.train:,}, validation {counts.validation:,}, "
-        f"test {counts.test:,} (seed {args.seed}) → {out}"
+        gettext(
+            "%(records)s records: train %(train)s, validation %(validation)s, test %(test)s "
+            "(seed %(seed)s) → %(out)s",
+            records=f"{report.records:,}",
+            train=f"{counts.train:,}",
+            validation=f"{counts.validation:,}",
+            test=f"{counts.test:,}",
+            seed=args.seed,
+            out=out,
+        )
     )
     return 0

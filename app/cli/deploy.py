@@ -14,24 +14,40 @@ from typing import Any
 from tqdm import tqdm
 
 from app.cli.http import POLL_SECONDS, Api, CliError, command_entry, server_options
+from app.core.i18n import N_, gettext
+from app.core.messages import status_text
+
+# What an export holds, as the messages name it.
+KINDS = {"adapter": N_("adapter"), "merged": N_("merged")}
 
 
 def cmd_export(args: argparse.Namespace, api: Api) -> int:
     """Ask for an export, wait for the worker, download it and unpack it into DIR."""
     target = Path(args.dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise CliError(f"{target} exists and is not an empty folder")
+        raise CliError(gettext("%(target)s exists and is not an empty folder", target=target))
     kind = "merged" if args.merged else "adapter"
     export = api.post(f"/jobs/{args.job}/exports", {"kind": kind, "dtype": args.dtype})
-    print(f"export {export['id']} queued ({kind})", file=sys.stderr)
+    print(
+        gettext("export %(id)s queued (%(kind)s)", id=export["id"], kind=gettext(KINDS[kind])),
+        file=sys.stderr,
+    )
     started = time.monotonic()
     while export["status"] in ("queued", "running"):
         time.sleep(POLL_SECONDS)
         export = api.get(f"/exports/{export['id']}")
-        print(f"\r{export['status']} … {time.monotonic() - started:.0f}s", end="", file=sys.stderr)
+        elapsed = f"{time.monotonic() - started:.0f}"
+        print(
+            "\r"
+            + gettext(
+                "%(status)s … %(seconds)ss", status=status_text(export["status"]), seconds=elapsed
+            ),
+            end="",
+            file=sys.stderr,
+        )
     print(file=sys.stderr)
     if export["status"] != "succeeded":
-        print(f"export failed: {export['error']}", file=sys.stderr)
+        print(gettext("export failed: %(error)s", error=export["error"]), file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "export.tar"
@@ -53,11 +69,19 @@ def cmd_export(args: argparse.Namespace, api: Api) -> int:
     if export.get("verification"):
         v = export["verification"]
         print(
-            f"checked: logits within {v['max_relative_difference']:.1e} of base + adapter "
-            f"(allowed {v['tolerance']:.0e})",
+            gettext(
+                "checked: logits within %(difference)s of base + adapter (allowed %(tolerance)s)",
+                difference=f"{v['max_relative_difference']:.1e}",
+                tolerance=f"{v['tolerance']:.0e}",
+            ),
             file=sys.stderr,
         )
-    print(f"{kind} model written to {target} (see {target / 'README.md'})")
+    written = (
+        N_("merged model written to %(target)s (see %(readme)s)")
+        if kind == "merged"
+        else N_("adapter model written to %(target)s (see %(readme)s)")
+    )
+    print(gettext(written, target=target, readme=target / "README.md"))
     return 0
 
 
@@ -89,18 +113,20 @@ def cmd_deploy_start(args: argparse.Namespace, api: Api) -> int:
     deployment = api.post(
         "/deployments", {"project_id": project, "name": args.name, "job_ids": args.jobs}
     )
-    print(f"deployment {deployment['id']} starting", file=sys.stderr)
+    print(gettext("deployment %(id)s starting", id=deployment["id"]), file=sys.stderr)
     while args.wait and deployment["status"] == "starting":
         time.sleep(POLL_SECONDS)
         deployment = api.get(f"/deployments/{deployment['id']}")
     if deployment["status"] == "failed":
-        print(f"deployment failed: {deployment['error']}", file=sys.stderr)
+        print(gettext("deployment failed: %(error)s", error=deployment["error"]), file=sys.stderr)
         return 1
-    print(f"{deployment['status']}: {deployment['id']}")
+    print(f"{status_text(deployment['status'])}: {deployment['id']}")
     for name in deployment["models"]:
-        print(f"  model {name}")
+        print("  " + gettext("model %(name)s", name=name))
     if deployment["models"]:
-        print(f"OpenAI base URL: {api.url}/v1 (your tunelab token is the API key)")
+        print(
+            gettext("OpenAI base URL: %(url)s/v1 (your tunelab token is the API key)", url=api.url)
+        )
     return 0
 
 
@@ -108,15 +134,15 @@ def cmd_deploy_list(args: argparse.Namespace, api: Api) -> int:
     page = api.get("/deployments", project_id=args.project)
     for d in page["items"]:
         models = ", ".join(d["models"]) or "-"
-        print(f"{d['id']}  {d['name']:<20} {d['status']:<9} {models}")
+        print(f"{d['id']}  {d['name']:<20} {status_text(d['status']):<9} {models}")
     if not page["items"]:
-        print("no deployments")
+        print(gettext("no deployments"))
     return 0
 
 
 def cmd_deploy_stop(args: argparse.Namespace, api: Api) -> int:
     deployment = api.post(f"/deployments/{args.id}/stop")
-    print(f"{deployment['name']}: {deployment['status']}")
+    print(f"{deployment['name']}: {status_text(deployment['status'])}")
     return 0
 
 

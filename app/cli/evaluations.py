@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 import time
-import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,29 +21,27 @@ from app.cli.http import (
     present,
     server_options,
 )
+from app.core.i18n import N_, gettext
+from app.core.messages import status_text, translate_message
+from app.core.words import display_width, pad
 from worker.spec.criteria import FRACTION_METRICS, METRICS
 
 FINISHED = ("succeeded", "failed", "cancelled")
 MARKS = {
-    "met": "✔ met",
-    "not_met": "✘ not met",
-    "pending": "… pending",
-    "not_measured": "? not measured",
-    "invalid": "! invalid",
+    "met": N_("✔ met"),
+    "not_met": N_("✘ not met"),
+    "pending": N_("… pending"),
+    "not_measured": N_("? not measured"),
+    "invalid": N_("! invalid"),
 }
-
-
-def display_width(text: str) -> int:
-    """Terminal columns of ``text``: wide (CJK) characters take two, combining marks none."""
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
-        for c in text
-    )
-
-
-def _pad(text: str, width: int, *, right: bool = False) -> str:
-    gap = " " * max(0, width - display_width(text))
-    return gap + text if right else text + gap
+# A verdict's counts: "2 met, 1 not met".
+COUNTED = {
+    "met": N_("%(n)s met"),
+    "not_met": N_("%(n)s not met"),
+    "pending": N_("%(n)s pending"),
+    "not_measured": N_("%(n)s not measured"),
+    "invalid": N_("%(n)s invalid"),
+}
 
 
 def table(rows: Sequence[Sequence[str]], *, right_from: int = 1) -> list[str]:
@@ -52,7 +49,7 @@ def table(rows: Sequence[Sequence[str]], *, right_from: int = 1) -> list[str]:
     widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(
-            _pad(cell, widths[i], right=i >= right_from) for i, cell in enumerate(row)
+            pad(cell, widths[i], right=i >= right_from) for i, cell in enumerate(row)
         ).rstrip()
         for row in rows
     ]
@@ -78,8 +75,11 @@ def interval(metric: str, entry: Any, *, signed: bool = False) -> str:
 
 
 def labels_of(evaluation: Mapping[str, Any]) -> dict[str, str]:
-    """Each candidate's key → its label, in the evaluation's order."""
-    labels = {c["key"]: c.get("label") or c["key"] for c in evaluation.get("candidates") or []}
+    """Each candidate's key → its label, in the evaluation's order (a default label in the
+    terminal's language)."""
+    from app.services.evaluations.candidates import shown_label
+
+    labels = {c["key"]: shown_label(c) for c in evaluation.get("candidates") or []}
     for key, label in ((evaluation.get("results") or {}).get("labels") or {}).items():
         labels[key] = label
     return labels
@@ -97,18 +97,26 @@ def results_table(evaluation: Mapping[str, Any]) -> list[str]:
     metrics = [m for m in METRICS if m in found] + sorted(found - set(METRICS))
     labels = labels_of(evaluation)
     keys = [k for k in labels if k in models] + [k for k in models if k not in labels]
-    rows = [["model", *metrics]]
+    rows = [[gettext("model"), *metrics]]
     for key in keys:
         rows.append([labels.get(key, key), *(interval(m, models[key].get(m)) for m in metrics)])
         if key in deltas and key != results.get("baseline"):
             changes = deltas[key]
             rows.append(
-                ["  Δ vs baseline", *(interval(m, changes.get(m), signed=True) for m in metrics)]
+                [
+                    "  " + gettext("Δ vs baseline"),
+                    *(interval(m, changes.get(m), signed=True) for m in metrics),
+                ]
             )
     lines = table(rows)
     lines.insert(1, "-" * max(display_width(line) for line in lines))
-    lines.append("values [95% interval]; Δ: paired difference, model minus baseline")
-    lines.append("(perplexity: lower is better)")
+    lines.append(
+        gettext(
+            "values [%(level)s interval]; Δ: paired difference, model minus baseline",
+            level="95%",
+        )
+    )
+    lines.append(gettext("(perplexity: lower is better)"))
     return lines
 
 
@@ -117,13 +125,23 @@ def headline(evaluation: Mapping[str, Any]) -> str:
     results = evaluation.get("results") or {}
     settings = evaluation.get("settings") or {}
     examples = results.get("n") or settings.get("examples")
-    data = f"{evaluation.get('split')} split" + (f", {examples} examples" if examples else "")
-    parts = [f"evaluation {evaluation['id']}", str(evaluation["status"]), data]
+    data = gettext("%(split)s split", split=evaluation.get("split")) + (
+        gettext(", %(n)s examples", n=examples) if examples else ""
+    )
+    parts = [
+        gettext("evaluation %(id)s", id=evaluation["id"]),
+        status_text(evaluation["status"]),
+        data,
+    ]
     decoding = results.get("decoding") or settings.get("decoding") or {}
     temperature = decoding.get("temperature") or 0
-    shown = "greedy" if temperature == 0 else f"temperature {temperature:g}"
+    shown = (
+        gettext("greedy")
+        if temperature == 0
+        else gettext("temperature %(t)s", t=f"{temperature:g}")
+    )
     if decoding.get("max_new_tokens"):
-        shown += f", up to {decoding['max_new_tokens']} new tokens"
+        shown += gettext(", up to %(n)s new tokens", n=decoding["max_new_tokens"])
     return " · ".join([*parts, shown])
 
 
@@ -137,19 +155,30 @@ def _explanation(verdict: Mapping[str, Any]) -> str:
 def verdict_lines(verdict: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:
     """A line per success criterion with its mark and why, then the overall verdict."""
     if not verdict:
-        return ["no success criteria: add some to the project to get a verdict"]
+        return [gettext("no success criteria: add some to the project to get a verdict")]
     model = next((v["model"] for v in verdict if v.get("model")), None)
-    lines = ["success criteria" + (f" (judged on {model}):" if model else ":")]
-    marks = [MARKS.get(str(v.get("status")), str(v.get("status"))) for v in verdict]
+    lines = [
+        gettext("success criteria (judged on %(model)s):", model=model)
+        if model
+        else gettext("success criteria:")
+    ]
+    marks = [
+        gettext(MARKS[str(v.get("status"))])
+        if str(v.get("status")) in MARKS
+        else str(v.get("status"))
+        for v in verdict
+    ]
     width = max(display_width(mark) for mark in marks)
     for mark, entry in zip(marks, verdict, strict=True):
-        lines.append(f"  {_pad(mark, width)}  {entry.get('criterion')}: {_explanation(entry)}")
+        lines.append(f"  {pad(mark, width)}  {entry.get('criterion')}: {_explanation(entry)}")
     counts = [
-        f"{summary[s]} {s.replace('_', ' ')}" for s in MARKS if isinstance(summary.get(s), int)
+        gettext(COUNTED[s], n=summary[s])
+        for s in MARKS
+        if isinstance(summary.get(s), int) and summary[s] > 0
     ]
-    counts = [c for c in counts if not c.startswith("0 ")]
-    status = str(summary.get("status", "not_measured")).replace("_", " ")
-    lines.append(f"verdict: {status}" + (f" ({', '.join(counts)})" if counts else ""))
+    status = status_text(summary.get("status", "not_measured")).replace("_", " ")
+    shown = gettext("verdict: %(status)s", status=status)
+    lines.append(shown + (f" ({', '.join(counts)})" if counts else ""))
     return lines
 
 
@@ -162,11 +191,18 @@ def render(
     lines = [headline(evaluation)]
     status = evaluation["status"]
     if status in ("queued", "running"):
-        lines.append(f"{status}: {progress_text(evaluation)}; results when it has finished")
+        lines.append(
+            gettext(
+                "%(status)s: %(progress)s; results when it has finished",
+                status=status_text(status),
+                progress=progress_text(evaluation),
+            )
+        )
     elif status == "failed":
-        lines.append(f"error: {evaluation.get('error') or 'no reason recorded'}")
+        reason = translate_message(evaluation.get("error") or "") or gettext("no reason recorded")
+        lines.append(gettext("error: %(message)s", message=reason))
     lines.append("")
-    lines.extend(results_table(evaluation) or ["no results"])
+    lines.extend(results_table(evaluation) or [gettext("no results")])
     if status == "succeeded":
         lines.append("")
         lines.extend(verdict_lines(verdict, summary))
@@ -176,7 +212,7 @@ def render(
 def step_name(evaluation: Mapping[str, Any]) -> str:
     """What a running evaluation is doing, e.g. ``generating Fine-tuned (LoRA, job 1a2b3c4d)``."""
     progress = evaluation.get("progress") or {}
-    phase = str(progress.get("phase") or evaluation["status"])
+    phase = status_text(progress.get("phase") or evaluation["status"])
     key = str(progress.get("model") or "")
     return f"{phase} {labels_of(evaluation).get(key, key)}".strip()
 
@@ -223,7 +259,7 @@ def run_body(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, api: Api) -> int:
     if args.project is None:
         if args.job is None:
-            raise CliError("name the project: --project ID (or a finished job: --job ID)")
+            raise CliError(gettext("name the project: --project ID (or a finished job: --job ID)"))
         args.project = api.get(f"/jobs/{args.job}")["project_id"]
     evaluation = api.post("/evaluations", run_body(args))
     print(evaluation["id"], flush=True)
@@ -231,9 +267,15 @@ def cmd_run(args: argparse.Namespace, api: Api) -> int:
         return 0
     finished = wait(api, evaluation["id"])
     if finished["status"] != "succeeded":
-        reason = finished.get("error") or "no reason recorded"
-        what = "was cancelled" if finished["status"] == "cancelled" else f"failed: {reason}"
-        print(f"error: evaluation {finished['id']} {what}", file=sys.stderr)
+        reason = translate_message(finished.get("error") or "") or gettext("no reason recorded")
+        message = (
+            gettext("error: evaluation %(id)s was cancelled", id=finished["id"])
+            if finished["status"] == "cancelled"
+            else gettext(
+                "error: evaluation %(id)s failed: %(reason)s", id=finished["id"], reason=reason
+            )
+        )
+        print(message, file=sys.stderr)
         return 1
     print(render(finished, finished.get("verdict") or [], finished.get("verdict_summary") or {}))
     return 0
@@ -243,13 +285,13 @@ def wait(api: Api, evaluation_id: str) -> dict[str, Any]:
     """Poll until the evaluation has finished, with a progress bar on stderr."""
     from tqdm import tqdm
 
-    bar = tqdm(total=None, desc="queued", unit="", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=None, desc=status_text("queued"), unit="", file=sys.stderr, dynamic_ncols=True)
     step: tuple[Any, Any] = (None, None)
     try:
         while True:
             evaluation: dict[str, Any] = api.get(f"/evaluations/{evaluation_id}")
             if evaluation["status"] in FINISHED:
-                bar.set_description_str(evaluation["status"], refresh=False)
+                bar.set_description_str(status_text(evaluation["status"]), refresh=False)
                 bar.n = bar.total or bar.n
                 bar.refresh()
                 return evaluation
@@ -266,7 +308,9 @@ def wait(api: Api, evaluation_id: str) -> dict[str, Any]:
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         # Only the waiting stops: the evaluation runs on in the worker.
-        message = f"stopped waiting; the evaluation goes on (tunelab eval show {evaluation_id})"
+        message = gettext(
+            "stopped waiting; the evaluation goes on (tunelab eval show %(id)s)", id=evaluation_id
+        )
         raise CliError(message, 130) from None
     finally:
         bar.close()
@@ -288,7 +332,11 @@ def cmd_report(args: argparse.Namespace, api: Api) -> int:
     if args.json:
         _json(report)
     elif report.get("evaluation") is None:
-        print("no finished evaluation yet: run one with `tunelab eval run --job JOB_ID --wait`")
+        print(
+            gettext(
+                "no finished evaluation yet: run one with `tunelab eval run --job JOB_ID --wait`"
+            )
+        )
     else:
         print(render(report["evaluation"], report["verdict"], report["verdict_summary"]))
     return 0
@@ -303,22 +351,22 @@ def _local_time(stamp: str | None) -> str:
 def cmd_list(args: argparse.Namespace, api: Api) -> int:
     page = api.get("/evaluations", project_id=args.project, job_id=args.job, limit=args.limit)
     if not page["items"]:
-        print("no evaluations")
+        print(gettext("no evaluations"))
         return 0
-    rows = [["id", "status", "created", "models"]]
+    rows = [["id", gettext("status"), gettext("created"), gettext("models")]]
     for e in page["items"]:
         models = ", ".join(labels_of(e).values())
-        rows.append([e["id"], e["status"], _local_time(e.get("created_at")), models])
+        rows.append([e["id"], status_text(e["status"]), _local_time(e.get("created_at")), models])
     print("\n".join(table(rows, right_from=len(rows[0]))))
     if page["total"] > len(page["items"]):
-        print(f"({len(page['items'])} of {page['total']}; --limit shows more)")
+        print(_more(page))
     return 0
 
 
 def _field(name: str, text: str, width: int) -> str:
     # Continuation lines of a multi-line answer start under its first line.
     indent = "\n  " + " " * (width + 2)
-    return f"  {_pad(name, width)}  " + indent.join(str(text).splitlines() or [""])
+    return f"  {pad(name, width)}  " + indent.join(str(text).splitlines() or [""])
 
 
 def cmd_samples(args: argparse.Namespace, api: Api) -> int:
@@ -332,19 +380,36 @@ def cmd_samples(args: argparse.Namespace, api: Api) -> int:
     )
     labels = labels_of(evaluation)
     primary = (evaluation.get("results") or {}).get("primary_metric") or "rougeL"
-    print(f"{page['total']} samples (show={args.show}, order={args.order}); Δ: {primary} change")
-    width = max(display_width(name) for name in ["reference", *labels.values()])
+    print(
+        gettext(
+            "%(total)s samples (show=%(show)s, order=%(order)s); Δ: %(metric)s change",
+            total=page["total"],
+            show=args.show,
+            order=args.order,
+            metric=primary,
+        )
+    )
+    prompt, reference = gettext("prompt"), gettext("reference")
+    width = max(display_width(name) for name in [prompt, reference, *labels.values()])
     for sample in page["items"]:
         delta = number(primary, sample.get("delta"), signed=True)
         print(f"\n#{sample['position']}  Δ {primary} {delta}")
-        print(_field("prompt", sample["prompt"], width))
-        print(_field("reference", sample["reference"], width))
+        print(_field(prompt, sample["prompt"], width))
+        print(_field(reference, sample["reference"], width))
         for key, answer in sample["outputs"].items():
             score = number(primary, (sample["scores"].get(key) or {}).get(primary))
             print(_field(labels.get(key, key), f"[{score}] {answer}", width))
     if page["total"] > len(page["items"]):
-        print(f"\n({len(page['items'])} of {page['total']}; --limit shows more)")
+        print("\n" + _more(page))
     return 0
+
+
+def _more(page: Mapping[str, Any]) -> str:
+    return gettext(
+        "(%(shown)s of %(total)s; --limit shows more)",
+        shown=len(page["items"]),
+        total=page["total"],
+    )
 
 
 def cmd_export(args: argparse.Namespace, api: Api) -> int:
@@ -362,16 +427,20 @@ def cmd_export(args: argparse.Namespace, api: Api) -> int:
             for chunk in response.iter_bytes():
                 out.write(chunk)
         partial.replace(target)
-    print(f"wrote {target}", file=sys.stderr)
+    print(gettext("wrote %(path)s", path=target), file=sys.stderr)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace, api: Api) -> int:
     evaluation = api.post(f"/evaluations/{args.id}/cancel")
     if evaluation["status"] == "cancelled":
-        print(f"cancelled evaluation {evaluation['id']}")
+        print(gettext("cancelled evaluation %(id)s", id=evaluation["id"]))
     else:
-        print(f"cancel requested: evaluation {evaluation['id']} stops at its next batch")
+        print(
+            gettext(
+                "cancel requested: evaluation %(id)s stops at its next batch", id=evaluation["id"]
+            )
+        )
     return 0
 
 
@@ -382,7 +451,9 @@ def checkpoint_spec(text: str) -> tuple[str, str]:
     """``JOB_ID:checkpoint-N`` (or ``JOB_ID:N``) as (job id, checkpoint name)."""
     job_id, sep, name = text.partition(":")
     if not sep or not job_id or not name:
-        raise argparse.ArgumentTypeError(f"{text!r}: write JOB_ID:checkpoint-N")
+        raise argparse.ArgumentTypeError(
+            gettext("%(text)s: write JOB_ID:checkpoint-N", text=repr(text))
+        )
     return job_id, f"checkpoint-{name}" if name.isdigit() else name
 
 

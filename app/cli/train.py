@@ -14,8 +14,14 @@ from tqdm import tqdm
 
 from app.core.config import get_settings
 from app.core.errors import InvalidInput
+from app.core.i18n import N_, gettext
+from app.core.messages import translate_message
 from app.datasets import parsing as dataset_parsing
 from app.services.jobs import validate_config
+from app.services.jobs.events import event_text
+
+# The engine's event levels, as the terminal shows them.
+LEVELS = {"info": N_("info"), "warning": N_("warning"), "error": N_("error")}
 
 
 class ProgressReporter:
@@ -25,7 +31,8 @@ class ProgressReporter:
         self.val_loss: float | None = None  # the latest, shown until the next evaluation
 
     def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
-        text = f"[{level}] {message}"
+        shown = gettext(LEVELS[level]) if level in LEVELS else level
+        text = f"[{shown}] {event_text(message, data)}"
         if self.bar is not None:
             self.bar.write(text)
         else:
@@ -85,15 +92,27 @@ def _read_records(path: Path) -> list[dict[str, Any]] | None:
         if not report.ok:
             for record_error in report.errors:
                 where = f"`{record_error.field}` " if record_error.field else ""
-                print(f"{path}:{record_error.line}: {where}{record_error.message}", file=sys.stderr)
+                message = translate_message(record_error.message)
+                print(f"{path}:{record_error.line}: {where}{message}", file=sys.stderr)
             if report.error_count > len(report.errors):
-                print(f"... {report.error_count} errors in all", file=sys.stderr)
+                print(
+                    gettext("... %(count)s errors in all", count=report.error_count),
+                    file=sys.stderr,
+                )
             if not report.errors:
-                print(f"{path}: no records to train on", file=sys.stderr)
+                print(gettext("%(path)s: no records to train on", path=path), file=sys.stderr)
             return None
         with records_path.open(encoding="utf-8") as fh:
             records = [json.loads(line) for line in fh]
-    print(f"{len(records)} {report.format} records from {path}", file=sys.stderr)
+    print(
+        gettext(
+            "%(count)s %(format)s records from %(path)s",
+            count=len(records),
+            format=report.format,
+            path=path,
+        ),
+        file=sys.stderr,
+    )
     return records
 
 
@@ -105,7 +124,9 @@ def run_config_file(
 
     raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
-        print(f"{config_path}: expected a mapping of settings", file=sys.stderr)
+        print(
+            gettext("%(path)s: expected a mapping of settings", path=config_path), file=sys.stderr
+        )
         return 2
     data_value, output_value = raw.pop("data", None), raw.pop("output", None)
     validation_value = raw.pop("validation_data", None)
@@ -116,13 +137,17 @@ def run_config_file(
     validation_path = config_path.parent / str(validation_value) if validation_value else None
     resume_path = config_path.parent / str(resume_value) if resume_value else None
     if data_path is None:
-        print("no training data: set `data:` in the YAML or pass --data FILE", file=sys.stderr)
+        print(
+            gettext("no training data: set `data:` in the YAML or pass --data FILE"),
+            file=sys.stderr,
+        )
         return 2
     try:
         config = validate_config(raw)
     except InvalidInput as exc:
         for field_error in exc.errors:
-            print(f"{config_path}: {field_error.field}: {field_error.message}", file=sys.stderr)
+            message = translate_message(field_error.message)
+            print(f"{config_path}: {field_error.field}: {message}", file=sys.stderr)
         return 2
     records = _read_records(data_path)
     if records is None:
@@ -152,16 +177,27 @@ def run_config_file(
         )
     except (TrainingError, TrainingCancelled) as exc:
         reporter.close()
-        print(f"training failed: {exc}", file=sys.stderr)
+        print(gettext("training failed: %(error)s", error=exc), file=sys.stderr)
         return 1
     reporter.close()
     best = ""
     if result.best_step is not None and result.best_val_loss is not None:
-        best = f", best validation loss {result.best_val_loss:.4f} at step {result.best_step}"
-    stopped = " (stopped early)" if result.stopped_early else ""
+        best = gettext(
+            ", best validation loss %(loss)s at step %(step)s",
+            loss=f"{result.best_val_loss:.4f}",
+            step=result.best_step,
+        )
+    stopped = gettext(" (stopped early)") if result.stopped_early else ""
     print(
-        f"done: {result.steps} steps{stopped}, final loss {result.final_loss:.4f}{best}, "
-        f"adapter saved to {result.adapter_dir}"
+        gettext(
+            "done: %(steps)s steps%(stopped)s, final loss %(loss)s%(best)s, adapter saved to "
+            "%(folder)s",
+            steps=result.steps,
+            stopped=stopped,
+            loss=f"{result.final_loss:.4f}",
+            best=best,
+            folder=result.adapter_dir,
+        )
     )
     return 0
 

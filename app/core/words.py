@@ -3,6 +3,7 @@ the short form of an id, in the language of the request (app.core.i18n)."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
 from app.core.i18n import _, number
@@ -36,3 +37,17 @@ def clock_duration(seconds: float) -> str:
 def short_id(value: uuid.UUID | str) -> str:
     """The first 8 characters of an id: enough to tell rows apart on a page."""
     return str(value)[:8]
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: wide (CJK) characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+        for c in text
+    )
+
+
+def pad(text: str, width: int, *, right: bool = False) -> str:
+    """``text`` filled with spaces to ``width`` terminal columns (on the left when ``right``)."""
+    gap = " " * max(0, width - display_width(text))
+    return gap + text if right else text + gap

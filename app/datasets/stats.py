@@ -186,38 +186,74 @@ def token_counter(tokenizer: TextTokenizer) -> Callable[[Sequence[dict[str, str]
 
 
 def describe(stats: dict[str, Any]) -> str:
-    """The statistics as a few lines of text (the command line's report)."""
-    unit = stats["unit"]
-    sampled = f" (lengths from a sample of {stats['sampled']:,})" if stats.get("sampled") else ""
-    by = f" of {stats['tokenizer']}" if stats.get("tokenizer") else ""
-    header = f"Lengths ({unit}{by})"
-    width = max(28, len(header) + 2)
+    """The statistics as a few lines of text (the command line's report), in the current
+    language (app.core.i18n: the terminal's for the CLI)."""
+    from app.core.i18n import gettext
+    from app.core.words import display_width, pad
+
+    unit = gettext("tokens") if stats["unit"] == "tokens" else gettext("characters")
+    sampled = (
+        gettext(" (lengths from a sample of %(n)s)", n=f"{stats['sampled']:,}")
+        if stats.get("sampled")
+        else ""
+    )
+    if stats.get("tokenizer"):
+        header = gettext(
+            "Lengths (%(unit)s of %(tokenizer)s)", unit=unit, tokenizer=stats["tokenizer"]
+        )
+    else:
+        header = gettext("Lengths (%(unit)s)", unit=unit)
+    width = max(28, display_width(header) + 2)
+    columns = [gettext("min"), "p50", "p90", "p99", gettext("max"), gettext("mean")]
     lines = [
-        f"{stats['records']:,} records, {stats['mean_turns']} turns on average, "
-        f"{stats['duplicates']:,} duplicates{sampled}",
-        f"{header:<{width}}"
-        + "".join(f"{k:>8}" for k in ("min", "p50", "p90", "p99", "max", "mean")),
+        gettext(
+            "%(records)s records, %(turns)s turns on average, %(duplicates)s duplicates",
+            records=f"{stats['records']:,}",
+            turns=stats["mean_turns"],
+            duplicates=f"{stats['duplicates']:,}",
+        )
+        + sampled,
+        pad(header, width) + "".join(pad(k, 8, right=True) for k in columns),
     ]
-    for part in ("prompt", "answer", "total"):
+    for part, title in (
+        ("prompt", gettext("prompt")),
+        ("answer", gettext("answer")),
+        ("total", gettext("total")),
+    ):
         s = stats[part]
         values = "".join(f"{s[k]:>8,}" for k in ("min", "p50", "p90", "p99", "max"))
-        lines.append(f"  {part:<{width - 2}}{values}{s['mean']:>8,.1f}")
+        lines.append(f"  {pad(title, width - 2)}{values}{s['mean']:>8,.1f}")
     mix = ", ".join(f"{code} {n:,}" for code, n in stats["languages"].items() if n)
-    lines.append(f"Languages: {mix or 'none'}")
+    lines.append(gettext("Languages: %(mix)s", mix=mix or gettext("none")))
     cut = stats.get("max_seq_length")
     if cut:
         lines.append(
-            f"Longer than {cut['limit']:,} tokens: {cut['longer']:,} ({cut['share']:.1%}), "
-            f"longest {cut['longest']:,}; {cut['dropped']:,} would lose every answer token"
+            gettext(
+                "Longer than %(limit)s tokens: %(longer)s (%(share)s), longest %(longest)s; "
+                "%(dropped)s would lose every answer token",
+                limit=f"{cut['limit']:,}",
+                longer=f"{cut['longer']:,}",
+                share=f"{cut['share']:.1%}",
+                longest=f"{cut['longest']:,}",
+                dropped=f"{cut['dropped']:,}",
+            )
         )
     if stats.get("template_fallback"):
-        lines.append("The tokenizer has no chat template: tunelab's fallback template is used.")
+        lines.append(
+            gettext("The tokenizer has no chat template: tunelab's fallback template is used.")
+        )
     errors = stats.get("template_errors")
     if errors:
         first = errors["first"]
         lines.append(
-            f"The chat template refused {errors['count']:,} records, first {first['split']} "
-            f"line {first['line']}: {first['message']}"
+            gettext(
+                "The chat template refused %(count)s records, first %(split)s line %(line)s: "
+                "%(message)s",
+                count=f"{errors['count']:,}",
+                split=first["split"],
+                line=first["line"],
+                message=first["message"],
+            )
         )
     return "\n".join(lines)
 

@@ -34,7 +34,7 @@ from app.api.routes import (
 from app.core.config import get_settings
 from app.core.db import serve_on_this_loop
 from app.core.errors import TunelabError, Unauthorized
-from app.core.i18n import LocaleMiddleware
+from app.core.i18n import LOCALE_COOKIE, LocaleMiddleware, choose, using_locale
 from app.core.messages import translated_body
 from app.core.paths import STATIC_DIR
 from app.core.security_headers import (
@@ -159,12 +159,21 @@ def create_app() -> FastAPI:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         message = "something went wrong on the server; the error was logged"
-        if _wants_html(request):
-            response: Response = error_page(request, 500, message, [])
-        else:
-            response = JSONResponse(
-                translated_body({"detail": message, "code": "internal_error"}), status_code=500
-            )
+        # Outside the middleware stack the request's language is gone: choose it again.
+        principal = getattr(request.state, "principal", None)
+        locale = choose(
+            user=principal.viewer.locale if principal is not None else None,
+            cookie=request.cookies.get(LOCALE_COOKIE),
+            accept_language=request.headers.get("accept-language"),
+        )
+        with using_locale(locale):
+            if _wants_html(request):
+                response: Response = error_page(request, 500, message, [])
+            else:
+                response = JSONResponse(
+                    translated_body({"detail": message, "code": "internal_error"}),
+                    status_code=500,
+                )
         # Starlette runs this handler outside the middleware stack, so the headers go on here.
         response.headers.update(SECURITY_HEADERS)
         return response

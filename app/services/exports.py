@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.core.config import get_settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.core.i18n import _
 from app.models import Export, Job, JobStatus, User
 from app.services import access, leases, queue
 from app.services import evaluations as evaluations_service
@@ -86,6 +87,42 @@ def offer(session: Session, *, export: Export) -> None:
     """Hand a committed export to the broker; should it be down, the export waits and is
     sent as soon as the broker is back."""
     queue.offer(session, leases.EXPORT, export.id, export.queue)
+
+
+def waiting_for(session: Session, *, export: Export) -> str:
+    """Why a queued export has not started, in words: the work that holds the workers of its
+    queue (a deployment keeps its worker until it is stopped), else a free worker."""
+    holders: list[str] = []
+    for kind in leases.kinds():
+        rows = session.scalars(
+            select(kind.model)
+            .where(
+                kind.col("queue") == export.queue,
+                kind.col("status").in_(kind.held),
+                kind.col("id") != export.id,
+            )
+            .limit(5)
+        ).all()
+        for row in rows:
+            short = str(getattr(row, "id", ""))[:8]
+            if kind is leases.DEPLOYMENT:
+                holders.append(
+                    _(
+                        "deployment “%(name)s”, which keeps its worker until it is stopped",
+                        name=getattr(row, "name", short),
+                    )
+                )
+            elif kind is leases.JOB:
+                holders.append(_("training job %(id)s", id=short))
+            elif kind is leases.EVALUATION:
+                holders.append(_("evaluation %(id)s", id=short))
+            elif kind is leases.EXPORT:
+                holders.append(_("export %(id)s", id=short))
+            else:
+                holders.append(_("answers for a review campaign"))
+    if not holders:
+        return _("waiting for a free worker")
+    return _("waiting for %(work)s", work=_("; ").join(holders))
 
 
 def card_data(session: Session, *, job: Job) -> dict[str, Any]:

@@ -101,7 +101,16 @@ def event(row: Any) -> str:
     return event_text(str(row.message), row.data)
 
 
+# What a job's artifact or export holds.
+ARTIFACT_KINDS = {"adapter": N_("adapter"), "merged": N_("merged model")}
+
+
+def artifact_kind(kind: object) -> str:
+    return _known(ARTIFACT_KINDS, kind)
+
+
 FILTERS: dict[str, Any] = {
+    "artifact_kind": artifact_kind,
     "chosen_settings": chosen,
     "event_text": event,
     "message_role": message_role,

@@ -309,8 +309,19 @@ def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, A
     }
     if val_losses:  # evaluated every few steps only: show the newest evaluation
         latest["val_loss"], latest["val_step"] = val_losses[-1].value, val_losses[-1].step
+    evaluations, _ = evaluations_service.list_evaluations(
+        session, user=me.user, limit=20, offset=0, job_id=job_id
+    )
     return {
         "job": job,
+        # The live part shows the job's evaluation as soon as the job that queued it is done.
+        "evaluations": evaluations,
+        # Which kinds have a finished export: the trained model's own link gives way to it.
+        "exported_kinds": {
+            e.kind
+            for e in exports_service.list_exports(session, job_id=job_id)
+            if e.status == "succeeded"
+        },
         "read": jobs_service.job_read(job),
         "project": projects_service.get_project(session, project_id=job.project_id),
         "events": jobs_service.list_events(session, job_id=job_id)[-200:],
@@ -331,16 +342,23 @@ def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, A
 def job_page(
     job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
 ) -> HTMLResponse:
-    evaluations, _ = evaluations_service.list_evaluations(
-        session, user=me.user, limit=20, offset=0, job_id=job_id
-    )
     return render(
         request,
         "jobs/detail.html",
-        evaluations=evaluations,
-        exports=exports_service.list_exports(session, job_id=job_id),
+        **_exports_context(session, job_id),
         **_job_context(session, me, job_id),
     )
+
+
+def _exports_context(session: SessionDep, job_id: uuid.UUID) -> dict[str, Any]:
+    """A job's exports, and for each queued one what it waits for."""
+    exports = exports_service.list_exports(session, job_id=job_id)
+    waits = {
+        e.id: exports_service.waiting_for(session, export=e)
+        for e in exports
+        if e.status == "queued"
+    }
+    return {"exports": exports, "export_waits": waits}
 
 
 @router.get("/jobs/{job_id}/exports")
@@ -349,8 +367,7 @@ def job_exports(
 ) -> HTMLResponse:
     """The job page's export list, refreshed while an export is being made."""
     job = access.job_for(session, me.user, job_id)
-    exports = exports_service.list_exports(session, job_id=job_id)
-    return render(request, "jobs/_exports.html", job=job, exports=exports)
+    return render(request, "jobs/_exports.html", job=job, **_exports_context(session, job_id))
 
 
 @router.post("/jobs/{job_id}/exports")
@@ -368,14 +385,13 @@ def start_export(
         )
     except TunelabError as exc:
         session.rollback()
-        exports = exports_service.list_exports(session, job_id=job_id)
         return render(
             request,
             "jobs/_exports.html",
             exc.status_code,
             job=job,
-            exports=exports,
             export_error=exc.message,
+            **_exports_context(session, job_id),
         )
     session.commit()
     exports_service.offer(session, export=export)

@@ -16,10 +16,13 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.models import (
+    Artifact,
     CampaignReviewer,
     CampaignStatus,
     Dataset,
+    Deployment,
     Evaluation,
+    Export,
     Job,
     JobStatus,
     ReviewAssignment,
@@ -374,3 +377,78 @@ def test_an_event_whose_values_do_not_fill_its_message_is_shown_as_stored() -> N
     with using_locale("zh_CN"):
         assert events.event_text("Checkpoint saved at step 3", data) == "Checkpoint saved at step 3"
         assert events.event_text("Checkpoint saved at step 3", None) == "已在第 3 步保存检查点"
+
+
+def test_the_job_pages_live_part_shows_its_evaluation_and_one_download_per_model(
+    browser: TestClient, world: World, connection: Connection
+) -> None:
+    # The part that refreshes in place is what a user sees when the job has just finished.
+    live = browser.get(f"/jobs/{world.job}/live", headers=ZH).text
+    assert 'data-testid="job-evaluations"' in live and f"/evaluations/{world.evaluation}" in live
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        job_id = uuid.UUID(world.job)
+        session.add(Artifact(job_id=job_id, kind="adapter", path="x", size_bytes=2048, files=[]))
+        session.commit()
+    page = browser.get(f"/jobs/{world.job}", headers=ZH).text
+    assert page.count('data-testid="artifact-download"') == 1 and "下载适配器（.zip）" in page
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        session.add(Export(job_id=job_id, kind="adapter", status="succeeded", size_bytes=4096))
+        session.commit()
+    page = browser.get(f"/jobs/{world.job}", headers=ZH).text
+    # The export (with its model card) is the one download; the raw adapter says where it is.
+    assert 'data-testid="artifact-download"' not in page
+    assert page.count('data-testid="export-download"') == 1 and "下载适配器（.tar）" in page
+    assert "已导出：请在下方“导出”中下载" in page
+
+
+def test_a_queued_export_says_what_it_waits_for(
+    browser: TestClient, world: World, connection: Connection
+) -> None:
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        job = session.get(Job, uuid.UUID(world.job))
+        assert job is not None
+        session.add(Export(job_id=job.id, kind="merged", status="queued", queue="training"))
+        session.add(
+            Deployment(
+                project_id=job.project_id,
+                name=f"serving-{uuid.uuid4().hex[:6]}",
+                base_model="smollm2-135m-instruct",
+                status="running",
+                queue="training",
+                worker="vm:1",
+                api_key="k",
+            )
+        )
+        session.commit()
+    text = browser.get(f"/jobs/{world.job}/exports", headers=ZH).text
+    assert 'data-testid="export-waiting"' in text
+    assert "正在等待：部署“serving-" in text and "停止前会一直占用它的工作节点" in text
+    english = browser.get(f"/jobs/{world.job}/exports", headers=EN).text
+    assert "waiting for deployment “serving-" in english
+
+
+def test_the_report_links_a_running_evaluation_with_its_progress(
+    browser: TestClient, world: World, connection: Connection
+) -> None:
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        done = session.get(Evaluation, uuid.UUID(world.evaluation))
+        assert done is not None
+        running = Evaluation(
+            project_id=done.project_id,
+            dataset_version_id=done.dataset_version_id,
+            job_id=done.job_id,
+            split="test",
+            candidates=done.candidates,
+            settings={},
+            status="running",
+            queue="training",
+            progress={"phase": "generating", "model": "baseline", "done": 3, "total": 8},
+            results={},
+        )
+        session.add(running)
+        session.commit()
+        running_id = str(running.id)
+    text = browser.get(f"/projects/{world.project}/report", headers=ZH).text
+    assert 'data-testid="report-running"' in text and f'href="/evaluations/{running_id}"' in text
+    assert "正在生成：3 / 8" in text or "：3 / 8" in text
+    assert 'max="8" value="3"' in text

@@ -51,7 +51,7 @@ def test_expert_creates_a_project_uploads_data_and_watches_a_job_train(
     expect(page.get_by_test_id("status")).to_have_text("succeeded", timeout=180_000)
     expect(page.locator("progress")).to_have_attribute("aria-valuenow", "100")
     expect(page.get_by_test_id("loss-chart").locator("polyline")).to_have_count(2)  # loss, val_loss
-    expect(page.get_by_text("download .zip")).to_be_visible()
+    expect(page.get_by_test_id("artifact-download")).to_be_visible()
 
 
 def test_bad_job_settings_are_shown_next_to_the_form(page: Page, tiny_model: Path) -> None:

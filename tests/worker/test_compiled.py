@@ -118,7 +118,7 @@ def _step(model: Any, plan: StepPlan, samples: list) -> tuple[float, dict[str, t
 def test_compiled_layers_give_the_eager_loss_and_gradients_on_a_cpu(
     mode: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Default: rows as they are, compiled for the first length and then for any length.
+    """Default: rows as they are, compiled once for any length (dynamic shapes).
     reduce-overhead (CUDA graphs on a GPU; none on a CPU): rows padded to fixed lengths."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(compiled.COMPILE_MODE_ENV, mode)

@@ -14,8 +14,10 @@ runs the layer's forward and backward as generated code rather than module by mo
   and the sample boundaries it reads differ from pass to pass): it runs eagerly between the
   layer's two compiled halves.
 - **Shapes**: a packed row's length changes from pass to pass. By default the layers compile
-  for the first length seen and, at the second, once more for any length (torch's automatic
-  dynamic shapes): two compiles per run, whatever the lengths, and no padding. The first
+  once, at the first pass, for any length (``dynamic=True``; the weights' shapes stay fixed):
+  one compile per run whatever the lengths, no padding, and code that the next run of the
+  same model shape loads from the cache whatever its data. (Torch's automatic dynamic shapes
+  compiled twice: for the first length, then at the second for any length.) The first
   layer's input is made to require a gradient as the others' do, so every layer runs the same
   graph. With CUDA graphs (``TUNELAB_COMPILE_MODE=reduce-overhead``, which replays recorded
   kernels and so needs fixed shapes) each row is padded to ``packing.bucket_length`` (at most
@@ -147,7 +149,7 @@ def compiled_layers(lm: Any) -> Iterator[int]:
             current = getattr(torch._dynamo.config, name)
             setattr(torch._dynamo.config, name, max(current, _RECOMPILE_LIMIT))
     mode = os.environ.get(COMPILE_MODE_ENV) or None
-    dynamic = False if cuda_graphs() else None
+    dynamic = not cuda_graphs()  # one compile for any length; fixed lengths for CUDA graphs
     for layer in layers:
         layer.compile(dynamic=dynamic, mode=mode)
     suppress = torch._dynamo.config.suppress_errors

@@ -316,16 +316,11 @@ def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, A
         "job": job,
         # The live part shows the job's evaluation as soon as the job that queued it is done.
         "evaluations": evaluations,
-        # Which kinds have a finished export: the trained model's own link gives way to it.
-        "exported_kinds": {
-            e.kind
-            for e in exports_service.list_exports(session, job_id=job_id)
-            if e.status == "succeeded"
-        },
         "read": jobs_service.job_read(job),
         "project": projects_service.get_project(session, project_id=job.project_id),
         "events": jobs_service.list_events(session, job_id=job_id)[-200:],
-        "artifacts": jobs_service.list_artifacts(session, job_id=job_id),
+        # The model and its exports are part of the live part: they show when the job is done.
+        **_exports_context(session, job_id),
         "chart": line_chart(
             [(p.step, p.value) for p in losses],
             label=gettext("training and validation loss")
@@ -342,23 +337,24 @@ def _job_context(session: SessionDep, me: Any, job_id: uuid.UUID) -> dict[str, A
 def job_page(
     job_id: uuid.UUID, request: Request, session: SessionDep, me: CurrentReader
 ) -> HTMLResponse:
-    return render(
-        request,
-        "jobs/detail.html",
-        **_exports_context(session, job_id),
-        **_job_context(session, me, job_id),
-    )
+    return render(request, "jobs/detail.html", **_job_context(session, me, job_id))
 
 
 def _exports_context(session: SessionDep, job_id: uuid.UUID) -> dict[str, Any]:
-    """A job's exports, and for each queued one what it waits for."""
+    """A job's trained model, its exports, and for each queued export what it waits for."""
     exports = exports_service.list_exports(session, job_id=job_id)
     waits = {
         e.id: exports_service.waiting_for(session, export=e)
         for e in exports
         if e.status == "queued"
     }
-    return {"exports": exports, "export_waits": waits}
+    return {
+        "artifacts": jobs_service.list_artifacts(session, job_id=job_id),
+        # One download per model: once a kind is exported, the export's link is the one.
+        "exported_kinds": {e.kind for e in exports if e.status == "succeeded"},
+        "exports": exports,
+        "export_waits": waits,
+    }
 
 
 @router.get("/jobs/{job_id}/exports")

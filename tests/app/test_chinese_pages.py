@@ -385,6 +385,7 @@ def test_the_job_pages_live_part_shows_its_evaluation_and_one_download_per_model
     # The part that refreshes in place is what a user sees when the job has just finished.
     live = browser.get(f"/jobs/{world.job}/live", headers=ZH).text
     assert 'data-testid="job-evaluations"' in live and f"/evaluations/{world.evaluation}" in live
+    assert 'data-testid="exports"' in live  # and the export buttons, without a reload
     with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
         job_id = uuid.UUID(world.job)
         session.add(Artifact(job_id=job_id, kind="adapter", path="x", size_bytes=2048, files=[]))

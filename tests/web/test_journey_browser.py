@@ -192,13 +192,9 @@ def train(j: Journey, project: str) -> str:
 def watch_the_evaluation(j: Journey, job_url: str) -> str:
     """The evaluation each job queues for itself, its progress seen while it runs."""
     page = j.page
-    # The job page lists its evaluation once the job is done; a user reloads to see it.
+    # The job page lists its evaluation as soon as the job is done, without a reload.
     link = page.get_by_test_id("job-evaluations").get_by_role("link").first
-    for _ in range(15):
-        page.reload()
-        if link.count():
-            break
-        page.wait_for_timeout(2_000)
+    expect(link).to_be_visible(timeout=30_000)
     link.click()
     expect(page).to_have_url(re.compile(r"/evaluations/[0-9a-f-]+$"))
     evaluation_url = page.url

@@ -117,3 +117,49 @@ def test_a_cpu_worker_records_its_measurement_where_the_web_reads_it(
     calibration = read_calibration(tmp_path)
     assert calibration is not None and calibration.measured_at
     assert calibration.matmul_gflops == measured["matmul_gflops"]
+
+
+def test_cpu_passes_come_in_a_few_lengths_and_train_as_unpadded_ones(tiny_model_dir: Path) -> None:
+    """Packed passes on a CPU are padded to a multiple of CPU_ROW_MULTIPLE tokens (oneDNN
+    keeps kernels per shape: any length made hundreds, and the memory grew each step); the
+    filler predicts nothing, so the loss and the gradients are the unpadded ones."""
+    import dataclasses
+
+    from tests.worker.test_compiled import _step
+    from tests.worker.test_training_speed import lora_model, make_samples
+    from worker.training import attention, fused
+    from worker.training.steps import micro_batches, plan_steps
+
+    model = lora_model(tiny_model_dir)
+    lm = model.get_base_model()
+    samples = make_samples([5, 17, 9, 30, 70, 3])
+    plan = dataclasses.replace(
+        plan_steps(lm, samples, TrainConfig(base_model="m")), token_budget=64
+    )
+    assert plan.row_multiple == cpu.CPU_ROW_MULTIPLE
+    rows = micro_batches([samples], plan, pad_id=0)
+    assert all(row.input_ids.shape[1] % cpu.CPU_ROW_MULTIPLE == 0 for row in rows)
+    assert sum(row.tokens for row in rows) == 134  # the real tokens alone are counted
+    unpadded = dataclasses.replace(plan, row_multiple=None)
+    assert {row.input_ids.shape[1] for row in micro_batches([samples], unpadded, pad_id=0)} != {
+        row.input_ids.shape[1] for row in rows
+    }
+    with fused.fused_modules(model), attention.packed_attention(lm):
+        expected_loss, expected_grads = _step(model, unpadded, samples)
+        loss, grads = _step(model, plan, samples)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for name, grad in expected_grads.items():
+        assert float((grads[name] - grad).norm()) <= 1e-5 * (float(grad.norm()) or 1.0), name
+
+
+def test_large_blocks_are_allocated_with_mmap_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert cpu.limit_heap_growth() == cpu.MMAP_THRESHOLD
+    monkeypatch.setenv("TUNELAB_CPU_MMAP_THRESHOLD", "0")
+    assert cpu.limit_heap_growth() is None
+    # Back to glibc's own default (128 KiB; the dynamic threshold stays off after mallopt).
+    monkeypatch.setenv("TUNELAB_CPU_MMAP_THRESHOLD", str(128 * 1024))
+    assert cpu.limit_heap_growth() == 128 * 1024

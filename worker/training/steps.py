@@ -53,6 +53,8 @@ class StepPlan:
     # padded to a few fixed lengths); why or why not.
     compiled: bool = False
     compile_note: str = ""
+    # Packed rows padded to a multiple of this many tokens (CPU: a few shapes, see cpu).
+    row_multiple: int | None = None
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
@@ -98,6 +100,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
             loss_chunk_elements=cpu.CPU_CHUNK_ELEMENTS,
             compiled=compile_layers,
             compile_note=compile_note,
+            row_multiple=cpu.CPU_ROW_MULTIPLE,
         )
     return StepPlan(
         packed,
@@ -233,6 +236,12 @@ def micro_batches(
         if plan.compiled and compiled.cuda_graphs():
             return [
                 collate_packed(row, bucket_length(sum(len(s.input_ids) for s in row)))
+                for row in rows
+            ]
+        if plan.row_multiple:
+            step = plan.row_multiple
+            return [
+                collate_packed(row, -(-sum(len(s.input_ids) for s in row) // step) * step)
                 for row in rows
             ]
         return [collate_packed(row) for row in rows]

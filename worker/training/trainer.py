@@ -166,6 +166,8 @@ def _loop(
     models.disable_hub_kernels(model)
     model.train()
     threads = cpu.configure_threads() if device.type == "cpu" else None
+    if device.type == "cpu":
+        cpu.limit_heap_growth()
     with contextlib.ExitStack() as stack:
         fused_report = (
             stack.enter_context(fused.fused_modules(model))

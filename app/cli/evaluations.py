@@ -24,6 +24,7 @@ from app.cli.http import (
 from app.core.i18n import N_, gettext
 from app.core.messages import status_text, translate_message
 from app.core.words import display_width, pad
+from app.services.evaluations.words import explanation_text
 from worker.spec.criteria import FRACTION_METRICS, METRICS
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -147,7 +148,7 @@ def headline(evaluation: Mapping[str, Any]) -> str:
 
 def _explanation(verdict: Mapping[str, Any]) -> str:
     # Explanations repeat the status ("not met: rougeL …"), which the mark already says.
-    text = str(verdict.get("explanation") or "")
+    text = explanation_text(verdict)
     prefix = str(verdict.get("status", "")).replace("_", " ") + ": "
     return text.removeprefix(prefix)
 

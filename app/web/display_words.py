@@ -13,8 +13,8 @@ from typing import Any
 
 from app.core.i18n import N_, _
 from app.services.evaluations.candidates import shown_label
+from app.services.evaluations.words import explanation_text, metric_title
 from app.services.jobs.events import chosen_settings, event_text
-from worker.spec.metrics import METRIC_TITLES
 
 # A review campaign's default rubric (app/schemas/review.py): stored in English when a campaign
 # comes from the API; the Chinese form proposes them in Chinese.
@@ -45,21 +45,6 @@ def default_criteria() -> list[str]:
 
 def review_mode(mode: object) -> str:
     return _known(REVIEW_MODES, mode)
-
-
-# The metrics' names (worker/spec/metrics.py's METRIC_TITLES, which marks nothing: the worker
-# runs without the web stack); BLEU and ROUGE read the same everywhere.
-METRIC_WORDS = {
-    "exact_match": N_("Exact match"),
-    "token_f1": N_("Token F1"),
-    "perplexity": N_("Perplexity"),
-}
-
-
-def metric_title(metric: object) -> str:
-    """A metric's name for a person: "perplexity" → "Perplexity" (“困惑度”)."""
-    key = str(metric)
-    return _known(METRIC_WORDS, key) if key in METRIC_WORDS else METRIC_TITLES.get(key, key)
 
 
 def model_label(candidate: Any) -> str:
@@ -109,7 +94,13 @@ def artifact_kind(kind: object) -> str:
     return _known(ARTIFACT_KINDS, kind)
 
 
+def verdict_explanation(verdict: Any) -> str:
+    """A success criterion's verdict explained in the reader's language."""
+    return explanation_text(verdict) if isinstance(verdict, dict) else str(verdict)
+
+
 FILTERS: dict[str, Any] = {
+    "verdict_explanation": verdict_explanation,
     "artifact_kind": artifact_kind,
     "chosen_settings": chosen,
     "event_text": event,

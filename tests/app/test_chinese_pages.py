@@ -453,3 +453,34 @@ def test_the_report_links_a_running_evaluation_with_its_progress(
     assert 'data-testid="report-running"' in text and f'href="/evaluations/{running_id}"' in text
     assert "正在生成：3 / 8" in text or "：3 / 8" in text
     assert 'max="8" value="3"' in text
+
+
+@pytest.mark.parametrize(
+    ("explanation", "chinese"),
+    [
+        (
+            "met: rougeL gain over baseline 0.191 ≥ 0.010 (95% CI 0.095–0.321)",
+            "ROUGE-L 相对基线的提升 0.191 ≥ 0.010；95% 置信区间 0.095–0.321",
+        ),
+        (
+            "not met: exact_match 0.100 < 0.400 (short by 0.300); 95% CI 0.000–0.200, but the "
+            "95% interval includes the threshold",
+            "完全匹配 0.100 < 0.400（差 0.300）；95% 置信区间 0.000–0.200，但 95% 置信区间包含阈值",
+        ),
+        (
+            "met: human win rate 0.600 > 0.500 (95% CI 0.550–0.650) (the review campaign is "
+            "still open)",
+            "人工评审胜率 0.600 > 0.500；95% 置信区间 0.550–0.650（评审活动仍在进行）",
+        ),
+        ("waits for human review", "等待人工评审"),
+        ("not measured: perplexity was not measured in this evaluation", "本次评估没有测量 困惑度"),
+        ("something the worker says now", "something the worker says now"),
+    ],
+)
+def test_a_verdicts_explanation_reads_in_chinese(explanation: str, chinese: str) -> None:
+    from app.core.i18n import using_locale
+    from app.services.evaluations.words import explanation_text
+
+    with using_locale("zh_CN"):
+        assert explanation_text({"explanation": explanation}) == chinese
+    assert explanation_text({"explanation": explanation}) == explanation  # English: as stored

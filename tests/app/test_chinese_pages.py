@@ -326,6 +326,9 @@ def test_the_job_forms_estimate_reads_in_chinese(browser: TestClient, world: Wor
     assert "自动选择：" in text and "学习率" in text, text
     assert "about " not in text and "learning rate" not in text
     assert re.search(r"约 [\d.]+ (秒|分钟|小时)", text), text
+    # What the estimate assumes, too.
+    assert "样本长度：" in text and "时间为近似值" in text
+    assert "Sample lengths" not in text and "Time is approximate" not in text
 
 
 def test_a_success_criterions_examples_are_chinese(browser: TestClient) -> None:

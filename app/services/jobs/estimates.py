@@ -66,9 +66,10 @@ def estimate_for(
     if entry is None:
         return {
             "available": False,
-            "reason": (
-                f"No estimate for '{config.base_model}': only models in the catalog have known "
-                "sizes. Pick a catalog model of the same shape to get one."
+            "reason": _(
+                "No estimate for '%(model)s': only models in the catalog have known sizes. "
+                "Pick a catalog model of the same shape to get one.",
+                model=config.base_model,
             ),
         }
     gpu = gpu_spec(gpu_name)
@@ -76,17 +77,27 @@ def estimate_for(
     given = dataset is not None
     if dataset is None:
         dataset = DatasetLengths(
-            DEFAULT_RECORDS, DEFAULT_MEAN_TOKENS, None, 0.5, "no dataset chosen"
+            DEFAULT_RECORDS, DEFAULT_MEAN_TOKENS, None, 0.5, _("no dataset chosen")
         )
         assumptions.append(
-            f"No dataset: assumes {DEFAULT_RECORDS:,} samples of {DEFAULT_MEAN_TOKENS:.0f} tokens."
+            _(
+                "No dataset: assumes %(records)s samples of %(tokens)s tokens.",
+                records=number(DEFAULT_RECORDS),
+                tokens=f"{DEFAULT_MEAN_TOKENS:.0f}",
+            )
         )
     else:
-        assumptions.append(f"Sample lengths: {dataset.source}.")
+        assumptions.append(_("Sample lengths: %(source)s.", source=dataset.source))
     if cpu is not None:
-        assumptions.append(f"Trains on the CPU: {cpu.describe()}.")
+        assumptions.append(_("Trains on the CPU: %(cpu)s.", cpu=_cpu_words(cpu)))
     elif known_gpu(gpu_name) is None:
-        assumptions.append(f"GPU: {gpu.name} ({gpu.memory_bytes / 2**30:.0f} GiB) assumed.")
+        assumptions.append(
+            _(
+                "GPU: %(name)s (%(gib)s GiB) assumed.",
+                name=gpu.name,
+                gib=f"{gpu.memory_bytes / 2**30:.0f}",
+            )
+        )
     try:
         resolved = resolve_auto(
             config,
@@ -115,37 +126,55 @@ def estimate_for(
         ) from None
     breakdown = result.breakdown
     assumptions.append(
-        "Memory is the peak PyTorch allocates (measured within ±20% for LoRA, DoRA, IA3, "
-        "P-tuning, prefix-tuning and full fine-tuning on Llama and Qwen shapes); the GPU "
-        "also needs the CUDA context and allocator slack (reserved)."
+        _(
+            "Memory is the peak PyTorch allocates (measured within %(error)s for LoRA, DoRA, "
+            "IA3, P-tuning, prefix-tuning and full fine-tuning on Llama and Qwen shapes); the "
+            "GPU also needs the CUDA context and allocator slack (reserved).",
+            error="±20%",
+        )
     )
     if cpu is not None:
         assumptions.append(
-            "Time is approximate (the engine's measured share of this CPU's matrix rate): "
-            "expect ±30%, more while other programs use the processor."
+            _(
+                "Time is approximate (the engine's measured share of this CPU's matrix rate): "
+                "expect %(error)s, more while other programs use the processor.",
+                error="±30%",
+            )
         )
     else:
         assumptions.append(
-            "Time is approximate (from throughput measured on an H200, scaled by the GPU's "
-            "bf16 peak): expect ±30%, more for QLoRA and models outside the Llama and Qwen "
-            "families."
+            _(
+                "Time is approximate (from throughput measured on an H200, scaled by the GPU's "
+                "bf16 peak): expect %(error)s, more for QLoRA and models outside the Llama and "
+                "Qwen families.",
+                error="±30%",
+            )
         )
     warnings = []
     if not breakdown["fits"]:
         warnings.append(
-            f"This run needs about {result.peak_memory_bytes / 2**30:.0f} GiB, more than "
-            f"the {gpu.memory_bytes / 2**30:.0f} GiB of the {gpu.name}: lower max_seq_length "
-            "or micro_batch_tokens, or use QLoRA."
+            _(
+                "This run needs about %(needs)s GiB, more than the %(has)s GiB of the %(gpu)s: "
+                "lower the max sequence length or the tokens per micro-batch, or use QLoRA.",
+                needs=f"{result.peak_memory_bytes / 2**30:.0f}",
+                has=f"{gpu.memory_bytes / 2**30:.0f}",
+                gpu=gpu.name,
+            )
         )
     elif breakdown["tight"]:
         warnings.append(
-            f"A close fit on the {gpu.name}: the run fills most of its memory, so it may run "
-            "out; a lower max_seq_length or micro_batch_tokens leaves room."
+            _(
+                "A close fit on the %(gpu)s: the run fills most of its memory, so it may run "
+                "out; a lower max sequence length or fewer tokens per micro-batch leaves room.",
+                gpu=gpu.name,
+            )
         )
     if breakdown["gradient_checkpointing"]:
         warnings.append(
-            "Gradient checkpointing will be on (a row of the longest samples does not fit "
-            "otherwise): about half as much compute again."
+            _(
+                "Gradient checkpointing will be on (a row of the longest samples does not fit "
+                "otherwise): about half as much compute again."
+            )
         )
     return {
         "available": True,
@@ -236,7 +265,7 @@ def lengths_from_stats(
     count = records or int(stats.get("records") or 0) or DEFAULT_RECORDS
     mean = float(total.get("mean") or 0)
     if mean <= 0:
-        return DatasetLengths(count, DEFAULT_MEAN_TOKENS, None, 0.5, "unknown (no statistics)")
+        return DatasetLengths(count, DEFAULT_MEAN_TOKENS, None, 0.5, _("unknown (no statistics)"))
     share = float(answer.get("mean") or 0) / mean if answer.get("mean") else 0.5
     p90, p99 = total.get("p90"), total.get("p99")
     p95 = (
@@ -245,7 +274,10 @@ def lengths_from_stats(
         else None
     )
     if stats.get("unit") == "tokens":
-        source = f"measured in tokens of the {tokenizer or stats.get('tokenizer')} tokenizer"
+        source = _(
+            "measured in tokens of the %(tokenizer)s tokenizer",
+            tokenizer=tokenizer or stats.get("tokenizer"),
+        )
         return DatasetLengths(count, mean, p95, min(1.0, share), source)
     per_token = _characters_per_token(stats.get("languages") or {})
     overhead = _TEMPLATE_TOKENS_PER_TURN * float(stats.get("mean_turns") or 2)
@@ -254,8 +286,28 @@ def lengths_from_stats(
         mean / per_token + overhead,
         p95 / per_token + overhead if p95 is not None else None,
         min(1.0, share),
-        f"converted from characters at ~{per_token:.1f} characters per token (compute token "
-        "statistics with the model's tokenizer for a closer estimate)",
+        _(
+            "converted from characters at ~%(n)s characters per token (compute token "
+            "statistics with the model's tokenizer for a closer estimate)",
+            n=f"{per_token:.1f}",
+        ),
+    )
+
+
+def _cpu_words(cpu: CpuCalibration) -> str:
+    """``CpuCalibration.describe`` (worker/spec, English) in the reader's language."""
+    if not cpu.measured:
+        return _(
+            "CPU not measured yet (start the worker once): %(gflops)s GFLOP/s assumed",
+            gflops=f"{ASSUMED.matmul_gflops:.0f}",
+        )
+    return _(
+        "%(processor)s, %(threads)s threads, %(gflops)s GFLOP/s in %(dtype)s (measured by the "
+        "worker)",
+        processor=cpu.processor,
+        threads=cpu.threads,
+        gflops=f"{cpu.matmul_gflops:.0f}",
+        dtype=cpu.dtype,
     )
 
 

@@ -380,6 +380,13 @@ def test_an_event_whose_values_do_not_fill_its_message_is_shown_as_stored() -> N
     with using_locale("zh_CN"):
         assert events.event_text("Checkpoint saved at step 3", data) == "Checkpoint saved at step 3"
         assert events.event_text("Checkpoint saved at step 3", None) == "已在第 3 步保存检查点"
+        stopped = (
+            "Stopped early at step 40 of 100: the validation loss has not improved by more than "
+            "0.01 in 3 evaluations. The best, 1.2345, was at step 30; the weights saved are the "
+            "last step's (step 40)."
+        )
+        assert events.event_text(stopped, None).startswith("第 40 步（共 100 步）时提前停止")
+        assert events.event_text("Paused through the API", None) == "已通过 API 暂停"
 
 
 def test_the_job_pages_live_part_shows_its_evaluation_and_one_download_per_model(

@@ -78,7 +78,43 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         (r"^Succeeded$", N_("Succeeded")),
         (r"^Cancelled$", N_("Cancelled")),
         (r"^Failed: (?P<error>.+)$", N_("Failed: %(error)s")),
+        # The OpenAI-compatible API's (app/services/openai_compat/jobs.py).
+        (
+            r"^Made through the OpenAI-compatible API as (?P<id>\S+)$",
+            N_("Made through the OpenAI-compatible API as %(id)s"),
+        ),
+        (r"^Paused through the API$", N_("Paused through the API")),
+        (r"^Cancelled while paused$", N_("Cancelled while paused")),
+        (
+            r"^Resumed through the API: queued again, from the start \(no checkpoint was saved\)$",
+            N_("Resumed through the API: queued again, from the start (no checkpoint was saved)"),
+        ),
+        (
+            r"^Resumed through the API: queued again, from (?P<checkpoint>\S+)$",
+            N_("Resumed through the API: queued again, from %(checkpoint)s"),
+        ),
         # The engine (worker/training).
+        (
+            r"^Stopped early at step (?P<step>\d+) of (?P<total>\d+): the validation loss has not "
+            r"improved by more than (?P<delta>\S+) in (?P<patience>\d+) evaluations\. The best, "
+            r"(?P<best>\S+), was at step (?P<best_step>\d+); the weights saved are the last "
+            r"step's \(step \d+\)\.$",
+            N_(
+                "Stopped early at step %(step)s of %(total)s: the validation loss has not improved "
+                "by more than %(delta)s in %(patience)s evaluations. The best, %(best)s, was at "
+                "step %(best_step)s; the weights saved are the last step's."
+            ),
+        ),
+        (
+            r"^Stopped early at step (?P<step>\d+) of (?P<total>\d+): the validation loss has not "
+            r"improved in (?P<patience>\d+) evaluations\. The best, (?P<best>\S+), was at step "
+            r"(?P<best_step>\d+); the weights saved are the last step's \(step \d+\)\.$",
+            N_(
+                "Stopped early at step %(step)s of %(total)s: the validation loss has not improved "
+                "in %(patience)s evaluations. The best, %(best)s, was at step %(best_step)s; the "
+                "weights saved are the last step's."
+            ),
+        ),
         (r"^Loading model '(?P<model>.+)' …$", N_("Loading model '%(model)s' …")),
         (
             r"^Converting (?P<name>.+) to safetensors \(once; later runs reuse it\)$",

@@ -226,12 +226,17 @@ def test_linear_cross_entropy_matches_full_logits_across_chunks() -> None:
 
     expected = F.cross_entropy(hidden @ weight.t() + bias, targets, reduction="sum")
     expected_grads = torch.autograd.grad(expected * 0.5, (hidden, weight, bias))
-    # 8 rows a chunk: five chunks, the last one partial.
-    got = linear_cross_entropy_sum(hidden, weight, targets, bias, chunk_elements=8 * 50)
-    got_grads = torch.autograd.grad(got * 0.5, (hidden, weight, bias))
-    assert torch.allclose(got, expected, rtol=1e-12)
-    for a, b in zip(got_grads, expected_grads, strict=True):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    # 8 rows a chunk: five chunks, the last one partial; with a row multiple of 4 (the CPU
+    # path), the last one is padded to 8 rows that count for nothing.
+    for row_multiple in (None, 4):
+        got = linear_cross_entropy_sum(
+            hidden, weight, targets, bias, chunk_elements=8 * 50, row_multiple=row_multiple
+        )
+        got_grads = torch.autograd.grad(got * 0.5, (hidden, weight, bias))
+        assert torch.allclose(got, expected, rtol=1e-12)
+        for a, b in zip(got_grads, expected_grads, strict=True):
+            assert a.shape == b.shape
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_linear_cross_entropy_reduces_bf16_logits_in_float32() -> None:

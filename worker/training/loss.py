@@ -27,6 +27,7 @@ def linear_cross_entropy_sum(
     bias: torch.Tensor | None = None,
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    row_multiple: int | None = None,
 ) -> torch.Tensor:
     """Sum over rows of cross_entropy(hidden @ weight.T + bias, targets) as a scalar of at
     least float32 precision.
@@ -35,11 +36,22 @@ def linear_cross_entropy_sum(
     hidden_size], ``targets`` [rows] (every row labelled). Logits are computed in the
     hidden states' dtype, as the model's own head would, and reduced in float32 (float64
     for float64 inputs).
+
+    ``row_multiple`` (the CPU path) gives every chunk's product a row count that is a
+    multiple of it, the last chunk padded with rows that count for nothing: a few matrix
+    shapes over a run instead of one per label count (oneDNN keeps kernels per shape).
     """
-    if hidden.shape[0] == 0:
+    real = hidden.shape[0]
+    if real == 0:
         return (0.0 * hidden.sum()).to(torch.promote_types(hidden.dtype, torch.float32))
     rows = max(1, chunk_elements // max(1, weight.shape[0]))
-    result: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows)
+    if row_multiple and row_multiple > 1:
+        rows = max(row_multiple, rows // row_multiple * row_multiple)
+        extra = -real % row_multiple
+        if extra:
+            hidden = F.pad(hidden, (0, 0, 0, extra))
+            targets = F.pad(targets, (0, extra))
+    result: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, real)
     return result
 
 
@@ -52,6 +64,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         rows: int,
+        real: int,
     ) -> torch.Tensor:
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         ctx.weight_dtype = weight.dtype
@@ -74,12 +87,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = F.linear(chunk, weight, bias).to(exact)
             log_z = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)
-            total += (log_z - picked).sum()
+            valid = min(chunk.shape[0], real - start)  # rows past ``real`` are padding
+            total += (log_z - picked)[:valid].sum()
             if grad_hidden is None and grad_weight is None and grad_bias is None:
                 continue
             # d(loss)/d(logits) = softmax - one_hot, built in place over the fp32 logits.
             probs = logits.sub_(log_z.unsqueeze(1)).exp_()
             probs[torch.arange(target.shape[0], device=probs.device), target] -= 1.0
+            probs[valid:] = 0.0
             grad_logits = probs.to(hidden.dtype)
             del logits, probs
             if grad_hidden is not None:
@@ -102,6 +117,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden * scale.to(grad_hidden.dtype) if need_hidden else None,
             (grad_weight * scale).to(ctx.weight_dtype) if need_weight else None,
             (grad_bias * scale).to(ctx.bias_dtype) if need_bias else None,
+            None,
             None,
             None,
         )

@@ -53,8 +53,10 @@ class StepPlan:
     # padded to a few fixed lengths); why or why not.
     compiled: bool = False
     compile_note: str = ""
-    # Packed rows padded to a multiple of this many tokens (CPU: a few shapes, see cpu).
+    # Packed rows padded to a multiple of this many tokens, and the loss head's products to
+    # a multiple of loss_row_multiple rows (CPU: a few shapes, see cpu).
     row_multiple: int | None = None
+    loss_row_multiple: int | None = None
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
@@ -101,6 +103,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
             compiled=compile_layers,
             compile_note=compile_note,
             row_multiple=cpu.CPU_ROW_MULTIPLE,
+            loss_row_multiple=cpu.CPU_LOSS_ROW_MULTIPLE,
         )
     return StepPlan(
         packed,
@@ -209,6 +212,7 @@ def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor
             batch.label_targets,
             head.bias,
             chunk_elements=plan.loss_chunk_elements,
+            row_multiple=plan.loss_row_multiple,
         )
     with autocast, bounds:
         logits = lm(**inputs).logits

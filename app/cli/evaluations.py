@@ -179,7 +179,9 @@ def verdict_lines(verdict: Sequence[Mapping[str, Any]], summary: Mapping[str, An
     ]
     status = status_text(summary.get("status", "not_measured")).replace("_", " ")
     shown = gettext("verdict: %(status)s", status=status)
-    lines.append(shown + (f" ({', '.join(counts)})" if counts else ""))
+    if counts:
+        shown += gettext(" (%(counts)s)", counts=gettext(", ").join(counts))
+    lines.append(shown)
     return lines
 
 

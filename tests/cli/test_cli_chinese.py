@@ -100,7 +100,7 @@ def test_an_evaluation_reads_in_chinese() -> None:
     with using_locale("zh_CN"):
         text = render(evaluation, verdict, summary)
     assert text.startswith("评估 e1 · 已成功 · test 集，5 个样例 · 贪心解码"), text
-    assert "✔ 达成" in text and "1 项达成" in text and "结论：" in text
+    assert "✔ 达成" in text and "结论：达成（1 项达成）" in text
     assert "基础模型 + 提示（" in text and "，零示例）" in text
     english = render(evaluation, verdict, summary)
     assert "✔ met" in english and "verdict: met (1 met)" in english

@@ -29,8 +29,9 @@ something to learn. ``--method qlora`` quantises the same random weights to NF4 
 (``worker.training.fused_qlora.quantize_nf4``). Each line also gives the engine's own time and
 memory estimate for the run (``worker.spec.estimate``), next to what was measured.
 
-Compiled decoder layers (``worker.training.compiled``; on by default for small LoRA models on
-a GPU): ``--compile off --compile auto`` times the engine both ways in one command. The
+Compiled decoder layers (``worker.training.compiled``): ``--compile on --compile off`` times
+the engine both ways in one command (``auto`` leaves this script's short runs eager: they are
+too short to repay a compile). The
 compile cache starts empty (a fresh folder, one per shape and data shape, under
 ``--compile-cache DIR`` when named), so the first run pays its full compile time. Besides the rate of the timed steps, each line gives the
 rate over all steps from the call that starts training (``*_all_steps_tokens_per_s``:

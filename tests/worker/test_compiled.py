@@ -19,7 +19,13 @@ from tests.worker.test_training_speed import lora_grads, lora_model, make_sample
 from worker.spec.config import TrainConfig
 from worker.spec.formatting import IGNORE_INDEX, Sample
 from worker.training import attention, compiled, cpu, fused, packing
-from worker.training.steps import StepPlan, micro_batch_loss, micro_batches, plan_steps
+from worker.training.steps import (
+    StepPlan,
+    micro_batch_loss,
+    micro_batches,
+    plan_steps,
+    run_tokens,
+)
 
 
 def test_rows_are_padded_to_a_few_lengths_at_most_a_quarter_longer() -> None:
@@ -60,11 +66,20 @@ def test_the_switch_and_the_automatic_choice(
         False,
         "not on a CUDA GPU",
     )
-    # The device is only looked at, never used: auto compiles a small model's layers on CUDA.
+    # The device is only looked at, never used. Tiny layers (like Qwen2.5-0.5B's) stay eager.
+    chosen, why = compiled.decide(lm, cuda, packed=True, checkpointing=False)
+    assert not chosen and "ran no faster compiled" in why
+    # Llama-3.2-1B's layers (61M weights) compile on CUDA, for runs long enough to repay it.
+    config_type = type(lm.config)
+    one_b = config_type(hidden_size=2048, intermediate_size=8192, num_key_value_heads=8)
+    monkeypatch.setattr(lm, "config", one_b)
     assert compiled.decide(lm, cuda, packed=True, checkpointing=False)[0]
+    assert compiled.decide(lm, cuda, packed=True, checkpointing=False, run_tokens=4e7)[0]
+    chosen, why = compiled.decide(lm, cuda, packed=True, checkpointing=False, run_tokens=2e6)
+    assert not chosen and "too short to repay the compile time" in why
     assert not compiled.decide(lm, cuda, packed=False, checkpointing=False)[0]
     assert not compiled.decide(lm, cuda, packed=True, checkpointing=True)[0]
-    big = type(lm.config)(hidden_size=4096, intermediate_size=14336, num_key_value_heads=8)
+    big = config_type(hidden_size=4096, intermediate_size=14336, num_key_value_heads=8)
     monkeypatch.setattr(lm, "config", big)
     chosen, why = compiled.decide(lm, cuda, packed=True, checkpointing=False)
     assert not chosen and "keep the GPU busy" in why
@@ -75,6 +90,7 @@ def test_the_switch_and_the_automatic_choice(
     )
     monkeypatch.setenv(compiled.MODE_ENV, "on")
     assert compiled.decide(lm, cpu, packed=True, checkpointing=False)[0]
+    assert compiled.decide(lm, cuda, packed=True, checkpointing=False, run_tokens=1e3)[0]
     monkeypatch.setenv(compiled.MODE_ENV, "nonsense")
     assert compiled.setting() == "auto"
 
@@ -88,6 +104,12 @@ def test_a_cpu_run_plans_no_compilation_by_default(
     plan = plan_steps(lm, make_samples([5, 9]), config)
     assert plan.packed and not plan.compiled
     assert plan.compile_note == "not on a CUDA GPU"
+    # The run's tokens, for auto on a GPU: steps x samples per step x mean length, or epochs.
+    two = make_samples([5, 9])
+    assert run_tokens(two, config) is None  # accumulation still auto
+    by_steps = TrainConfig(base_model="t", max_steps=3, batch_size=2, gradient_accumulation_steps=2)
+    assert run_tokens(two, by_steps) == 7 * 2 * 2 * 3
+    assert run_tokens(two, TrainConfig(base_model="t", epochs=3, batch_size=2)) == 3 * 14
     rows = micro_batches([make_samples([5, 9])], plan, pad_id=0)
     # Not padded to a compile bucket (256 at least), only to the CPU path's row multiple.
     assert [r.input_ids.shape[1] for r in rows] == [cpu.CPU_ROW_MULTIPLE]
@@ -256,18 +278,19 @@ def test_a_small_lora_run_compiles_its_layers_on_the_gpu_and_trains_as_eager(
         ids = [3 + (i + 7 * j) % 50 for j in range(n)]
         samples.append(Sample(ids, [IGNORE_INDEX] * (n // 2) + ids[n // 2 :]))
     runs = {}
-    for mode in ("off", "auto"):
+    # "on": auto leaves layers this small, and runs this short, eager (see decide).
+    for mode in ("off", "on"):
         monkeypatch.setenv(compiled.MODE_ENV, mode)
         torch._dynamo.reset()
         counters.clear()
         recorder = Recorder()
         trainer.train_model(_cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
         runs[mode] = recorder
-    compiling = [d for m, d in runs["auto"].events if m.startswith("Compiling")]
+    compiling = [d for m, d in runs["on"].events if m.startswith("Compiling")]
     assert compiling and compiling[0]["compiled_layers"] == 4
     assert not any(m.startswith("Compiling") for m, _ in runs["off"].events)
     assert counters["stats"]["unique_graphs"] > 0
-    eager, fast = runs["off"].losses, runs["auto"].losses
+    eager, fast = runs["off"].losses, runs["on"].losses
     assert fast[-1] < fast[0]
     for a, b in zip(eager, fast, strict=True):
         assert b == pytest.approx(a, rel=2e-2)  # bf16 rounding

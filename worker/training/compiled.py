@@ -24,8 +24,10 @@ runs the layer's forward and backward as generated code rather than module by mo
   four lengths per doubling, under a quarter of the row) and compiled per length
   (``dynamic=False``); the filler is a segment of its own and predicts nothing.
 - **When**: ``TUNELAB_COMPILE`` (worker setting) ``auto`` (default) compiles packed LoRA runs
-  on a CUDA GPU whose layers hold at most ``SMALL_LAYER_WEIGHTS`` weights (Qwen2.5-0.5B,
-  Llama-3.2-1B; an 8B layer keeps the GPU busy on its own), not 4-bit (QLoRA) layers, DoRA or
+  on a CUDA GPU whose layers hold between ``MIN_LAYER_WEIGHTS`` and ``SMALL_LAYER_WEIGHTS``
+  weights (Llama-3.2-1B; an 8B layer keeps the GPU busy on its own, and Qwen2.5-0.5B's ran
+  no faster compiled), for runs long enough to repay the compile (``COMPILE_PAYS_TOKENS``
+  training tokens), not 4-bit (QLoRA) layers, DoRA or
   other methods, not with gradient checkpointing, and only where a C compiler is installed
   (Triton builds its launchers with it); ``off`` never; ``on`` wherever rows are packed, a
   CPU included (used by the tests). A layer that fails to compile runs eagerly instead.
@@ -55,6 +57,14 @@ MODES = ("auto", "on", "off")
 # Weights of one decoder layer's projections up to which ``auto`` compiles: Qwen2.5-0.5B has
 # 15M, Llama-3.2-1B 61M, Llama-3.2-3B 101M, Llama-3-8B 218M.
 SMALL_LAYER_WEIGHTS = 80_000_000
+# ... and from which: measured on an H100 (2026-12-05, bench/train_throughput.py), compiled
+# Qwen2.5-0.5B layers (15M) ran at 0.98x and 0.77x of eager ones (lognormal, chat-short),
+# where Llama-3.2-1B's (61M) ran at 1.22x and 1.14x.
+MIN_LAYER_WEIGHTS = 30_000_000
+# Training tokens a run needs before the compile repays its time: the first pass of a cold
+# cache took 84-94 s longer compiled, and compiled Llama-3.2-1B layers saved 2.8-3.8 us a
+# token (same measurement): 22-31M tokens. ``auto`` leaves shorter runs eager.
+COMPILE_PAYS_TOKENS = 25_000_000
 # Shapes kept per compiled frame before torch falls back to eager (its default is 8): a few
 # row lengths, each for training and for validation (no gradients).
 _RECOMPILE_LIMIT = 64
@@ -79,8 +89,10 @@ def decide(
     checkpointing: bool,
     method: str = "lora",
     dora: bool = False,
+    run_tokens: float | None = None,
 ) -> tuple[bool, str]:
-    """Whether this run compiles its decoder layers, and why (or why not)."""
+    """Whether this run compiles its decoder layers, and why (or why not). ``run_tokens``:
+    the tokens the whole run trains on (None: not known, not a reason to stay eager)."""
     mode = setting()
     if mode == "off":
         return False, f"{MODE_ENV}=off"
@@ -103,6 +115,13 @@ def decide(
     weights = layer_weights(lm.config)
     if weights > SMALL_LAYER_WEIGHTS:
         return False, f"layers of {weights / 1e6:.0f}M weights keep the GPU busy uncompiled"
+    if weights < MIN_LAYER_WEIGHTS:
+        return False, f"layers of {weights / 1e6:.0f}M weights ran no faster compiled"
+    if run_tokens is not None and run_tokens < COMPILE_PAYS_TOKENS:
+        return False, (
+            f"a run of {run_tokens / 1e6:.1f}M tokens is too short to repay the compile time "
+            f"(about {COMPILE_PAYS_TOKENS / 1e6:.0f}M)"
+        )
     return True, f"layers of {weights / 1e6:.0f}M weights are launch-bound uncompiled"
 
 

@@ -89,6 +89,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         checkpointing=checkpointing,
         method=config.method,
         dora=bool(getattr(config, "use_dora", False)),
+        run_tokens=run_tokens(samples, config),
     )
     if device.type == "cpu":
         return StepPlan(
@@ -115,6 +116,21 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         compiled=compile_layers,
         compile_note=compile_note,
     )
+
+
+def run_tokens(samples: Sequence[Sample], config: TrainConfig) -> float | None:
+    """The tokens a run trains on: its steps times the samples per step at the data's mean
+    length, or its epochs over the data; None while a setting it needs is still auto."""
+    if not samples:
+        return None
+    tokens = sum(len(s.input_ids) for s in samples)
+    if config.max_steps:
+        batch, accum = config.batch_size, config.gradient_accumulation_steps
+        if not isinstance(batch, int) or not isinstance(accum, int):
+            return None
+        return tokens / len(samples) * batch * accum * config.max_steps
+    epochs = 1.0 if config.epochs is None else config.epochs  # None trains one epoch
+    return tokens * float(epochs) if isinstance(epochs, int | float) else None
 
 
 def _prompt_learning(lm: Any) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 
 from app.core.errors import FieldError
 from app.core.i18n import N_, _, current_locale
+from app.core.value_messages import NESTED
+from app.core.value_messages import PATTERNS as VALUE_PATTERNS
 
 # The labels of the fields that forms and request bodies name (the last part of a path).
 FIELD_LABELS: dict[str, str] = {
@@ -261,6 +263,9 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     ]
 ]
 
+# The catch-all "field: message" comes last, after the messages of app/core/value_messages.
+_ALL_PATTERNS = [*_PATTERNS[:-1], *VALUE_PATTERNS, _PATTERNS[-1]]
+
 # Messages of the web server itself, marked here so the catalog has them (app/main.py).
 N_("the database is busy or restarting; try again in a few seconds")
 N_("something went wrong on the server; the error was logged")
@@ -281,7 +286,7 @@ def translate_message(message: str) -> str:
     translated = _(text)
     if translated != text:
         return translated
-    for pattern, message_id in _PATTERNS:
+    for pattern, message_id in _ALL_PATTERNS:
         found = pattern.match(text)
         if found is None:
             continue
@@ -293,8 +298,20 @@ def translate_message(message: str) -> str:
             values["rest"] = translate_message(values["rest"])
         if message_id == "%(field)s: %(rest)s":
             return labelled(values["field"], translate_message(values["rest"]))
+        for name in NESTED.intersection(values):
+            values[name] = translate_message(values[name])
+        if "setting" in values:
+            values["setting"] = field_label(values["setting"])
+        if "choices" in values:
+            values["choices"] = _choices(values["choices"])
         return _(message_id, **values)
     return text
+
+
+def _choices(text: str) -> str:
+    """ "'a', 'b' or 'c'" (pydantic's, worker/spec's) as the reader lists things."""
+    head, sep, last = text.rpartition(" or ")
+    return _(", ").join([*head.split(", "), last]) if sep else text
 
 
 # The examples a success criterion's error proposes (worker/spec/criteria.py), written the way

@@ -31,6 +31,11 @@ QUEUE_UNREACHABLE = N_(
     "The job queue could not be reached; the job waits and is sent as soon as it is back."
 )
 CHOSEN = N_("Chosen automatically: %(settings)s")
+MADE_THROUGH_OPENAI = N_("Made through the OpenAI-compatible API as %(id)s")
+MADE_THROUGH_OPENAI_WITH_RATE = N_(
+    "Made through the OpenAI-compatible API as %(id)s; learning_rate_multiplier %(multiplier)s → "
+    "learning rate %(rate)s"
+)
 
 
 def chosen_settings(chosen: Mapping[str, Any]) -> str:
@@ -81,7 +86,12 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         # The OpenAI-compatible API's (app/services/openai_compat/jobs.py).
         (
             r"^Made through the OpenAI-compatible API as (?P<id>\S+)$",
-            N_("Made through the OpenAI-compatible API as %(id)s"),
+            MADE_THROUGH_OPENAI,
+        ),
+        (
+            r"^Made through the OpenAI-compatible API as (?P<id>\S+); learning_rate_multiplier "
+            r"(?P<multiplier>\S+) → learning rate (?P<rate>\S+)$",
+            MADE_THROUGH_OPENAI_WITH_RATE,
         ),
         (r"^Paused through the API$", N_("Paused through the API")),
         (r"^Cancelled while paused$", N_("Cancelled while paused")),
@@ -166,11 +176,64 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         ),
         (
             r"^(?P<dropped>\d+) of (?P<total>\d+) samples were dropped: no part of their "
-            r"answer fits in max_seq_length=(?P<limit>\d+) tokens\. .*$",
+            r"answer fits in max_seq_length=(?P<limit>\S+) tokens\. .*$",
             N_(
                 "%(dropped)s of %(total)s samples were dropped: no part of their answer fits "
                 "in %(limit)s tokens (Max sequence length). Raise it or shorten these samples."
             ),
+        ),
+        (
+            r"^(?P<dropped>\d+) of (?P<total>\d+) validation samples are left out of the "
+            r"validation loss: no part of their answer fits in max_seq_length=(?P<limit>\S+)\.$",
+            N_(
+                "%(dropped)s of %(total)s validation samples are left out of the validation "
+                "loss: no part of their answer fits in %(limit)s tokens (Max sequence length)."
+            ),
+        ),
+        (
+            r"^Batches are padded, not packed: (?P<note>.+)\.$",
+            N_("Batches are padded, not packed: %(note)s."),
+        ),
+        (
+            r"^(?P<lost>\d+) of (?P<fused>\d+) fused layers were replaced during training by "
+            r"another library; those layers ran their own \(slower\) forward\.$",
+            N_(
+                "%(lost)s of %(fused)s fused layers were replaced during training by another "
+                "library; those layers ran their own (slower) forward."
+            ),
+        ),
+        # GPU memory: the step retried with half the pass (worker/training/budget.py).
+        (
+            r"^A forward pass of (?P<tokens>[\d,]+) tokens did not fit in GPU memory: the token "
+            r"budget is halved from (?P<old>[\d,]+) to (?P<new>[\d,]+) and the step retried .*$",
+            N_(
+                "A forward pass of %(tokens)s tokens did not fit in GPU memory: the token budget "
+                "is halved from %(old)s to %(new)s and the step retried (this run keeps the "
+                "smaller budget; Tokens per micro-batch sets one)."
+            ),
+        ),
+        (
+            r"^A padded batch of (?P<old>\d+) rows did not fit in GPU memory: each batch now "
+            r"runs in passes of (?P<new>\d+) rows, and the step was retried\.$",
+            N_(
+                "A padded batch of %(old)s rows did not fit in GPU memory: each batch now runs in "
+                "passes of %(new)s rows, and the step was retried."
+            ),
+        ),
+        # An unusable checkpoint (worker/tasks/training.py): its reason, then this.
+        (r"^(?P<error>.+) Training starts over\.$", N_("%(error)s Training starts over.")),
+        # What the engine says of the base model (worker/training/models.py).
+        (
+            r"^Model '(?P<name>[^']+)' ships its own code; it is not run: transformers' built-in "
+            r"'(?P<type>[^']+)' implementation is used instead\.$",
+            N_(
+                "Model '%(name)s' ships its own code; it is not run: transformers' built-in "
+                "'%(type)s' implementation is used instead."
+            ),
+        ),
+        (
+            r"^Loading pickle weights \((?P<files>.+)\): an admin allowed them for this model$",
+            N_("Loading pickle weights (%(files)s): an admin allowed them for this model"),
         ),
         (
             r"^Gradient checkpointing is on: .*$",
@@ -205,8 +268,9 @@ def event_text(message: str, data: Mapping[str, Any] | None) -> str:
         if found is None:
             continue
         values = found.groupdict()
-        if "error" in values:
-            values["error"] = translate_message(values["error"])
+        for name in ("error", "note"):
+            if name in values:
+                values[name] = translate_message(values[name])
         if "status" in values:
             values["status"] = status_text(values["status"])
         return _(found_id, **values) if values else _(found_id)

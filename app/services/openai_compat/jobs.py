@@ -47,6 +47,7 @@ from app.services import access, leases
 from app.services import jobs as jobs_service
 from app.services.datasets import imports
 from app.services.evaluations import list_checkpoints
+from app.services.jobs import events as job_events
 from app.services.openai_compat import files, names
 from app.services.openai_compat.errors import OpenAIError, from_tunelab
 from app.services.openai_compat.file_format import FEATURE_NOTES
@@ -338,15 +339,16 @@ def create_job(
     )
     session.add(row)
     multiplier = shown["supervised"]["hyperparameters"]["learning_rate_multiplier"]
-    said = (
-        f"; learning_rate_multiplier {multiplier} → learning rate {config['learning_rate']:.3g}"
-        if multiplier != "auto" and isinstance(config.get("learning_rate"), float)
-        else ""
-    )
+    # A message id and its values, so the job page says it in its reader's language.
+    message, params = job_events.MADE_THROUGH_OPENAI, {"id": names.job_id(job.id)}
+    if multiplier != "auto" and isinstance(config.get("learning_rate"), float):
+        message = job_events.MADE_THROUGH_OPENAI_WITH_RATE
+        params |= {"multiplier": multiplier, "rate": f"{config['learning_rate']:.3g}"}
     jobs_service.add_event(
         session,
         job_id=job.id,
-        message=f"Made through the OpenAI-compatible API as {names.job_id(job.id)}{said}",
+        message=message,
+        params=params,
         data={"openai": {"notes": notes}} if notes else None,
     )
     session.flush()

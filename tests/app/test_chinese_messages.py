@@ -317,3 +317,26 @@ def test_the_records_warnings_are_chinese(tmp_path: Path) -> None:
     warnings = [zh(w) for w in validate_file(src, filename="w.jsonl").warnings]
     assert "2 条记录的回答很短（少于 2 个字符），例如第 1 行" in warnings, warnings
     assert any(w.startswith("文件中混有多种记录格式") for w in warnings), warnings
+
+
+def test_a_services_refusal_with_values_is_chinese_in_the_api(
+    browser: TestClient,  # noqa: F811
+    world: World,  # noqa: F811
+) -> None:
+    from tests.app.test_chinese_pages import csrf
+
+    token = csrf(browser.get(f"/jobs/{world.job}").text)
+    headers = {"Accept": "application/json", "X-CSRF-Token": token}
+    # The world's job has succeeded: it cannot resume, nor be cancelled.
+    resumed = browser.post(f"/api/v1/jobs/{world.job}/resume", headers={**ZH, **headers})
+    assert resumed.status_code == 409, resumed.text
+    assert resumed.json()["message"] == "该任务的状态是“已成功”；只有已取消或失败的任务才能继续"
+    cancelled = browser.post(f"/api/v1/jobs/{world.job}/cancel", headers={**ZH, **headers})
+    assert cancelled.status_code == 409, cancelled.text
+    assert cancelled.json()["message"] == "训练任务已经是“已成功”状态，无法取消"
+    english = browser.post(f"/api/v1/jobs/{world.job}/resume", headers={**EN, **headers}).json()
+    assert (
+        english["message"]
+        == english["detail"]
+        == ("the job has succeeded; only a cancelled or failed job can resume")
+    )

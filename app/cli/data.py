@@ -18,50 +18,64 @@ ROLES = ("system", "prompt", "input", "completion")
 
 
 def add_parser(sub: Any) -> None:
-    data = sub.add_parser("data", help="validate, describe and split training files locally")
+    data = sub.add_parser(
+        "data", help=gettext("validate, describe and split training files locally")
+    )
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("file", help="JSON, JSONL, CSV or XLSX file")
+        p.add_argument("file", help=gettext("JSON, JSONL, CSV or XLSX file"))
         p.add_argument(
             "--format",
             choices=["alpaca", "chat", "sharegpt", "prompt_completion", "self_instruct"],
-            help="override format detection",
+            help=gettext("override format detection"),
         )
         p.add_argument(
             "--map",
             action="append",
             default=[],
             metavar="ROLE=COLUMN",
-            help="use your own columns, e.g. --map prompt=question --map completion=answer",
+            help=gettext(
+                "use your own columns, e.g. --map prompt=question --map completion=answer"
+            ),
         )
         p.add_argument(
-            "--drop-invalid", action="store_true", help="skip invalid rows instead of failing"
+            "--drop-invalid",
+            action="store_true",
+            help=gettext("skip invalid rows instead of failing"),
         )
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--quiet", action="store_true", help=gettext("no progress bar"))
 
-    validate = data_sub.add_parser("validate", help="check every record; exit 1 on errors")
+    validate = data_sub.add_parser("validate", help=gettext("check every record; exit 1 on errors"))
     common(validate)
-    validate.add_argument("--errors-out", help="write every error to this CSV file")
-    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate.add_argument("--errors-out", help=gettext("write every error to this CSV file"))
+    validate.add_argument("--json", action="store_true", help=gettext("print the report as JSON"))
     validate.set_defaults(func=cmd_validate)
 
-    stats = data_sub.add_parser("stats", help="record counts, lengths, languages, duplicates")
+    stats = data_sub.add_parser(
+        "stats", help=gettext("record counts, lengths, languages, duplicates")
+    )
     common(stats)
     stats.add_argument(
         "--tokenizer",
-        help="count tokens with this tokenizer (qwen3, llama-3.2, a catalog model or a folder)",
+        help=gettext(
+            "count tokens with this tokenizer (qwen3, llama-3.2, a catalog model or a folder)"
+        ),
     )
-    stats.add_argument("--max-seq-length", type=int, help="count samples longer than this")
-    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    stats.add_argument("--max-seq-length", type=int, help=gettext("count samples longer than this"))
+    stats.add_argument("--json", action="store_true", help=gettext("print the statistics as JSON"))
     stats.set_defaults(func=cmd_stats)
 
-    split = data_sub.add_parser("split", help="write train/validation/test JSONL files")
+    split = data_sub.add_parser("split", help=gettext("write train/validation/test JSONL files"))
     common(split)
-    split.add_argument("--validation", type=float, default=0.05, help="fraction (0.05 = 5%%)")
-    split.add_argument("--test", type=float, default=0.05, help="fraction (0.05 = 5%%)")
+    split.add_argument(
+        "--validation", type=float, default=0.05, help=gettext("fraction (0.05 = 5%%)")
+    )
+    split.add_argument("--test", type=float, default=0.05, help=gettext("fraction (0.05 = 5%%)"))
     split.add_argument("--seed", type=int, default=0)
-    split.add_argument("--out", required=True, help="folder for train/validation/test.jsonl")
+    split.add_argument(
+        "--out", required=True, help=gettext("folder for train/validation/test.jsonl")
+    )
     split.set_defaults(func=cmd_split)
 
 

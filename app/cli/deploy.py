@@ -89,12 +89,14 @@ def add_parser(sub: Any) -> None:
     server = server_options()
 
     export = sub.add_parser(
-        "export", help="export a job's model (adapter or merged) into a folder", parents=[server]
+        "export",
+        help=gettext("export a job's model (adapter or merged) into a folder"),
+        parents=[server],
     )
     export.add_argument("job", metavar="JOB_ID")
     which = export.add_mutually_exclusive_group(required=True)
-    which.add_argument("--merged", metavar="DIR", help="merged into the base model")
-    which.add_argument("--adapter", metavar="DIR", help="the adapter alone (PEFT format)")
+    which.add_argument("--merged", metavar="DIR", help=gettext("merged into the base model"))
+    which.add_argument("--adapter", metavar="DIR", help=gettext("the adapter alone (PEFT format)"))
     export.add_argument(
         "--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"]
     )
@@ -147,17 +149,25 @@ def cmd_deploy_stop(args: argparse.Namespace, api: Api) -> int:
 
 
 def add_deploy_parser(sub: Any, server: argparse.ArgumentParser) -> None:
-    deploy = sub.add_parser("deploy", help="serve jobs' adapters behind the OpenAI-compatible API")
+    deploy = sub.add_parser(
+        "deploy", help=gettext("serve jobs' adapters behind the OpenAI-compatible API")
+    )
     deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
-    start = deploy_sub.add_parser("start", help="deploy jobs under a name", parents=[server])
+    start = deploy_sub.add_parser(
+        "start", help=gettext("deploy jobs under a name"), parents=[server]
+    )
     start.add_argument("jobs", nargs="+", metavar="JOB_ID")
-    start.add_argument("--name", required=True, help="lower-case letters, digits and dashes")
-    start.add_argument("--project", metavar="ID", help="default: the first job's project")
-    start.add_argument("--wait", action="store_true", help="until the models answer")
+    start.add_argument(
+        "--name", required=True, help=gettext("lower-case letters, digits and dashes")
+    )
+    start.add_argument("--project", metavar="ID", help=gettext("default: the first job's project"))
+    start.add_argument("--wait", action="store_true", help=gettext("until the models answer"))
     start.set_defaults(func=command_entry(cmd_deploy_start))
-    listing = deploy_sub.add_parser("list", help="deployments and their models", parents=[server])
+    listing = deploy_sub.add_parser(
+        "list", help=gettext("deployments and their models"), parents=[server]
+    )
     listing.add_argument("--project", metavar="ID")
     listing.set_defaults(func=command_entry(cmd_deploy_list))
-    stop = deploy_sub.add_parser("stop", help="undeploy", parents=[server])
+    stop = deploy_sub.add_parser("stop", help=gettext("undeploy"), parents=[server])
     stop.add_argument("id", metavar="DEPLOYMENT_ID")
     stop.set_defaults(func=command_entry(cmd_deploy_stop))

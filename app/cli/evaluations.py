@@ -463,25 +463,29 @@ def checkpoint_spec(text: str) -> tuple[str, str]:
 def add_parser(sub: Any) -> None:
     server = server_options()
 
-    ev = sub.add_parser("eval", help="run and read evaluations on a tunelab server")
+    ev = sub.add_parser("eval", help=gettext("run and read evaluations on a tunelab server"))
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
 
     def command(name: str, func: Command, text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = ev_sub.add_parser(name, help=text, parents=[server])
+        parser: argparse.ArgumentParser = ev_sub.add_parser(
+            name, help=gettext(text), parents=[server]
+        )
         parser.set_defaults(func=command_entry(func))
         return parser
 
-    run = command("run", cmd_run, "queue an evaluation and print its id")
-    run.add_argument("--project", metavar="ID", help="project id (default: the --job's project)")
+    run = command("run", cmd_run, N_("queue an evaluation and print its id"))
     run.add_argument(
-        "--job", metavar="ID", help="a finished job, compared with its prompting baseline"
+        "--project", metavar="ID", help=gettext("project id (default: the --job's project)")
+    )
+    run.add_argument(
+        "--job", metavar="ID", help=gettext("a finished job, compared with its prompting baseline")
     )
     run.add_argument(
         "--base-model",
         action="append",
         default=[],
         metavar="NAME",
-        help="also evaluate a base model with the prompt (repeatable)",
+        help=gettext("also evaluate a base model with the prompt (repeatable)"),
     )
     run.add_argument(
         "--checkpoint",
@@ -489,50 +493,56 @@ def add_parser(sub: Any) -> None:
         default=[],
         type=checkpoint_spec,
         metavar="JOB_ID:checkpoint-N",
-        help="also evaluate a saved checkpoint (repeatable)",
+        help=gettext("also evaluate a saved checkpoint (repeatable)"),
     )
-    run.add_argument("--no-baseline", action="store_true", help="no prompting baseline")
+    run.add_argument("--no-baseline", action="store_true", help=gettext("no prompting baseline"))
     run.add_argument(
         "--k-shot",
         type=int,
         default=0,
         metavar="N",
-        help="examples in the baseline's and base models' prompts",
+        help=gettext("examples in the baseline's and base models' prompts"),
     )
     run.add_argument(
-        "--dataset", metavar="ID", help="test data (default: the job's dataset version)"
+        "--dataset", metavar="ID", help=gettext("test data (default: the job's dataset version)")
     )
     run.add_argument("--dataset-version", type=int, metavar="N")
     run.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
-    run.add_argument("--max-samples", type=int, metavar="N", help="the first N examples only")
-    run.add_argument("--max-new-tokens", type=int, metavar="N", help="default: fits the references")
-    run.add_argument("--temperature", type=float, metavar="T", help="default: 0 (greedy)")
-    run.add_argument("--wait", action="store_true", help="follow it and print the results")
+    run.add_argument(
+        "--max-samples", type=int, metavar="N", help=gettext("the first N examples only")
+    )
+    run.add_argument(
+        "--max-new-tokens", type=int, metavar="N", help=gettext("default: fits the references")
+    )
+    run.add_argument("--temperature", type=float, metavar="T", help=gettext("default: 0 (greedy)"))
+    run.add_argument("--wait", action="store_true", help=gettext("follow it and print the results"))
 
-    show = command("show", cmd_show, "results table and verdict of an evaluation")
+    show = command("show", cmd_show, N_("results table and verdict of an evaluation"))
     show.add_argument("id")
-    show.add_argument("--json", action="store_true", help="the evaluation as JSON")
+    show.add_argument("--json", action="store_true", help=gettext("the evaluation as JSON"))
 
-    report = command("report", cmd_report, "a project's newest finished evaluation and verdict")
+    report = command("report", cmd_report, N_("a project's newest finished evaluation and verdict"))
     report.add_argument("project", metavar="PROJECT_ID")
-    report.add_argument("--json", action="store_true", help="the report as JSON")
+    report.add_argument("--json", action="store_true", help=gettext("the report as JSON"))
 
-    listing = command("list", cmd_list, "evaluations, newest first")
+    listing = command("list", cmd_list, N_("evaluations, newest first"))
     listing.add_argument("--project", metavar="ID")
     listing.add_argument("--job", metavar="ID")
     listing.add_argument("--limit", type=int, default=50, metavar="N")
 
-    samples = command("samples", cmd_samples, "prompts, references and each model's answer")
+    samples = command("samples", cmd_samples, N_("prompts, references and each model's answer"))
     samples.add_argument("id")
     samples.add_argument("--show", default="all", choices=["all", "worse", "better", "same"])
     samples.add_argument("--order", default="worst", choices=["worst", "best", "position"])
-    samples.add_argument("--q", metavar="TEXT", help="text in the prompt, reference or answers")
+    samples.add_argument(
+        "--q", metavar="TEXT", help=gettext("text in the prompt, reference or answers")
+    )
     samples.add_argument("--limit", type=int, default=20, metavar="N")
 
-    export = command("export", cmd_export, "download every sample as CSV or JSON")
+    export = command("export", cmd_export, N_("download every sample as CSV or JSON"))
     export.add_argument("id")
     export.add_argument("--format", default="json", choices=["json", "csv"])
-    export.add_argument("-o", "--output", help="file to write (default: standard output)")
+    export.add_argument("-o", "--output", help=gettext("file to write (default: standard output)"))
 
-    cancel = command("cancel", cmd_cancel, "cancel a queued or running evaluation")
+    cancel = command("cancel", cmd_cancel, N_("cancel a queued or running evaluation"))
     cancel.add_argument("id")

@@ -167,6 +167,9 @@ def command_entry(command: Command) -> Callable[[argparse.Namespace], int]:
 def server_options() -> argparse.ArgumentParser:
     """The --url and --token flags every command that talks to a server takes."""
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument("--url", help=f"tunelab server (default: $TUNELAB_URL or {DEFAULT_URL})")
-    server.add_argument("--token", help="API token (default: $TUNELAB_TOKEN)")
+    server.add_argument(
+        "--url",
+        help=gettext("tunelab server (default: $TUNELAB_URL or %(url)s)", url=DEFAULT_URL),
+    )
+    server.add_argument("--token", help=gettext("API token (default: $TUNELAB_TOKEN)"))
     return server

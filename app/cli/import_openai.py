@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from app.cli.http import Api, CliError, command_entry, server_options
+from app.core.i18n import gettext
 
 # Fields of OpenAI's job object and what becomes of each.
 MAPPED = ("model", "training_file", "validation_file", "suffix", "seed", "metadata", "method")
@@ -77,7 +78,7 @@ def add_parser(sub: Any) -> None:
     command = sub.add_parser(
         "import-openai",
         parents=[server],
-        help="recreate saved OpenAI fine-tuning jobs on an open model (no call to OpenAI)",
+        help=gettext("recreate saved OpenAI fine-tuning jobs on an open model (no call to OpenAI)"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,24 +86,34 @@ def add_parser(sub: Any) -> None:
         "jobs",
         type=Path,
         nargs="?",
-        help="the saved job objects (JSON from client.fine_tuning.jobs.list)",
+        help=gettext("the saved job objects (JSON from client.fine_tuning.jobs.list)"),
     )
-    command.add_argument("--files", type=Path, help="folder of the saved files, named by file id")
-    command.add_argument("--model", help="the open model to train on: a catalog name or hub id")
+    command.add_argument(
+        "--files", type=Path, help=gettext("folder of the saved files, named by file id")
+    )
+    command.add_argument(
+        "--model", help=gettext("the open model to train on: a catalog name or hub id")
+    )
     command.add_argument(
         "--compare",
         type=Path,
         metavar="REPORT",
-        help="instead: the original models' scores beside the new models' evaluations, from "
-        "an earlier run's --report",
+        help=gettext(
+            "instead: the original models' scores beside the new models' evaluations, from "
+            "an earlier run's --report"
+        ),
     )
-    command.add_argument("--project", help="project (id or name); default: your API project")
     command.add_argument(
-        "--eval", type=Path, help="chat logs with reference answers (and the original answers)"
+        "--project", help=gettext("project (id or name); default: your API project")
     )
-    command.add_argument("--report", type=Path, help="write the report as JSON here too")
     command.add_argument(
-        "--dry-run", action="store_true", help="map and report, upload and queue nothing"
+        "--eval",
+        type=Path,
+        help=gettext("chat logs with reference answers (and the original answers)"),
+    )
+    command.add_argument("--report", type=Path, help=gettext("write the report as JSON here too"))
+    command.add_argument(
+        "--dry-run", action="store_true", help=gettext("map and report, upload and queue nothing")
     )
     command.set_defaults(func=command_entry(cmd_import_openai))
 

@@ -23,7 +23,7 @@ from app.core.i18n import N_
 
 # Groups whose value is a message in its own right.
 # An exception's own text (``detail``) is shown as it is.
-NESTED = frozenset({"why", "what", "kind", "has", "reason", "note", "model", "unit"})
+NESTED = frozenset({"why", "what", "kind", "has", "reason", "note", "model", "unit", "lost"})
 
 # Parts that are whole messages only inside others (a reason, a hint); the catalog has them.
 PIECES = [
@@ -492,6 +492,29 @@ PATTERNS: list[tuple[re.Pattern[str], str]] = [
                 "belong in this dataset"
             ),
         ),
+        # A worker lost while it held the work (app/services/leases.py, app/cli/supervisor.py).
+        (
+            r"^(?P<lost>.+) on each of (?P<n>\d+) attempts$",
+            N_("%(lost)s, on each of %(n)s attempts"),
+        ),
+        (
+            r"^(?P<lost>.+); re-queued \(attempt (?P<n>\d+)\)$",
+            N_("%(lost)s; re-queued (attempt %(n)s)"),
+        ),
+        (r"^(?P<lost>.+); cancelled as requested$", N_("%(lost)s; cancelled as requested")),
+        (
+            r"^worker (?P<worker>\S+) stopped responding$",
+            N_("worker %(worker)s stopped responding"),
+        ),
+        (
+            r"^the worker was killed by signal (?P<signal>\d+)$",
+            N_("the worker was killed by signal %(signal)s"),
+        ),
+        (
+            r"^the worker exited with status (?P<code>-?\d+)$",
+            N_("the worker exited with status %(code)s"),
+        ),
+        (r"^tunelab stopped while it ran$", N_("tunelab stopped while it ran")),
         # --- the services' (app/services, app/api, app/core/uploads.py) ---------------------
         (
             r"^the job has (?P<status>\w+) and saved no checkpoint; only a succeeded job, or a "

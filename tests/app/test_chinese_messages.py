@@ -340,3 +340,26 @@ def test_a_services_refusal_with_values_is_chinese_in_the_api(
         == english["detail"]
         == ("the job has succeeded; only a cancelled or failed job can resume")
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "chinese"),
+    [
+        (
+            "the worker was killed by signal 9 on each of 3 attempts",
+            "工作节点被信号 9 终止（3 次尝试都是如此）",
+        ),
+        ("worker vm:7 stopped responding", "工作节点 vm:7 停止响应"),
+        (
+            "the worker exited with status 1; re-queued (attempt 2)",
+            "工作节点以状态 1 退出；已重新排队（第 2 次尝试）",
+        ),
+        (
+            "tunelab stopped while it ran; cancelled as requested",
+            "tunelab 在它运行时停止了；已按要求取消",
+        ),
+    ],
+)
+def test_a_worker_lost_reads_in_chinese(message: str, chinese: str) -> None:
+    assert zh(message) == chinese
+    assert zh_event(message) == chinese  # as an event, too

@@ -577,7 +577,12 @@ def profile_engine(model: Any, samples: list[Sample], config: TrainConfig, clock
         trained = train_model(model, samples, config, pad_id=0, callbacks=clock)
     events = prof.key_averages()
     # Kernels only: an operator's row repeats the time of the kernels it launched.
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    # ProfilerStep* rows count as device rows too, with the whole step's span: left out.
+    kernels = [
+        e
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith("ProfilerStep")
+    ]
     busy = sum(e.self_device_time_total for e in kernels) / 1e3
     wall = (clock.marks[2] - clock.marks[0]) * 1e3
     log(f"profile: GPU busy {busy:.0f} ms of {wall:.0f} ms wall over 2 steps")

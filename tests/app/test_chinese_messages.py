@@ -363,3 +363,28 @@ def test_a_services_refusal_with_values_is_chinese_in_the_api(
 def test_a_worker_lost_reads_in_chinese(message: str, chinese: str) -> None:
     assert zh(message) == chinese
     assert zh_event(message) == chinese  # as an event, too
+
+
+def test_the_job_form_refuses_a_setting_in_chinese_and_keeps_the_input(
+    browser: TestClient,  # noqa: F811
+    world: World,  # noqa: F811
+) -> None:
+    from tests.app.test_chinese_pages import csrf
+
+    page = browser.get(f"/projects/{world.project}", headers=ZH)
+    refused = browser.post(
+        f"/projects/{world.project}/jobs",
+        data={
+            "dataset_id": f"{world.dataset}@1",
+            "base_model": "smollm2-135m-instruct",
+            "method": "ia3",
+            "lora_r": "8",
+            "csrf_token": csrf(page.text),
+        },
+        headers=ZH,
+    )
+    assert refused.status_code == 422, refused.text[:2000]
+    text = refused.text
+    assert "“LoRA 秩 (r)”只适用于 LoRA 类方法（lora、qlora），不适用于 ia3" in text
+    assert "applies to the LoRA methods" not in text
+    assert 'data-field="config.lora_r"' in text  # the field, machine-readable

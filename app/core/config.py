@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     web_threads: int = 40
     db_pool_size: int = 5
     db_pool_timeout: float = 30.0
+    # How long an API token found valid is taken as such without asking the database again
+    # (app.services.accounts.token_cache); a revocation in another process takes effect within
+    # it. 0: every request asks the database.
+    token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     # Raise (instead of logging) when database work runs on the event loop; the tests set it.
     strict_event_loop: bool = False
 

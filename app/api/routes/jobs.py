@@ -4,7 +4,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from app.api.deps import (
     CurrentReader,
@@ -53,8 +53,12 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead)
-def get_job(job_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> JobRead:
-    return job_read(access.job_for(session, me.user, job_id))
+def get_job(job_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> Response:
+    # The route scripts poll. Its body is serialised here, on the pool thread that read the
+    # job: returned as a model, it would be validated again on a second hop to the thread
+    # pool (FastAPI does that for every plain `def` route with a response model).
+    job = job_read(access.job_for(session, me.user, job_id))
+    return Response(job.model_dump_json(), media_type="application/json")
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[JobEventRead])

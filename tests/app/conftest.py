@@ -66,3 +66,17 @@ def api(client: TestClient, connection: Connection) -> TestClient:
     client.base_url = client.base_url.join("/api/v1")
     client.headers["Authorization"] = f"Bearer {secret}"
     return client
+
+
+@pytest.fixture
+def browser(client: TestClient, connection: Connection) -> TestClient:
+    """The admin logged in, as a browser is: the session cookie, asking for HTML."""
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        admin = session.scalar(select(User).where(User.email == ADMIN_EMAIL))
+        assert admin is not None
+        admin.locale = None
+        cookie = credentials.start_session(session, user=admin, ip="127.0.0.1", user_agent="test")
+        session.commit()
+    client.cookies.set("tunelab_session", cookie)
+    client.headers["Accept"] = "text/html"
+    return client

@@ -21,7 +21,7 @@ from app.core.messages import translate_message
 from app.models import Job, JobStatus
 from app.services import jobs as jobs_service
 from app.services.jobs.events import event_text
-from tests.app.test_chinese_pages import EN, ZH, World, browser, world  # noqa: F401
+from tests.app.test_chinese_pages import EN, ZH, World, world  # noqa: F401
 from tests.factories import alpaca_records, create_dataset, create_project, jsonl, tiny_config
 
 
@@ -250,7 +250,7 @@ def test_the_engines_events_read_in_chinese(event: str, chinese: str) -> None:
 
 
 def test_the_job_page_shows_a_failed_jobs_reason_and_events_in_chinese(
-    browser: TestClient,  # noqa: F811
+    browser: TestClient,
     world: World,  # noqa: F811
     connection: Connection,
 ) -> None:
@@ -320,7 +320,7 @@ def test_the_records_warnings_are_chinese(tmp_path: Path) -> None:
 
 
 def test_a_services_refusal_with_values_is_chinese_in_the_api(
-    browser: TestClient,  # noqa: F811
+    browser: TestClient,
     world: World,  # noqa: F811
 ) -> None:
     from tests.app.test_chinese_pages import csrf
@@ -366,7 +366,7 @@ def test_a_worker_lost_reads_in_chinese(message: str, chinese: str) -> None:
 
 
 def test_the_job_form_refuses_a_setting_in_chinese_and_keeps_the_input(
-    browser: TestClient,  # noqa: F811
+    browser: TestClient,
     world: World,  # noqa: F811
 ) -> None:
     from tests.app.test_chinese_pages import csrf

@@ -31,9 +31,9 @@ from app.models import (
     User,
 )
 from app.services import jobs as jobs_service
-from app.services.accounts import credentials
 from app.services.evaluations.candidates import default_label
 from app.services.jobs import events
+from tests.app.pages import csrf
 from tests.conftest import ADMIN_EMAIL
 from tests.factories import alpaca_records, jsonl
 
@@ -49,26 +49,6 @@ class World:
     evaluation: str
     campaign: str
     labels: dict[str, str]
-
-
-@pytest.fixture
-def browser(client: TestClient, connection: Connection) -> TestClient:
-    """The admin logged in, as a browser is: the session cookie, asking for HTML."""
-    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
-        admin = session.scalar(select(User).where(User.email == ADMIN_EMAIL))
-        assert admin is not None
-        admin.locale = None
-        cookie = credentials.start_session(session, user=admin, ip="127.0.0.1", user_agent="test")
-        session.commit()
-    client.cookies.set("tunelab_session", cookie)
-    client.headers["Accept"] = "text/html"
-    return client
-
-
-def csrf(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 @pytest.fixture

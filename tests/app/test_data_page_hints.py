@@ -11,16 +11,11 @@ from sqlalchemy.orm import Session
 
 from app.models import User
 from app.services.accounts import credentials
+from tests.app.pages import csrf
 from tests.conftest import ADMIN_EMAIL
 from tests.factories import alpaca_records, jsonl
 
 ZH = {"Accept-Language": "zh-CN"}
-
-
-def csrf(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 def dataset_page(client: TestClient, connection: Connection, records: int) -> str:

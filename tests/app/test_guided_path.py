@@ -15,16 +15,11 @@ from sqlalchemy.orm import Session
 from app.models import Deployment, Evaluation, Job, JobStatus
 from app.services.accounts import credentials
 from app.services.accounts import users as accounts
+from tests.app.pages import csrf
 from tests.factories import alpaca_records, jsonl
 
 ZH = {"Accept-Language": "zh-CN"}
 STEPS = ["goal", "data", "model", "train", "check", "use"]
-
-
-def csrf(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 def current_step(page: str) -> str:

@@ -13,30 +13,10 @@ from sqlalchemy.orm import Session
 
 from app.core.i18n import LOCALE_COOKIE
 from app.models import User
-from app.services.accounts import credentials
+from tests.app.pages import csrf
 from tests.conftest import ADMIN_EMAIL
 
 ZH = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"}
-
-
-@pytest.fixture
-def browser(client: TestClient, connection: Connection) -> TestClient:
-    """The admin logged in, as a browser is: the session cookie, asking for HTML."""
-    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
-        admin = session.scalar(select(User).where(User.email == ADMIN_EMAIL))
-        assert admin is not None
-        admin.locale = None
-        cookie = credentials.start_session(session, user=admin, ip="127.0.0.1", user_agent="test")
-        session.commit()
-    client.cookies.set("tunelab_session", cookie)
-    client.headers["Accept"] = "text/html"
-    return client
-
-
-def csrf(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 def test_without_a_language_the_pages_are_english(browser: TestClient) -> None:

@@ -17,15 +17,10 @@ from app.core.i18n import LOCALE_COOKIE
 from app.models import AuditEvent, LoginLink, User
 from app.services.accounts import credentials
 from app.services.accounts import users as accounts
+from tests.app.pages import csrf
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 ZH = {"Accept-Language": "zh-CN"}
-
-
-def csrf(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 def log_in_as(client: TestClient, connection: Connection, email: str) -> None:

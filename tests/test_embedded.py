@@ -256,3 +256,12 @@ def test_first_start_prints_a_one_time_login_link_for_a_local_admin(tmp_path: Pa
     )
     restarted.stop()
     assert "/login/link/" not in (tmp_path / "again.log").read_text(), "only on the first start"
+
+
+def test_serves_own_worker_starts_without_a_banner() -> None:
+    """serve's worker (started with --parent-pid) asks Celery for no start-up banner, which
+    would otherwise print below the first-start box; a worker started by hand keeps it."""
+    from app.cli.serve import worker_command
+
+    assert "--quiet" in worker_command("training", "WARNING", quiet=True)
+    assert "--quiet" not in worker_command("training")

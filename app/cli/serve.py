@@ -16,14 +16,16 @@ from app.cli.accounts import settings_ready
 from app.core.i18n import gettext
 
 
-def worker_command(queue: str, loglevel: str = "INFO") -> list[str]:
+def worker_command(queue: str, loglevel: str = "INFO", quiet: bool = False) -> list[str]:
     # One job at a time per process (solo pool): a GPU host runs one worker per GPU. Gossip,
     # mingle and broker heartbeats are off because the embedded SQL broker has no fan-out,
-    # and job liveness is tracked on the job row instead.
+    # and job liveness is tracked on the job row instead. quiet: no start-up banner (serve's
+    # own worker, whose banner would bury the first-start link printed last).
     return [
         sys.executable,
         "-m",
         "celery",
+        *(["--quiet"] if quiet else []),
         "-A",
         "worker.celery_app:celery_app",
         "worker",
@@ -48,7 +50,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     warn_untested_versions()
     settings = settings_ready()
     queue = args.queue or settings.default_queue
-    cmd = worker_command(queue, args.loglevel)
+    cmd = worker_command(queue, args.loglevel, quiet=bool(args.parent_pid))
     os.execv(cmd[0], cmd)
     return 0  # not reached
 

@@ -189,4 +189,6 @@
   });
 
   highlight(current);
+  // Keys pressed before this line ran were not seen; tests (and styles) can wait for this.
+  form.dataset.ready = "true";
 })();

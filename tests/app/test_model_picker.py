@@ -7,11 +7,11 @@ import re
 
 from fastapi.testclient import TestClient
 
-from tests.app.test_languages import ZH, browser  # noqa: F401  (the fixture)
+from tests.app.test_languages import ZH
 
 
 def test_the_admin_menu_names_the_security_page_model_permissions(
-    browser: TestClient,  # noqa: F811
+    browser: TestClient,
 ) -> None:
     page = browser.get("/projects").text
     assert re.search(r'<a href="/admin/models">Model permissions</a>', page)

@@ -261,6 +261,7 @@ def review(j: Journey, evaluation_url: str) -> None:
     while "/done" not in page.url:
         here = page.url
         expect(page.get_by_test_id("answer-left")).to_be_visible()
+        expect(page.locator("#review-form[data-ready=true]")).to_be_attached()
         page.keyboard.press("ArrowRight")  # the right answer is better
         for _ in range(page.locator(".score-row").count()):
             page.keyboard.press("4")

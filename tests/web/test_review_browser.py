@@ -82,6 +82,8 @@ def test_a_reviewer_grades_ten_items_with_the_keyboard_alone(
     expect(page).to_have_url(re.compile(rf"/reviews/{cid}/1$"))
     for n in range(1, 11):
         expect(page.get_by_test_id("position")).to_have_text(f"{n} of 10")
+        # The keys work once review.js has run (it is deferred); a key before that is lost.
+        expect(page.locator("#review-form[data-ready=true]")).to_be_attached()
         page.keyboard.press("ArrowRight")  # the right answer is better
         for key in ("4", "3", "5", "5"):  # left accuracy, left style, right accuracy, right style
             page.keyboard.press(key)
@@ -92,6 +94,7 @@ def test_a_reviewer_grades_ten_items_with_the_keyboard_alone(
 
     # Back to the first item: the grade is shown as given, and "p" goes back.
     page.goto(f"/reviews/{cid}/2")
+    expect(page.locator("#review-form[data-ready=true]")).to_be_attached()
     page.keyboard.press("p")
     expect(page).to_have_url(re.compile(rf"/reviews/{cid}/1$"))
     expect(page.locator("input[name=choice][value=right]")).to_be_checked()

@@ -30,6 +30,7 @@ from app.api.routes import (
     projects,
     reviews,
     uploads,
+    workers,
 )
 from app.core.config import get_settings
 from app.core.db import serve_on_this_loop
@@ -97,6 +98,7 @@ def create_app() -> FastAPI:
         estimates,
         catalog,
         accounts,
+        workers,
     ):
         app.include_router(module.router, prefix=api_prefix)
     app.include_router(openai_compat.router)

@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help=gettext("run a training worker (one per GPU)"))
     worker.add_argument(
-        "--queue", help=gettext("queue to consume, e.g. gpu-80g (default: training)")
+        "--queue",
+        help=gettext(
+            "consume this queue alone (default: the default queue and the capacity classes "
+            "this machine's GPUs satisfy)"
+        ),
     )
     worker.add_argument("--loglevel", default="INFO")
     # Set by `tunelab serve` for its own worker: stop when serve's process is gone.

@@ -50,6 +50,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     warn_untested_versions()
     settings = settings_ready()
     queue = args.queue or settings.default_queue
+    if args.queue:
+        # A queue named by hand is consumed alone; else the worker adds the capacity classes
+        # it satisfies when it starts (worker.tasks.upkeep).
+        os.environ["TUNELAB_WORKER_CLASS_QUEUES"] = "false"
     cmd = worker_command(queue, args.loglevel, quiet=bool(args.parent_pid))
     os.execv(cmd[0], cmd)
     return 0  # not reached

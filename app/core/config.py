@@ -87,6 +87,28 @@ class Settings(BaseSettings):
     # Unset: in embedded mode, whether this machine has an NVIDIA driver; in cluster mode, yes
     # (cluster workers run on CUDA hosts).
     worker_cuda: bool | None = None
+    # Placement (worker.spec.placement): a job goes to the queue of the smallest capacity
+    # class its estimate needs, which only workers able to run it consume. Unset: on in
+    # cluster mode, off in embedded mode (one machine, one worker: every job on the default
+    # queue as before).
+    placement: bool | None = None
+    # A job needing more than this (GB per GPU, GPUs) is refused at creation: no worker of this
+    # installation could ever take it. Unset: only the largest class limits.
+    max_gpu_memory_gb: float | None = None
+    max_gpus: int | None = None
+    # A worker not seen for this long (its upkeep refreshes it every few seconds) is offline.
+    worker_offline_seconds: float = 60.0
+    # What a worker advertises, when not detected: TUNELAB_WORKER_GPUS=2,
+    # TUNELAB_WORKER_GPU_MEMORY_GB=80, TUNELAB_WORKER_GPU_NAME, TUNELAB_WORKER_4BIT=true; and
+    # its name on the workers page (default: the host's name).
+    worker_gpus: int | None = None
+    worker_gpu_memory_gb: float | None = None
+    worker_gpu_name: str | None = None
+    worker_4bit: bool | None = None
+    worker_name: str | None = None
+    # Whether a worker adds the queues of its capacity classes to the ones it was started
+    # with (`tunelab worker --queue X` turns it off: X alone).
+    worker_class_queues: bool = True
 
     @field_validator("model_dirs", mode="before")
     @classmethod
@@ -123,6 +145,10 @@ class Settings(BaseSettings):
         return (
             Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
         )
+
+    @property
+    def places_jobs(self) -> bool:
+        return self.placement if self.placement is not None else not self.embedded
 
     @property
     def embedded(self) -> bool:

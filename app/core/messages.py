@@ -259,6 +259,21 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
             r"^the training config does not fit this model or dataset: (?P<why>.+)$",
             N_("the training settings do not fit this model or dataset: %(why)s"),
         ),
+        (
+            r"^this job needs about (?P<need>\d+) GB per GPU, more than a worker here can have "
+            r"\(at most (?P<most>[\d.]+) GB\)$",
+            N_(
+                "this job needs about %(need)s GB per GPU, more than a worker here can have "
+                "(at most %(most)s GB)"
+            ),
+        ),
+        (
+            r"^this job asks for (?P<need>\d+) GPUs, more than a worker here can have "
+            r"\(at most (?P<most>\d+)\)$",
+            N_(
+                "this job asks for %(need)s GPUs, more than a worker here can have (at most %(most)s)"
+            ),
+        ),
         (r"^(?P<field>[\w.]+): (?P<rest>.+)$", "%(field)s: %(rest)s"),
     ]
 ]

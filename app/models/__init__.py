@@ -21,6 +21,7 @@ from app.models.review import (
     ReviewItem,
 )
 from app.models.user import AuditEvent, ProjectMember, Role, User
+from app.models.worker import WorkerRecord
 
 __all__ = [
     "ApiToken",
@@ -60,4 +61,5 @@ __all__ = [
     "UploadStatus",
     "User",
     "WebSession",
+    "WorkerRecord",
 ]

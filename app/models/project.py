@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, Timestamped, UTCDateTime, UUIDPrimaryKey, utcnow
@@ -23,6 +23,9 @@ class Project(UUIDPrimaryKey, Timestamped, Base):
     success_criteria: Mapped[list[str]] = mapped_column(JSON, default=list)
     # [{"input": ..., "output": ...}] written by the domain expert to illustrate the task.
     examples: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Its jobs are claimed before those of projects of lower priority; among equal ones, the
+    # project served least recently goes first (app.services.leases.claim_next).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_by_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL")
     )

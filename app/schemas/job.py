@@ -70,6 +70,10 @@ class JobRead(BaseModel):
     jobs_ahead: int | None = Field(
         default=None, description="a queued job: how many jobs of its queue wait or run ahead"
     )
+    waiting_reason: str | None = Field(
+        default=None,
+        description="a queued job that no online worker can run: why, in the reader's language",
+    )
 
 
 class JobEventRead(BaseModel):

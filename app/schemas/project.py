@@ -30,8 +30,23 @@ class ProjectRead(BaseModel):
     system_prompt: str
     success_criteria: list[str]
     examples: list[dict[str, Any]]
+    priority: int = Field(
+        default=0, description="its waiting jobs are claimed before those of lower priority"
+    )
     created_at: datetime
     updated_at: datetime
+
+
+class ProjectUpdate(Input):
+    """What an admin changes on a project (PATCH /projects/{id})."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(
+        ge=-100,
+        le=100,
+        description="higher first; among equal priorities, projects take turns",
+    )
 
 
 class GuideStepRead(BaseModel):

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from app.core.db import utcnow
 from app.models import Deployment, Evaluation, Export, Job, ReviewAnswerRun
@@ -47,6 +47,9 @@ class Kind:
     note: Note | None = None
     # Called when the reaper ends a row (failed or cancelled): (session, id, error).
     on_end: Callable[[Session, uuid.UUID, str | None], None] | None = None
+    # The order in which a worker takes waiting rows (claim_next); None: the row named by
+    # the message, as it comes.
+    fair_order: Callable[[], list[Any]] | None = None
 
     def col(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -107,6 +110,60 @@ def claim(session: Session, kind: Kind, item_id: uuid.UUID, *, worker: str) -> A
     if row is not None:
         session.refresh(row)
     return row
+
+
+def claim_next(
+    session: Session,
+    kind: Kind,
+    item_id: uuid.UUID,
+    *,
+    worker: str,
+    queues: Iterable[str] = (),
+) -> Any | None:
+    """Take, for ``worker``, the waiting row that comes first in the kind's fair order among
+    those on ``queues`` (the named row's queue when none is given): the broker's message is a
+    wake-up, and which row it wakes for is decided here. Kinds without an order take the
+    named row (``claim``). None when nothing waits.
+
+    On Postgres the candidate is locked with SKIP LOCKED, so workers claiming at once take
+    different rows; the claim itself stays the conditional UPDATE, so a lost race (SQLite)
+    only means trying the next one."""
+    if kind.fair_order is None:
+        return claim(session, kind, item_id, worker=worker)
+    wanted = list(queues)
+    if not wanted:
+        named = session.scalar(select(kind.col("queue")).where(kind.row_is(item_id)))
+        if named is None:
+            return None
+        wanted = [named]
+    for _ in range(5):
+        candidate = session.scalar(
+            select(kind.col("id"))
+            .where(
+                kind.col("status") == kind.queued,
+                kind.col("worker").is_(None),
+                kind.col("queue").in_(wanted),
+            )
+            .order_by(*kind.fair_order())
+            .limit(1)
+            .with_for_update(skip_locked=True, of=kind.model)
+        )
+        if candidate is None:
+            return None
+        row = claim(session, kind, candidate, worker=worker)
+        if row is not None:
+            return row
+    return None
+
+
+def still_waiting(session: Session, kind: Kind, item_id: uuid.UUID) -> Offer | None:
+    """The row as an offer when it still waits for a worker."""
+    queue = session.scalar(
+        select(kind.col("queue")).where(
+            kind.row_is(item_id), kind.col("status") == kind.queued, kind.col("worker").is_(None)
+        )
+    )
+    return Offer(kind, item_id, queue) if queue is not None else None
 
 
 @dataclass(frozen=True)
@@ -346,6 +403,34 @@ def _answers_ended(session: Session, run_id: uuid.UUID, error: str | None) -> No
     answers_abandoned(session, run_id=run_id, error=error or "the answering was stopped")
 
 
+def _jobs_in_fair_order() -> list[Any]:
+    """Waiting jobs, first to last: the project of higher priority; then the project with
+    the fewest jobs running; then the one whose last job started longest ago (never first),
+    so one project's many jobs take turns with another's single one; then the oldest."""
+    from app.models import Project
+
+    other = aliased(Job)
+    priority = select(Project.priority).where(Project.id == Job.project_id).scalar_subquery()
+    running = (
+        select(func.count())
+        .select_from(other)
+        .where(other.project_id == Job.project_id, other.status == "running")
+        .scalar_subquery()
+    )
+    last_start = (
+        select(func.max(other.started_at))
+        .where(other.project_id == Job.project_id)
+        .scalar_subquery()
+    )
+    return [
+        priority.desc(),
+        running.asc(),
+        last_start.asc().nulls_first(),
+        func.coalesce(Job.queued_at, Job.created_at).asc(),
+        Job.id,
+    ]
+
+
 def _register_kinds() -> None:
     from worker.spec.tasks import (
         ANSWER_REVIEW_ITEMS,
@@ -355,7 +440,16 @@ def _register_kinds() -> None:
         TRAIN_JOB,
     )
 
-    register(Kind("job", Job, TRAIN_JOB, before_queue=("validating_files",), note=_job_note))
+    register(
+        Kind(
+            "job",
+            Job,
+            TRAIN_JOB,
+            before_queue=("validating_files",),
+            note=_job_note,
+            fair_order=_jobs_in_fair_order,
+        )
+    )
     # An evaluation writes its answers only at the end: a re-run starts from nothing.
     register(Kind("evaluation", Evaluation, EVALUATE_MODELS, resets={"progress": {}}))
     # An export is written to a staging folder and renamed into place when checked: a re-run

@@ -50,6 +50,22 @@ def check_success_criteria(criteria: list[str]) -> None:
         )
 
 
+def set_priority(session: Session, *, project: Project, priority: int) -> Project:
+    """Set whose waiting jobs go first (app.services.leases.claim_next)."""
+    if not -100 <= priority <= 100:
+        raise InvalidInput(
+            "the priority must be a whole number from -100 to 100",
+            errors=[
+                FieldError(
+                    field="priority", message="the priority must be a whole number from -100 to 100"
+                )
+            ],
+        )
+    project.priority = priority
+    session.flush()
+    return project
+
+
 def get_project(session: Session, *, project_id: uuid.UUID) -> Project:
     """Return the project or raise NotFound."""
     project = session.get(Project, project_id)

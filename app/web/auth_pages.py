@@ -340,6 +340,20 @@ def audit_page(
     return render(request, "auth/audit.html", events=rows, total=total, offset=offset, page=100)
 
 
+@router.get("/admin/workers")
+def workers_page(
+    request: Request, session: SessionDep, settings: SettingsDep, me: CurrentAdmin
+) -> HTMLResponse:
+    from app.services import workers
+
+    return render(
+        request,
+        "auth/workers.html",
+        workers=workers.list_workers(session, settings=settings),
+        describe=workers.capacity_words,
+    )
+
+
 @router.get("/admin/users")
 def users_page(request: Request, session: SessionDep, me: CurrentAdmin) -> HTMLResponse:
     return render(

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app.api.deps import (
+    CurrentAdmin,
     CurrentReader,
     CurrentTrainer,
     Offset,
@@ -142,6 +143,7 @@ def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dic
         "job_errors": [],
         "members": access.members(session, project=project),
         "member_error": None,
+        "priority_error": None,
     }
 
 
@@ -185,6 +187,29 @@ def add_member(
     access.add_member(session, project=project, user=user, actor=me.user)
     session.commit()
     return RedirectResponse(f"/projects/{project_id}#members", status_code=303)
+
+
+@router.post("/projects/{project_id}/priority")
+def set_priority(
+    project_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    me: CurrentAdmin,
+    form: FormFields,
+) -> Response:
+    project = access.project_for(session, me.user, project_id)
+    try:
+        value = form.get("priority", "").strip()
+        if not value.lstrip("-").isdigit():
+            raise InvalidInput("the priority must be a whole number from -100 to 100")
+        projects_service.set_priority(session, project=project, priority=int(value))
+    except TunelabError as exc:
+        session.rollback()
+        context = _project_context(session, me, project_id)
+        context["priority_error"] = exc.message
+        return render(request, "projects/detail.html", 422, **context)
+    session.commit()
+    return RedirectResponse(f"/projects/{project_id}#priority", status_code=303)
 
 
 def _job_request(project_id: uuid.UUID, form: dict[str, str]) -> JobCreate:

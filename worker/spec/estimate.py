@@ -153,6 +153,8 @@ _START_SECONDS = 15.0
 # returns cached blocks and retries, so a fuller card gets by with less.
 _RESERVED_FACTOR = 1.15
 _CUDA_CONTEXT_BYTES = 600 * 2**20
+# What a run needs of a card beyond its peak: the CUDA context (placement adds it).
+CUDA_CONTEXT_BYTES = _CUDA_CONTEXT_BYTES
 
 
 def estimate(

@@ -36,6 +36,9 @@ T = TypeVar("T")
 SHUTTING_DOWN = threading.Event()
 # Set while this process holds a lease: an idle worker is one that could take a message now.
 BUSY = threading.Event()
+# The queues this worker consumes (set when it is ready): a message wakes it for the first
+# waiting job of any of them, in the fair order (app.services.leases.claim_next).
+QUEUES: list[str] = []
 
 
 @worker_shutting_down.connect
@@ -44,7 +47,8 @@ def _on_shutdown(**_: Any) -> None:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The name this process's leases carry: TUNELAB_WORKER_NAME (else the host) and its pid."""
+    return f"{get_settings().worker_name or socket.gethostname()}:{os.getpid()}"
 
 
 class LeaseLost(TrainingCancelled):
@@ -69,13 +73,12 @@ class Lease:
         self.worker = worker_name()
         self.settings = get_settings()
         self.progress = progress
+        self.named: uuid.UUID | None = None  # the row the message named, when another was taken
         self.lost = False
         self.cancel_requested = False
         self._stop = threading.Event()
         self._done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, name=f"lease-{kind.name}-{item_id}", daemon=True
-        )
+        self._thread: threading.Thread | None = None
 
     def claim(self, session: Session) -> Any | None:
         """The claimed row (read what the work needs from it in this session), or None.
@@ -84,16 +87,39 @@ class Lease:
         broker for the next worker (it may be the one this worker just handed back)."""
         if SHUTTING_DOWN.is_set():
             raise Reject("this worker is shutting down", requeue=True)
-        return leases.claim(session, self.kind, self.item_id, worker=self.worker)
+        row = leases.claim_next(
+            session, self.kind, self.item_id, worker=self.worker, queues=list(QUEUES)
+        )
+        if row is not None and row.id != self.item_id:
+            # The message woke this worker for the row that comes first; the one it named
+            # keeps waiting and gets a message of its own once this claim is committed.
+            self.named, self.item_id = self.item_id, row.id
+        return row
 
     def __enter__(self) -> Lease:
         BUSY.set()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"lease-{self.kind.name}-{self.item_id}", daemon=True
+        )
         self._thread.start()
+        if self.named is not None:
+            self._offer_named()
         return self
+
+    def _offer_named(self) -> None:
+        assert self.named is not None
+        try:
+            with session_scope() as session:
+                named = leases.still_waiting(session, self.kind, self.named)
+                if named is not None:
+                    offer(session, self.kind, named.item_id, named.queue)
+        except Exception:  # the sweeper sends it again later
+            log.exception("could not offer %s %s again", self.kind.name, self.named)
 
     def __exit__(self, *_: object) -> None:
         self._done.set()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         BUSY.clear()
 
     def should_stop(self) -> bool:

@@ -10,13 +10,16 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
 
 from app.core.config import get_settings
 from app.core.db import session_scope, utcnow
 from app.services import leases
+from app.services import workers as registry
 from app.services.queue import offer_all
-from worker.tasks.runtime import BUSY
+from worker.tasks import runtime
+from worker.tasks.capacity import cached_models, class_queues, detect
+from worker.tasks.runtime import BUSY, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,35 @@ def sweep(queues: list[str]) -> int:
         return offer_all(session, offers)
 
 
+def register(queues: list[str]) -> None:
+    """Advertise this worker: its capacity, the queues it consumes, its cached models."""
+    settings = get_settings()
+    name = worker_name()
+    with session_scope() as session:
+        registry.register(
+            session,
+            name=name,
+            host=name.rsplit(":", 1)[0],
+            capacity=detect(settings),
+            queues=queues,
+            models=cached_models(settings),
+        )
+        registry.forget_old(session)
+
+
+def mark_seen(queues: list[str]) -> None:
+    if runtime.SHUTTING_DOWN.is_set():  # stopped: it says so already
+        return
+    with session_scope() as session:
+        known = registry.seen(session, name=worker_name())
+    if not known:
+        register(queues)
+
+
 def run_upkeep(queues: list[str], stop: threading.Event, interval: float) -> None:
     while True:
         try:
+            mark_seen(queues)
             reap()
             if not BUSY.is_set():
                 sweep(queues)
@@ -53,11 +82,32 @@ def run_upkeep(queues: list[str], stop: threading.Event, interval: float) -> Non
             return
 
 
+@celeryd_after_setup.connect
+def _add_class_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Consume the queue of every capacity class this worker satisfies, beside the ones it
+    was started with: the broker then hands it only jobs it can run."""
+    settings = get_settings()
+    for queue in class_queues(settings, detect(settings)):
+        instance.app.amqp.queues.select_add(queue)
+
+
 @worker_ready.connect
 def _start_upkeep(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     queues = _consumed_queues(sender) or [settings.default_queue]
-    interval = max(1.0, min(settings.lease_seconds / 4, settings.reoffer_seconds / 2))
+    runtime.QUEUES[:] = queues
+    try:
+        register(queues)
+    except Exception:  # the upkeep registers it on its next round
+        log.exception("could not register this worker")
+    interval = max(
+        1.0,
+        min(
+            settings.lease_seconds / 4,
+            settings.reoffer_seconds / 2,
+            settings.worker_offline_seconds / 4,
+        ),
+    )
     threading.Thread(
         target=run_upkeep,
         args=(queues, threading.Event(), interval),
@@ -71,3 +121,12 @@ def _consumed_queues(consumer: Any) -> list[str]:
         return [q.name for q in consumer.task_consumer.queues]
     except AttributeError:
         return []
+
+
+@worker_shutting_down.connect
+def _mark_stopped(**_: Any) -> None:
+    try:
+        with session_scope() as session:
+            registry.stopped(session, name=worker_name())
+    except Exception:  # it shows offline once it is no longer seen
+        log.exception("could not mark this worker stopped")

@@ -6,6 +6,7 @@ import uuid
 from fastapi import Response
 
 from app.api.deps import (
+    CurrentAdmin,
     CurrentReader,
     CurrentTrainer,
     Limit,
@@ -16,7 +17,7 @@ from app.api.deps import (
 )
 from app.core.i18n import gettext
 from app.schemas.common import Page
-from app.schemas.project import GuideStepRead, ProjectCreate, ProjectRead
+from app.schemas.project import GuideStepRead, ProjectCreate, ProjectRead, ProjectUpdate
 from app.services import access
 from app.services import projects as service
 
@@ -43,6 +44,18 @@ def list_projects(
 @router.get("/{project_id}", response_model=ProjectRead)
 def get_project(project_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> ProjectRead:
     return ProjectRead.model_validate(access.project_for(session, me.user, project_id))
+
+
+@router.patch("/{project_id}", response_model=ProjectRead)
+def update_project(
+    project_id: uuid.UUID, body: ProjectUpdate, session: SessionDep, me: CurrentAdmin
+) -> ProjectRead:
+    """Set a project's priority (admins): its waiting jobs are claimed before those of
+    projects of lower priority; among equal priorities, projects take turns."""
+    project = access.project_for(session, me.user, project_id)
+    service.set_priority(session, project=project, priority=body.priority)
+    session.commit()
+    return ProjectRead.model_validate(project)
 
 
 @router.get("/{project_id}/guide", response_model=list[GuideStepRead])

@@ -34,10 +34,11 @@ from app.models import (
     User,
 )
 from app.schemas.job import JobCreate, JobRead
-from app.services import access, leases, queue
+from app.services import access, leases, queue, workers
 from app.services import datasets as datasets_service
 from app.services.jobs import events
 from app.services.jobs.base_models import check_base_model
+from app.services.jobs.placement import place
 from worker.spec.autoconfig import ConfigProblem, check_against_dataset
 from worker.spec.catalog import catalog_entry
 from worker.spec.config import TrainConfig
@@ -119,6 +120,7 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
         settings=settings,
         train_records=datasets_service.split_counts(version).get("train", version.records),
     )
+    placement = place(config, settings=settings, version=version)
 
     job = Job(
         project_id=project.id,
@@ -126,7 +128,7 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
         dataset_version_id=version.id,
         config=config.model_dump(mode="json"),
         status=JobStatus.validating_files,
-        queue=settings.default_queue,
+        queue=placement.queue,
         result={},
         evaluate_after=data.evaluate,
         created_by_id=user.id,
@@ -157,6 +159,16 @@ def create_job(session: Session, *, settings: Settings, data: JobCreate, user: U
         message=events.FILES_VALIDATED,
         params={"records": version.records, "queue": job.queue},
     )
+    if placement.needs is not None and not workers.serves(
+        workers.online(session, settings=settings), job.queue
+    ):
+        add_event(
+            session,
+            job_id=job.id,
+            level="warning",
+            message=events.NO_WORKER_YET,
+            params={"queue": job.queue},
+        )
     session.flush()
     return job
 
@@ -555,4 +567,7 @@ def job_read(job: Job) -> JobRead:
         update["checkpoint"] = checkpoint.name if checkpoint is not None else None
     if job.status == JobStatus.queued and session is not None:
         update["jobs_ahead"] = queue_position(session, job=job)
+        update["waiting_reason"] = workers.waiting_reason(
+            session, settings=get_settings(), queue=job.queue
+        )
     return JobRead.model_validate(job).model_copy(update=update)

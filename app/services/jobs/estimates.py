@@ -7,6 +7,7 @@ in words what the numbers assume.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections.abc import Mapping
@@ -55,6 +56,7 @@ def estimate_for(
     dataset: DatasetLengths | None,
     gpu_name: str | None,
     cpu: CpuCalibration | None = None,
+    gpu_memory_bytes: int | None = None,
 ) -> dict[str, Any]:
     """The estimate as plain data (on ``cpu`` when the job will train on a CPU worker), or ``{"available": False, "reason": ...}`` for a model
     whose architecture is not known here (a hub id or folder outside the catalog).
@@ -73,6 +75,8 @@ def estimate_for(
             ),
         }
     gpu = gpu_spec(gpu_name)
+    if gpu_memory_bytes is not None:  # a card of this size (placement's classes)
+        gpu = dataclasses.replace(gpu, memory_bytes=gpu_memory_bytes)
     assumptions = []
     given = dataset is not None
     if dataset is None:

@@ -30,6 +30,9 @@ RESUMED = N_("Resumed: queued again, from %(checkpoint)s")
 QUEUE_UNREACHABLE = N_(
     "The job queue could not be reached; the job waits and is sent as soon as it is back."
 )
+NO_WORKER_YET = N_(
+    "No online worker can run this job yet (queue '%(queue)s'); it waits until one that can starts."
+)
 CHOSEN = N_("Chosen automatically: %(settings)s")
 MADE_THROUGH_OPENAI = N_("Made through the OpenAI-compatible API as %(id)s")
 MADE_THROUGH_OPENAI_WITH_RATE = N_(

@@ -204,6 +204,15 @@ class TrainConfig(BaseModel):
         default=None, description="Prepended as a system turn to samples that have none"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gpus: Annotated[int, Field(ge=1, le=64)] | Auto = Field(
+        default="auto",
+        description=(
+            "GPUs the run trains on, one process each (torch.distributed, DDP): auto takes "
+            "every GPU of the worker that runs it, a number asks for that many. The samples "
+            "per optimiser step and the learning-rate schedule do not change with it. Full "
+            "fine-tuning runs on one GPU (sharding it is not available yet)"
+        ),
+    )
     # Both flags can make loading a model run arbitrary code on the worker, so they come from
     # an admin's per-model allow-list (filled in by the server), never from a user's request.
     trust_remote_code: bool = Field(
@@ -242,6 +251,25 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "float16 is not supported with full fine-tuning (its gradients would need loss "
                 "scaling); use auto, bfloat16 or float32"
+            )
+        return value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus_number_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _full_fine_tuning_on_one_gpu(cls, value: Any, info: ValidationInfo) -> Any:
+        # Full fine-tuning over several GPUs needs its weights sharded (FSDP), not built yet;
+        # a replica per GPU would hold the whole model and its optimiser state on each.
+        if isinstance(value, int) and value > 1 and info.data.get("method") == "full":
+            raise ValueError(
+                "full fine-tuning runs on one GPU: sharding a model across GPUs (FSDP) is not "
+                "available yet; set gpus to 1 or auto, or choose LoRA or QLoRA"
             )
         return value
 

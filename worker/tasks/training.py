@@ -30,7 +30,7 @@ from worker.training import (
     TrainingCancelled,
     TrainingError,
     TrainResult,
-    train,
+    distributed,
 )
 from worker.training.checkpoints import IncompatibleCheckpoint, latest_checkpoint
 
@@ -124,7 +124,8 @@ def train_job(job_id: str) -> str:
             validation = _load_records(plan.validation) if plan.validation else []
 
             def run(resume: Path | None) -> TrainResult:
-                return train(
+                # On every GPU the job may use: several in torchrun's processes (DDP).
+                return distributed.train(
                     config,
                     records=records,
                     output_dir=plan.output,

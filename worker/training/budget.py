@@ -19,7 +19,7 @@ import dataclasses
 import gc
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from worker.spec.errors import TrainingError
 from worker.spec.formatting import Sample
 from worker.training.packing import MicroBatch, collate_padded, layer_weights
 from worker.training.steps import StepPlan, micro_batches, optimiser_step
+
+if TYPE_CHECKING:
+    from worker.training.ranks import Replicas
 
 SIMULATE_ENV = "TUNELAB_SIMULATE_OOM_ABOVE_TOKENS"
 
@@ -107,13 +110,19 @@ class StepFitter:
         answer_tokens: int,
         optimizer: torch.optim.Optimizer,
         device: torch.device,
+        replicas: Replicas | None = None,
+        filler: MicroBatch | None = None,
     ) -> tuple[float, int]:
         """Forward and backward of one step (see ``steps.optimiser_step``), refitted until
-        it fits. Returns the step's mean loss and its tokens."""
+        it fits. Returns the step's mean loss and its tokens. With ``replicas`` (a
+        multi-process run), ``group`` is this process's share of the step and the passes run
+        through DDP (see ``ranks``)."""
         while True:
             micro = self.passes(group, pad_id)
             try:
                 with self._simulated(lm):
+                    if replicas is not None and filler is not None:
+                        return replicas.step(micro, filler, answer_tokens, self.plan, device)
                     return optimiser_step(lm, micro, answer_tokens, self.plan, device)
             except torch.OutOfMemoryError:
                 largest = max(b.tokens for b in micro)
@@ -125,7 +134,7 @@ class StepFitter:
 
     def _halve(self, group: Sequence[Sequence[Sample]], largest: int) -> None:
         if self.plan.packed:
-            longest = max(len(s.input_ids) for b in group for s in b)
+            longest = max((len(s.input_ids) for b in group for s in b), default=1)
             old = self.plan.token_budget
             new = max(longest, min(old, largest) // 2)
             if new >= min(old, largest):
@@ -139,10 +148,12 @@ class StepFitter:
                 {"micro_batch_tokens": new, "previous_micro_batch_tokens": old},
             )
             return
-        widest = max(len(b) for b in group)
+        widest = max((len(b) for b in group), default=1)
         old_rows = self.rows or widest
         if old_rows <= 1:
-            raise TrainingError(_no_room(max(len(s.input_ids) for b in group for s in b)))
+            raise TrainingError(
+                _no_room(max((len(s.input_ids) for b in group for s in b), default=1))
+            )
         self.rows = old_rows // 2
         self.on_event(
             "warning",

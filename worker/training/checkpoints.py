@@ -60,6 +60,8 @@ _SCHEDULE_ONLY = frozenset(
         "early_stopping_min_delta",
         "trust_remote_code",
         "allow_pickle_weights",
+        # The same global batch on any number of GPUs: a run may resume on another count.
+        "gpus",
     }
 )
 
@@ -107,16 +109,25 @@ class Restored:
     numpy_rng: Any
     torch_rng: torch.Tensor
     cuda_rng: list[torch.Tensor]
+    # Each process's torch RNG states in a multi-process run, by rank (rank 0's are above).
+    rank_rng: list[dict[str, Any]] | None = None
 
-    def restore_rng(self) -> None:
+    def restore_rng(self, rank: int = 0, world: int = 1) -> None:
         """Put every random generator back as it was when the checkpoint was taken. Called
-        right before the first resumed step, after everything that might draw from them."""
+        right before the first resumed step, after everything that might draw from them.
+        Process ``rank`` of a multi-process run of as many processes as the one that saved
+        takes its own states back (its dropout masks repeat); with another number, rank 0's."""
         random.setstate(self.python_rng)
         torch.set_rng_state(self.torch_rng)
         # A machine with another number of GPUs keeps its own CUDA states (CPU runs repeat
         # exactly regardless).
         if self.cuda_rng and len(self.cuda_rng) == _cuda_devices():
             torch.cuda.set_rng_state_all(self.cuda_rng)
+        if self.rank_rng and len(self.rank_rng) == world and rank:
+            own = self.rank_rng[rank]
+            torch.set_rng_state(own["torch"])
+            if own.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(own["cuda"])
         if self.numpy_rng is not None:
             with contextlib.suppress(ImportError):
                 import numpy
@@ -184,8 +195,10 @@ def save_checkpoint(
     config: TrainConfig,
     samples_hash: str,
     keep: int,
+    rank_rng: list[dict[str, Any]] | None = None,
 ) -> Path | None:
     """Write the checkpoint of ``state.step`` atomically, then keep only the newest ``keep``.
+    ``rank_rng``: every process's RNG states in a multi-process run (``ranks.gather_rng``).
 
     Returns its folder, or None when a checkpoint of that step was already there (written by
     an earlier attempt of the same job): that one is left as it is.
@@ -208,6 +221,8 @@ def save_checkpoint(
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         }
+        if rank_rng:
+            training["rank_rng"] = rank_rng
         with (staging / TRAINING_FILE).open("wb") as fh:
             torch.save(training, fh)
         meta = {
@@ -301,6 +316,7 @@ def load_checkpoint(
         numpy_rng=_numpy_rng_from_json(meta.get("numpy_rng")),
         torch_rng=training["torch_rng"],
         cuda_rng=list(training["cuda_rng"]),
+        rank_rng=training.get("rank_rng"),
     )
 
 

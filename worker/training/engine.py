@@ -24,6 +24,7 @@ from worker.spec.errors import TrainingCancelled, TrainingError
 from worker.spec.methods import METHODS
 from worker.training import data, models
 from worker.training.callbacks import Silent, StepMetrics, TrainCallbacks
+from worker.training.ranks import Ranks
 from worker.training.trainer import TrainedModel, train_model
 
 # Imported from here by tests that drive one step through the engine's own code.
@@ -80,13 +81,16 @@ def train(
     """
     callbacks = callbacks or Silent()
     output_dir = Path(output_dir)
-    if output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir())):
+    # In a multi-process run (see ``distributed``) rank 0 alone writes the result.
+    main = Ranks.current().main
+    if main and output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir())):
         raise TrainingError(f"The output folder {output_dir} already exists and is not empty.")
     staging: Path | None = None
     try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the adapter from other services
+        if main:
+            output_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide the adapter from other services
         options = _RunOptions(
             validation_records=validation_records or (),
             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
@@ -95,8 +99,9 @@ def train(
         trained = _run(
             config, records, staging, Path(model_cache_dir), callbacks, allow_downloads, options
         )
-        staging.rename(output_dir)
-        staging = None
+        if staging is not None:
+            staging.rename(output_dir)
+            staging = None
         done: dict[str, Any] = {"steps": trained.steps, "final_loss": trained.final_loss}
         if trained.best_step is not None:
             done.update(best_step=trained.best_step, best_val_loss=trained.best_val_loss)
@@ -108,7 +113,7 @@ def train(
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    files = sorted(p for p in output_dir.rglob("*") if p.is_file())
+    files = sorted(p for p in output_dir.rglob("*") if p.is_file()) if main else []
     return TrainResult(
         trained.steps,
         trained.final_loss,
@@ -132,7 +137,7 @@ class _RunOptions:
 def _run(
     config: TrainConfig,
     records: Sequence[dict[str, Any]],
-    staging: Path,
+    staging: Path | None,
     model_cache_dir: Path,
     callbacks: TrainCallbacks,
     allow_downloads: bool,
@@ -210,6 +215,8 @@ def _run(
         resume_from=options.resume_from,
     )
     stop_if_asked()
+    if staging is None:  # a process of a multi-process run other than rank 0
+        return trained
 
     info("Saving model" if method.trains_all_weights else "Saving adapter")
     trained.model.save_pretrained(str(staging), safe_serialization=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from worker.spec.errors import TrainingCancelled, TrainingError
 from worker.spec.validation import validation_interval
 from worker.training import budget, checkpoints, compiled, data, packing
 from worker.training.callbacks import StepMetrics, TrainCallbacks, checkpoint_on_stop
-from worker.training.steps import StepPlan, validation_loss
+from worker.training.ranks import Ranks, Replicas
+from worker.training.steps import StepPlan, micro_batches, validation_loss
 
 # Without checkpoint_every, a checkpoint this often bounds the work a re-queued job repeats.
 CHECKPOINT_INTERVAL_SECONDS = 15 * 60
@@ -51,6 +52,9 @@ class Run:
     callbacks: TrainCallbacks
     extras: LoopExtras
     samples_hash: str
+    # A multi-process run (see ``ranks``): this process's rank, and the model under DDP.
+    ranks: Ranks = field(default_factory=Ranks)
+    replicas: Replicas | None = None
 
 
 def run_steps(
@@ -95,7 +99,7 @@ def _run_steps(
     if restored is not None:
         # Last, after everything that may have drawn random numbers (the adapter's
         # initialisation, loading): the next dropout mask is the one the interrupted run drew.
-        restored.restore_rng()
+        restored.restore_rng(run.ranks.rank, run.ranks.world)
     # Halves the pass size and retries a step that runs out of GPU memory (see budget).
     fitter = budget.StepFitter(run.plan, on_event=callbacks.on_event)
     started = last_saved = time.perf_counter()
@@ -121,11 +125,19 @@ def _run_steps(
             )
             batches_epoch = state.epoch
         step_started = time.perf_counter()
+        run.ranks.exit_if_told(state.step + 1)
         first = state.batch_index
         group = batches[first : first + accum]
         answer_tokens = sum(packing.answer_token_count(s) for b in group for s in b)
         loss_value, tokens = fitter.step(
-            run.lm, group, run.pad_id, answer_tokens, run.optimizer, device
+            run.lm,
+            run.ranks.share(group, numbers.batch_size, run.plan.packed),
+            run.pad_id,
+            answer_tokens,
+            run.optimizer,
+            device,
+            replicas=run.replicas,
+            filler=_filler(run, group) if run.replicas is not None else None,
         )
         grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm))
         learning_rate = run.scheduler.get_last_lr()[0]
@@ -149,7 +161,9 @@ def _run_steps(
         if validation and (step % eval_every == 0 or step == run.total_steps):
             val_loss = _evaluate(run, validation, device)
             state.record_validation(val_loss, step, config.early_stopping_min_delta)
-            stopped_early = patience is not None and state.evals_without_improvement >= patience
+            stopped_early = run.ranks.agree(
+                patience is not None and state.evals_without_improvement >= patience
+            )
         steps_here += 1
         now = time.perf_counter()
         state.train_seconds = seconds_before + (now - started)
@@ -172,7 +186,7 @@ def _run_steps(
         if stopped_early:
             _report_early_stop(run, state, patience or 0)
         finished = stopped_early or step >= run.total_steps
-        if run.extras.checkpoint_dir is not None and (
+        if run.extras.checkpoint_dir is not None and run.ranks.agree(
             finished or _checkpoint_due(config, step, now - last_saved)
         ):
             _save_checkpoint(run, run.extras.checkpoint_dir, state)
@@ -186,7 +200,18 @@ def _checkpoint_due(config: TrainConfig, step: int, since_last: float) -> bool:
     return since_last >= CHECKPOINT_INTERVAL_SECONDS
 
 
+def _filler(run: Run, group: list[list[data.Sample]]) -> packing.MicroBatch:
+    """The pass over the step's shortest sample whose backward all-reduces the gradients of
+    a multi-process step (see ``ranks``)."""
+    shortest = min((s for b in group for s in b), key=lambda s: len(s.input_ids))
+    return micro_batches([[shortest]], run.plan, run.pad_id)[0]
+
+
 def _save_checkpoint(run: Run, directory: Path, state: checkpoints.LoopState) -> None:
+    # Every rank's random state (a collective); rank 0 alone writes.
+    rank_rng = run.ranks.gather_rng()
+    if not run.ranks.main:
+        return
     path = checkpoints.save_checkpoint(
         directory,
         model=run.model,
@@ -196,6 +221,7 @@ def _save_checkpoint(run: Run, directory: Path, state: checkpoints.LoopState) ->
         config=run.config,
         samples_hash=run.samples_hash,
         keep=run.config.keep_checkpoints,
+        rank_rng=rank_rng,
     )
     if path is not None:
         run.callbacks.on_event(

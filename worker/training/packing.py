@@ -117,6 +117,20 @@ def pack(samples: Sequence[Sample], token_budget: int) -> list[list[Sample]]:
     return rows
 
 
+def share_tokens(samples: Sequence[Sample], parts: int) -> list[list[Sample]]:
+    """Split one step's ``samples`` into ``parts`` shares of nearly equal tokens, one per
+    process of a multi-process run, so that no process idles at the step's end: longest
+    first, each to the share with the fewest tokens so far (the first such share on a tie).
+    A pure function of the input: every process computes the same split."""
+    shares: list[list[Sample]] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for i in sorted(range(len(samples)), key=lambda i: (-len(samples[i].input_ids), i)):
+        lightest = min(range(parts), key=lambda p: (load[p], p))
+        shares[lightest].append(samples[i])
+        load[lightest] += len(samples[i].input_ids)
+    return shares
+
+
 def bucket_length(tokens: int) -> int:
     """The fixed row length a compiled pass of ``tokens`` tokens is padded to.
 

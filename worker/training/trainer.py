@@ -22,6 +22,7 @@ from worker.training import attention, checkpoints, cpu, data, fused, models
 from worker.training.adapters import build_peft_config
 from worker.training.callbacks import Silent, TrainCallbacks
 from worker.training.loop import LoopExtras, Run, run_steps
+from worker.training.ranks import Ranks, Replicas
 from worker.training.steps import plan_steps
 
 
@@ -67,11 +68,20 @@ def train_model(
     from peft import get_peft_model
 
     peft_config = build_peft_config(config, model)
+    ranks = Ranks.current()
     if peft_config is None:
+        if ranks.several:
+            raise TrainingError(
+                "Full fine-tuning runs on one GPU: sharding a model across GPUs (FSDP) is not "
+                "available yet."
+            )
         model.requires_grad_(True)
         _check_full_fine_tuning_fits(model, device)
     else:
         model = get_peft_model(model, peft_config)
+    if ranks.rank:
+        # The adapter starts the same on every process; dropout masks differ from here.
+        torch.manual_seed(config.seed * 1_000_003 + ranks.rank)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dtype = next(
@@ -143,6 +153,7 @@ def _loop(
     )
     lm = _forward_module(model)
     plan = plan_steps(lm, samples, config)
+    ranks = Ranks.current()
     samples_hash = checkpoints.samples_fingerprint(samples)
     restored: checkpoints.Restored | None = None
     if extras.resume_from is not None:
@@ -192,6 +203,7 @@ def _loop(
                 "fused_layers": fused_report.fused,
                 "compute_dtype": _compute_dtype_name(model, plan),
                 **({"cpu_threads": threads} if threads else {}),
+                **({"processes": ranks.world} if ranks.several else {}),
             },
         )
         if plan.note and config.packing:
@@ -217,6 +229,8 @@ def _loop(
             callbacks=callbacks,
             extras=extras,
             samples_hash=samples_hash,
+            ranks=ranks,
+            replicas=Replicas(lm, plan, ranks) if ranks.several else None,
         )
         result = run_steps(run, restored)
         lost = fused_report.lost()

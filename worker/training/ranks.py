@@ -1,0 +1,208 @@
+"""Inside one process of a multi-process run (torch.distributed, started by torchrun through
+``distributed``): which rank this is, what share of each step it trains, and the few things
+every rank must agree on.
+
+Every rank holds every sample and draws the same shuffled batches (``data.make_batches``), so
+each knows the whole step: its answer tokens (the loss divisor, identical on every rank),
+and its samples, split across the ranks by tokens (``packing.share_tokens``). A rank trains
+its share under DDP's ``no_sync`` (gradients accumulate locally, no collective), then one
+zero-weighted pass over the step's shortest sample whose backward all-reduces the
+accumulated gradients. Local passes thus never wait for another rank, so a rank may halve its
+pass size and retry a step on its own (``budget.StepFitter``), and a rank whose share is
+empty still joins the all-reduce. DDP averages over ranks; each rank's loss is scaled by the
+world size, so the summed gradient is the one-process run's.
+
+What is decided from the clock or the caller (stop, checkpoint now, early stopping) is
+decided on rank 0 and broadcast, so every rank takes the same branch; rank 0 alone reports,
+writes checkpoints and the artifact.
+
+In a single-process run ``Ranks.current()`` is rank 0 of 1 and every method is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from worker.spec.formatting import Sample
+from worker.training.callbacks import StepMetrics, TrainCallbacks
+from worker.training.packing import MicroBatch, share_tokens
+
+# Test-only: "RANK:STEP" makes that rank exit with code 3 as that step starts (a crashed rank).
+CRASH_ENV = "TUNELAB_TEST_RANK_EXIT"
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+
+    @staticmethod
+    def current() -> Ranks:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return Ranks(dist.get_rank(), dist.get_world_size())
+        return Ranks()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def several(self) -> bool:
+        return self.world > 1
+
+    def share(
+        self, group: Sequence[Sequence[Sample]], batch_size: int, packed: bool
+    ) -> list[list[Sample]]:
+        """This rank's batches of one step: its token-balanced share of the step's samples,
+        as one list to pack (packed rows) or in batches of ``batch_size`` (padded rows)."""
+        if not self.several:
+            return [list(b) for b in group]
+        mine = share_tokens([s for b in group for s in b], self.world)[self.rank]
+        if packed:
+            return [mine] if mine else []
+        return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag``, on every rank."""
+        return bool(self._broadcast([float(flag)])[0]) if self.several else flag
+
+    def _broadcast(self, values: list[float]) -> list[float]:
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+        dist.broadcast(tensor, src=0)
+        return [float(v) for v in tensor.tolist()]
+
+    def gather_rng(self) -> list[dict[str, Any]] | None:
+        """Every rank's torch RNG states (CPU and its own GPU), on rank 0; None elsewhere and
+        in single-process runs. A collective: every rank calls it at the same point."""
+        if not self.several:
+            return None
+        import torch.distributed as dist
+
+        mine = {
+            "rank": self.rank,
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        }
+        gathered: list[Any] | None = [None] * self.world if self.main else None
+        dist.gather_object(mine, gathered, dst=0)
+        return gathered
+
+    def exit_if_told(self, step: int) -> None:
+        """The test knob of ``CRASH_ENV``: this rank dies abruptly as ``step`` starts."""
+        told = os.environ.get(CRASH_ENV, "")
+        if told and told == f"{self.rank}:{step}":
+            os._exit(3)
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class _LossOf(torch.nn.Module):
+    """The model as DDP sees it: a forward from a micro-batch to its summed loss (the
+    engine's loss head runs outside the model's own forward)."""
+
+    def __init__(self, lm: Any, plan: Any) -> None:
+        super().__init__()
+        self.lm = lm
+        self.plan = plan
+
+    def forward(self, batch: MicroBatch) -> torch.Tensor:
+        from worker.training.steps import micro_batch_loss
+
+        return micro_batch_loss(self.lm, batch, self.plan)
+
+
+class Replicas:
+    """The trained model wrapped in DDP, and the optimiser step's forward and backward."""
+
+    def __init__(self, lm: Any, plan: Any, ranks: Ranks) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.ranks = ranks
+        self.loss_of = _LossOf(lm, plan)
+        # Only the trained weights are DDP's: the frozen ones (4-bit ones included) and the
+        # buffers (rotary tables) were loaded alike on every rank, and broadcasting them would
+        # cost a copy of the model per rank at the start and the buffers at every forward.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self.loss_of,
+            [n for n, p in self.loss_of.named_parameters() if not p.requires_grad]
+            + [n for n, _ in self.loss_of.named_buffers()],
+        )
+        # Batches are moved to the device by the loop (no device_ids: DDP leaves them be).
+        self.ddp = DistributedDataParallel(self.loss_of, device_ids=None)
+
+    def step(
+        self,
+        micro: list[MicroBatch],
+        filler: MicroBatch,
+        answer_tokens: int,
+        plan: Any,
+        device: torch.device,
+    ) -> tuple[float, int]:
+        """Forward and backward of this rank's passes, then the all-reduce; the step's mean
+        loss and tokens over every rank."""
+        import torch.distributed as dist
+
+        self.loss_of.plan = plan  # halved budgets come in a new plan
+        scale = self.ranks.world / answer_tokens
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        with self.ddp.no_sync():
+            for batch in [b.to(device) for b in micro]:
+                loss = self.ddp(batch)
+                (loss * scale).backward()
+                loss_sum += loss.detach()
+        # The pass whose backward all-reduces the gradients accumulated above; it adds none.
+        (self.ddp(filler.to(device)) * 0.0).backward()
+        totals = torch.stack(
+            [loss_sum.double(), torch.tensor(float(sum(b.tokens for b in micro)), device=device)]
+        ).to(_collective_device(), torch.float64)
+        dist.all_reduce(totals)
+        loss_total, tokens = totals.tolist()
+        return loss_total / answer_tokens, int(tokens)
+
+
+class RankCallbacks:
+    """The callbacks every rank of a multi-process run is given: rank 0 reports through
+    ``inner`` and decides when to stop; the other ranks report nothing and learn rank 0's
+    decision (``should_stop`` is a broadcast: every rank asks at the same points)."""
+
+    def __init__(self, inner: TrainCallbacks, ranks: Ranks) -> None:
+        self.inner, self.ranks = inner, ranks
+        self._checkpoint = False
+
+    def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if self.ranks.main:
+            self.inner.on_event(level, message, data)
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        if self.ranks.main:
+            self.inner.on_step(metrics)
+
+    def should_stop(self) -> bool:
+        stop, checkpoint = False, False
+        if self.ranks.main:
+            from worker.training.callbacks import checkpoint_on_stop
+
+            stop = self.inner.should_stop()
+            checkpoint = stop and checkpoint_on_stop(self.inner)
+        if self.ranks.several:
+            stop, checkpoint = (bool(v) for v in self.ranks._broadcast([stop, checkpoint]))
+        self._checkpoint = checkpoint
+        return stop
+
+    def checkpoint_on_stop(self) -> bool:
+        return self._checkpoint

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.services.jobs.estimates import DatasetLengths, estimate_for
 from tests.worker.test_training_engine import RECORDS, Recorder, tiny_config
 from tests.worker.test_training_resume import VALIDATION
 from worker.spec.formatting import Sample
@@ -237,3 +238,36 @@ def test_full_fine_tuning_on_several_gpus_is_refused_in_the_config(tiny_model_di
         TrainConfig(base_model=str(tiny_model_dir), method="full", gpus=2)
     assert TrainConfig(base_model="x", gpus=" Auto ").gpus == "auto"
     assert TrainConfig(base_model="x", method="full", gpus=1).gpus == 1
+
+
+def test_the_estimate_gives_memory_per_gpu_and_the_speed_up_of_several() -> None:
+    dataset = DatasetLengths(20_000, 600.0, 1200.0, 0.5, "measured")
+
+    def on(gpus: int | str, **settings: Any) -> dict[str, Any]:
+        config = TrainConfig(base_model="llama-3.1-8b-instruct", gpus=gpus, **settings)
+        return estimate_for(config, dataset=dataset, gpu_name="NVIDIA H100")
+
+    one, two, eight = on(1), on(2), on(8)
+    assert on("auto")["gpus"] == one["gpus"] == 1 and one["speed_up"] == 1.0
+    assert (two["gpus"], eight["gpus"]) == (2, 8)
+    # The same optimiser steps; each GPU holds the model and a share of each step.
+    assert one["steps"] == two["steps"] == eight["steps"]
+    assert two["memory_bytes"]["weights"] == one["memory_bytes"]["weights"]
+    assert two["memory_bytes"]["ddp_gradient_buckets"] > 0
+    assert eight["peak_memory_bytes"] <= two["peak_memory_bytes"] <= 1.1 * one["peak_memory_bytes"]
+    # Faster, less than linearly: smaller passes per GPU and an all-reduce every step.
+    assert 1.0 < two["speed_up"] <= 2.0 and two["speed_up"] < eight["speed_up"] <= 8.0
+    assert eight["seconds"] < two["seconds"] < one["seconds"]
+    said = [a for a in two["assumptions"] if a.startswith("On 2 GPUs")]
+    assert said and f"{two['speed_up']:.1f}×" in said[0] and "not measured" in said[0]
+    assert not any(a.startswith("On ") for a in one["assumptions"])
+    # A small model's short steps keep two GPUs no busier than one: said so.
+    few = DatasetLengths(500, 300.0, 600.0, 0.5, "measured")
+    small = estimate_for(
+        TrainConfig(base_model="qwen2.5-0.5b-instruct", gpus=2, batch_size=8),
+        dataset=few,
+        gpu_name="NVIDIA H100",
+    )
+    assert small["speed_up"] < 1.1
+    assert any(w.startswith("2 GPUs are hardly faster than one") for w in small["warnings"])
+    assert not any("hardly faster" in w for w in two["warnings"])

@@ -153,6 +153,10 @@ _START_SECONDS = 15.0
 # returns cached blocks and retries, so a fuller card gets by with less.
 _RESERVED_FACTOR = 1.15
 _CUDA_CONTEXT_BYTES = 600 * 2**20
+# Multi-GPU steps (not measured here yet): the all-reduce's bus bandwidth, taken as a PCIe
+# card's (NVLink is several times faster), and a fixed cost per step for the collectives.
+_ALL_REDUCE_BYTES_PER_S = 20e9
+_SYNC_LATENCY_SECONDS = 0.005
 # What a run needs of a card beyond its peak: the CUDA context (placement adds it).
 CUDA_CONTEXT_BYTES = _CUDA_CONTEXT_BYTES
 
@@ -167,8 +171,14 @@ def estimate(
     p95_tokens: float | None = None,
     answer_share: float = 0.5,
     cpu: CpuCalibration | None = None,
+    gpus: int = 1,
 ) -> Estimate:
     """Peak GPU memory and wall time of training ``config`` on a model of ``arch``.
+
+    With ``gpus`` above one (a GPU worker; one process per GPU under DDP, see
+    ``worker.training.distributed``), memory is per GPU and the time is that of the step's
+    samples shared across the GPUs plus each step's all-reduce; ``speed_up`` in the breakdown
+    compares it with one GPU. A model, not a measurement (see ``_Run.seconds``).
 
     With ``cpu`` (a worker without CUDA), "auto" takes the CPU rules and the wall time comes
     from that CPU's measured rate instead of the GPU's (memory stays the GPU model's).
@@ -184,10 +194,15 @@ def estimate(
         dataset_p95_tokens=p95_tokens,
         cpu=cpu is not None,
     )
-    run = _Run(config, arch, gpu, dataset_records, mean_tokens, p95_tokens, answer_share)
+    shape = (config, arch, gpu, dataset_records, mean_tokens, p95_tokens, answer_share)
+    ranks = 1 if cpu is not None else max(1, gpus)
+    run = _Run(*shape, ranks=ranks)
     run.cpu = cpu
     memory = run.memory()
     seconds = run.seconds()
+    speed_up = 1.0
+    if ranks > 1:
+        speed_up = _Run(*shape).training_seconds() / run.training_seconds()
     peak = sum(memory.values())
     reserved = int(peak * _RESERVED_FACTOR) + _CUDA_CONTEXT_BYTES
     return Estimate(
@@ -205,7 +220,10 @@ def estimate(
             "seconds": seconds,
             "steps": run.steps,
             "tokens": int(run.train_tokens),
-            "tokens_per_second": round(run.tokens_per_second(), 1),
+            "tokens_per_second": round(run.train_tokens / run.training_seconds(), 1),
+            "gpus": ranks,
+            "memory_per_gpu": True,
+            "speed_up": round(speed_up, 2),
             "packed": run.packed,
             "row_tokens": run.row_tokens,
             "micro_batches_per_step": run.micro_batches,
@@ -252,8 +270,11 @@ class _Run:
         mean_tokens: float,
         p95_tokens: float | None,
         answer_share: float,
+        *,
+        ranks: int = 1,
     ) -> None:
         self.config, self.arch, self.gpu = config, arch, gpu
+        self.ranks = ranks  # processes (GPUs) sharing each step
         self.cpu: CpuCalibration | None = None  # a CPU worker's measured rate, if it runs there
         assert isinstance(config.max_seq_length, int)
         assert isinstance(config.batch_size, int)
@@ -288,7 +309,9 @@ class _Run:
             "full",
         ) and (arch.model_type in _PLAIN_HEAD_TYPES)
         self.trainable = self._trainable()
-        step_tokens = min(self.per_step, self.records) * self.mean
+        # Each process trains its share of the step's samples (see worker.training.ranks).
+        rank_samples = math.ceil(min(self.per_step, self.records) / ranks)
+        step_tokens = rank_samples * self.mean
         # Each padded batch runs to its longest sample.
         self.padded_width = 0 if self.packed else int(self.longest + self.virtual)
         budget, self.checkpointing = self._plan()
@@ -297,8 +320,12 @@ class _Run:
             self.row_tokens = int(min(budget, step_tokens))
             self.micro_batches = max(1, math.ceil(step_tokens / budget))
         else:
-            self.row_tokens = min(self.batch_size, self.records) * self.padded_width
-            self.micro_batches = config.gradient_accumulation_steps
+            self.row_tokens = min(self.batch_size, self.records, rank_samples) * self.padded_width
+            self.micro_batches = (
+                config.gradient_accumulation_steps
+                if ranks == 1
+                else math.ceil(rank_samples / self.batch_size)
+            )
 
     # --- Parameters -------------------------------------------------------------------
 
@@ -452,6 +479,9 @@ class _Run:
         }
         if self.fused_lora:
             parts["adapter_bf16_copies"] = 2.0 * self.trainable
+        if self.ranks > 1:
+            # DDP's buckets: a float32 copy of the gradients, all-reduced in place.
+            parts["ddp_gradient_buckets"] = 4.0 * self.trainable
         if self.full:
             # autocast caches a bf16 copy of every weight for the forward pass.
             parts["autocast_weight_copies"] = 2.0 * a.params()
@@ -489,8 +519,9 @@ class _Run:
 
     # --- Time -------------------------------------------------------------------------
 
-    def mfu(self) -> float:
-        """Utilisation of a forward pass of ``row_tokens`` tokens."""
+    def mfu(self, tokens: float | None = None) -> float:
+        """Utilisation of a forward pass of ``tokens`` (``row_tokens``) tokens."""
+        tokens = self.row_tokens if tokens is None else tokens
         params = self.arch.params()
         points = _MFU_POINTS
         if params <= points[0][0]:
@@ -504,7 +535,7 @@ class _Run:
                     large = m0 + math.log(params / p0) / math.log(p1 / p0) * (m1 - m0)
                     break
         half_speed = _ROW_OVERHEAD_WORK / max(1, self.arch.layer_weights())
-        return large * self.row_tokens / (self.row_tokens + half_speed)
+        return large * tokens / (tokens + half_speed)
 
     def flops_per_token(self) -> float:
         a = self.arch
@@ -532,9 +563,24 @@ class _Run:
             rate *= self.mean / max(self.mean, min(self.max_seq, self.longest) + self.virtual)
         return rate
 
+    def training_seconds(self) -> float:
+        if self.ranks == 1:
+            return self.train_tokens / self.tokens_per_second()
+        shared = self.train_tokens / self.ranks / self.tokens_per_second()
+        return shared + self.steps * self._sync_seconds()
+
+    def _sync_seconds(self) -> float:
+        """What a step of a multi-GPU run adds: the ring all-reduce of the float32 gradients
+        and the zero-weighted pass that starts it (one mean-length sample)."""
+        n = self.ranks
+        all_reduce = 2 * (n - 1) / n * 4 * self.trainable / _ALL_REDUCE_BYTES_PER_S
+        peak = self.gpu.bf16_tflops * 1e12
+        sync_pass = self.mean * self.flops_per_token() / (self.mfu(self.mean) * peak)
+        return all_reduce + sync_pass + _SYNC_LATENCY_SECONDS
+
     def seconds(self) -> dict[str, float]:
         loading = _START_SECONDS + self._weight_bytes() / _LOAD_BYTES_PER_S
-        training = self.train_tokens / self.tokens_per_second()
+        training = self.training_seconds()
         return {
             "loading": round(loading, 1),
             "training": round(training, 1),

@@ -122,6 +122,7 @@ def estimate_for(
             p95_tokens=dataset.p95_tokens,
             answer_share=dataset.answer_share,
             cpu=cpu,
+            gpus=config.gpus if isinstance(config.gpus, int) else 1,
         )
     except ConfigProblem as exc:
         raise InvalidInput(
@@ -154,7 +155,26 @@ def estimate_for(
                 error="±30%",
             )
         )
+    if breakdown["gpus"] > 1:
+        assumptions.append(
+            _(
+                "On %(n)s GPUs, one process each (DDP): memory is per GPU; the speed-up over one "
+                "GPU, %(speed_up)s×, is modelled (each step's samples shared out, plus its "
+                "gradients' all-reduce at PCIe speed), not measured.",
+                n=breakdown["gpus"],
+                speed_up=f"{breakdown['speed_up']:.1f}",
+            )
+        )
     warnings = []
+    if breakdown["gpus"] > 1 and breakdown["speed_up"] < 1.1:
+        warnings.append(
+            _(
+                "%(n)s GPUs are hardly faster than one here (%(speed_up)s×): each step's samples "
+                "are too few to keep them busy. Set gpus to 1, or use more samples per step.",
+                n=breakdown["gpus"],
+                speed_up=f"{breakdown['speed_up']:.1f}",
+            )
+        )
     if not breakdown["fits"]:
         warnings.append(
             _(
@@ -191,7 +211,9 @@ def estimate_for(
         "gpu": {"name": gpu.name, "memory_bytes": gpu.memory_bytes},
         "device": "cpu" if cpu is not None else "gpu",
         "cpu": as_dict(cpu) if cpu is not None else None,
-        "peak_memory_bytes": result.peak_memory_bytes,
+        "gpus": breakdown["gpus"],
+        "speed_up": breakdown["speed_up"],
+        "peak_memory_bytes": result.peak_memory_bytes,  # per GPU
         "peak_memory_gib": round(result.peak_memory_bytes / 2**30, 1),
         "reserved_bytes": breakdown["reserved_bytes"],
         "fits": breakdown["fits"],

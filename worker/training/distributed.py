@@ -2,9 +2,11 @@
 
 ``train`` is ``engine.train`` for a job that may use several GPUs. With one process (one
 GPU, ``gpus: 1``, full fine-tuning, a CPU worker) it is ``engine.train`` itself. With more it
-runs the engine in ``torchrun --standalone --nproc-per-node N`` (``python -m
-torch.distributed.run``) as a child process group and stays the parent: it keeps the job's
-lease, relays what rank 0 reports to the caller's callbacks, and passes a stop on.
+runs the engine in ``torchrun --standalone --nproc-per-node N`` (torch.distributed.run's
+``main``, called by this module) as a child process group and stays the parent: it keeps the
+job's lease, relays what rank 0 reports to the caller's callbacks, and passes a stop on.
+torchrun and every rank ask the kernel for SIGTERM when their parent dies
+(``PR_SET_PDEATHSIG``), so a worker killed outright leaves no training behind.
 
 Between the parent and the ranks, a private folder beside the output folder:
 
@@ -32,6 +34,7 @@ job may use: how the multi-process path is tested on a CPU, and how to try it wi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -65,6 +68,8 @@ STOP_GRACE_SECONDS = 300.0
 _KILL_GRACE_SECONDS = 10.0
 _POLL_SECONDS = 0.1
 _ASK_STOP_SECONDS = 1.0  # how often the caller's should_stop is asked (a database read)
+_TORCHRUN = "--torchrun"
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def slots() -> tuple[int, str]:
@@ -191,7 +196,8 @@ class _Launch:
         command = [
             sys.executable,
             "-m",
-            "torch.distributed.run",
+            __name__,
+            _TORCHRUN,
             "--standalone",
             f"--nproc-per-node={self.processes}",
             "--max-restarts=0",
@@ -207,12 +213,15 @@ class _Launch:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env=_child_environment(self.processes),
-                start_new_session=True,  # its own process group: one signal reaches every rank
+                # Its own session, out of reach of signals meant for the worker; torchrun
+                # stops its ranks (each in a session of its own) when signalled, and they die
+                # with it when it is killed (see _die_with_parent).
+                start_new_session=True,
             )
             try:
                 return self._wait(process, work, relay, callbacks)
             finally:
-                _signal_group(process.pid, signal.SIGKILL)  # whatever torchrun left behind
+                _signal_group(process.pid, signal.SIGKILL)  # its ranks follow (PR_SET_PDEATHSIG)
                 process.wait()
 
     def _wait(
@@ -379,15 +388,36 @@ class _FileReporter:
         return bool((_read_json(self.stop_file) or {}).get("checkpoint"))
 
 
+def _die_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux), so that
+    neither torchrun nor a rank outlives the worker that started it, however it died."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # gone already, before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """One rank of a multi-process run, started by torchrun (see the module)."""
+    """torchrun itself (``_TORCHRUN`` and its arguments), or one rank of a multi-process run
+    that torchrun started (the folder of the run: see the module)."""
+    args = argv if argv is not None else sys.argv[1:]
+    _die_with_parent()
+    if args and args[0] == _TORCHRUN:
+        from torch.distributed.run import main as torchrun
+
+        torchrun(args[1:])
+        return 0
+    return _rank(Path(args[0]))
+
+
+def _rank(work: Path) -> int:
     import torch
     import torch.distributed as dist
 
     from worker.training import engine
     from worker.training.ranks import RankCallbacks, Ranks
 
-    work = Path((argv if argv is not None else sys.argv[1:])[0])
     spec = json.loads((work / "spec.json").read_text(encoding="utf-8"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     cuda = torch.cuda.is_available()

@@ -49,15 +49,22 @@ def test_compose_file_follows_the_compose_specification() -> None:
     jsonschema.validate(compose(), compose_schema())
 
 
-def test_compose_has_database_broker_web_and_gpu_worker() -> None:
+def test_compose_has_database_broker_migration_web_and_gpu_and_cpu_workers() -> None:
     services = compose()["services"]
-    assert {"postgres", "redis", "web"} <= set(services)
-    workers = [s for name, s in services.items() if name.startswith("worker")]
-    assert workers, "at least one GPU worker service"
-    for worker in workers:
+    assert {"postgres", "redis", "migrate", "web"} <= set(services)
+    for name in ("postgres", "redis"):
+        assert services[name]["healthcheck"]["test"], name
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    gpu = [s for s in workers.values() if "deploy" in s]
+    assert gpu, "at least one GPU worker service"
+    for worker in gpu:
         devices = worker["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
+        assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
         assert len(devices[0]["device_ids"]) == 1, "one worker process per GPU"
+    cpu = [s for s in workers.values() if "deploy" not in s]
+    assert cpu, "a CPU worker for evaluation chores"
+    for worker in cpu:
+        assert worker["environment"]["TUNELAB_WORKER_GPUS"] == "0"
 
 
 def test_every_tunelab_command_in_compose_is_a_real_entry_point_with_its_settings() -> None:
@@ -78,10 +85,17 @@ def test_every_tunelab_command_in_compose_is_a_real_entry_point_with_its_setting
     assert checked >= 3
 
 
-def test_web_service_migrates_before_serving() -> None:
-    web = compose()["services"]["web"]
-    steps = [argv[1:3] for argv in commands_in(web["command"])]
-    assert steps[0] == ["db", "upgrade"] and steps[-1][0] == "serve"
+def test_a_one_shot_service_migrates_before_web_and_workers_start() -> None:
+    services = compose()["services"]
+    migrate = services["migrate"]
+    assert [argv[1:3] for argv in commands_in(migrate["command"])] == [["db", "upgrade"]]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert commands_in(services["web"]["command"])[0][1] == "serve"
+    for name, service in services.items():
+        if name == "web" or name.startswith("worker"):
+            condition = service["depends_on"]["migrate"]["condition"]
+            assert condition == "service_completed_successfully", name
 
 
 def dockerfile_stages() -> dict[str, list[str]]:
@@ -158,9 +172,10 @@ def test_compose_builds_the_web_and_worker_images_from_their_targets() -> None:
     stages = dockerfile_stages()
     services = compose()["services"]
     built = {name: s["build"] for name, s in services.items() if "build" in s}
-    assert set(built) == {"web"} | {name for name in services if name.startswith("worker")}
+    workers = {name for name in services if name.startswith("worker")}
+    assert set(built) == {"web", "migrate"} | workers
     for name, build in built.items():
         assert build["context"] == "."
-        assert build["target"] == ("web" if name == "web" else "worker"), name
+        assert build["target"] == ("worker" if name in workers else "web"), name
         assert build["target"] in stages
     assert services["web"]["image"] != services["worker-gpu0"]["image"]

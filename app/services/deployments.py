@@ -51,6 +51,8 @@ def create_deployment(
             f"a deployment named {data.name!r} exists; stop and delete it, or pick another"
         )
     adapters, bases = [], set()
+    # Served where its first job trained: a worker of that job's capacity class.
+    queue = settings.default_queue
     for index, job_id in enumerate(dict.fromkeys(data.job_ids)):
         field = f"job_ids.{index}"
         job = session.get(Job, job_id)
@@ -75,6 +77,8 @@ def create_deployment(
         artifact = jobs_service.model_artifact(session, job_id=job.id)
         if artifact is None:
             raise InvalidInput.on(field, "the job's adapter files are gone")
+        if not adapters:
+            queue = job.queue
         bases.add(str(job.config["base_model"]))
         adapters.append(
             {"name": f"job-{str(job.id)[:8]}", "job_id": str(job.id), "path": artifact.path}
@@ -89,7 +93,7 @@ def create_deployment(
         base_model=bases.pop(),
         adapters=adapters,
         status="starting",
-        queue=settings.default_queue,
+        queue=queue,
         queued_at=utcnow(),
         api_key=secrets.token_urlsafe(32),
         created_by_id=user.id,

@@ -120,7 +120,7 @@ def run_config_file(
     config_path: Path, *, data: Path | None, output: Path | None, progress: bool = True
 ) -> int:
     """Validate the YAML and the data file, train, and print where the adapter went."""
-    from worker.training import TrainingCancelled, TrainingError, train
+    from worker.training import TrainingCancelled, TrainingError, distributed
 
     raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
@@ -158,7 +158,8 @@ def run_config_file(
     reporter = ProgressReporter(progress)
     settings = get_settings()
     try:
-        result = train(
+        # On every GPU here that the config's gpus allows (several: torchrun's processes).
+        result = distributed.train(
             config,
             records=records,
             output_dir=output_path,

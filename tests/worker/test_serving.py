@@ -296,6 +296,27 @@ def test_chinese_streams_whole_characters(tiny_model_dir: Path) -> None:
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_an_answer_cut_off_mid_character_ends_without_its_partial_bytes(
+    tiny_model_dir: Path,
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    script = tokenizer.encode("长城龘靐齉", add_special_tokens=False)
+    # The first token at which the decoded text ends in a character still missing bytes.
+    cut = next(n for n in range(1, len(script)) if tokenizer.decode(script[:n]).endswith("\ufffd"))
+    whole = tokenizer.decode(script[:cut]).rstrip("\ufffd")
+    model = ScriptedModel(script, len(tokenizer), tokenizer.eos_token_id)
+    engine = ServingEngine.from_model(model, tokenizer)
+    try:
+        with serving(engine, api_key=None) as base_url:
+            client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+            chunks = streamed(client, "base", max_tokens=cut)
+    finally:
+        engine.close()
+    pieces = [c.choices[0].delta.content or "" for c in chunks]
+    assert "".join(pieces) == whole and all("\ufffd" not in p for p in pieces)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
 # --- Adapters of other kinds ----------------------------------------------------------------
 
 

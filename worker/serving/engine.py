@@ -422,7 +422,9 @@ class _Row:
         elif token in self.eos_ids:
             self._finish(text, "stop")
         elif len(self.tokens) >= params.max_tokens:
-            self._finish(text, "length")
+            # Cut off mid-character: the rest of its bytes will never come, so the partial
+            # character (shown as a replacement character) is dropped rather than sent.
+            self._finish(text.rstrip("\ufffd"), "length")
         else:
             # A trailing replacement character is a character whose bytes are still coming.
             certain = text.rstrip("\ufffd")

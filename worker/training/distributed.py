@@ -50,13 +50,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
 from worker.spec.methods import METHODS
 from worker.training.callbacks import Silent, StepMetrics, TrainCallbacks, checkpoint_on_stop
 from worker.training.checkpoints import IncompatibleCheckpoint
+
+if TYPE_CHECKING:
+    from worker.training.engine import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def train(
     validation_records: Sequence[dict[str, Any]] | None = None,
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
-) -> Any:
+) -> TrainResult:
     """``engine.train``, on as many processes as ``process_count`` says (see the module)."""
     from worker.training import engine
 
@@ -149,10 +152,41 @@ class _Launch:
         validation_records: Sequence[dict[str, Any]] | None,
         checkpoint_dir: Path | None,
         resume_from: Path | None,
-    ) -> Any:
+    ) -> TrainResult:
+        try:
+            return self._train(
+                config,
+                records=records,
+                output_dir=output_dir,
+                model_cache_dir=model_cache_dir,
+                callbacks=callbacks or Silent(),
+                allow_downloads=allow_downloads,
+                validation_records=validation_records,
+                checkpoint_dir=checkpoint_dir,
+                resume_from=resume_from,
+            )
+        except (TrainingError, TrainingCancelled):
+            raise
+        except Exception as exc:  # as engine.train says it: for the person who started the run
+            from worker.training.engine import _explain
+
+            raise TrainingError(_explain(exc)) from exc
+
+    def _train(
+        self,
+        config: TrainConfig,
+        *,
+        records: Sequence[dict[str, Any]],
+        output_dir: Path,
+        model_cache_dir: Path,
+        callbacks: TrainCallbacks,
+        allow_downloads: bool,
+        validation_records: Sequence[dict[str, Any]] | None,
+        checkpoint_dir: Path | None,
+        resume_from: Path | None,
+    ) -> TrainResult:
         from worker.training import models
 
-        callbacks = callbacks or Silent()
         output_dir = Path(output_dir)
         if output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir())):
             raise TrainingError(f"The output folder {output_dir} already exists and is not empty.")
@@ -250,7 +284,9 @@ class _Launch:
                     _signal_group(process.pid, signal.SIGKILL)
             time.sleep(_POLL_SECONDS)
 
-    def _outcome(self, work: Path, code: int, output_dir: Path, callbacks: TrainCallbacks) -> Any:
+    def _outcome(
+        self, work: Path, code: int, output_dir: Path, callbacks: TrainCallbacks
+    ) -> TrainResult:
         from worker.training.engine import TrainResult
 
         outcomes = {

@@ -20,7 +20,7 @@ from worker.spec.validation import validation_interval
 from worker.training import budget, checkpoints, compiled, data, packing
 from worker.training.callbacks import StepMetrics, TrainCallbacks, checkpoint_on_stop
 from worker.training.ranks import Ranks, Replicas
-from worker.training.steps import StepPlan, micro_batches, validation_loss
+from worker.training.steps import StepPlan, micro_batches, validation_sums
 
 # Without checkpoint_every, a checkpoint this often bounds the work a re-queued job repeats.
 CHECKPOINT_INTERVAL_SECONDS = 15 * 60
@@ -235,7 +235,13 @@ def _evaluate(run: Run, samples: list[data.Sample], device: torch.device) -> flo
     run.model.eval()  # no dropout
     try:
         batch_size = autoconfig.settled(run.config).batch_size
-        return validation_loss(run.lm, samples, run.plan, run.pad_id, batch_size, device)
+        # Each process its share (all of them in a one-process run), then the totals.
+        mine = run.ranks.share([samples], batch_size, packed=True)
+        sums = validation_sums(
+            run.lm, mine[0] if mine else [], run.plan, run.pad_id, batch_size, device
+        )
+        loss_sum, answer_tokens = run.ranks.total(sums)
+        return loss_sum / max(1, answer_tokens)
     finally:
         run.model.train()
 

@@ -80,6 +80,16 @@ class Ranks:
         dist.broadcast(tensor, src=0)
         return [float(v) for v in tensor.tolist()]
 
+    def total(self, values: Sequence[float]) -> list[float]:
+        """``values`` summed over every rank (in float64), on every rank."""
+        if not self.several:
+            return list(values)
+        import torch.distributed as dist
+
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(tensor)
+        return [float(v) for v in tensor.tolist()]
+
     def gather_rng(self) -> list[dict[str, Any]] | None:
         """Every rank's torch RNG states (CPU and its own GPU), on rank 0; None elsewhere and
         in single-process runs. A collective: every rank calls it at the same point."""
@@ -155,8 +165,6 @@ class Replicas:
     ) -> tuple[float, int]:
         """Forward and backward of this rank's passes, then the all-reduce; the step's mean
         loss and tokens over every rank."""
-        import torch.distributed as dist
-
         self.loss_of.plan = plan  # halved budgets come in a new plan
         scale = self.ranks.world / answer_tokens
         loss_sum = torch.zeros((), device=device, dtype=torch.float32)
@@ -167,11 +175,7 @@ class Replicas:
                 loss_sum += loss.detach()
         # The pass whose backward all-reduces the gradients accumulated above; it adds none.
         (self.ddp(filler.to(device)) * 0.0).backward()
-        totals = torch.stack(
-            [loss_sum.double(), torch.tensor(float(sum(b.tokens for b in micro)), device=device)]
-        ).to(_collective_device(), torch.float64)
-        dist.all_reduce(totals)
-        loss_total, tokens = totals.tolist()
+        loss_total, tokens = self.ranks.total([float(loss_sum), sum(b.tokens for b in micro)])
         return loss_total / answer_tokens, int(tokens)
 
 

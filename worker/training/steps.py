@@ -268,16 +268,18 @@ def micro_batches(
     return [collate_padded(batch, pad_id) for batch in group]
 
 
-def validation_loss(
+def validation_sums(
     lm: Any,
     samples: Sequence[Sample],
     plan: StepPlan,
     pad_id: int,
     batch_size: int,
     device: torch.device,
-) -> float:
-    """Mean cross-entropy per answer token over ``samples``, in their given order, without
-    gradients. The caller switches the model to eval mode (no dropout) around it."""
+) -> tuple[float, int]:
+    """Summed cross-entropy over the answer tokens of ``samples``, in their given order,
+    without gradients, and their count: the validation loss is one over the other (summed
+    over the processes of a multi-process run first). The caller switches the model to eval
+    mode (no dropout) around it."""
     loss_sum, answer_tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
@@ -285,4 +287,4 @@ def validation_loss(
             for batch in [b.to(device) for b in micro_batches(group, plan, pad_id)]:
                 loss_sum += float(micro_batch_loss(lm, batch, plan))
                 answer_tokens += int(batch.label_targets.numel())
-    return loss_sum / max(1, answer_tokens)
+    return loss_sum, answer_tokens

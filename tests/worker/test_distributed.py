@@ -1,6 +1,6 @@
 """Multi-process training (torchrun, DDP) on the CPU: two gloo processes on a tiny random
 Llama in float32, against the one-process engine and against themselves across a stop, a
-resume and a crashed rank."""
+resume and a crashed rank; the estimate for several GPUs; and, where two GPUs are, NCCL."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from app.services.jobs.estimates import DatasetLengths, estimate_for
 from tests.worker.test_training_engine import RECORDS, Recorder, tiny_config
@@ -271,3 +272,25 @@ def test_the_estimate_gives_memory_per_gpu_and_the_speed_up_of_several() -> None
     assert small["speed_up"] < 1.1
     assert any(w.startswith("2 GPUs are hardly faster than one") for w in small["warnings"])
     assert not any("hardly faster" in w for w in two["warnings"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"
+)
+def test_two_gpus_under_nccl_repeat_one_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Not run yet (written on a machine without GPUs): the NCCL path of the test above."""
+    runs = {}
+    for gpus in (1, 2):
+        recorder = Recorder()
+        distributed.train(
+            tiny_config(tiny_model_dir, **{**SETTINGS, "gpus": gpus}),
+            records=RECORDS,
+            output_dir=tmp_path / f"gpus-{gpus}" / "adapter",
+            model_cache_dir=tmp_path / "cache",
+            callbacks=recorder,
+            validation_records=VALIDATION,
+        )
+        runs[gpus] = recorder
+    assert any(m.startswith("Training on 2 GPUs") for m in runs[2].messages)
+    assert_same_steps(runs[2].steps, runs[1].steps, tolerance=1e-3)

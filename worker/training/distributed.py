@@ -224,6 +224,9 @@ class _Launch:
             return self._outcome(work, code, output_dir, callbacks)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            # What a rank killed mid-run left of its staging folder (see engine.train).
+            for staging in output_dir.parent.glob(f".{output_dir.name}.*"):
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _supervise(self, work: Path, callbacks: TrainCallbacks) -> int:
         """Run torchrun until it exits, relaying rank 0's reports; its exit status."""

@@ -26,6 +26,18 @@ pytestmark = [
 PASSWORD = "broker-secret-" + uuid.uuid4().hex[:8]
 
 
+def tls_client(port: int, certs: Path) -> redis.Redis:
+    """A client of the test's broker as its own user, trusting its CA."""
+    return redis.Redis(
+        host="localhost",
+        port=port,
+        username="tunelab",
+        password=PASSWORD,
+        ssl=True,
+        ssl_ca_certs=str(certs / "broker-ca.pem"),
+    )
+
+
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -70,14 +82,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         )
     )
     proc = subprocess.Popen(["redis-server", str(config)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(
-        host="localhost",
-        port=port,
-        username="tunelab",
-        password=PASSWORD,
-        ssl=True,
-        ssl_ca_certs=str(certs / "broker-ca.pem"),
-    )
+    client = tls_client(port, certs)
 
     def up() -> bool:
         assert proc.poll() is None, "redis-server with TLS did not start"
@@ -124,14 +129,7 @@ def test_a_job_message_travels_over_tls_with_an_acl_user(tls_broker: tuple[int, 
     )
     sent = send_through(url, queue)
     assert sent.returncode == 0, sent.stderr[-2000:]
-    client = redis.Redis(
-        host="localhost",
-        port=port,
-        username="tunelab",
-        password=PASSWORD,
-        ssl=True,
-        ssl_ca_certs=str(certs / "broker-ca.pem"),
-    )
+    client = tls_client(port, certs)
     assert client.llen(queue) == 1
 
     # A CA that did not sign the broker's certificate: refused, nothing sent.

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from app.core.csv_cells import safe_cell, safe_writer
 from app.datasets.parsing import validate_file
 from app.models import (
-    Dataset,
     DatasetUpload,
     DatasetVersion,
     EvalSample,
@@ -31,6 +30,7 @@ from app.services import evaluations
 from app.services.datasets.imports import write_errors_csv
 from app.services.evaluations.export import csv_rows
 from app.services.reviews import results as review_results
+from tests.services.rows import first_version
 
 FORMULA = '=HYPERLINK("http://x","y")'
 NEUTRAL = "'" + FORMULA
@@ -152,24 +152,7 @@ def project(db_session: Session) -> Project:
 
 @pytest.fixture
 def version(db_session: Session, project: Project) -> DatasetVersion:
-    dataset = Dataset(project_id=project.id, name="d")
-    db_session.add(dataset)
-    db_session.flush()
-    row = DatasetVersion(
-        dataset_id=dataset.id,
-        number=1,
-        sha256="0" * 64,
-        digest="0" * 64,
-        format="alpaca",
-        container="jsonl",
-        records=1,
-        size_bytes=1,
-        records_path="x",
-        raw_path="y",
-    )
-    db_session.add(row)
-    db_session.flush()
-    return row
+    return first_version(db_session, project)
 
 
 def test_the_evaluation_csv_neutralises_a_model_answer_that_starts_a_formula(

@@ -10,35 +10,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.models import Dataset, DatasetVersion, Job, JobEvent, JobStatus, Project
+from app.models import Job, JobEvent, JobStatus
 from app.services import jobs
+from tests.services.rows import project_with_version
 
 
 @pytest.fixture
 def job(db_session: Session) -> Job:
-    project = Project(name="p")
-    db_session.add(project)
-    db_session.flush()
-    dataset = Dataset(project_id=project.id, name="d")
-    db_session.add(dataset)
-    db_session.flush()
-    version = DatasetVersion(
-        dataset_id=dataset.id,
-        number=1,
-        sha256="0" * 64,
-        digest="0" * 64,
-        format="alpaca",
-        container="jsonl",
-        records=1,
-        size_bytes=1,
-        records_path="x",
-        raw_path="y",
-    )
-    db_session.add(version)
-    db_session.flush()
+    project, version = project_with_version(db_session)
     row = Job(
         project_id=project.id,
-        dataset_id=dataset.id,
+        dataset_id=version.dataset_id,
         dataset_version_id=version.id,
         config={"base_model": "m"},
         status=JobStatus.queued,

@@ -15,10 +15,11 @@ from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import InvalidInput
 from app.core.i18n import using_locale
-from app.models import Dataset, DatasetVersion, Job, JobStatus, Project, WorkerRecord
+from app.models import DatasetVersion, Job, JobStatus, Project, WorkerRecord
 from app.services import leases
 from app.services import workers as registry
 from app.services.jobs.placement import place
+from tests.services.rows import project_with_version
 from worker.spec.config import TrainConfig
 from worker.spec.placement import Capacity, Needs, parse_queue, queue_for, queues_for
 
@@ -103,27 +104,7 @@ def test_a_job_is_placed_by_its_estimate_and_refused_only_beyond_any_worker() ->
 
 
 def make_project(db: Session, name: str, priority: int = 0) -> tuple[Project, DatasetVersion]:
-    project = Project(name=name, priority=priority)
-    db.add(project)
-    db.flush()
-    dataset = Dataset(project_id=project.id, name="d")
-    db.add(dataset)
-    db.flush()
-    version = DatasetVersion(
-        dataset_id=dataset.id,
-        number=1,
-        sha256="0" * 64,
-        digest="0" * 64,
-        format="alpaca",
-        container="jsonl",
-        records=1,
-        size_bytes=1,
-        records_path="x",
-        raw_path="y",
-    )
-    db.add(version)
-    db.flush()
-    return project, version
+    return project_with_version(db, name, priority)
 
 
 def queue_jobs(

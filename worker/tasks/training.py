@@ -150,7 +150,7 @@ def train_job(job_id: str) -> str:
         except TrainingError as exc:
             error = for_remote_user(exc)
         except Exception as exc:
-            error = crashed(f"job {job_id}", exc)
+            error = crashed(f"job {lease.item_id}", exc)
 
     if lease.ended_elsewhere or status != JobStatus.succeeded:
         # This attempt's output is never used: another worker owns the job now, it goes

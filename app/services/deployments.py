@@ -50,7 +50,8 @@ def create_deployment(
         raise Conflict(
             f"a deployment named {data.name!r} exists; stop and delete it, or pick another"
         )
-    adapters, bases = [], set()
+    adapters: list[dict[str, str]] = []
+    bases: set[str] = set()
     # Served where its first job trained: a worker of that job's capacity class.
     queue = settings.default_queue
     for index, job_id in enumerate(dict.fromkeys(data.job_ids)):

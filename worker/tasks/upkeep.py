@@ -6,6 +6,7 @@ do this at once: exactly one wins each row."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from datetime import timedelta
 from typing import Any
@@ -52,7 +53,7 @@ def register(queues: list[str]) -> None:
         registry.register(
             session,
             name=name,
-            host=name.rsplit(":", 1)[0],
+            host=socket.gethostname(),
             capacity=detect(settings),
             queues=queues,
             models=cached_models(settings),

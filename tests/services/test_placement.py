@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -234,3 +235,32 @@ def test_workers_register_go_offline_and_a_job_says_why_it_waits(db_session: Ses
     assert registry.waiting_reason(db_session, settings=settings, queue="training.cpu") == (
         "No worker is online: the job starts when a worker that has a CPU starts."
     )
+
+
+def test_workers_claiming_at_once_take_different_jobs_without_waiting() -> None:
+    """Two workers in their own transactions: the first holds its claim uncommitted; the
+    second skips the locked row (SKIP LOCKED) instead of waiting for it, and takes the next."""
+    from app.core.db import get_engine
+
+    queue = f"fair-{uuid.uuid4().hex[:8]}"
+    engine = get_engine()
+    with Session(engine) as setup:
+        project, version = project_with_version(setup, "concurrent")
+        queue_jobs(setup, project, version, queue, 2, at=0)
+        setup.commit()
+        project_id = project.id
+    first, second = Session(engine), Session(engine)
+    try:
+        second.execute(text("SET LOCAL lock_timeout = '2s'"))
+        a = leases.claim_next(first, leases.JOB, uuid.uuid4(), worker="a:1", queues=[queue])
+        b = leases.claim_next(second, leases.JOB, uuid.uuid4(), worker="b:1", queues=[queue])
+        assert a is not None and b is not None and a.id != b.id
+        first.commit()
+        second.commit()
+    finally:
+        first.close()
+        second.close()
+        with Session(engine) as cleanup:
+            cleanup.execute(delete(Job).where(Job.project_id == project_id))
+            cleanup.execute(delete(Project).where(Project.id == project_id))
+            cleanup.commit()

@@ -72,6 +72,11 @@ def test_a_job_is_placed_by_its_estimate_and_refused_only_beyond_any_worker() ->
     assert lora.needs is not None and lora.needs.memory_gb is not None
     assert lora.queue == queue_for(BASE, lora.needs)
     assert lora.needs.memory_gb > 8  # a 7B model in bf16 needs more than the smallest card
+    two = place(config(method="lora", gpus=2), settings=settings, version=None)
+    assert two.queue == lora.queue + "-x2"
+    with pytest.raises(InvalidInput) as too_many:
+        place(config(method="lora", gpus=16), settings=settings, version=None)
+    assert too_many.value.errors[0].field == "config.gpus"
     qlora = place(config(method="qlora"), settings=settings, version=None)
     assert qlora.queue.endswith("-4bit")
     assert qlora.needs is not None and qlora.needs.memory_gb < lora.needs.memory_gb

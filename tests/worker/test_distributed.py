@@ -231,14 +231,10 @@ def test_process_count_follows_gpus_and_the_cpu_knob(
     assert distributed.process_count(tiny_config(tiny_model_dir, gpus=2)) == 2
     assert distributed.process_count(tiny_config(tiny_model_dir, gpus=1)) == 1
     full = tiny_config(tiny_model_dir, method="full", lora_r="auto", lora_alpha="auto")
-    assert distributed.process_count(full) == 1  # not sharded yet: one process
-
-
-def test_full_fine_tuning_on_several_gpus_is_refused_in_the_config(tiny_model_dir: Path) -> None:
-    with pytest.raises(ValueError, match="sharding a model across GPUs \\(FSDP\\) is not"):
-        TrainConfig(base_model=str(tiny_model_dir), method="full", gpus=2)
+    assert (
+        distributed.process_count(full) == 4
+    )  # sharded (FSDP): tests/worker/test_distributed_fsdp.py
     assert TrainConfig(base_model="x", gpus=" Auto ").gpus == "auto"
-    assert TrainConfig(base_model="x", method="full", gpus=1).gpus == 1
 
 
 def test_the_estimate_gives_memory_per_gpu_and_the_speed_up_of_several() -> None:

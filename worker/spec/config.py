@@ -207,10 +207,10 @@ class TrainConfig(BaseModel):
     gpus: Annotated[int, Field(ge=1, le=64)] | Auto = Field(
         default="auto",
         description=(
-            "GPUs the run trains on, one process each (torch.distributed, DDP): auto takes "
+            "GPUs the run trains on, one process each (torch.distributed): auto takes "
             "every GPU of the worker that runs it, a number asks for that many. The samples "
-            "per optimiser step and the learning-rate schedule do not change with it. Full "
-            "fine-tuning runs on one GPU (sharding it is not available yet)"
+            "per optimiser step and the learning-rate schedule do not change with it. Adapters "
+            "are replicated on each GPU (DDP), full fine-tuning sharded across them (FSDP)"
         ),
     )
     # Both flags can make loading a model run arbitrary code on the worker, so they come from
@@ -259,18 +259,6 @@ class TrainConfig(BaseModel):
     def _gpus_number_or_auto(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
-        return value
-
-    @field_validator("gpus")
-    @classmethod
-    def _full_fine_tuning_on_one_gpu(cls, value: Any, info: ValidationInfo) -> Any:
-        # Full fine-tuning over several GPUs needs its weights sharded (FSDP), not built yet;
-        # a replica per GPU would hold the whole model and its optimiser state on each.
-        if isinstance(value, int) and value > 1 and info.data.get("method") == "full":
-            raise ValueError(
-                "full fine-tuning runs on one GPU: sharding a model across GPUs (FSDP) is not "
-                "available yet; set gpus to 1 or auto, or choose LoRA or QLoRA"
-            )
         return value
 
     @field_validator("early_stopping_min_delta")

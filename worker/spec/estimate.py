@@ -203,7 +203,7 @@ def estimate(
     speed_up = 1.0
     if ranks > 1:
         speed_up = _Run(*shape).training_seconds() / run.training_seconds()
-    peak = sum(memory.values())
+    peak = max(sum(memory.values()), run.loading_bytes())
     reserved = int(peak * _RESERVED_FACTOR) + _CUDA_CONTEXT_BYTES
     return Estimate(
         peak_memory_bytes=int(peak),
@@ -285,6 +285,7 @@ class _Run:
         self.prompt = self.method in _PROMPT_METHODS
         self.virtual = int(getattr(config, "num_virtual_tokens", 0)) if self.prompt else 0
         self.full = self.method == "full"
+        self.sharded = self.full and ranks > 1  # FSDP (worker.training.ranks.Sharded)
         self.mean = max(1.0, min(float(mean_tokens), self.max_seq))
         self.longest = min(self.max_seq, max(self.mean, p95_tokens or 2.5 * self.mean))
         self.answer_share = min(1.0, max(0.05, answer_share))
@@ -472,14 +473,19 @@ class _Run:
         labelled = tokens * self.answer_share
         per_layer = self._per_token_layer_bytes()
         # Trained parameters are float32: adapters, and full fine-tuning's master weights.
+        # Full fine-tuning on several GPUs shards them, their gradients and AdamW's moments.
+        share = self.ranks if self.sharded else 1
         parts: dict[str, float] = {
             "weights": 0.0 if self.full else self._weight_bytes(),
-            "trainable": 4.0 * self.trainable,
-            "optimizer": 8.0 * self.trainable,
+            "trainable": 4.0 * self.trainable / share,
+            "optimizer": 8.0 * self.trainable / share,
         }
         if self.fused_lora:
             parts["adapter_bf16_copies"] = 2.0 * self.trainable
-        if self.ranks > 1:
+        if self.sharded:
+            # The layer a pass runs and the next one, gathered whole (float32).
+            parts["gathered_layers"] = 2 * 4.0 * a.layer_weights()
+        elif self.ranks > 1:
             # DDP's buckets: a float32 copy of the gradients, all-reduced in place.
             parts["ddp_gradient_buckets"] = 4.0 * self.trainable
         if self.full:
@@ -498,8 +504,13 @@ class _Run:
         # The peak comes as backward starts, with every activation kept. Gradients appear
         # as backward frees the activations layer by layer: only what they outgrow counts.
         in_flight = parts["activations"] + parts["backward_workspace"] + parts["loss_head"]
-        parts["gradients"] = max(0.0, 4.0 * self.trainable - in_flight)
+        parts["gradients"] = max(0.0, 4.0 * self.trainable / share - in_flight)
         return parts
+
+    def loading_bytes(self) -> float:
+        """What a GPU holds while the model loads: each process of a sharded run loads the
+        whole model (float32) before its share is kept."""
+        return 4.0 * self.arch.params() if self.sharded else 0.0
 
     def _loss_head_bytes(self, tokens: float, labelled: float) -> float:
         a = self.arch
@@ -571,8 +582,13 @@ class _Run:
 
     def _sync_seconds(self) -> float:
         """What a step of a multi-GPU run adds: the ring all-reduce of the float32 gradients
-        and the zero-weighted pass that starts it (one mean-length sample)."""
+        and the zero-weighted pass that starts it (one mean-length sample); sharded, every
+        pass gathers the float32 weights twice (forward, backward) and reduce-scatters their
+        gradients."""
         n = self.ranks
+        if self.sharded:
+            moved = 3 * (n - 1) / n * 4 * self.trainable * self.micro_batches
+            return moved / _ALL_REDUCE_BYTES_PER_S + _SYNC_LATENCY_SECONDS
         all_reduce = 2 * (n - 1) / n * 4 * self.trainable / _ALL_REDUCE_BYTES_PER_S
         peak = self.gpu.bf16_tflops * 1e12
         sync_pass = self.mean * self.flops_per_token() / (self.mfu(self.mean) * peak)

@@ -32,7 +32,7 @@ from worker.training.packing import MicroBatch, collate_padded, layer_weights
 from worker.training.steps import StepPlan, micro_batches, optimiser_step
 
 if TYPE_CHECKING:
-    from worker.training.ranks import Replicas
+    from worker.training.ranks import Replicas, Sharded
 
 SIMULATE_ENV = "TUNELAB_SIMULATE_OOM_ABOVE_TOKENS"
 
@@ -110,7 +110,7 @@ class StepFitter:
         answer_tokens: int,
         optimizer: torch.optim.Optimizer,
         device: torch.device,
-        replicas: Replicas | None = None,
+        replicas: Replicas | Sharded | None = None,
         filler: MicroBatch | None = None,
     ) -> tuple[float, int]:
         """Forward and backward of one step (see ``steps.optimiser_step``), refitted until

@@ -196,9 +196,12 @@ def save_checkpoint(
     samples_hash: str,
     keep: int,
     rank_rng: list[dict[str, Any]] | None = None,
+    whole: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path | None:
     """Write the checkpoint of ``state.step`` atomically, then keep only the newest ``keep``.
-    ``rank_rng``: every process's RNG states in a multi-process run (``ranks.gather_rng``).
+    ``rank_rng``: every process's RNG states in a multi-process run (``ranks.gather_rng``);
+    ``whole``: the trained weights and the optimiser state gathered whole where they are
+    sharded (``ranks.Sharded.full_state``), written instead of the model's and optimiser's.
 
     Returns its folder, or None when a checkpoint of that step was already there (written by
     an earlier attempt of the same job): that one is left as it is.
@@ -209,14 +212,18 @@ def save_checkpoint(
     final = directory / f"{PREFIX}{state.step}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=directory))
     try:
-        weights = {
-            name: param.detach().contiguous()
-            for name, param in model.named_parameters()
-            if param.requires_grad
-        }
+        weights = (
+            {name: tensor.contiguous() for name, tensor in whole[0].items()}
+            if whole is not None
+            else {
+                name: param.detach().contiguous()
+                for name, param in model.named_parameters()
+                if param.requires_grad
+            }
+        )
         save_file(weights, str(staging / WEIGHTS_FILE))
         training = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": whole[1] if whole is not None else optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
@@ -302,10 +309,12 @@ def load_checkpoint(
             f"The checkpoint {path} holds other trainable weights than this run creates "
             f"({len(weights)} saved, {len(params)} here); it belongs to another run."
         )
+    from worker.training.ranks import shard_like
+
     with torch.no_grad():
         for name, param in params.items():
-            param.copy_(weights[name])
-    optimizer.load_state_dict(training["optimizer"])
+            param.copy_(shard_like(weights[name], param))
+    optimizer.load_state_dict(_sharded_like_params(training["optimizer"], optimizer))
     scheduler.load_state_dict(training["scheduler"])
     known = {f.name for f in fields(LoopState)}
     state = LoopState(**{k: v for k, v in meta["loop"].items() if k in known})
@@ -318,6 +327,26 @@ def load_checkpoint(
         cuda_rng=list(training["cuda_rng"]),
         rank_rng=training.get("rank_rng"),
     )
+
+
+def _sharded_like_params(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A saved optimiser state (whole tensors) cut as the optimiser's parameters are sharded
+    (full fine-tuning over several processes); as it is otherwise."""
+    from worker.training.ranks import shard_like
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(getattr(p, "device_mesh", None) is not None for p in params):
+        return state
+    cut = {}
+    for index, values in state["state"].items():
+        param = params[int(index)]
+        cut[index] = {
+            key: shard_like(value, param)
+            if isinstance(value, torch.Tensor) and value.shape == param.shape
+            else value
+            for key, value in values.items()
+        }
+    return {**state, "state": cut}
 
 
 def _check_same_run(path: Path, meta: dict[str, Any], config: TrainConfig, samples: str) -> None:

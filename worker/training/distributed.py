@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING, Any
 
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
-from worker.spec.methods import METHODS
 from worker.training.callbacks import Silent, StepMetrics, TrainCallbacks, checkpoint_on_stop
 from worker.training.checkpoints import IncompatibleCheckpoint
 
@@ -93,8 +92,6 @@ def process_count(config: TrainConfig) -> int:
     """The processes ``config`` trains in on this worker: one per GPU it asks for (all of
     them for ``auto``); one for full fine-tuning, which is not sharded yet."""
     available, unit = slots()
-    if METHODS[config.method].trains_all_weights:
-        return 1
     if config.gpus == "auto":
         return available
     if config.gpus > available:

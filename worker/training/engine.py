@@ -24,7 +24,7 @@ from worker.spec.errors import TrainingCancelled, TrainingError
 from worker.spec.methods import METHODS
 from worker.training import data, models
 from worker.training.callbacks import Silent, StepMetrics, TrainCallbacks
-from worker.training.ranks import Ranks
+from worker.training.ranks import Ranks, full_state_dict
 from worker.training.trainer import TrainedModel, train_model
 
 # Imported from here by tests that drive one step through the engine's own code.
@@ -214,12 +214,15 @@ def _run(
         checkpoint_dir=options.checkpoint_dir,
         resume_from=options.resume_from,
     )
+    # Sharded weights (full fine-tuning on several GPUs) gathered whole: every process.
+    whole = full_state_dict(trained.model) if Ranks.current().several else None
     stop_if_asked()
     if staging is None:  # a process of a multi-process run other than rank 0
         return trained
 
     info("Saving model" if method.trains_all_weights else "Saving adapter")
-    trained.model.save_pretrained(str(staging), safe_serialization=True)
+    saving: dict[str, Any] = {"state_dict": whole} if whole is not None else {}
+    trained.model.save_pretrained(str(staging), safe_serialization=True, **saving)
     tokenizer.save_pretrained(str(staging))
     return trained
 

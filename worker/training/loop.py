@@ -19,7 +19,7 @@ from worker.spec.errors import TrainingCancelled, TrainingError
 from worker.spec.validation import validation_interval
 from worker.training import budget, checkpoints, compiled, data, packing
 from worker.training.callbacks import StepMetrics, TrainCallbacks, checkpoint_on_stop
-from worker.training.ranks import Ranks, Replicas
+from worker.training.ranks import Ranks, Replicas, Sharded, whole
 from worker.training.steps import StepPlan, micro_batches, validation_sums
 
 # Without checkpoint_every, a checkpoint this often bounds the work a re-queued job repeats.
@@ -54,7 +54,7 @@ class Run:
     samples_hash: str
     # A multi-process run (see ``ranks``): this process's rank, and the model under DDP.
     ranks: Ranks = field(default_factory=Ranks)
-    replicas: Replicas | None = None
+    replicas: Replicas | Sharded | None = None
 
 
 def run_steps(
@@ -139,7 +139,8 @@ def _run_steps(
             replicas=run.replicas,
             filler=_filler(run, group) if run.replicas is not None else None,
         )
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
+        grad_norm = float(whole(norm))  # the norm of sharded gradients is sharded too
         learning_rate = run.scheduler.get_last_lr()[0]
         run.optimizer.step()
         run.scheduler.step()
@@ -208,8 +209,10 @@ def _filler(run: Run, group: list[list[data.Sample]]) -> packing.MicroBatch:
 
 
 def _save_checkpoint(run: Run, directory: Path, state: checkpoints.LoopState) -> None:
-    # Every rank's random state (a collective); rank 0 alone writes.
+    # Every rank's random state, and sharded weights gathered whole (collectives); rank 0
+    # alone writes.
     rank_rng = run.ranks.gather_rng()
+    gathered = run.replicas.full_state(run.model, run.optimizer) if run.replicas else None
     if not run.ranks.main:
         return
     path = checkpoints.save_checkpoint(
@@ -222,6 +225,7 @@ def _save_checkpoint(run: Run, directory: Path, state: checkpoints.LoopState) ->
         samples_hash=run.samples_hash,
         keep=run.config.keep_checkpoints,
         rank_rng=rank_rng,
+        whole=gathered,
     )
     if path is not None:
         run.callbacks.on_event(
@@ -236,10 +240,14 @@ def _evaluate(run: Run, samples: list[data.Sample], device: torch.device) -> flo
     try:
         batch_size = autoconfig.settled(run.config).batch_size
         # Each process its share (all of them in a one-process run), then the totals.
-        mine = run.ranks.share([samples], batch_size, packed=True)
-        sums = validation_sums(
-            run.lm, mine[0] if mine else [], run.plan, run.pad_id, batch_size, device
-        )
+        shares = run.ranks.share([samples], batch_size, packed=True)
+        mine = shares[0] if shares else []
+        if isinstance(run.replicas, Sharded):  # every pass through the sharded model
+            sums = run.replicas.validation_sums(
+                mine, samples, run.plan, run.pad_id, batch_size, device
+            )
+        else:
+            sums = validation_sums(run.lm, mine, run.plan, run.pad_id, batch_size, device)
         loss_sum, answer_tokens = run.ranks.total(sums)
         return loss_sum / max(1, answer_tokens)
     finally:

@@ -90,6 +90,16 @@ class Ranks:
         dist.all_reduce(tensor)
         return [float(v) for v in tensor.tolist()]
 
+    def most(self, value: float) -> float:
+        """The largest of every rank's ``value``, on every rank."""
+        if not self.several:
+            return value
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def gather_rng(self) -> list[dict[str, Any]] | None:
         """Every rank's torch RNG states (CPU and its own GPU), on rank 0; None elsewhere and
         in single-process runs. A collective: every rank calls it at the same point."""
@@ -177,6 +187,140 @@ class Replicas:
         (self.ddp(filler.to(device)) * 0.0).backward()
         loss_total, tokens = self.ranks.total([float(loss_sum), sum(b.tokens for b in micro)])
         return loss_total / answer_tokens, int(tokens)
+
+    def full_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Nothing to gather: every rank holds the whole weights and optimiser state."""
+        return None
+
+
+class Sharded:
+    """Full fine-tuning over several processes: the model's weights, gradients and optimiser
+    state sharded across them with FSDP2 (``fully_shard`` on each decoder layer and on the
+    whole), and the optimiser step's forward and backward.
+
+    Every forward pass gathers the weights from every rank, so the ranks run as many passes
+    as each other: a rank with fewer real passes than the others runs zero-weighted ones
+    over the step's shortest sample. Each backward reduce-scatters its gradients (averaged;
+    the loss is scaled by the world size as under DDP). A pass that runs out of GPU memory
+    fails the run (halving the pass size on one rank alone would leave the others waiting).
+    """
+
+    def __init__(self, lm: Any, plan: Any, ranks: Ranks) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        self.ranks = ranks
+        self.loss_of = _LossOf(lm, plan)
+        for layer in _decoder_layers(lm):
+            fully_shard(layer)
+        fully_shard(self.loss_of)
+
+    def step(
+        self,
+        micro: list[MicroBatch],
+        filler: MicroBatch,
+        answer_tokens: int,
+        plan: Any,
+        device: torch.device,
+    ) -> tuple[float, int]:
+        self.loss_of.plan = plan
+        scale = self.ranks.world / answer_tokens
+        passes = int(self.ranks.most(len(micro)))
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        for i in range(passes):
+            real = i < len(micro)
+            loss = self.loss_of((micro[i] if real else filler).to(device))
+            (loss * (scale if real else 0.0)).backward()
+            if real:
+                loss_sum += loss.detach()
+        loss_total, tokens = self.ranks.total([float(loss_sum), sum(b.tokens for b in micro)])
+        return loss_total / answer_tokens, int(tokens)
+
+    def validation_sums(
+        self,
+        mine: Sequence[Sample],
+        every: Sequence[Sample],
+        plan: Any,
+        pad_id: int,
+        batch_size: int,
+        device: torch.device,
+    ) -> tuple[float, int]:
+        """``steps.validation_sums`` of this rank's share ``mine`` of the validation samples
+        ``every``, through the sharded model, in as many passes as every other rank."""
+        from worker.training.steps import micro_batches
+
+        micro = [
+            batch
+            for start in range(0, len(mine), batch_size)
+            for batch in micro_batches([list(mine[start : start + batch_size])], plan, pad_id)
+        ]
+        shortest = min(every, key=lambda s: len(s.input_ids))
+        filler = micro_batches([[shortest]], plan, pad_id)[0]
+        loss_sum, answer_tokens = 0.0, 0
+        with torch.no_grad():
+            for i in range(int(self.ranks.most(len(micro)))):
+                real = i < len(micro)
+                batch = (micro[i] if real else filler).to(device)
+                loss = self.loss_of(batch)
+                if real:
+                    loss_sum += float(loss)
+                    answer_tokens += int(batch.label_targets.numel())
+        return loss_sum, answer_tokens
+
+    def full_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The trained weights by name and the optimiser's state, whole (as a one-process
+        run has them), on every rank. A collective: every rank calls it at the same point."""
+        weights = {
+            name: whole(param.detach())
+            for name, param in model.named_parameters()
+            if param.requires_grad
+        }
+        state = optimizer.state_dict()
+        state["state"] = {
+            index: {key: whole(value) for key, value in values.items()}
+            for index, values in state["state"].items()
+        }
+        return weights, state
+
+
+def whole(value: Any) -> Any:
+    """A sharded tensor gathered whole (a collective), anything else as it is."""
+    full = getattr(value, "full_tensor", None)
+    return full() if callable(full) else value
+
+
+def _decoder_layers(lm: Any) -> list[torch.nn.Module]:
+    decoder = lm.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    return list(layers) if layers is not None else []
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The model's state dict with sharded tensors gathered whole (a collective), to save
+    the artifact; None when nothing is sharded (save it as it is)."""
+    state = model.state_dict(keep_vars=True)  # tied weights: one object under both names
+    if not any(callable(getattr(v, "full_tensor", None)) for v in state.values()):
+        return None
+    # A tensor under two names (tied embeddings) gathered once, so that it stays one tensor
+    # and save_pretrained keeps it once, as it does unsharded.
+    gathered: dict[int, Any] = {}
+    for value in state.values():
+        if id(value) not in gathered:
+            gathered[id(value)] = whole(value.detach())
+    return {name: gathered[id(value)] for name, value in state.items()}
+
+
+def shard_like(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``whole`` cut as ``param`` is sharded (from the copy each rank holds: no collective);
+    ``whole`` itself when ``param`` is not sharded."""
+    mesh = getattr(param, "device_mesh", None)
+    if mesh is None:
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    placements = param.placements  # type: ignore[attr-defined]
+    return distribute_tensor(whole.to(param.device), mesh, placements, src_data_rank=None)
 
 
 class RankCallbacks:

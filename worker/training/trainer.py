@@ -22,7 +22,7 @@ from worker.training import attention, checkpoints, cpu, data, fused, models
 from worker.training.adapters import build_peft_config
 from worker.training.callbacks import Silent, TrainCallbacks
 from worker.training.loop import LoopExtras, Run, run_steps
-from worker.training.ranks import Ranks, Replicas
+from worker.training.ranks import Ranks, Replicas, Sharded
 from worker.training.steps import plan_steps
 
 
@@ -70,13 +70,8 @@ def train_model(
     peft_config = build_peft_config(config, model)
     ranks = Ranks.current()
     if peft_config is None:
-        if ranks.several:
-            raise TrainingError(
-                "Full fine-tuning runs on one GPU: sharding a model across GPUs (FSDP) is not "
-                "available yet."
-            )
         model.requires_grad_(True)
-        _check_full_fine_tuning_fits(model, device)
+        _check_full_fine_tuning_fits(model, device, ranks.world)
     else:
         model = get_peft_model(model, peft_config)
     if ranks.rank:
@@ -133,6 +128,12 @@ def _loop(
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * (settled.epochs or 1.0)))
 
+    lm = _forward_module(model)
+    plan = plan_steps(lm, samples, config)
+    ranks = Ranks.current()
+    # Full fine-tuning over several processes shards the weights (FSDP2) before the optimiser
+    # takes them; adapters are replicated (DDP) once the model's modules are patched, below.
+    sharded = Sharded(lm, plan, ranks) if ranks.several and not _adapted(model) else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params,
@@ -151,9 +152,6 @@ def _loop(
         num_warmup_steps=settled.warmup_steps,
         num_training_steps=total_steps,
     )
-    lm = _forward_module(model)
-    plan = plan_steps(lm, samples, config)
-    ranks = Ranks.current()
     samples_hash = checkpoints.samples_fingerprint(samples)
     restored: checkpoints.Restored | None = None
     if extras.resume_from is not None:
@@ -230,7 +228,7 @@ def _loop(
             extras=extras,
             samples_hash=samples_hash,
             ranks=ranks,
-            replicas=Replicas(lm, plan, ranks) if ranks.several else None,
+            replicas=sharded or (Replicas(lm, plan, ranks) if ranks.several else None),
         )
         result = run_steps(run, restored)
         lost = fused_report.lost()
@@ -242,6 +240,10 @@ def _loop(
                 {"fused_layers_lost": lost},
             )
         return result
+
+
+def _adapted(model: Any) -> bool:
+    return getattr(model, "active_peft_config", None) is not None
 
 
 def _compute_dtype_name(model: Any, plan: Any) -> str:
@@ -262,13 +264,14 @@ def _forward_module(model: Any) -> Any:
     return model if peft_config.is_prompt_learning else model.get_base_model()
 
 
-def _check_full_fine_tuning_fits(model: Any, device: torch.device) -> None:
+def _check_full_fine_tuning_fits(model: Any, device: torch.device, processes: int = 1) -> None:
     if device.type != "cuda":
         return
     count = sum(p.numel() for p in model.parameters())
     # Loaded weights are already on the GPU; gradients and AdamW's two moments (float32)
-    # come on top, before any activations.
-    needed = 12 * count
+    # come on top, before any activations; sharded across the processes of a multi-GPU run
+    # (whose weights shrink to their share too).
+    needed = 12 * count // processes - 4 * count * (processes - 1) // processes
     free, _ = torch.cuda.mem_get_info(device)
     if needed > free:
         raise TrainingError(

@@ -158,9 +158,10 @@ def estimate_for(
     if breakdown["gpus"] > 1:
         assumptions.append(
             _(
-                "On %(n)s GPUs, one process each (DDP): memory is per GPU; the speed-up over one "
-                "GPU, %(speed_up)s×, is modelled (each step's samples shared out, plus its "
-                "gradients' all-reduce at PCIe speed), not measured.",
+                "On %(n)s GPUs, one process each (adapters replicated with DDP, full fine-tuning "
+                "sharded with FSDP): memory is per GPU; the speed-up over one GPU, "
+                "%(speed_up)s×, is modelled (each step's samples shared out, plus what the GPUs "
+                "exchange every step at PCIe speed), not measured.",
                 n=breakdown["gpus"],
                 speed_up=f"{breakdown['speed_up']:.1f}",
             )
@@ -169,8 +170,9 @@ def estimate_for(
     if breakdown["gpus"] > 1 and breakdown["speed_up"] < 1.1:
         warnings.append(
             _(
-                "%(n)s GPUs are hardly faster than one here (%(speed_up)s×): each step's samples "
-                "are too few to keep them busy. Set gpus to 1, or use more samples per step.",
+                "%(n)s GPUs are hardly faster than one here (%(speed_up)s×): each GPU's share of a "
+                "step is small next to what the GPUs exchange every step. Set gpus to 1, or use "
+                "more samples per step.",
                 n=breakdown["gpus"],
                 speed_up=f"{breakdown['speed_up']:.1f}",
             )

@@ -1,0 +1,123 @@
+"""Full fine-tuning sharded across two gloo processes (FSDP2) on the CPU, on a tiny random
+Llama in float32: against the one-process run, and resumed from its checkpoints in two
+processes and in one; and the estimate of a sharded run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from app.services.jobs.estimates import DatasetLengths, estimate_for
+from tests.worker.test_distributed import assert_same_steps
+from tests.worker.test_training_engine import RECORDS, Recorder, tiny_config
+from tests.worker.test_training_resume import VALIDATION
+from worker.training import TrainConfig, TrainResult, distributed, engine
+
+SETTINGS: dict[str, Any] = {
+    "method": "full",
+    "lora_r": "auto",
+    "lora_alpha": "auto",
+    "learning_rate": 1e-4,
+    "max_steps": 4,
+    "batch_size": 3,
+    "gradient_accumulation_steps": 2,
+    "warmup_steps": 1,
+    "lr_scheduler": "cosine",
+    "dtype": "float32",
+    "checkpoint_every": 2,
+    "keep_checkpoints": 3,
+    "eval_every": 2,
+}
+
+
+def run(
+    train: Any, model_dir: Path, out: Path, *, resume_from: Path | None = None
+) -> tuple[TrainResult, Recorder]:
+    recorder = Recorder()
+    result = train(
+        tiny_config(model_dir, **SETTINGS),
+        records=RECORDS,
+        output_dir=out / "model",
+        model_cache_dir=out / "cache",
+        callbacks=recorder,
+        validation_records=VALIDATION,
+        checkpoint_dir=out / "checkpoints",
+        resume_from=resume_from,
+    )
+    return result, recorder
+
+
+@pytest.fixture(scope="module")
+def sharded(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, Recorder]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(distributed.CPU_PROCESSES_ENV, "2")
+        patch.setenv("OMP_NUM_THREADS", "1")
+        return run(distributed.train, tiny_model_dir, tmp_path_factory.mktemp("sharded"))
+
+
+def test_sharded_full_fine_tuning_repeats_the_one_process_run(
+    tiny_model_dir: Path, tmp_path: Path, sharded: tuple[TrainResult, Recorder]
+) -> None:
+    single, single_recorder = run(engine.train, tiny_model_dir, tmp_path)
+    result, recorder = sharded
+    assert_same_steps(recorder.steps, single_recorder.steps, tolerance=1e-4)
+    started = next(data for _, message, data in recorder.events if message == "Training started")
+    assert started is not None and started["processes"] == 2
+    # The saved model is whole (gathered from both processes) and the one-process run's.
+    assert {p.name for p in result.files} == {p.name for p in single.files}
+    mine = load_file(str(result.adapter_dir / "model.safetensors"))
+    theirs = load_file(str(single.adapter_dir / "model.safetensors"))
+    assert mine.keys() == theirs.keys()
+    for name, tensor in mine.items():
+        assert tensor.shape == theirs[name].shape, name
+        assert float((tensor - theirs[name]).abs().max()) < 1e-5, name
+
+
+def test_a_sharded_checkpoint_resumes_in_two_processes_and_in_one(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sharded: tuple[TrainResult, Recorder],
+) -> None:
+    result, full_recorder = sharded
+    checkpoint = result.adapter_dir.parent / "checkpoints" / "checkpoint-2"
+    monkeypatch.setenv(distributed.CPU_PROCESSES_ENV, "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    resumed, recorder = run(
+        distributed.train, tiny_model_dir, tmp_path / "two", resume_from=checkpoint
+    )
+    assert_same_steps(recorder.steps, full_recorder.steps, tolerance=0, from_step=3)
+    assert (resumed.steps, resumed.final_loss) == (result.steps, result.final_loss)
+    # The checkpoint holds whole tensors: one process carries it on as well.
+    alone, alone_recorder = run(
+        engine.train, tiny_model_dir, tmp_path / "one", resume_from=checkpoint
+    )
+    assert_same_steps(alone_recorder.steps, full_recorder.steps, tolerance=1e-4, from_step=3)
+    assert math.isclose(alone.final_loss, result.final_loss, abs_tol=1e-4)
+
+
+def test_the_estimate_shards_full_fine_tuning_across_gpus() -> None:
+    dataset = DatasetLengths(20_000, 600.0, 1200.0, 0.5, "measured")
+
+    def on(gpus: int) -> dict[str, Any]:
+        config = TrainConfig(base_model="qwen2.5-1.5b-instruct", method="full", gpus=gpus)
+        return estimate_for(config, dataset=dataset, gpu_name="NVIDIA H100")
+
+    one, two, eight = on(1), on(2), on(8)
+    params = one["model"]["params"]
+    assert two["memory_bytes"]["optimizer"] == pytest.approx(one["memory_bytes"]["optimizer"] / 2)
+    assert eight["memory_bytes"]["trainable"] == pytest.approx(one["memory_bytes"]["trainable"] / 8)
+    assert (
+        "gathered_layers" in two["memory_bytes"]
+        and "ddp_gradient_buckets" not in two["memory_bytes"]
+    )
+    assert eight["peak_memory_bytes"] < two["peak_memory_bytes"] < one["peak_memory_bytes"]
+    # Each process loads the whole model (float32) before keeping its share.
+    assert eight["peak_memory_bytes"] >= 4 * params
+    assert any("sharded with FSDP" in a for a in two["assumptions"])

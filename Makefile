@@ -182,11 +182,16 @@ serve: install
 # Every tier: the fast one and the end-to-end one (live servers, Celery workers, the browser,
 # SmolLM2), one test process per core, each (and the servers and workers it starts) on one
 # thread: the work is CPU-bound, and two processes with two threads each on two cores ran the
-# suite twice as slowly as one thread each. The converted SmolLM2 is kept between runs (a cache,
+# suite twice as slowly as one thread each. Each test file runs whole on one process, in its
+# order (--dist loadfile): several files share an expensive module fixture (a trained and
+# evaluated job) and walk one object through its states test by test, which work stealing split
+# across processes and reordered. Files go out in collection order, the files of the
+# slowest tests first (tests/conftest.py; xdist's own reorder by test count, off here, sent the
+# one-test SmolLM2 files last and the run waited on them at its end). The converted SmolLM2 is kept between runs (a cache,
 # never in the repository); delete the folder to convert it again.
 TEST_MODEL_CACHE ?= $(HOME)/.cache/tunelab/test-models
 PYTEST := OMP_NUM_THREADS=1 TUNELAB_TEST_MODEL_CACHE=$(TEST_MODEL_CACHE) \
-	$(VENV)/bin/pytest -n auto --dist worksteal
+	$(VENV)/bin/pytest -n auto --dist loadfile --no-loadscope-reorder
 
 test: install browser
 	$(PYTEST)

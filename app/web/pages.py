@@ -207,6 +207,7 @@ def set_priority(
         session.rollback()
         context = _project_context(session, me, project_id)
         context["priority_error"] = exc.message
+        context["priority_input"] = form.get("priority", "")
         return render(request, "projects/detail.html", 422, **context)
     session.commit()
     return RedirectResponse(f"/projects/{project_id}#priority", status_code=303)

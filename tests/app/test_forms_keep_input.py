@@ -207,6 +207,12 @@ CASES: dict[str, Case] = {
         data={"email": "nobody-here@tunelab.test"},
         kept=["nobody-here@tunelab.test"],
     ),
+    "/projects/{project_id}/priority": Case(
+        page=lambda w: f"/projects/{w.project}",
+        action=lambda w: f"/projects/{w.project}/priority",
+        data={"priority": "1000"},
+        kept=['value="1000"'],
+    ),
     "/projects/{project_id}/jobs": Case(
         page=lambda w: f"/projects/{w.project}",
         action=lambda w: f"/projects/{w.project}/jobs",

@@ -144,6 +144,7 @@ def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dic
         "members": access.members(session, project=project),
         "member_error": None,
         "priority_error": None,
+        "priority_input": None,  # a refused value, shown again
     }
 
 

@@ -192,6 +192,33 @@ def test_default_token_budget_gives_small_models_longer_rows() -> None:
 # --- Fused layers and loss -----------------------------------------------------------------
 
 
+class SameMaskDropout(torch.nn.Module):
+    """Inverted dropout with the fused path's CPU mask."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = fused._cpu_keep_mask(x.shape, self.p)
+        return torch.where(keep, x, 0) / (1 - self.p)
+
+
+def test_the_cpu_dropout_mask_keeps_one_minus_p_and_repeats_with_the_seed() -> None:
+    for shape, p in (((512, 576), 0.05), ((7, 13), 0.5), ((1, 3, 5), 0.2)):
+        torch.manual_seed(1)
+        keep = fused._cpu_keep_mask(torch.Size(shape), p)
+        assert keep.shape == shape and keep.dtype == torch.bool
+        torch.manual_seed(1)
+        assert torch.equal(keep, fused._cpu_keep_mask(torch.Size(shape), p))
+    torch.manual_seed(2)
+    big = fused._cpu_keep_mask(torch.Size((1000, 1000)), 0.1)
+    assert abs(big.float().mean().item() - 0.9) < 0.002
+    # Rows and columns alike: no position is kept more often than another.
+    assert big.float().mean(0).std() < 0.02 and big.float().mean(1).std() < 0.02
+    assert fused._cpu_keep_mask(torch.Size((100, 100)), 1e-9).all()
+
+
 def test_fused_layers_compute_what_the_modules_they_replace_compute(tiny_model_dir: Path) -> None:
     model = lora_model(tiny_model_dir, dropout=0.2)
     model.train()
@@ -205,7 +232,19 @@ def test_fused_layers_compute_what_the_modules_they_replace_compute(tiny_model_d
         (logits.float() ** 2).mean().backward()
         return logits.detach(), lora_grads(model)
 
+    # On a CPU the fused path draws its dropout masks its own way (fused._cpu_keep_mask), so
+    # PEFT's dropout is given the same draw, in the same order, for the reference run.
+    originals = {}
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
+            originals[name] = dict(module.lora_dropout)
+            for key, dropout in module.lora_dropout.items():
+                module.lora_dropout[key] = SameMaskDropout(dropout.p)
+    assert len(originals) == 14
     plain_logits, plain_grads = run(5)
+    for name, module in model.named_modules():
+        if name in originals:
+            module.lora_dropout.update(originals[name])
     with fused.fused_modules(model) as report:
         fused_logits, fused_grads = run(5)
     assert (report.lora_linear, report.rms_norm, report.gated_mlp) == (14, 5, 2)

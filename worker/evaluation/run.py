@@ -319,7 +319,7 @@ def _run_group(group: list[Candidate], plan: _Plan) -> dict[str, ModelRun]:
     )
     if first.full_model and first.weights_dir is not None:
         resolved = models.ResolvedModel(first.label, first.weights_dir, "folder")
-    device, dtype = models.pick_device_and_dtype("auto")
+    device, dtype = models.inference_dtype()
     model = models.load_model(
         resolved,
         dtype=dtype,

@@ -235,14 +235,17 @@ def _per_sample_sdpa(
     bounds = [int(b) for b in cu_seq_lens.tolist()]
     outputs = []
     for start, end in itertools.pairwise(bounds):
-        # [L, H, D] -> [H, L, D] for SDPA, and back.
+        # [L, H, D] -> [1, H, L, D] for SDPA, and back. Four dimensions, not three: only
+        # then does a CPU take PyTorch's flash kernel rather than the matrix-product path
+        # with its materialised mask (1.5x faster forward and backward at 256 tokens, 2.2x
+        # at 512, on one core in bf16).
         part = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1),
-            k[start:end].transpose(0, 1),
-            v[start:end].transpose(0, 1),
+            q[start:end].transpose(0, 1).unsqueeze(0),
+            k[start:end].transpose(0, 1).unsqueeze(0),
+            v[start:end].transpose(0, 1).unsqueeze(0),
             dropout_p=dropout,
             is_causal=True,
             scale=scale,
         )
-        outputs.append(part.transpose(0, 1))
+        outputs.append(part[0].transpose(0, 1))
     return torch.cat(outputs, dim=0)

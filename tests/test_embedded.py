@@ -42,6 +42,9 @@ def test_embedded_serve_trains_a_job_end_to_end_on_sqlite(tmp_path: Path, tiny_m
             assert done["status"] == "succeeded", f"{done['error']}\n{server.tail()}"
     finally:
         server.stop()
+    # Ctrl-C (SIGINT, what stop() sends) ends serve quietly: no traceback, exit status 0.
+    assert server.process.returncode == 0, server.tail()
+    assert "Traceback" not in server.log.read_text()
     assert (data / "tunelab.db").is_file() and (data / "broker.db").is_file()
     with sqlite3.connect(data / "tunelab.db") as db:
         steps = db.execute("select count(*) from metric_points where name = 'loss'").fetchone()[0]

@@ -138,6 +138,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threading.Thread(target=_print_when_started, args=(server, box), daemon=True).start()
     try:
         server.run()
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has shut down and re-raises the interrupt; stopping is no error.
+        pass
     finally:
         if supervisor is not None:
             supervisor.stop()

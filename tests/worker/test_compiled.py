@@ -136,6 +136,7 @@ def _step(model: Any, plan: StepPlan, samples: list) -> tuple[float, dict[str, t
     return float(total), lora_grads(model)
 
 
+@pytest.mark.e2e  # a C compiler at work for 10-30 s: the end-to-end tier
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_layers_give_the_eager_loss_and_gradients_on_a_cpu(
@@ -174,6 +175,7 @@ def test_compiled_layers_give_the_eager_loss_and_gradients_on_a_cpu(
     assert any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.e2e  # a C compiler at work for 10-30 s: the end-to-end tier
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
 def test_the_engine_compiles_when_switched_on_and_trains_as_it_does_eagerly(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -110,6 +110,7 @@ def assert_same_steps(
             assert math.isclose(metrics.val_loss, ref.val_loss, abs_tol=tolerance), metrics.step
 
 
+@pytest.mark.e2e  # torchrun and its processes: the end-to-end tier
 def test_two_processes_repeat_the_one_process_run_step_for_step(
     tiny_model_dir: Path, tmp_path: Path, uninterrupted: tuple[TrainResult, Recorder]
 ) -> None:
@@ -137,6 +138,7 @@ def test_two_processes_repeat_the_one_process_run_step_for_step(
     assert [p.name for p in double.adapter_dir.parent.iterdir()] == ["adapter"]
 
 
+@pytest.mark.e2e  # torchrun and its processes: the end-to-end tier
 @pytest.mark.usefixtures("two_processes")
 def test_a_dead_rank_fails_the_run_and_resumed_runs_repeat_the_uninterrupted_one(
     tiny_model_dir: Path,

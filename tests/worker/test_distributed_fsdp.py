@@ -61,6 +61,7 @@ def sharded(
         return run(distributed.train, tiny_model_dir, tmp_path_factory.mktemp("sharded"))
 
 
+@pytest.mark.e2e  # torchrun and its processes: the end-to-end tier
 def test_sharded_full_fine_tuning_repeats_the_one_process_run(
     tiny_model_dir: Path, tmp_path: Path, sharded: tuple[TrainResult, Recorder]
 ) -> None:
@@ -79,6 +80,7 @@ def test_sharded_full_fine_tuning_repeats_the_one_process_run(
         assert float((tensor - theirs[name]).abs().max()) < 1e-5, name
 
 
+@pytest.mark.e2e  # torchrun and its processes: the end-to-end tier
 def test_a_sharded_checkpoint_resumes_in_two_processes_and_in_one(
     tiny_model_dir: Path,
     tmp_path: Path,

@@ -63,6 +63,7 @@ FIELD_LABELS: dict[str, str] = {
     "early_stopping_patience": N_("Early-stopping patience"),
     "early_stopping_min_delta": N_("Early-stopping minimum gain"),
     "dtype": N_("Precision"),
+    "gpus": N_("GPUs"),
     "dataset_id": N_("Dataset"),
     "project_id": N_("Project"),
     "job_id": N_("Training job"),

@@ -216,7 +216,8 @@ def set_priority(
 
 def _job_request(project_id: uuid.UUID, form: dict[str, str]) -> JobCreate:
     """The job form as a job request; empty fields are left to "auto"."""
-    fields = {k: v for k, v in form.items() if k not in ("csrf_token", form_tokens.FIELD)}
+    # "gpu" names the GPU an estimate is for (the fragment reads it), not a training setting.
+    fields = {k: v for k, v in form.items() if k not in ("csrf_token", "gpu", form_tokens.FIELD)}
     # "<dataset id>@<version number>": the job form lists every version of every dataset.
     dataset_id, _, number = fields.pop("dataset_id", "").partition("@")
     # The model picker's "advanced" field (a hub id, a folder, a .gguf file) replaces the

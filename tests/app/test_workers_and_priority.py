@@ -1,20 +1,24 @@
 """The workers at GET /api/v1/workers and on the admin's workers page (English and Chinese),
-and a project's priority set through the API and the project page."""
+a project's priority set through the API and the project page, and the job form's GPU count
+with its estimate per GPU."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import timedelta
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, delete
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.models import WorkerRecord
+from app.models import Job, WorkerRecord
 from app.services import workers
 from tests.app.pages import csrf
-from tests.factories import create_project
+from tests.factories import alpaca_records, create_project, jsonl
 from worker.spec.placement import Capacity, queues_for
 
 ZH = {"Accept-Language": "zh-CN"}
@@ -109,3 +113,82 @@ def test_an_admin_sets_a_projects_priority_on_its_page(browser: TestClient) -> N
     assert wrong.status_code == 422
     assert "优先级必须是 -100 到 100 之间的整数" in wrong.text
     assert "优先级 -3" in wrong.text
+
+
+def project_with_data(browser: TestClient) -> tuple[str, str]:
+    """A project made on its page with data imported through the upload form: its id and the
+    job form's dataset choice ("<dataset id>@<version>")."""
+    page = browser.get("/projects")
+    made = browser.post(
+        "/projects",
+        data={"name": "多卡", "csrf_token": csrf(page.text)},
+        follow_redirects=False,
+    )
+    assert made.status_code == 303, made.text[:500]
+    project_id = made.headers["location"].rsplit("/", 1)[1]
+    staged = browser.post(
+        f"/projects/{project_id}/uploads",
+        files={"file": ("train.jsonl", jsonl(alpaca_records(40)), "application/octet-stream")},
+        headers={"X-CSRF-Token": csrf(page.text)},
+        follow_redirects=False,
+    )
+    assert staged.status_code == 303, staged.text[:500]
+    upload_page = browser.get(staged.headers["location"])
+    imported = browser.post(
+        staged.headers["location"] + "/import",
+        data={"name": "数据", "csrf_token": csrf(upload_page.text)},
+        follow_redirects=False,
+    )
+    assert imported.status_code == 303, imported.text[:500]
+    version = re.search(
+        r'<option value="([0-9a-f-]+@\d+)"', browser.get(f"/projects/{project_id}").text
+    )
+    assert version
+    return project_id, version.group(1)
+
+
+def test_the_job_form_asks_for_gpus_and_its_estimate_gives_each_gpus_share(
+    browser: TestClient, connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+
+    # Workers with NVIDIA GPUs (the test cluster's are CPUs): the form's estimate is a GPU's.
+    monkeypatch.setattr(get_settings(), "worker_cuda", True)
+    project_id, dataset = project_with_data(browser)
+    page = browser.get(f"/projects/{project_id}")
+    assert 'name="gpus"' in page.text and 'placeholder="auto"' in page.text
+    form = {
+        "dataset_id": dataset,
+        "base_model": "llama-3.1-8b-instruct",
+        "method": "lora",
+        "csrf_token": csrf(page.text),
+    }
+    one = browser.post(f"/projects/{project_id}/estimate", data=form)
+    assert one.status_code == 200 and 'data-testid="estimate-memory"' in one.text
+    assert "estimate-gpus" not in one.text
+    two = browser.post(f"/projects/{project_id}/estimate", data={**form, "gpus": "2"})
+    assert two.status_code == 200, two.text
+    said = re.search(r'data-testid="estimate-gpus">([^<]+)<', two.text)
+    assert said and said.group(1).startswith("On 2 GPUs: the memory above is each GPU"), two.text
+    # 40 short samples, four a step: each GPU's share is small next to what they exchange.
+    assert "2 GPUs are hardly faster than one here" in two.text
+    # The speed-up itself is the estimate's model (tests/worker/test_distributed.py).
+    assert re.search(r"about \d+\.\d× as fast as on one", said.group(1)), said.group(1)
+    zh = browser.post(f"/projects/{project_id}/estimate", data={**form, "gpus": "2"}, headers=ZH)
+    assert "在 2 块 GPU 上" in zh.text and "On 2 GPUs" not in zh.text
+
+    refused = browser.post(
+        f"/projects/{project_id}/jobs", data={**form, "gpus": "0", "max_steps": "3"}
+    )
+    assert refused.status_code == 422
+    assert "gpus" in refused.text and 'value="0"' in refused.text
+    started = browser.post(
+        f"/projects/{project_id}/jobs",
+        data={**form, "gpus": "2", "max_steps": "3"},
+        follow_redirects=False,
+    )
+    assert started.status_code == 303, started.text[:2000]
+    job_id = uuid.UUID(started.headers["location"].rsplit("/", 1)[1])
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.config["gpus"] == 2

@@ -41,6 +41,10 @@ class ExportRead(BaseModel):
         description="while a worker builds it: phase (checkpoint, packing, merging) and, for a "
         "stopped job's export, the checkpoint it is made from",
     )
+    waiting_reason: str | None = Field(
+        default=None,
+        description="a queued export that no online worker can make: why, in the reader's language",
+    )
 
 
 class DeploymentCreate(Input):

@@ -101,6 +101,11 @@ class EvaluationRead(BaseModel):
     results: dict[str, Any]
     verdict: list[dict[str, Any]] = Field(default_factory=list)
     verdict_summary: dict[str, Any] = Field(default_factory=dict)
+    waiting_reason: str | None = Field(
+        default=None,
+        description="a queued evaluation that no online worker can run: why, in the reader's "
+        "language",
+    )
 
 
 class EvalSampleRead(BaseModel):

@@ -13,7 +13,8 @@ from app.core.db import utcnow
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.core.i18n import _
 from app.models import Export, Job, JobStatus, User
-from app.services import access, leases, queue
+from app.schemas.deploy import ExportRead
+from app.services import access, leases, queue, workers
 from app.services import evaluations as evaluations_service
 from app.services import jobs as jobs_service
 
@@ -89,9 +90,25 @@ def offer(session: Session, *, export: Export) -> None:
     queue.offer(session, leases.EXPORT, export.id, export.queue)
 
 
+def export_read(session: Session, export: Export) -> ExportRead:
+    """The API view of an export; a queued one that no online worker can make says why."""
+    read = ExportRead.model_validate(export)
+    if export.status == "queued":
+        read.waiting_reason = workers.waiting_reason(
+            session, settings=get_settings(), queue=export.queue, kind="export"
+        )
+    return read
+
+
 def waiting_for(session: Session, *, export: Export) -> str:
-    """Why a queued export has not started, in words: the work that holds the workers of its
-    queue (a deployment keeps its worker until it is stopped), else a free worker."""
+    """Why a queued export has not started, in words: no online worker that can make it,
+    else the work that holds the workers of its queue (a deployment keeps its worker until it
+    is stopped), else a free worker."""
+    missing = workers.waiting_reason(
+        session, settings=get_settings(), queue=export.queue, kind="export"
+    )
+    if missing is not None:
+        return missing
     holders: list[str] = []
     for kind in leases.kinds():
         rows = session.scalars(

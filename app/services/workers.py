@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -187,22 +187,47 @@ def capacity_words(capacity: dict[str, Any]) -> str:
     return text
 
 
+WaitingKind = Literal["job", "evaluation", "export"]
+
+
 def waiting_reason(
-    session: Session, *, settings: Settings, queue: str, workers: list[WorkerView] | None = None
+    session: Session,
+    *,
+    settings: Settings,
+    queue: str,
+    workers: list[WorkerView] | None = None,
+    kind: WaitingKind = "job",
 ) -> str | None:
     """Why work on ``queue`` cannot start, in the reader's language; None when an online
-    worker serves the queue (it waits its turn, if anything)."""
+    worker serves the queue (it waits its turn, if anything). ``kind`` names the waiting work
+    (an evaluation or an export of a job goes on the job's queue)."""
     live = workers if workers is not None else online(session, settings=settings)
     if serves(live, queue):
         return None
     needs = parse_queue(settings.default_queue, queue)
     if not live:
         if needs is None:
-            return _("No worker is online: the job starts when one does.")
-        return _(
-            "No worker is online: the job starts when a worker that has %(needs)s starts.",
-            needs=needs_words(needs),
-        )
+            return {
+                "job": _("No worker is online: the job starts when one does."),
+                "evaluation": _("No worker is online: the evaluation starts when one does."),
+                "export": _("No worker is online: the export starts when one does."),
+            }[kind]
+        words = needs_words(needs)
+        return {
+            "job": _(
+                "No worker is online: the job starts when a worker that has %(needs)s starts.",
+                needs=words,
+            ),
+            "evaluation": _(
+                "No worker is online: the evaluation starts when a worker that has %(needs)s "
+                "starts.",
+                needs=words,
+            ),
+            "export": _(
+                "No worker is online: the export starts when a worker that has %(needs)s starts.",
+                needs=words,
+            ),
+        }[kind]
     have = "; ".join(sorted({capacity_words(w.capacity) for w in live}))
     if needs is None:
         return _(
@@ -210,9 +235,24 @@ def waiting_reason(
             queue=queue,
             have=have,
         )
-    return _(
-        "No online worker can run this job: it needs %(needs)s, and the online workers have "
-        "%(have)s. It starts when a worker that can run it starts.",
-        needs=needs_words(needs),
-        have=have,
-    )
+    words = needs_words(needs)
+    return {
+        "job": _(
+            "No online worker can run this job: it needs %(needs)s, and the online workers "
+            "have %(have)s. It starts when a worker that can run it starts.",
+            needs=words,
+            have=have,
+        ),
+        "evaluation": _(
+            "No online worker can run this evaluation: its job's queue needs %(needs)s, and "
+            "the online workers have %(have)s. It starts when a worker that can run it starts.",
+            needs=words,
+            have=have,
+        ),
+        "export": _(
+            "No online worker can make this export: its job's queue needs %(needs)s, and the "
+            "online workers have %(have)s. It starts when a worker that can run it starts.",
+            needs=words,
+            have=have,
+        ),
+    }[kind]

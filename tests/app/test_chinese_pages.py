@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session
 
 from app.models import (
@@ -29,13 +29,16 @@ from app.models import (
     ReviewCampaign,
     ReviewItem,
     User,
+    WorkerRecord,
 )
 from app.services import jobs as jobs_service
+from app.services import workers
 from app.services.evaluations.candidates import default_label
 from app.services.jobs import events
 from tests.app.pages import csrf
 from tests.conftest import ADMIN_EMAIL
 from tests.factories import alpaca_records, jsonl
+from worker.spec.placement import Capacity
 
 ZH = {"Accept-Language": "zh-CN,zh;q=0.9"}
 EN = {"Accept-Language": "en"}
@@ -399,6 +402,11 @@ def test_a_queued_export_says_what_it_waits_for(
         job = session.get(Job, uuid.UUID(world.job))
         assert job is not None
         session.add(Export(job_id=job.id, kind="merged", status="queued", queue="training"))
+        # A worker serves the queue: the export waits for the work holding it.
+        session.execute(delete(WorkerRecord))
+        workers.register(
+            session, name="vm:1", host="vm", capacity=Capacity(), queues=["training"], models=[]
+        )
         session.add(
             Deployment(
                 project_id=job.project_id,

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, delete
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.models import Job, WorkerRecord
+from app.models import Evaluation, Export, Job, JobStatus, WorkerRecord
 from app.services import workers
 from tests.app.pages import csrf
 from tests.factories import alpaca_records, create_project, jsonl
@@ -192,3 +192,67 @@ def test_the_job_form_asks_for_gpus_and_its_estimate_gives_each_gpus_share(
     with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
         job = session.get(Job, job_id)
         assert job is not None and job.config["gpus"] == 2
+
+
+def test_a_queued_evaluation_and_export_say_when_no_online_worker_can_take_them(
+    browser: TestClient, connection: Connection
+) -> None:
+    project_id, dataset = project_with_data(browser)
+    page = browser.get(f"/projects/{project_id}")
+    started = browser.post(
+        f"/projects/{project_id}/jobs",
+        data={
+            "dataset_id": dataset,
+            "base_model": "smollm2-135m-instruct",
+            "max_steps": "3",
+            "csrf_token": csrf(page.text),
+        },
+        follow_redirects=False,
+    )
+    assert started.status_code == 303, started.text[:2000]
+    job_id = uuid.UUID(started.headers["location"].rsplit("/", 1)[1])
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        session.execute(delete(WorkerRecord))  # nobody online
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = JobStatus.succeeded
+        export = Export(job_id=job.id, kind="adapter", status="queued", queue=job.queue)
+        evaluation = Evaluation(
+            project_id=job.project_id,
+            job_id=job.id,
+            dataset_version_id=job.dataset_version_id,
+            split="test",
+            candidates=[],
+            settings={},
+            status="queued",
+            queue=job.queue,
+        )
+        session.add_all([export, evaluation])
+        session.commit()
+        export_id, evaluation_id, queue = export.id, evaluation.id, job.queue
+
+    said = "No worker is online: the {} starts when a worker that has a CPU starts."
+    exports = browser.get(f"/jobs/{job_id}/exports").text
+    assert said.format("export") in exports and 'data-testid="export-waiting"' in exports
+    assert "工作节点启动后，导出就会开始" in browser.get(f"/jobs/{job_id}/exports", headers=ZH).text
+    evaluation_page = browser.get(f"/evaluations/{evaluation_id}").text
+    assert 'data-testid="waiting-reason"' in evaluation_page
+    assert said.format("evaluation") in evaluation_page
+    zh = browser.get(f"/evaluations/{evaluation_id}", headers=ZH).text
+    assert "工作节点启动后，评估就会开始" in zh
+    api = {"Accept": "application/json"}
+    read = browser.get(f"/api/v1/exports/{export_id}", headers=api).json()
+    assert read["waiting_reason"] == said.format("export")
+    read = browser.get(f"/api/v1/evaluations/{evaluation_id}", headers=api).json()
+    assert read["waiting_reason"] == said.format("evaluation")
+
+    # A worker that consumes the job's queue comes online: nothing to explain any more.
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        workers.register(
+            session, name="w:1", host="w", capacity=Capacity(), queues=[queue], models=[]
+        )
+        session.commit()
+    assert browser.get(f"/api/v1/exports/{export_id}", headers=api).json()["waiting_reason"] is None
+    read = browser.get(f"/api/v1/evaluations/{evaluation_id}", headers=api).json()
+    assert read["waiting_reason"] is None
+    assert "waiting for a free worker" in browser.get(f"/jobs/{job_id}/exports").text

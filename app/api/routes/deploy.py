@@ -36,18 +36,18 @@ def create_export(
     )
     session.commit()
     service.offer(session, export=export)
-    return ExportRead.model_validate(export)
+    return service.export_read(session, export)
 
 
 @router.get("/jobs/{job_id}/exports", response_model=list[ExportRead])
 def list_exports(job_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> list[ExportRead]:
     access.job_for(session, me.user, job_id)
-    return [ExportRead.model_validate(e) for e in service.list_exports(session, job_id=job_id)]
+    return [service.export_read(session, e) for e in service.list_exports(session, job_id=job_id)]
 
 
 @router.get("/exports/{export_id}", response_model=ExportRead)
 def get_export(export_id: uuid.UUID, session: SessionDep, me: CurrentReader) -> ExportRead:
-    return ExportRead.model_validate(service.export_for(session, me.user, export_id))
+    return service.export_read(session, service.export_for(session, me.user, export_id))
 
 
 @router.get(

@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, object_session
 
+from app.core.config import get_settings
 from app.models import EvalStatus, Evaluation, Project, User
 from app.schemas.evaluation import EvaluationRead
-from app.services import access
+from app.services import access, workers
 from worker.spec.criteria import summary as verdict_summary
 from worker.spec.criteria import verdict as criteria_verdict
 
@@ -58,6 +59,10 @@ def evaluation_read(evaluation: Evaluation, project: Project) -> EvaluationRead:
             read.results = results
     read.verdict = criteria_verdict(list(project.success_criteria), results or None)
     read.verdict_summary = verdict_summary(read.verdict)
+    if evaluation.status == EvalStatus.queued and session is not None:
+        read.waiting_reason = workers.waiting_reason(
+            session, settings=get_settings(), queue=evaluation.queue, kind="evaluation"
+        )
     return read
 
 

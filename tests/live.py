@@ -47,7 +47,10 @@ class LiveServer:
     env: dict[str, str] = field(default_factory=dict)  # the server's environment
     _handles: list[IO[Any]] = field(default_factory=list)
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> None:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 45) -> None:
+        # Longer than serve's own grace for its worker's warm shutdown (30 s,
+        # app/cli/supervisor.py): killed sooner, serve would take its worker down mid-hand-back
+        # on a loaded machine, and the job would stay "running" until the next start.
         for proc in [self.process, *self.children]:
             _stop(proc, sig, timeout)
         for handle in self._handles:

@@ -112,7 +112,18 @@ def test_stopping_serve_leaves_no_worker_behind_and_the_job_trains_once(
     (worker,) = children(first.process.pid)
     first.process.send_signal(how)
     first.process.wait(timeout=60)
-    wait_for(lambda: not alive(worker), 60, what="the worker to stop with serve")
+    try:
+        wait_for(lambda: not alive(worker), 60, what="the worker to stop with serve")
+    except AssertionError:
+        # Seen once in a full run on the loaded CI machine, never alone: Celery's SIGUSR1
+        # writes every thread's stack to the log, so the failure says where the worker hangs.
+        os.kill(worker, signal.SIGUSR1)
+        time.sleep(3)
+        state = Path(f"/proc/{worker}/status")
+        raise AssertionError(
+            f"the worker outlived serve by 60 s\n"
+            f"{state.read_text() if state.exists() else ''}\n{first.tail(200)}"
+        ) from None
     first.stop()
 
     second = start_server(port=port, env=env, log=tmp_path / "second.log")

@@ -56,11 +56,16 @@ class PgCluster:
     """A throwaway Postgres cluster on a port of its own (initdb + pg_ctl), trust auth on
     loopback, fsync off: it lives as long as the bench."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, settings: dict[str, str] | None = None, hba: str | None = None
+    ) -> None:
+        """``settings``: more server settings (``-c name=value``); ``hba``: pg_hba.conf's
+        text instead of initdb's (it must let ``postgres`` in over TCP from 127.0.0.1)."""
         self.root = root
         self.data = root / "pgdata"
         self.port = free_port()
         self.log = root / "postgres.log"
+        self.settings = settings or {}
         root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(root, "postgres")
@@ -80,6 +85,8 @@ class PgCluster:
             check=True,
             capture_output=True,
         )
+        if hba is not None:
+            (self.data / "pg_hba.conf").write_text(hba)
         self.start()
         subprocess.run(
             [
@@ -107,6 +114,8 @@ class PgCluster:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c max_connections=400 -c synchronous_commit=off"
         )
+        for name, value in self.settings.items():
+            options += f" -c {name}={value}"
         subprocess.run(
             _as_postgres(
                 [

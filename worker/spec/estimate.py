@@ -508,9 +508,14 @@ class _Run:
         return parts
 
     def loading_bytes(self) -> float:
-        """What a GPU holds while the model loads: each process of a sharded run loads the
-        whole model (float32) before its share is kept."""
-        return 4.0 * self.arch.params() if self.sharded else 0.0
+        """What a GPU holds while a sharded run's weights come over from host memory
+        (``ranks.bring_to_device``): its float32 share, plus one whole part at a time (a
+        decoder layer, or the embeddings and head)."""
+        if not self.sharded:
+            return 0.0
+        a = self.arch
+        whole_part = max(a.layer_weights(), 2.0 * a.vocab_size * a.hidden_size)
+        return 4.0 * (a.params() / self.ranks + whole_part)
 
     def _loss_head_bytes(self, tokens: float, labelled: float) -> float:
         a = self.arch

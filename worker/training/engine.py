@@ -195,10 +195,20 @@ def _run(
     stop_if_asked()
 
     device = models.pick_device_and_dtype(config.dtype)[0]
+    # Full fine-tuning over several GPUs is sharded: the model is read into host memory and
+    # each GPU receives its share a layer at a time (ranks.bring_to_device), so a model whose
+    # float32 weights do not fit one GPU can still be trained.
+    ranks = Ranks.current()
+    staged = ranks.several and method.trains_all_weights and device.type == "cuda"
+    if staged:
+        info(
+            f"Loading the model into host memory; each of the {ranks.world} GPUs keeps its "
+            "share of the weights"
+        )
     model = models.load_model(
         resolved,
         dtype=models.training_dtype(config, device),
-        device=device,
+        device=torch.device("cpu") if staged else device,
         trust_remote_code=config.trust_remote_code,
         allow_pickle_weights=config.allow_pickle_weights,
         quantization=method.quantization,
@@ -213,6 +223,7 @@ def _run(
         validation_samples=validation,
         checkpoint_dir=options.checkpoint_dir,
         resume_from=options.resume_from,
+        device=device,
     )
     # Sharded weights (full fine-tuning on several GPUs) gathered whole: every process.
     whole = full_state_dict(trained.model) if Ranks.current().several else None

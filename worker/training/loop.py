@@ -33,6 +33,7 @@ class LoopExtras:
     validation: list[data.Sample]
     checkpoint_dir: Path | None
     resume_from: Path | None
+    device: torch.device | None = None  # where it trains, if not where the weights are
 
 
 @dataclass(frozen=True)

@@ -210,8 +210,7 @@ class Sharded:
 
         self.ranks = ranks
         self.loss_of = _LossOf(lm, plan)
-        for layer in _decoder_layers(lm):
-            fully_shard(layer)
+        shard_layers(lm)  # a no-op where ``bring_to_device`` did it already
         fully_shard(self.loss_of)
 
     def step(
@@ -290,7 +289,39 @@ def whole(value: Any) -> Any:
     return full() if callable(full) else value
 
 
-def _decoder_layers(lm: Any) -> list[torch.nn.Module]:
+def shard_layers(lm: Any) -> None:
+    """Shard each decoder layer not sharded yet (FSDP2): this rank keeps its share of the
+    layer's weights, on its own device (``fully_shard`` moves weights that are elsewhere)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for layer in decoder_layers(lm):
+        if not isinstance(layer, FSDPModule):
+            fully_shard(layer)
+
+
+def bring_to_device(lm: Any, device: torch.device) -> None:
+    """Full fine-tuning's weights, loaded into host memory, brought onto ``device`` so that no
+    GPU ever holds the whole model: each decoder layer in turn is sharded (FSDP2 copies that
+    one layer over and keeps this rank's share of it), then what is left (embeddings, final
+    norm, head, buffers; tied weights stay one tensor) is moved whole, for ``Sharded`` to shard
+    in turn. On a CPU run nothing moves and the layers are sharded as ``Sharded`` would."""
+    shard_layers(lm)
+    moved: dict[int, torch.nn.Parameter] = {}
+    for module in lm.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or hasattr(param, "device_mesh") or param.device == device:
+                continue
+            if id(param) not in moved:
+                moved[id(param)] = torch.nn.Parameter(
+                    param.data.to(device), requires_grad=param.requires_grad
+                )
+            module._parameters[name] = moved[id(param)]
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.device != device:
+                module._buffers[name] = buffer.to(device)
+
+
+def decoder_layers(lm: Any) -> list[torch.nn.Module]:
     decoder = lm.get_decoder()
     layers = getattr(decoder, "layers", None)
     return list(layers) if layers is not None else []

@@ -22,7 +22,7 @@ from worker.training import attention, checkpoints, cpu, data, fused, models
 from worker.training.adapters import build_peft_config
 from worker.training.callbacks import Silent, TrainCallbacks
 from worker.training.loop import LoopExtras, Run, run_steps
-from worker.training.ranks import Ranks, Replicas, Sharded
+from worker.training.ranks import Ranks, Replicas, Sharded, bring_to_device, decoder_layers
 from worker.training.steps import plan_steps
 
 
@@ -50,15 +50,18 @@ def train_model(
     validation_samples: Sequence[data.Sample] = (),
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
+    device: torch.device | None = None,
 ) -> TrainedModel:
     """Add the config's adapter to a loaded causal LM and train it on encoded ``samples``.
 
     The part of ``train`` after loading, public so a benchmark can run the very same loop on
     a model it built itself. The model's own modules are patched (fused layers, packed
-    attention) only while training runs and restored before this returns.
+    attention) only while training runs and restored before this returns. ``device``: where
+    it trains, when that is not where its weights are (full fine-tuning over several GPUs
+    loads the model into host memory; see ``ranks.bring_to_device``).
     """
     callbacks = callbacks or Silent()
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     config = autoconfig.resolve_for_model(
         config, model=model, samples=samples, cpu=device.type == "cpu"
     )
@@ -72,6 +75,8 @@ def train_model(
     if peft_config is None:
         model.requires_grad_(True)
         _check_full_fine_tuning_fits(model, device, ranks.world)
+        if ranks.several:
+            bring_to_device(model, device)
     else:
         model = get_peft_model(model, peft_config)
     if ranks.rank:
@@ -97,7 +102,7 @@ def train_model(
     )
     if callbacks.should_stop():
         raise TrainingCancelled("Training was cancelled")
-    extras = LoopExtras(list(validation_samples), checkpoint_dir, resume_from)
+    extras = LoopExtras(list(validation_samples), checkpoint_dir, resume_from, device)
     state, stopped_early = _loop(model, list(samples), pad_id, config, callbacks, extras)
     return TrainedModel(
         model,
@@ -121,7 +126,7 @@ def _loop(
 ) -> tuple[checkpoints.LoopState, bool]:
     from transformers import get_scheduler
 
-    device = next(model.parameters()).device
+    device = extras.device or next(model.parameters()).device
     settled = autoconfig.settled(config)
     accum = settled.gradient_accumulation_steps
     batches_per_epoch = math.ceil(len(samples) / settled.batch_size)
@@ -268,10 +273,21 @@ def _check_full_fine_tuning_fits(model: Any, device: torch.device, processes: in
     if device.type != "cuda":
         return
     count = sum(p.numel() for p in model.parameters())
-    # Loaded weights are already on the GPU; gradients and AdamW's two moments (float32)
-    # come on top, before any activations; sharded across the processes of a multi-GPU run
-    # (whose weights shrink to their share too).
-    needed = 12 * count // processes - 4 * count * (processes - 1) // processes
+    if next(model.parameters()).device == device:
+        # Loaded weights are already on the GPU; gradients and AdamW's two moments (float32)
+        # come on top, before any activations; sharded across the processes of a multi-GPU
+        # run (whose weights shrink to their share too).
+        needed = 12 * count // processes - 4 * count * (processes - 1) // processes
+    else:
+        # Loaded into host memory (several GPUs): each GPU will hold its share of the float32
+        # weights, their gradients and AdamW's two moments, and one whole part at a time
+        # while the weights come over (the largest of a layer and the embeddings and head).
+        whole_part = max(p.numel() for p in model.parameters())
+        largest_layer = max(
+            (sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model)),
+            default=0,
+        )
+        needed = 16 * count // processes + 4 * max(whole_part, largest_layer)
     free, _ = torch.cuda.mem_get_info(device)
     if needed > free:
         raise TrainingError(

@@ -305,6 +305,8 @@ def bring_to_device(lm: Any, device: torch.device) -> None:
     one layer over and keeps this rank's share of it), then what is left (embeddings, final
     norm, head, buffers; tied weights stay one tensor) is moved whole, for ``Sharded`` to shard
     in turn. On a CPU run nothing moves and the layers are sharded as ``Sharded`` would."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     shard_layers(lm)
     moved: dict[int, torch.nn.Parameter] = {}
     for module in lm.modules():

@@ -273,7 +273,7 @@ def _check_full_fine_tuning_fits(model: Any, device: torch.device, processes: in
     if device.type != "cuda":
         return
     count = sum(p.numel() for p in model.parameters())
-    if next(model.parameters()).device == device:
+    if next(model.parameters()).device.type == "cuda":
         # Loaded weights are already on the GPU; gradients and AdamW's two moments (float32)
         # come on top, before any activations; sharded across the processes of a multi-GPU
         # run (whose weights shrink to their share too).

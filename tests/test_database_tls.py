@@ -21,7 +21,15 @@ import pytest
 
 from bench.chaos_stack import PgCluster, pg_bin
 from tests.conftest import REDIS_URL, RUN_ID
-from tests.live import api_client, cli_token, free_port, start_server, tunelab, wait_for
+from tests.live import (
+    api_client,
+    cli_token,
+    free_port,
+    start_server,
+    start_worker,
+    tunelab,
+    wait_for,
+)
 from tests.tls import make_ca_and_server
 
 pytestmark = [
@@ -128,12 +136,9 @@ def test_web_worker_and_cli_use_the_database_over_verified_tls(
     made = cli(env, "user", "create", "--admin", "--email", EMAIL, "--password", "x" * 12)
     assert made.returncode == 0, made.stderr[-2000:]
 
-    worker_log = (tmp_path / "worker.log").open("ab")
-    worker = subprocess.Popen(
-        tunelab("worker", "--loglevel", "WARNING"),
+    worker = start_worker(
         env={**env, "TUNELAB_WORKER_NAME": f"tls-{RUN_ID}", "OMP_NUM_THREADS": "1"},
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
+        log=tmp_path / "worker.log",
     )
     server = start_server(
         port=free_port(), env=env, log=tmp_path / "server.log", extra_args=["--no-worker"]
@@ -161,7 +166,6 @@ def test_web_worker_and_cli_use_the_database_over_verified_tls(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        worker_log.close()
         server.stop()
 
     connections = tls_database.tls_connections()

@@ -281,13 +281,10 @@ def _check_full_fine_tuning_fits(model: Any, device: torch.device, processes: in
     else:
         # Loaded into host memory (several GPUs): each GPU will hold its share of the float32
         # weights, their gradients and AdamW's two moments, and one whole part at a time
-        # while the weights come over (the largest of a layer and the embeddings and head).
-        whole_part = max(p.numel() for p in model.parameters())
-        largest_layer = max(
-            (sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model)),
-            default=0,
-        )
-        needed = 16 * count // processes + 4 * max(whole_part, largest_layer)
+        # while the weights come over: a layer, or the rest (embeddings, head), moved whole.
+        layers = [sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model)]
+        rest = count - sum(layers)
+        needed = 16 * count // processes + 4 * max([rest, *layers])
     free, _ = torch.cuda.mem_get_info(device)
     if needed > free:
         raise TrainingError(

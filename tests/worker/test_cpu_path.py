@@ -5,6 +5,7 @@ CPU calibration the estimates use. Speed and memory are measured by bench/cpu_tr
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,50 @@ def test_large_blocks_are_allocated_with_mmap_on_glibc(monkeypatch: pytest.Monke
     # Back to glibc's own default (128 KiB; the dynamic threshold stays off after mallopt).
     monkeypatch.setenv("TUNELAB_CPU_MMAP_THRESHOLD", str(128 * 1024))
     assert cpu.limit_heap_growth() == 128 * 1024
+
+
+def test_cpu_attention_runs_each_sample_padded_to_a_few_lengths_with_unpadded_results() -> None:
+    """Each sample's attention reaches the CPU kernel padded to a multiple of
+    CPU_ATTENTION_MULTIPLE tokens: the kernel compiles a matrix product for every block shape
+    a sample's length makes (oneDNN keeps each, about a megabyte with AMX), so lengths as they
+    come grew the memory step after step. The zeros after a sample change nothing under the
+    causal mask: outputs and gradients equal one SDPA call per unpadded sample."""
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from worker.training import attention
+
+    seen: list[int] = []
+
+    class Lengths(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if "scaled_dot_product" in func.__name__ and "backward" not in func.__name__:
+                seen.append(args[0].shape[2])
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    lengths = [5, 64, 70, 1, 131]
+    heads, kv_heads, dim = 4, 2, 16
+    total = sum(lengths)
+    q = torch.randn(total, heads, dim, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(total, kv_heads, dim, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(total, kv_heads, dim, dtype=torch.float64, requires_grad=True)
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+
+    with Lengths():
+        out = attention._per_sample_sdpa(q, k, v, cu, 0.0, dim**-0.5)
+    assert seen == [64, 64, 128, 64, 192]
+    upstream = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), upstream)
+
+    expected = []
+    for start, end in itertools.pairwise(cu.tolist()):
+        parts = [t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
+        parts[1] = parts[1].repeat_interleave(2, dim=1)
+        parts[2] = parts[2].repeat_interleave(2, dim=1)
+        part = F.scaled_dot_product_attention(*parts, is_causal=True, scale=dim**-0.5)
+        expected.append(part[0].transpose(0, 1))
+    reference = torch.cat(expected)
+    assert torch.allclose(out, reference, atol=1e-12)
+    for mine, theirs in zip(got, torch.autograd.grad(reference, (q, k, v), upstream), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-12)

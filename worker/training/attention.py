@@ -27,6 +27,10 @@ from worker.spec.errors import TrainingError
 
 ATTENTION_NAME = "tunelab_packed"
 
+# On a CPU each sample's attention runs padded to a multiple of this many tokens (see
+# ``_per_sample_sdpa``): PyTorch's CPU flash kernel cuts queries into blocks of 32 or 64.
+CPU_ATTENTION_MULTIPLE = 64
+
 _registered = False
 
 # Sample boundaries of the pass in flight when a compiled decoder runs it (see ``boundaries``).
@@ -233,19 +237,25 @@ def _per_sample_sdpa(
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     bounds = [int(b) for b in cu_seq_lens.tolist()]
+    on_cpu = q.device.type == "cpu"
     outputs = []
     for start, end in itertools.pairwise(bounds):
         # [L, H, D] -> [1, H, L, D] for SDPA, and back. Four dimensions, not three: only
         # then does a CPU take PyTorch's flash kernel rather than the matrix-product path
         # with its materialised mask (1.5x faster forward and backward at 256 tokens, 2.2x
         # at 512, on one core in bf16).
+        parts = [t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
+        length = end - start
+        padded = -(-length // CPU_ATTENTION_MULTIPLE) * CPU_ATTENTION_MULTIPLE
+        if on_cpu and padded != length:
+            # A CPU's kernel keeps a compiled matrix product for every block shape it meets
+            # (oneDNN's primitive cache, about a megabyte each with AMX), and a sample's
+            # length sets the shape of its last blocks: every new length cost memory until
+            # the cache's 1,024 entries were full. Zeros after the sample are exact under
+            # the causal mask (no real position sees them) and their outputs are dropped.
+            parts = [F.pad(t, (0, 0, 0, padded - length)) for t in parts]
         part = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1).unsqueeze(0),
-            k[start:end].transpose(0, 1).unsqueeze(0),
-            v[start:end].transpose(0, 1).unsqueeze(0),
-            dropout_p=dropout,
-            is_causal=True,
-            scale=scale,
+            parts[0], parts[1], parts[2], dropout_p=dropout, is_causal=True, scale=scale
         )
-        outputs.append(part[0].transpose(0, 1))
+        outputs.append(part[0, :, :length].transpose(0, 1))
     return torch.cat(outputs, dim=0)

@@ -95,6 +95,13 @@ def test_cancel_asks_first_then_stops_and_offers_resume_and_export(
     page.wait_for_timeout(1_000)
     assert api.get(f"/jobs/{job['id']}").json()["cancel_requested_at"] is None
 
+    # A job stopped before its first step has trained nothing, so keeps no checkpoint: on a
+    # busy machine, loading alone can outlast the dialog above.
+    wait_for(
+        lambda: api.get(f"/jobs/{job['id']}").json()["current_step"] >= 1,
+        60,
+        what="the first step",
+    )
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_test_id("cancel").click()
     expect(page.get_by_test_id("status")).to_have_text("cancelled", timeout=30_000)

@@ -133,7 +133,9 @@ def _project_context(session: SessionDep, me: Any, project_id: uuid.UUID) -> dic
         "datasets": datasets,
         "uploads": uploads,
         "jobs": jobs,
-        "job_form": {"base_model": "smollm2-135m-instruct", "method": "lora", "max_steps": "30"},
+        # Nothing preset but the model and method: every other field is "auto", which on a CPU
+        # worker means one pass over the data (a fixed step count cut or stretched it).
+        "job_form": {"base_model": "smollm2-135m-instruct", "method": "lora"},
         "methods": method_choices(),
         "catalog": catalog_listing(),
         "presets": list(PRESETS),

@@ -515,3 +515,15 @@ def test_an_error_page_renders_its_header_without_the_database(browser: TestClie
     assert missing.status_code == 404
     assert ADMIN_EMAIL in missing.text  # the header, with the caller
     assert 'role="alert"' in missing.text and "<html" in missing.text
+
+
+def test_a_fresh_job_form_leaves_the_run_length_to_auto(browser: TestClient, world: World) -> None:
+    """Only the model and the method come filled in: a preset step count would cut or stretch
+    what ``auto`` chooses (one pass over the data on a CPU worker)."""
+    page = browser.get(f"/projects/{world.project}").text
+    form = page[page.index('id="job-form"') :]
+    for name in ("max_steps", "epochs", "learning_rate", "batch_size", "max_seq_length"):
+        field_html = re.search(rf'<input name="{name}"[^>]*>', form)
+        assert field_html, name
+        assert 'value=""' in field_html.group(0), field_html.group(0)
+    assert 'value="smollm2-135m-instruct" selected' in form

@@ -29,6 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 DATA = HERE.parents[1] / "shared" / "data" / "llamafactory-demo" / "alpaca_en_demo.json"
 
@@ -85,26 +86,14 @@ def main() -> None:
 
 
 def longest_records(path: Path, count: int, model: str) -> tuple[list[dict[str, Any]], list[int]]:
+    from cpu_lr import load_records
+    from cpu_train import model_cache
+
     from worker.training import data, models
 
-    cache = Path(
-        os.environ.get("TUNELAB_MODELS_DIR", Path.home() / ".cache" / "tunelab" / "models")
-    )
-    tokenizer = models.load_tokenizer(models.resolve_model(model, cache))
+    tokenizer = models.load_tokenizer(models.resolve_model(model, model_cache()))
     rows = json.loads(path.read_text(encoding="utf-8"))
-    records = [
-        {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": row["instruction"]
-                    + ("\n\n" + row["input"] if row.get("input") else ""),
-                },
-                {"role": "assistant", "content": row["output"]},
-            ]
-        }
-        for row in rows
-    ]
+    records = load_records("alpaca-en", len(rows), path)
     prepared = data.prepare_samples(tokenizer, records, max_seq_length=100_000, system_prompt=None)
     lengths = [len(sample.input_ids) for sample in prepared.samples]
     order = sorted(range(len(records)), key=lambda i: -lengths[i])[:count]

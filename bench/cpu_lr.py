@@ -27,6 +27,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 SHARED = HERE.parents[1] / "shared" / "data"
 DATASETS = {
@@ -69,8 +70,10 @@ def main() -> None:
     print_table(results)
 
 
-def load_records(name: str, count: int) -> list[dict[str, Any]]:
-    path = DATASETS[name]
+def load_records(name: str, count: int, path: Path | None = None) -> list[dict[str, Any]]:
+    """The first ``count`` records of a dataset (``path``: another file of its format) as
+    chat records; fewer than ``count`` in the file is an error."""
+    path = path or DATASETS[name]
     if path.suffix == ".json":
         rows = json.loads(path.read_text(encoding="utf-8"))
     else:
@@ -123,14 +126,12 @@ def run(
     held_out: list[dict[str, Any]],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    import os
+    from cpu_train import model_cache
 
     from worker.spec.config import TrainConfig
     from worker.training import engine
 
-    cache = args.model_cache or Path(
-        os.environ.get("TUNELAB_MODELS_DIR", Path.home() / ".cache" / "tunelab" / "models")
-    )
+    cache = model_cache(args.model_cache)
     recorder = Recorder()
     probe = TrainConfig(base_model=args.model, method="lora", epochs=args.epochs)
     started = time.perf_counter()

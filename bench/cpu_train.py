@@ -216,12 +216,18 @@ def rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def model_cache(given: Path | None = None) -> Path:
+    """Where the benchmarks find converted models: ``given``, else ``TUNELAB_MODELS_DIR``, else
+    the engine's default folder."""
+    return given or Path(
+        os.environ.get("TUNELAB_MODELS_DIR", Path.home() / ".cache" / "tunelab" / "models")
+    )
+
+
 def tokenizer_and_weights(shape: str, args: argparse.Namespace) -> tuple[Any, Path | None]:
     from worker.training import models
 
-    cache = args.model_cache or Path(
-        os.environ.get("TUNELAB_MODELS_DIR", Path.home() / ".cache" / "tunelab" / "models")
-    )
+    cache = model_cache(args.model_cache)
     # SmolLM2's tokenizer serves both: the random Qwen shape's vocabulary is larger.
     resolved = models.resolve_model("smollm2-135m-instruct", cache)
     tokenizer = models.load_tokenizer(resolved)

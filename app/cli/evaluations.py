@@ -147,10 +147,8 @@ def headline(evaluation: Mapping[str, Any]) -> str:
 
 
 def _explanation(verdict: Mapping[str, Any]) -> str:
-    # Explanations repeat the status ("not met: rougeL …"), which the mark already says.
-    text = explanation_text(verdict)
-    prefix = str(verdict.get("status", "")).replace("_", " ") + ": "
-    return text.removeprefix(prefix)
+    # Without the status ("not met: rougeL …"), which the mark already says.
+    return explanation_text(verdict)
 
 
 def verdict_lines(verdict: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[str]:

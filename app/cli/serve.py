@@ -131,7 +131,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.embedded and host in ("127.0.0.1", "localhost", "::1"):
         box = _first_start(settings, host, port)
     server = uvicorn.Server(
-        uvicorn.Config("app.main:app", host=host, port=port, log_level=args.log_level)
+        uvicorn.Config(
+            "app.main:app",
+            host=host,
+            port=port,
+            log_level=args.log_level,
+            timeout_keep_alive=settings.keep_alive_seconds,
+        )
     )
     if box:
         # Last of all: after uvicorn's own start-up lines, so it is not lost above them.

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # does), the database pool kept open, and how long a request waits for a connection
     # before it is answered 503 with Retry-After.
     web_threads: int = 40
+    # How long an idle kept-alive connection stays open. Longer than what a client or proxy
+    # in front keeps one idle (nginx 75 s, most load balancers 60 s): a server that closes
+    # first races the client's next request on that connection, which then fails. uvicorn's
+    # own 5 s lost a few requests of a busy client in the load bench.
+    keep_alive_seconds: int = Field(default=90, ge=1, le=3600)
     db_pool_size: int = 5
     db_pool_timeout: float = 30.0
     # How long an API token found valid is taken as such without asking the database again

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -93,3 +94,18 @@ def test_two_hundred_concurrent_requests_are_all_answered_in_embedded_mode(
         _check(server.url, token, "embedded (SQLite)")
     finally:
         server.stop()
+
+
+def test_an_idle_kept_alive_connection_outlives_uvicorns_five_seconds(
+    tight_cluster: LiveServer,
+) -> None:
+    # A busy client may leave a kept-alive connection idle for seconds before its next
+    # request; had the server closed it (uvicorn's default: 5 s), that request fails.
+    host, port = tight_cluster.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        for idle in (6, 0):
+            conn.sendall(request)
+            answer = conn.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+            time.sleep(idle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -21,6 +22,7 @@ from app.core.db import get_sessionmaker
 from app.models import Job
 from app.services import jobs as jobs_service
 from app.services import leases
+from tests.api.test_security import make_user, token_for
 from tests.factories import (
     alpaca_records,
     create_dataset,
@@ -163,6 +165,66 @@ def test_cancel_stops_a_running_job_within_seconds_and_a_queued_one_at_once(
     # The cancelled queued job's message is still delivered; the worker must leave it alone.
     time.sleep(2)
     assert api.get(f"/jobs/{waiting['id']}").json()["status"] == "cancelled"
+
+
+def test_many_polls_of_one_job_at_once_are_each_answered_with_what_came_after_them(
+    api: httpx.Client, project_and_data: tuple[str, str], tiny_model: Path, cluster: LiveServer
+) -> None:
+    """Concurrent status reads of one job share database loads (app.core.coalesce); none may
+    be answered with a job as it was before the request was sent, and a user who may not see
+    the job is not answered with another user's read of it."""
+    project_id, dataset_id = project_and_data
+    job = start_job(api, project_id, dataset_id, tiny_config(tiny_model, max_steps=1))
+    assert wait_for_status(api, job["id"])["status"] == "succeeded"
+    outsider = token_for(cluster, make_user(api, "trainer")["email"])
+    factory = get_sessionmaker()
+
+    path = f"/api/v1/jobs/{job['id']}"
+    committed: list[tuple[float, int]] = [(0.0, 0)]  # (when the commit had returned, step)
+    seen: list[tuple[float, int]] = []  # (when the request was sent, the step it showed)
+    refused: list[int] = []
+
+    def write(step: int) -> None:
+        with factory() as session:  # a worker's progress, written while the polls go on
+            session.execute(
+                update(Job).where(Job.id == uuid.UUID(job["id"])).values(current_step=step)
+            )
+            session.commit()
+
+    async def rounds() -> None:
+        headers = {"Authorization": api.headers["Authorization"]}
+        done = False
+        async with (
+            httpx.AsyncClient(base_url=cluster.url, headers=headers, timeout=60) as c,
+            httpx.AsyncClient(
+                base_url=cluster.url, headers={"Authorization": f"Bearer {outsider}"}, timeout=60
+            ) as other,
+        ):
+
+            async def poll(client: httpx.AsyncClient) -> None:
+                while not done:
+                    sent = time.monotonic()
+                    answer = await client.get(path)
+                    if client is other:
+                        refused.append(answer.status_code)
+                    else:
+                        assert answer.status_code == 200, answer.text
+                        seen.append((sent, answer.json()["current_step"]))
+
+            pollers = [asyncio.ensure_future(poll(other if i % 5 == 0 else c)) for i in range(40)]
+            for step in range(1, 61):
+                await asyncio.to_thread(write, step)
+                committed.append((time.monotonic(), step))
+                await asyncio.sleep(0.005)
+            done = True
+            await asyncio.gather(*pollers)
+
+    asyncio.run(rounds())
+    assert refused and set(refused) == {404}
+    assert len(seen) > 200
+    for sent, step in seen:
+        newest = max(s for t, s in committed if t <= sent)
+        assert step >= newest, f"a request sent after step {newest} was written showed {step}"
 
 
 def test_unknown_job_is_404(api: httpx.Client) -> None:

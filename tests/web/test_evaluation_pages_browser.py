@@ -33,6 +33,9 @@ def test_the_report_shows_the_verdict_table_and_chart(
     )
     assert statuses == ["not_met", "met", "pending"]
     expect(page.get_by_test_id("criterion").first).to_contain_text("short by")
+    # The status is said once, beside the explanation ("— met met: rougeL …" once read twice).
+    for text in page.get_by_test_id("criterion").all_inner_texts():
+        assert "met met" not in text and "met: " not in text, text
     expect(page.get_by_test_id("model-row")).to_have_count(2)
     expect(page.get_by_test_id("delta-row")).to_have_count(1)
     expect(page.get_by_test_id("metrics-table")).to_contain_text("ROUGE-L")

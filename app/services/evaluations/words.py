@@ -76,9 +76,13 @@ def _name(name: str) -> str:
 
 
 def explanation_text(verdict: Mapping[str, Any]) -> str:
-    """The verdict's explanation for a person (English: as the worker wrote it)."""
+    """The verdict's explanation for a person, without the status it starts with (``met: ``,
+    ``not met: ``: pages and the CLI show the status beside it). English: as the worker wrote
+    it otherwise."""
     text = str(verdict.get("explanation") or "")
     if current_locale() == "en":
+        if _MET.match(text) or _NOT_MET.match(text):
+            return text.partition(": ")[2]
         return text
     if text in _PLAIN:
         return _(_PLAIN[text])

@@ -214,6 +214,27 @@ def own_cluster(
     server.stop()
 
 
+def test_serve_with_its_own_worker_trains_jobs_in_cluster_mode(
+    broker: dict[str, object], tmp_path: Path, tiny_model: Path, postgres_database: str
+) -> None:
+    """`tunelab serve --worker` on Postgres and Redis: its worker consumes the capacity-class
+    queue placement puts jobs on, not only the default queue (it once waited forever)."""
+    env = cluster_env(broker)
+    server = start_server(
+        port=free_port(), env=env, log=tmp_path / "server.log", extra_args=["--worker"]
+    )
+    try:
+        with api_client(server.url, cli_token(ADMIN_EMAIL, env)) as api:
+            project = create_project(api)
+            dataset = create_dataset(api, project["id"], alpaca_records(8))
+            job = start_job(api, project["id"], dataset["id"], tiny_config(tiny_model, max_steps=2))
+            assert job["queue"] != env["TUNELAB_DEFAULT_QUEUE"]  # a class queue (placement)
+            done = wait_for_status(api, job["id"], timeout=180)
+            assert done["status"] == "succeeded", f"{done['error']}\n{server.tail()}"
+    finally:
+        server.stop()
+
+
 def test_a_job_made_while_the_broker_is_down_runs_once_it_is_back(
     own_cluster: tuple[LiveServer, dict[str, str], httpx.Client],
     broker: dict[str, object],

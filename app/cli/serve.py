@@ -104,11 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # sweeper offers it to the broker.
             with session_scope() as session:
                 leases.reap(session, lease_seconds=0, reason="tunelab stopped while it ran")
+        # No --queue: a queue named by hand is consumed alone, and in cluster mode jobs go to
+        # the queues of capacity classes (placement), which the worker adds when it starts.
         supervisor = WorkerSupervisor(
             tunelab_command(
                 "worker",
-                "--queue",
-                settings.default_queue,
                 "--loglevel",
                 "WARNING",
                 "--parent-pid",

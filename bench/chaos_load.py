@@ -5,6 +5,7 @@ against a bare FastAPI endpoint (bench/chaos_bare.py) in the same run."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import subprocess
 import sys
@@ -185,8 +186,12 @@ def load(
     )
     auth = {"Authorization": f"Bearer {stack.token}"}
     job_url = f"{stack.server.url}/api/v1/jobs/{targets['job']}"
-    job_rps, bare_rps, round_ratios = _compare(
-        job_url, auth, clients=min(clients, 50), seconds=compare_seconds
+    job_rps, bare_rps, round_ratios, cpu_ms = _compare(
+        job_url,
+        auth,
+        clients=min(clients, 50),
+        seconds=compare_seconds,
+        server_pid=stack.server.process.pid,
     )
     if embedded:
         server, token = _embedded(stack)
@@ -219,23 +224,35 @@ def load(
         "bare_fastapi_rps": round(bare_rps, 1),
         "ratio": round(ratio, 2),
         "round_ratios": round_ratios,
+        "server_cpu_ms_per_request": cpu_ms,
         "ok": errors == 0 and missing == 0 and ratio >= 0.5,
         "summary": f"{clients} clients x {seconds:.0f} s; "
         + "; ".join(parts)
-        + f"; job status {job_rps:.0f} req/s = {ratio:.2f}x bare FastAPI ({bare_rps:.0f})",
+        + f"; job status {job_rps:.0f} req/s = {ratio:.2f}x bare FastAPI ({bare_rps:.0f}), "
+        + f"server CPU {cpu_ms['job']} ms/request against {cpu_ms['bare']}",
     }
 
 
 COMPARE_ROUNDS = 5
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _compare(
-    job_url: str, auth: dict[str, str], *, clients: int, seconds: float
-) -> tuple[float, float, list[float]]:
+    job_url: str, auth: dict[str, str], *, clients: int, seconds: float, server_pid: int
+) -> tuple[float, float, list[float], dict[str, float]]:
     """Requests/s of the job status route and of a bare FastAPI route, measured in turns
     (``COMPARE_ROUNDS`` rounds of each, alternating, ``seconds`` in all for each side): a
     machine whose speed drifts during the run (a shared host) moves both alike. Returns both
-    rates over all rounds and each round's ratio."""
+    rates over all rounds, each round's ratio, and each server's CPU milliseconds per request.
+
+    The load client runs in this process on the same cores and costs more CPU per request
+    than either server, so the rate ratio says as much about the client as about the route;
+    the CPU per request is the route's own cost."""
     bare_port = free_port()
     bare = subprocess.Popen(
         [
@@ -252,18 +269,31 @@ def _compare(
     )
     job_rates: list[float] = []
     bare_rates: list[float] = []
+    cpu = {"job": 0.0, "bare": 0.0}
+
+    def measured(side: str, pid: int, url: str, headers: dict[str, str], turn: float) -> float:
+        before = _cpu_seconds(pid)
+        rate = asyncio.run(_rate(url, headers, clients=clients, seconds=turn))
+        cpu[side] += _cpu_seconds(pid) - before
+        return rate
+
     try:
         bare_url = f"http://127.0.0.1:{bare_port}/ping"
         wait_for(lambda: _answers(bare_url), 30, what="the bare FastAPI app")
         turn = seconds / COMPARE_ROUNDS
         for _ in range(COMPARE_ROUNDS):
-            job_rates.append(asyncio.run(_rate(job_url, auth, clients=clients, seconds=turn)))
-            bare_rates.append(asyncio.run(_rate(bare_url, {}, clients=clients, seconds=turn)))
+            job_rates.append(measured("job", server_pid, job_url, auth, turn))
+            bare_rates.append(measured("bare", bare.pid, bare_url, {}, turn))
     finally:
         bare.terminate()
         bare.wait(timeout=30)
     rounds = [round(j / b, 2) if b else 0.0 for j, b in zip(job_rates, bare_rates, strict=True)]
-    return sum(job_rates) / len(job_rates), sum(bare_rates) / len(bare_rates), rounds
+    turn = seconds / COMPARE_ROUNDS
+    cpu_ms = {
+        side: round(1000 * cpu[side] / max(1.0, sum(rates) * turn), 2)
+        for side, rates in (("job", job_rates), ("bare", bare_rates))
+    }
+    return sum(job_rates) / len(job_rates), sum(bare_rates) / len(bare_rates), rounds, cpu_ms
 
 
 def _answers(url: str) -> bool:

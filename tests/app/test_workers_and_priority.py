@@ -166,6 +166,12 @@ def test_the_job_form_asks_for_gpus_and_its_estimate_gives_each_gpus_share(
     one = browser.post(f"/projects/{project_id}/estimate", data=form)
     assert one.status_code == 200 and 'data-testid="estimate-memory"' in one.text
     assert "estimate-gpus" not in one.text
+    assert re.search(r"tokens/s\)(, with gradient checkpointing)?\.</p>", one.text), one.text
+    # In Chinese the sentence ends with a Chinese full stop, not an English one.
+    zh = browser.post(
+        f"/projects/{project_id}/estimate", data=form, headers={"Accept-Language": "zh-CN"}
+    )
+    assert zh.status_code == 200 and re.search(r"）[^<.]*。</p>", zh.text), zh.text
     two = browser.post(f"/projects/{project_id}/estimate", data={**form, "gpus": "2"})
     assert two.status_code == 200, two.text
     said = re.search(r'data-testid="estimate-gpus">([^<]+)<', two.text)

@@ -37,7 +37,7 @@ class Coalescer(Generic[T]):
         # Per event loop: a test may serve one app from several loops in turn, and a future of
         # one loop cannot be awaited from another.
         self._slots: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Slot[T]] = {}
-        self.loads = 0  # how many loads ran (the tests and the bench read it)
+        self.loads = 0  # how many loads ran, of how many reads (the tests read them)
         self.reads = 0
 
     async def read(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:

@@ -103,13 +103,37 @@ def test_gguf_cache_key_changes_when_the_file_changes(tmp_path: Path) -> None:
     assert gguf_cache_folder(gguf, tmp_path / "cache") != first
 
 
+def test_the_same_gguf_file_installed_elsewhere_reuses_its_conversion(tmp_path: Path) -> None:
+    # A new virtualenv or a second clone installs the same model file at another path, with
+    # another modification time: it must not be converted again.
+    cache = tmp_path / "cache"
+    one = tmp_path / "venv-one" / "m.gguf"
+    two = tmp_path / "venv-two" / "m.gguf"
+    for path in (one, two):
+        path.parent.mkdir()
+        path.write_bytes(b"the same weights")
+    os.utime(two, ns=(1_000_000_000, 1_000_000_000))
+    assert gguf_cache_folder(one, cache) == gguf_cache_folder(two, cache)
+    # Each file's hash is remembered; a file changed in place is hashed again.
+    assert gguf_cache_folder(one, cache) == gguf_cache_folder(one, cache)
+    one.write_bytes(b"other weights!!!")  # the same size
+    assert gguf_cache_folder(one, cache) != gguf_cache_folder(two, cache)
+    # A memo that cannot be read is no error.
+    (cache / "gguf" / ".content-keys.json").write_text("{not json")
+    assert gguf_cache_folder(two, cache) == gguf_cache_folder(two, cache)
+
+
 def test_unreadable_gguf_is_a_readable_error_and_leaves_no_cache_entry(tmp_path: Path) -> None:
     gguf = tmp_path / "broken.gguf"
     gguf.write_bytes(b"this is not gguf")
     cache = tmp_path / "cache"
     with pytest.raises(TrainingError, match="Could not read the GGUF file"):
         resolve_model(str(gguf), cache)
-    leftovers = [p.name for p in (cache / "gguf").iterdir() if not p.name.endswith(".lock")]
+    leftovers = [
+        p.name
+        for p in (cache / "gguf").iterdir()
+        if not p.name.endswith(".lock") and p.name != ".content-keys.json"
+    ]
     assert leftovers == []
 
 
@@ -188,7 +212,7 @@ def test_a_second_converter_waits_for_the_first_and_reuses_its_folder(
     gguf = smollm2_gguf()
     cache = tmp_path / "cache"
     final = gguf_cache_folder(gguf, cache)
-    final.parent.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)  # (its content key is remembered there)
     result: dict[str, Path] = {}
 
     def second_converter() -> None:
@@ -206,5 +230,5 @@ def test_a_second_converter_waits_for_the_first_and_reuses_its_folder(
     assert result["path"] == final
     assert os.path.samefile(final / "model.safetensors", smollm2.path / "model.safetensors")
     assert sorted(p.name for p in final.parent.iterdir()) == sorted(
-        [final.name, f"{final.name}.lock"]
+        [final.name, f"{final.name}.lock", ".content-keys.json"]
     )

@@ -307,12 +307,43 @@ _CONVERSION_VERSION = 2
 
 
 def gguf_cache_folder(gguf_path: Path, cache_dir: Path) -> Path:
-    """Where the converted copy of ``gguf_path`` lives; a changed file gets a new folder."""
+    """Where the converted copy of ``gguf_path`` lives. Named by the file's content: the same
+    file installed elsewhere (a new virtualenv, a second clone) reuses the conversion, and a
+    changed file gets a new folder."""
     real = gguf_path.resolve()
+    return cache_dir / "gguf" / f"{real.stem}-{_content_key(real, cache_dir)[:16]}"
+
+
+def _content_key(real: Path, cache_dir: Path) -> str:
+    """A hash of the file's bytes (and of the conversion's version). Hashing 100 MB takes a
+    fraction of a second, so each file's hash is remembered beside the conversions, under its
+    path, size and modification time; a file changed in place is hashed again."""
     stat = real.stat()
-    source = f"{_CONVERSION_VERSION}|{real}|{stat.st_size}|{stat.st_mtime_ns}"
-    key = hashlib.sha256(source.encode()).hexdigest()
-    return cache_dir / "gguf" / f"{real.stem}-{key[:16]}"
+    seen = f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = cache_dir / "gguf" / ".content-keys.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    key = known.get(seen)
+    if isinstance(key, str):
+        return key
+    digest = hashlib.sha256(f"{_CONVERSION_VERSION}|".encode())
+    with real.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    key = digest.hexdigest()
+    known[seen] = key
+    try:  # a cache: a memo that cannot be written costs a hash next time, nothing else
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        staged = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps(known))
+        staged.replace(memo)
+    except OSError:
+        pass
+    return key
 
 
 def convert_gguf(gguf_path: Path, cache_dir: Path, *, notify: Notify | None = None) -> Path:

@@ -4,8 +4,8 @@ event loop or a pool that waits on itself. Real servers over loopback, both mode
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
-import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -102,10 +102,16 @@ def test_an_idle_kept_alive_connection_outlives_uvicorns_five_seconds(
     # A busy client may leave a kept-alive connection idle for seconds before its next
     # request; had the server closed it (uvicorn's default: 5 s), that request fails.
     host, port = tight_cluster.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        sockets = []
         for idle in (6, 0):
-            conn.sendall(request)
-            answer = conn.recv(65536)
-            assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+            conn.request("GET", "/healthz")
+            answer = conn.getresponse()
+            assert answer.status == 200 and answer.read() == b'{"status":"ok"}'
+            assert not answer.will_close
+            sockets.append(conn.sock)
             time.sleep(idle)
+        assert sockets[0] is sockets[1]  # one connection both times (closed, it would raise)
+    finally:
+        conn.close()

@@ -126,8 +126,19 @@ def _consumed_queues(consumer: Any) -> list[str]:
 
 @worker_shutting_down.connect
 def _mark_stopped(**_: Any) -> None:
-    try:
-        with session_scope() as session:
-            registry.stopped(session, name=worker_name())
-    except Exception:  # it shows offline once it is no longer seen
-        log.exception("could not mark this worker stopped")
+    # Celery sends this signal from its SIGTERM handler, which runs in the main thread
+    # between two of its bytecodes, maybe in the middle of a database write of the task's.
+    # Writing here as well waited on that write's own lock (SQLite's busy timeout, 30 s, more
+    # than once) and held the shutdown up past serve's grace. So the row is written from a
+    # thread of its own, waited for briefly; the worker shows offline once it is no longer
+    # seen in any case.
+    def mark() -> None:
+        try:
+            with session_scope() as session:
+                registry.stopped(session, name=worker_name())
+        except Exception:
+            log.exception("could not mark this worker stopped")
+
+    marker = threading.Thread(target=mark, name="mark-stopped", daemon=True)
+    marker.start()
+    marker.join(timeout=2)

@@ -7,6 +7,7 @@ ones (a zip-bomb workbook, a 10 GB sparse file) are built on the spot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -107,11 +108,13 @@ def _send_early(url: str, token: str, name: str, path: Path) -> tuple[int, str]:
             except OSError:
                 break
         conn.settimeout(30)
-        while b"\r\n\r\n" not in answer or len(answer) < 64:
-            data = conn.recv(65536)
-            if not data:
-                break
-            answer += data
+        # The whole answer, up to the server's close (Connection: close): its head and its
+        # body may come in separate reads, and stopping after the head lost the body.
+        # A server that answered before reading the whole upload may reset the connection
+        # once its answer is out: what came before the reset is the answer.
+        with contextlib.suppress(ConnectionResetError):
+            while data := conn.recv(65536):
+                answer += data
     status_line, _, rest = answer.partition(b"\r\n")
     status = int(status_line.split()[1]) if status_line.startswith(b"HTTP/") else 0
     body = rest.partition(b"\r\n\r\n")[2]

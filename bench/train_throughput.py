@@ -307,7 +307,13 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 ),
             }
         )
-    line.update(estimated(shape, samples, config, engine))
+    # At the first run's own budget where one was given, as the job form would show it.
+    first_budget = (args.micro_batch_tokens or [None])[0] or None
+    line.update(
+        estimated(
+            shape, samples, config.model_copy(update={"micro_batch_tokens": first_budget}), engine
+        )
+    )
     line.update(
         {
             "bf16_peak_tflops": peak,

@@ -16,6 +16,7 @@ from tests.worker.test_distributed import assert_same_steps
 from tests.worker.test_training_engine import RECORDS, Recorder, tiny_config
 from tests.worker.test_training_resume import VALIDATION
 from worker.training import TrainConfig, TrainResult, distributed, engine
+from worker.training.budget import SIMULATE_ENV
 
 SETTINGS: dict[str, Any] = {
     "method": "full",
@@ -35,11 +36,11 @@ SETTINGS: dict[str, Any] = {
 
 
 def run(
-    train: Any, model_dir: Path, out: Path, *, resume_from: Path | None = None
+    train: Any, model_dir: Path, out: Path, *, resume_from: Path | None = None, **overrides: Any
 ) -> tuple[TrainResult, Recorder]:
     recorder = Recorder()
     result = train(
-        tiny_config(model_dir, **SETTINGS),
+        tiny_config(model_dir, **{**SETTINGS, **overrides}),
         records=RECORDS,
         output_dir=out / "model",
         model_cache_dir=out / "cache",
@@ -102,6 +103,47 @@ def test_a_sharded_checkpoint_resumes_in_two_processes_and_in_one(
     )
     assert_same_steps(alone_recorder.steps, full_recorder.steps, tolerance=1e-4, from_step=3)
     assert math.isclose(alone.final_loss, result.final_loss, abs_tol=1e-4)
+
+
+@pytest.mark.e2e
+def test_a_sharded_pass_that_does_not_fit_restarts_every_process_at_half_the_budget(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sharded: tuple[TrainResult, Recorder],
+) -> None:
+    result, full_recorder = sharded
+    checkpoint = result.adapter_dir.parent / "checkpoints" / "checkpoint-2"
+    monkeypatch.setenv(distributed.CPU_PROCESSES_ENV, "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # Forced: a pass of more than 100 tokens runs out of memory as it starts. The first
+    # launch's 4,096-token passes hold a process's whole share of a step, so step 3 fails in
+    # one process while the other waits in the weights' all-gather.
+    monkeypatch.setenv(SIMULATE_ENV, "100")
+    resumed, recorder = run(
+        distributed.train,
+        tiny_model_dir,
+        tmp_path,
+        resume_from=checkpoint,
+        micro_batch_tokens=4096,
+    )
+    halvings = [(m, d) for _, m, d in recorder.events if d and "previous_micro_batch_tokens" in d]
+    assert halvings, recorder.events
+    message, data = halvings[0]
+    assert data["previous_micro_batch_tokens"] == 4096 and data["micro_batch_tokens"] <= 100
+    assert "did not fit in GPU memory in training process" in message
+    assert "every process restarted from its newest checkpoint (checkpoint-2)" in message
+    # Steps the first launch finished after the checkpoint were trained again (a job's metric
+    # points are overwritten, one per step). Every process then ran at the smaller budget:
+    # the steps and the result of the run that never ran out (a step's gradient does not
+    # depend on how it is cut into passes).
+    last = {m.step: m for m in recorder.steps}
+    assert_same_steps(sorted(last.values(), key=lambda m: m.step), full_recorder.steps,
+                      tolerance=1e-4, from_step=3)  # fmt: skip
+    assert resumed.steps == result.steps
+    assert math.isclose(resumed.final_loss, result.final_loss, abs_tol=1e-4)
+    # Nothing of the failed launch is left beside the model.
+    assert not list((tmp_path).glob(".distributed-*"))
 
 
 def test_the_estimate_shards_full_fine_tuning_across_gpus() -> None:

@@ -27,16 +27,21 @@ H200 = GPUS["H200"]
 # (case, shape, settings, batch size, accumulation, max_seq_length, samples, mean tokens,
 #  95th-percentile tokens, answer share, measured peak GiB (max_memory_allocated, the same in
 #  both runs), tokens per second over steps 2-3, the mean of two runs (they differed by up
-#  to 45%: two timed steps are a short sample).) The LoRA cases ran at the engine's token
-#  budget of then (layer size alone, before it came from the GPU's memory), pinned here.
+#  to 45%: two timed steps are a short sample).) The LoRA cases' peaks were measured again
+#  on 2026-12-06 on one H100 (same versions) after the fused MLP stopped keeping the down
+#  projection's input and dropout masks of wide inputs went to a bit an element, at the
+#  budgets the engine chose there (pinned here; no different on an H200, whose memory these
+#  saturation caps do not reach). A peak at a pinned budget does not depend on the card. Where
+#  the new budget changed the passes of a step (qwen0.5b-lora-65k, llama1b-lora-48k and the
+#  two 8B cases), the rate is that H100 run's (one run); elsewhere the H200's of before.
 MEASURED_H200: list[tuple[Any, ...]] = [
-    ("qwen0.5b-lora-10k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 29959}, 8, 4, 1024, 96, 313.5, 384, 0.5008, 13.89, 56592.6),
-    ("qwen0.5b-lora-65k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 29959}, 16, 4, 2048, 192, 1013.1, 1252, 0.5003, 36.29, 74416.4),
-    ("llama1b-lora-4k-nodrop", "llama-3.2-1b-instruct", {"lora_dropout": 0.0, "micro_batch_tokens": 7344}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 8.17, 37988.7),
-    ("llama1b-lora-48k", "llama-3.2-1b-instruct", {"micro_batch_tokens": 7344}, 8, 4, 2048, 96, 1523.9, 1863, 0.5002, 14.34, 49944.7),
-    ("qwen3-0.6b-lora-22k", "qwen3-0.6b", {"micro_batch_tokens": 28398}, 16, 2, 1024, 96, 717.9, 854, 0.5004, 36.49, 49070.1),
-    ("llama8b-lora-8k", "llama-3.1-8b-instruct", {"micro_batch_tokens": 2048}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 27.28, 9368.4),
-    ("llama8b-lora-long", "llama-3.1-8b-instruct", {"micro_batch_tokens": 2048}, 4, 1, 4096, 12, 2857.7, 3634, 0.5001, 36.18, 10336.0),
+    ("qwen0.5b-lora-10k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 32768}, 8, 4, 1024, 96, 313.5, 384, 0.5008, 10.70, 56592.6),
+    ("qwen0.5b-lora-65k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 32768}, 16, 4, 2048, 192, 1013.1, 1252, 0.5003, 29.70, 59865.6),
+    ("llama1b-lora-4k-nodrop", "llama-3.2-1b-instruct", {"lora_dropout": 0.0, "micro_batch_tokens": 29378}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.20, 37988.7),
+    ("llama1b-lora-48k", "llama-3.2-1b-instruct", {"micro_batch_tokens": 29378}, 8, 4, 2048, 96, 1523.9, 1863, 0.5002, 32.05, 40873.8),
+    ("qwen3-0.6b-lora-22k", "qwen3-0.6b", {"micro_batch_tokens": 32768}, 16, 2, 1024, 96, 717.9, 854, 0.5004, 30.00, 49070.1),
+    ("llama8b-lora-8k", "llama-3.1-8b-instruct", {"micro_batch_tokens": 8192}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 44.50, 9903.9),
+    ("llama8b-lora-long", "llama-3.1-8b-instruct", {"micro_batch_tokens": 8192}, 4, 1, 4096, 12, 2857.7, 3634, 0.5001, 40.25, 8900.1),
     ("qwen0.5b-dora", "qwen2.5-0.5b-instruct", {"use_dora": True}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 36.27, 15651.0),
     ("qwen0.5b-ia3", "qwen2.5-0.5b-instruct", {"method": "ia3"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 10.84, 81000.3),
     ("qwen0.5b-prefix", "qwen2.5-0.5b-instruct", {"method": "prefix_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.06, 22176.8),
@@ -144,11 +149,15 @@ def test_qlora_needs_much_less_memory_than_lora_on_an_8b_model_for_short_rows() 
     weights = qlora.breakdown["memory_bytes"]["weights"]
     assert weights < 0.4 * lora.breakdown["memory_bytes"]["weights"]
     assert qlora.peak_memory_bytes < 0.7 * lora.peak_memory_bytes
-    # PEFT's LoRA forward on 4-bit layers keeps a float32 copy of each adapted input: with
-    # long rows the activations take back much of what the 4-bit weights save.
+    # QLoRA runs the same fused layers as LoRA, so with long rows both keep the same
+    # activations: QLoRA saves what its 4-bit weights save, less a layer dequantised in flight.
     long_lora = peak("llama-3.1-8b-instruct", method="lora", micro_batch_tokens=8192)
     long_qlora = peak("llama-3.1-8b-instruct", method="qlora", micro_batch_tokens=8192)
-    assert long_qlora.peak_memory_bytes > 0.8 * long_lora.peak_memory_bytes
+    lora_parts, qlora_parts = (e.breakdown["memory_bytes"] for e in (long_lora, long_qlora))
+    assert qlora_parts["activations"] == lora_parts["activations"]
+    saved = lora_parts["weights"] - qlora_parts["weights"]
+    difference = long_lora.peak_memory_bytes - long_qlora.peak_memory_bytes
+    assert 0.9 * saved < difference <= saved
 
 
 def test_full_fine_tuning_keeps_16_bytes_per_parameter() -> None:

@@ -38,6 +38,9 @@ MAX_BUDGET = 32768
 # passes of 4,096 / 8,192 / 18,634 tokens ran at 10.3k / 11.9k / 12.6k tokens/s with peaks of
 # 39 / 61 / 105 GiB: 8,192 tokens of an 8B layer keep 94% of the rate with 58% of the memory.
 # Smaller layers need more tokens per pass to keep the GPU busy (29k at 1B, the cap at 0.5B).
+# Since the fused MLP recomputes the down projection's input and masks are kept as bits
+# (2026-12-06, one H100): 4,096 / 6,144 / 8,192 tokens ran at 9.9k / 10.3k / 10.7k tokens/s
+# with peaks of 31 / 38 / 45 GiB, so the cap stays.
 SATURATION_WORK = 8192 * 218_103_808
 # The loss head's chunk of float32 logits (worker.training.loss.DEFAULT_CHUNK_ELEMENTS), three
 # copies at most in flight.
@@ -47,6 +50,18 @@ LOSS_CHUNK_ELEMENTS = 2**27
 # fused_qlora): they keep the shared 16-bit input of each projection group. Other methods go
 # through PEFT's own layers, which keep float32 copies of every adapted input.
 FUSED_METHODS = frozenset({"lora", "qlora"})
+
+
+# Inputs at least this wide keep their dropout keep mask packed eight elements to a byte in
+# the fused LoRA functions (worker.training.fused). Packing costs four more kernel launches
+# per projection, which pays only where tensors are large enough for memory, not launches,
+# to bound a step.
+PACK_MASK_MIN_WIDTH = 2048
+
+
+def mask_bytes(width: int) -> int:
+    """Bytes a token's dropout keep mask over an input of ``width`` takes in the fused path."""
+    return width // 8 if width >= PACK_MASK_MIN_WIDTH and width % 8 == 0 else width
 
 
 @dataclass(frozen=True)
@@ -79,19 +94,28 @@ def activation_bytes_per_token(
     """Rough bytes kept for backward per token of a pass (16-bit activations).
 
     Per layer with the fused layers: the block input and the normalised inputs (hidden x 2
-    bytes each), query, key, value and attention output, gate and up (intermediate each) and
-    their product, plus a one-byte dropout mask per adapted input when dropout is on. Methods
+    bytes each), query, key, value and attention output, gate and up (intermediate each; their
+    product is recomputed), plus a dropout keep mask per adapted input when dropout is on (a
+    byte an element, a bit for wide inputs: ``mask_bytes``). Methods
     that run through PEFT's layers (DoRA, IA3, prompt learning) keep a float32 copy of each
     adapted input on top; full fine-tuning a float32 residual stream and a bf16 copy of each
     linear's input.
     """
     h, i = shape.hidden_size, shape.intermediate_size
+    fused = method in FUSED_METHODS and not dora
+    if fused:
+        # The down projection's input, silu(gate) * up, is recomputed in backward; the keep
+        # masks of the seven projections' inputs (six of hidden width, one intermediate).
+        per_layer = 2 * (8 * h + 2 * i)
+        if lora_dropout > 0:
+            per_layer += 6 * mask_bytes(h) + mask_bytes(i)
+        return shape.layers * per_layer
     per_layer = 2 * (8 * h + 3 * i)
     if lora_dropout > 0:
         per_layer += 5 * h + i
     if method == "full":
         per_layer += 2 * (6 * h + i) + 4 * h
-    elif method not in FUSED_METHODS or dora:
+    else:
         per_layer += 4 * (6 * h + i)
         if dora:
             per_layer += 8 * (4 * h + 2 * i)

@@ -357,6 +357,13 @@ class _Run:
         chosen = [shape for name, shape in named.items() if name in targets]
         return chosen or list(named.values())
 
+    def _adapts_down_proj(self) -> bool:
+        targets = self.config.target_modules
+        if targets == "auto" or "down_proj" in targets:
+            return True
+        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "qkv_proj")
+        return not any(name in targets for name in (*names, "gate_up_proj"))
+
     def _trainable(self) -> int:
         a, c = self.arch, self.config
         if self.full:
@@ -416,11 +423,15 @@ class _Run:
             total += act * (3 * h + 2 * h + inter)  # each linear's own bf16 input copy
         elif self.fused_lora:
             # Inputs shared by q/k/v, by gate/up; o_proj's is the attention output (above).
-            total += act * (2 * h + inter)
+            # The down projection's, silu(gate) * up, is recomputed in backward when the
+            # SwiGLU and the down projection run as one fused function.
+            down_recomputed = fused_mlp and self._adapts_down_proj()
+            total += act * (2 * h + (0 if down_recomputed else inter))
             assert isinstance(c.lora_r, int)
             total += act * c.lora_r * len(projections)
             if dropout:
-                total += sum(i for i, _ in projections)  # one-byte masks
+                # Keep masks: a byte an element, a bit for wide inputs.
+                total += sum(budget_rule.mask_bytes(i) for i, _ in projections)
         elif self.method in LORA_METHODS:
             # PEFT's LoRA forward: a float32 copy of each adapted input (the dropped-out one
             # when dropout is on) and float32 products; DoRA also keeps the base output and

@@ -126,11 +126,29 @@ class StepFitter:
                     return optimiser_step(lm, micro, answer_tokens, self.plan, device)
             except torch.OutOfMemoryError:
                 largest = max(b.tokens for b in micro)
+                if replicas is not None and not replicas.halves_alone:
+                    raise self._sharded_halving(group, largest) from None
             # Outside the handler: the traceback no longer holds the pass's tensors.
             del micro
             optimizer.zero_grad(set_to_none=True)
             _release(device)
             self._halve(group, largest)
+
+    def _sharded_halving(
+        self, group: Sequence[Sequence[Sample]], largest: int
+    ) -> ShardedPassTooLarge | TrainingError:
+        """What ends a sharded run whose pass did not fit: the budget to restart at."""
+        longest = max((len(s.input_ids) for b in group for s in b), default=1)
+        if not self.plan.packed:
+            return TrainingError(
+                f"A padded batch did not fit in GPU memory on a sharded run; lower batch_size "
+                f"or max_seq_length (the longest sample here has {longest:,} tokens)."
+            )
+        old = self.plan.token_budget
+        new = max(longest, min(old, largest) // 2)
+        if new >= min(old, largest):
+            return TrainingError(_no_room(longest))
+        return ShardedPassTooLarge(largest, old, new)
 
     def _halve(self, group: Sequence[Sequence[Sample]], largest: int) -> None:
         if self.plan.packed:
@@ -167,6 +185,20 @@ class StepFitter:
         if limit is None:
             return _Nothing()
         return _RaiseAbove(_decoder(lm), limit)
+
+
+class ShardedPassTooLarge(TrainingError):
+    """A pass of a sharded run ran out of GPU memory. Every process gathers each layer's
+    weights for every pass, so one cannot retry with smaller passes while the others wait in
+    its collectives: the process ends with this, and the parent (``distributed``) restarts
+    them all with ``budget`` tokens a pass from the newest checkpoint."""
+
+    def __init__(self, largest: int, previous: int, budget: int) -> None:
+        super().__init__(
+            f"A forward pass of {largest:,} tokens did not fit in GPU memory on a sharded run "
+            f"(token budget {previous:,})."
+        )
+        self.largest, self.previous, self.budget = largest, previous, budget
 
 
 def _no_room(longest: int) -> str:

@@ -62,6 +62,10 @@ _SCHEDULE_ONLY = frozenset(
         "allow_pickle_weights",
         # The same global batch on any number of GPUs: a run may resume on another count.
         "gpus",
+        # How a step is split into passes does not change its gradient (every pass's loss is
+        # divided by the whole step's answer tokens): a sharded run that ran out of memory
+        # resumes at half the budget (distributed).
+        "micro_batch_tokens",
     }
 )
 

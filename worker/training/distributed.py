@@ -54,8 +54,9 @@ from typing import TYPE_CHECKING, Any
 
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingCancelled, TrainingError
+from worker.training.budget import ShardedPassTooLarge
 from worker.training.callbacks import Silent, StepMetrics, TrainCallbacks, checkpoint_on_stop
-from worker.training.checkpoints import IncompatibleCheckpoint
+from worker.training.checkpoints import IncompatibleCheckpoint, latest_checkpoint
 
 if TYPE_CHECKING:
     from worker.training.engine import TrainResult
@@ -202,28 +203,71 @@ class _Launch:
         try:
             _write_jsonl(work / "records.jsonl", records)
             _write_jsonl(work / "validation.jsonl", validation_records or ())
-            spec = {
-                "config": config.model_dump(mode="json"),
-                "output_dir": str(output_dir),
-                "model_cache_dir": str(model_cache_dir),
-                "allow_downloads": allow_downloads,
-                "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
-                "resume_from": str(resume_from) if resume_from is not None else None,
-            }
-            (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
             where = (
                 f"on {self.processes} GPUs, one process each (DDP)"
                 if slots()[1] == "GPU"
                 else f"in {self.processes} CPU processes (DDP over gloo)"
             )
             callbacks.on_event("info", f"Training {where}", {"processes": self.processes})
-            code = self._supervise(work, callbacks)
-            return self._outcome(work, code, output_dir, callbacks)
+            while True:
+                spec = {
+                    "config": config.model_dump(mode="json"),
+                    "output_dir": str(output_dir),
+                    "model_cache_dir": str(model_cache_dir),
+                    "allow_downloads": allow_downloads,
+                    "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
+                    "resume_from": str(resume_from) if resume_from is not None else None,
+                }
+                (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+                code = self._supervise(work, callbacks)
+                halving = self._halving(work) if self.stop_asked_at is None else None
+                if halving is None:
+                    return self._outcome(work, code, output_dir, callbacks)
+                config, resume_from = self._restart(
+                    work, halving, config, checkpoint_dir, resume_from, callbacks
+                )
         finally:
             shutil.rmtree(work, ignore_errors=True)
             # What a rank killed mid-run left of its staging folder (see engine.train).
             for staging in output_dir.parent.glob(f".{output_dir.name}.*"):
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def _halving(self, work: Path) -> tuple[int, dict[str, Any]] | None:
+        """The rank whose sharded pass ran out of GPU memory, and what it said, if any did."""
+        for rank in range(self.processes):
+            outcome = _read_json(work / f"outcome-{rank}.json")
+            if outcome and "halve_to" in outcome:
+                return rank, outcome
+        return None
+
+    def _restart(
+        self,
+        work: Path,
+        halving: tuple[int, dict[str, Any]],
+        config: TrainConfig,
+        checkpoint_dir: Path | None,
+        resume_from: Path | None,
+        callbacks: TrainCallbacks,
+    ) -> tuple[TrainConfig, Path | None]:
+        """Ready the next launch of a sharded run whose pass did not fit: every process
+        restarts with half the token budget, from the newest checkpoint if there is one
+        (steps after it are trained again, to the same result), else as it started."""
+        rank, said = halving
+        budget, previous = int(said["halve_to"]), int(said["previous"])
+        newest = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        resume = newest or resume_from
+        whence = f"its newest checkpoint ({resume.name})" if resume is not None else "the start"
+        callbacks.on_event(
+            "warning",
+            f"A forward pass of {int(said['largest']):,} tokens did not fit in GPU memory in "
+            f"training process {rank} of {self.processes}: the token budget is halved from "
+            f"{previous:,} to {budget:,} and every process restarted from {whence} (this run "
+            "keeps the smaller budget; micro_batch_tokens sets one).",
+            {"micro_batch_tokens": budget, "previous_micro_batch_tokens": previous},
+        )
+        for leftover in (*work.glob("outcome-*.json"), work / "events.jsonl"):
+            leftover.unlink(missing_ok=True)
+        return config.model_copy(update={"micro_batch_tokens": budget}), resume
 
     def _supervise(self, work: Path, callbacks: TrainCallbacks) -> int:
         """Run torchrun until it exits, relaying rank 0's reports; its exit status."""
@@ -486,6 +530,13 @@ def _rank(work: Path) -> int:
         code, outcome = 0, {"cancelled": str(exc)}
     except IncompatibleCheckpoint as exc:
         outcome = {"error": str(exc), "incompatible": True}
+    except ShardedPassTooLarge as exc:
+        outcome = {
+            "error": str(exc),
+            "halve_to": exc.budget,
+            "previous": exc.previous,
+            "largest": exc.largest,
+        }
     except TrainingError as exc:
         outcome = {"error": str(exc)}
     except Exception as exc:  # outside engine.train's own handling (the process group)

@@ -14,7 +14,11 @@ tested, on the CPU too) and installed on a model's modules for the duration of t
   of PEFT's 4-bit layer plus its float32 LoRA branch.
 - RMSNorm (Llama-style ``weight * normalised``): keeps the bf16 input and one float per
   token rather than float32 copies of the whole row.
-- SwiGLU (``silu(gate) * up``): keeps gate and up and recomputes the SiLU in backward.
+- SwiGLU (``silu(gate) * up``): keeps gate and up and recomputes the SiLU in backward; where
+  the down projection is a fused LoRA linear too, one function runs both and recomputes the
+  product (the down projection's input) in backward instead of keeping it.
+
+Dropout keep masks of inputs at least ``PACK_MASK_MIN_WIDTH`` wide are kept eight to a byte.
 
 Each replacement is the same function of its inputs as the module it stands in for, to
 float rounding (tests compare them on random inputs). A module whose type or settings this
@@ -32,6 +36,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from worker.spec.budget import PACK_MASK_MIN_WIDTH
+from worker.training.mask_bits import pack_mask, unpack_mask
 
 # Classes whose forward is exactly ``weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`` with the
 # statistics in float32. Gemma's RMSNorm scales by (1 + weight) and is deliberately absent.
@@ -181,20 +188,25 @@ def _one_plain_adapter(module: Any) -> bool:
     return isinstance(dropout, nn.Identity) or type(dropout) is nn.Dropout
 
 
-def _lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _lora_args(self: Any) -> tuple[Any, ...]:
+    """What ``_LoraLinear`` takes besides the input, for a plain LoRA linear."""
     name = self.active_adapters[0]
     dropout = self.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, nn.Dropout) and self.training else 0.0
     base = self.base_layer
-    out: torch.Tensor = _LoraLinear.apply(
-        x,
+    return (
         base.weight,
         base.bias,
         self.lora_A[name].weight,
         self.lora_B[name].weight,
         float(self.scaling[name]),
         p,
+        None,
     )
+
+
+def _lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    out: torch.Tensor = _LoraLinear.apply(x, *_lora_args(self))
     return out
 
 
@@ -213,7 +225,10 @@ def _qlora_fusable(module: nn.Module) -> bool:
     return _one_plain_adapter(module)
 
 
-def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _qlora_args(self: Any) -> tuple[Any, ...]:
+    """What ``_LoraLinear`` takes besides the input, for a LoRA linear over a 4-bit weight:
+    no weight (the packed one never enters autograd: bitsandbytes overrides torch functions)
+    but a function that dequantises it."""
     import bitsandbytes.functional as bnb_functional
 
     name = self.active_adapters[0]
@@ -226,9 +241,8 @@ def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         weight: torch.Tensor = bnb_functional.dequantize_4bit(packed.data, state)
         return weight
 
-    out: torch.Tensor = _LoraLinear.apply(
-        x,
-        None,  # the packed weight never enters autograd (bitsandbytes overrides torch functions)
+    return (
+        None,
         base.bias,
         self.lora_A[name].weight,
         self.lora_B[name].weight,
@@ -236,6 +250,10 @@ def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         p,
         dequantize,
     )
+
+
+def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    out: torch.Tensor = _LoraLinear.apply(x, *_qlora_args(self))
     return out
 
 
@@ -253,6 +271,117 @@ def _cpu_keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64)
     bits = words.view(torch.int16)[:count].view(shape)
     return bits >= round(p * 65536) - 32768
+
+
+# Inputs at least PACK_MASK_MIN_WIDTH wide keep their dropout mask packed eight elements to a
+# byte (worker.training.mask_bits; the rule and the estimate count it so:
+# worker.spec.budget.mask_bytes). At 8B a Llama layer's masks drop from 39 KB to 5 KB a token.
+def _lora_product(
+    x2: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scaling: float,
+    p: float,
+    dequantize: Callable[[], torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``x2 W^T + b + s * dropout(x2) A^T B^T`` for a [tokens, in] input; also the dropout
+    keep mask to keep for backward (None without dropout, packed for wide inputs) and
+    ``dropout(x2) A^T``."""
+    mask: torch.Tensor | None
+    if p > 0.0 and x2.device.type == "cpu":
+        # The mask alone; 1 / (1 - p) scales the small [tokens, r] product instead.
+        mask = _cpu_keep_mask(x2.shape, p)
+        xa = (torch.where(mask, x2, 0) @ a.t()).mul_(1.0 / (1.0 - p))
+    else:
+        if p > 0.0:
+            dropped, mask = torch.native_dropout(x2, p, True)
+        else:
+            dropped, mask = x2, None
+        xa = dropped @ a.t()
+        del dropped
+    full = dequantize() if dequantize is not None else weight
+    assert full is not None
+    out = F.linear(x2, full.to(x2.dtype), None if bias is None else bias.to(x2.dtype))
+    del full
+    out.addmm_(xa, b.t(), alpha=scaling)
+    if mask is not None and x2.shape[-1] >= PACK_MASK_MIN_WIDTH and x2.shape[-1] % 8 == 0:
+        mask = pack_mask(mask)
+    return out, mask, xa
+
+
+def _lora_grads(
+    ctx: Any,
+    g: torch.Tensor,
+    x2: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    xa: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of ``_lora_product`` for the output gradient ``g`` [tokens, out]: of its
+    input (still [tokens, in]), the weight, the bias, A and B. ``x2`` may be None where
+    neither A's nor the weight's gradient is needed."""
+    need_x, need_w, need_bias, need_a, need_b = ctx.lora_needs
+    w_dtype, bias_dtype, a_dtype, b_dtype = ctx.dtypes
+    s, p = ctx.scaling, ctx.p
+    if mask is not None and mask.dtype == torch.uint8:
+        mask = unpack_mask(mask)
+    g_b = g @ b if (need_x or need_a) else None  # [tokens, r]
+    grad_x = grad_w = grad_bias = grad_a = grad_b = None
+    if need_x:
+        assert g_b is not None
+        full = ctx.dequantize() if ctx.dequantize is not None else weight
+        assert full is not None
+        grad_x = g @ full.to(g.dtype)
+        del full
+        if mask is None:
+            grad_x.addmm_(g_b, a, alpha=s)
+        elif mask.device.type == "cpu":
+            grad_x.add_(torch.where(mask, g_b @ a, 0), alpha=s / (1.0 - p))
+        else:
+            grad_x += torch.ops.aten.native_dropout_backward(g_b @ a, mask, s / (1.0 - p))
+    if need_a:
+        assert g_b is not None and x2 is not None
+        if mask is not None and mask.device.type == "cpu":
+            grad_a = (g_b.t() @ torch.where(mask, x2, 0)).mul_(s / (1.0 - p)).to(a_dtype)
+        else:
+            dropped = (
+                x2
+                if mask is None
+                else torch.ops.aten.native_dropout_backward(x2, mask, 1 / (1 - p))
+            )
+            grad_a = (g_b.t() @ dropped).mul_(s).to(a_dtype)
+    if need_b:
+        grad_b = (g.t() @ xa).mul_(s).to(b_dtype)
+    if need_w:  # never for a quantised weight, which is frozen
+        assert x2 is not None
+        grad_w = (g.t() @ x2).to(w_dtype)
+    if need_bias:
+        grad_bias = g.sum(0).to(bias_dtype)
+    return grad_x, grad_w, grad_bias, grad_a, grad_b
+
+
+def _remember(
+    ctx: Any,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    p: float,
+    dequantize: Callable[[], torch.Tensor] | None,
+    needs: tuple[bool, ...],
+) -> None:
+    ctx.scaling, ctx.p, ctx.dequantize, ctx.lora_needs = scaling, p, dequantize, needs
+    ctx.dtypes = (
+        None if weight is None else weight.dtype,
+        None if bias is None else bias.dtype,
+        lora_a.dtype,
+        lora_b.dtype,
+    )
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -277,69 +406,21 @@ class _LoraLinear(torch.autograd.Function):
         x2 = x.reshape(-1, shape[-1])
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
-        if p > 0.0 and x2.device.type == "cpu":
-            # The mask alone; 1 / (1 - p) scales the small [tokens, r] product instead.
-            mask = _cpu_keep_mask(x2.shape, p)
-            xa = (torch.where(mask, x2, 0) @ a.t()).mul_(1.0 / (1.0 - p))
-        else:
-            if p > 0.0:
-                dropped, mask = torch.native_dropout(x2, p, True)
-            else:
-                dropped, mask = x2, None
-            xa = dropped @ a.t()
-        full = dequantize() if dequantize is not None else weight
-        assert full is not None
-        out = F.linear(x2, full.to(x.dtype), None if bias is None else bias.to(x.dtype))
-        del full
-        out.addmm_(xa, b.t(), alpha=scaling)
+        out, mask, xa = _lora_product(x2, weight, bias, a, b, scaling, p, dequantize)
         ctx.save_for_backward(x2, weight, mask, a, b, xa)
-        ctx.scaling, ctx.p, ctx.shape, ctx.dequantize = scaling, p, shape, dequantize
-        ctx.dtypes = (
-            None if weight is None else weight.dtype,
-            None if bias is None else bias.dtype,
-            lora_a.dtype,
-            lora_b.dtype,
+        _remember(
+            ctx, weight, bias, lora_a, lora_b, scaling, p, dequantize, ctx.needs_input_grad[:5]
         )
+        ctx.shape = shape
         return out.view(*shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         x2, weight, mask, a, b, xa = ctx.saved_tensors
-        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        w_dtype, bias_dtype, a_dtype, b_dtype = ctx.dtypes
-        s, p = ctx.scaling, ctx.p
         g = grad.reshape(-1, grad.shape[-1])
-        g_b = g @ b if (need_x or need_a) else None  # [tokens, r]
-        grad_x = grad_w = grad_bias = grad_a = grad_b = None
-        if need_x:
-            assert g_b is not None
-            full = ctx.dequantize() if ctx.dequantize is not None else weight
-            grad_x = g @ full.to(g.dtype)
-            del full
-            if mask is None:
-                grad_x.addmm_(g_b, a, alpha=s)
-            elif mask.device.type == "cpu":
-                grad_x.add_(torch.where(mask, g_b @ a, 0), alpha=s / (1.0 - p))
-            else:
-                grad_x += torch.ops.aten.native_dropout_backward(g_b @ a, mask, s / (1.0 - p))
+        grad_x, grad_w, grad_bias, grad_a, grad_b = _lora_grads(ctx, g, x2, weight, mask, a, b, xa)
+        if grad_x is not None:
             grad_x = grad_x.view(ctx.shape)
-        if need_a:
-            assert g_b is not None
-            if mask is not None and mask.device.type == "cpu":
-                grad_a = (g_b.t() @ torch.where(mask, x2, 0)).mul_(s / (1.0 - p)).to(a_dtype)
-            else:
-                dropped = (
-                    x2
-                    if mask is None
-                    else torch.ops.aten.native_dropout_backward(x2, mask, 1 / (1 - p))
-                )
-                grad_a = (g_b.t() @ dropped).mul_(s).to(a_dtype)
-        if need_b:
-            grad_b = (g.t() @ xa).mul_(s).to(b_dtype)
-        if need_w:  # never for a quantised weight, which is frozen
-            grad_w = (g.t() @ x2).to(w_dtype)
-        if need_bias:
-            grad_bias = g.sum(0).to(bias_dtype)
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None, None
 
 
@@ -389,8 +470,18 @@ def _is_silu(module: nn.Module) -> bool:
 
 
 def _gated_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    hidden: torch.Tensor = _SiluMul.apply(self.gate_proj(x), self.up_proj(x))
-    out: torch.Tensor = self.down_proj(hidden)
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    down = self.down_proj
+    ours = getattr(down.__dict__.get("forward"), "__func__", None)
+    if ours is _lora_forward or ours is _qlora_forward:
+        # The down projection runs through ours too: one function for both, so that the
+        # product silu(gate) * up, the down projection's input, is recomputed in backward
+        # from gate and up (kept anyway) rather than kept as well.
+        args = _lora_args(down) if ours is _lora_forward else _qlora_args(down)
+        fused_out: torch.Tensor = _SwiGLULora.apply(gate, up, *args)
+        return fused_out
+    hidden: torch.Tensor = _SiluMul.apply(gate, up)
+    out: torch.Tensor = down(hidden)
     return out
 
 
@@ -407,6 +498,51 @@ class _SiluMul(torch.autograd.Function):
         grad_up = grad * F.silu(gate)
         grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
         return grad_gate, grad_up
+
+
+class _SwiGLULora(torch.autograd.Function):
+    """``_LoraLinear`` of ``silu(gate) * up``, keeping gate and up but not their product."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        gate: torch.Tensor,
+        up: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        p: float,
+        dequantize: Callable[[], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        shape = gate.shape
+        h = (F.silu(gate) * up).reshape(-1, shape[-1])
+        a = lora_a.to(h.dtype)
+        b = lora_b.to(h.dtype)
+        out, mask, xa = _lora_product(h, weight, bias, a, b, scaling, p, dequantize)
+        del h
+        ctx.save_for_backward(gate, up, weight, mask, a, b, xa)
+        needs = (any(ctx.needs_input_grad[:2]), *ctx.needs_input_grad[2:6])
+        _remember(ctx, weight, bias, lora_a, lora_b, scaling, p, dequantize, needs)
+        return out.view(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        gate, up, weight, mask, a, b, xa = ctx.saved_tensors
+        silu_gate = F.silu(gate)
+        _, need_w, _, need_a, _ = ctx.lora_needs
+        h = (silu_gate * up).reshape(-1, gate.shape[-1]) if (need_a or need_w) else None
+        g = grad.reshape(-1, grad.shape[-1])
+        grad_h, grad_w, grad_bias, grad_a, grad_b = _lora_grads(ctx, g, h, weight, mask, a, b, xa)
+        del h
+        grad_gate = grad_up = None
+        if grad_h is not None:
+            grad_h = grad_h.view(gate.shape)
+            # The same kernels autograd would run for silu(gate) * up, with silu recomputed.
+            grad_up = grad_h * silu_gate
+            grad_gate = torch.ops.aten.silu_backward(grad_h * up, gate)
+        return grad_gate, grad_up, grad_w, grad_bias, grad_a, grad_b, None, None, None
 
 
 _OUR_FORWARDS = frozenset({_lora_forward, _qlora_forward, _rms_norm_forward, _gated_mlp_forward})

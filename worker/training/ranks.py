@@ -149,6 +149,10 @@ class _LossOf(torch.nn.Module):
 class Replicas:
     """The trained model wrapped in DDP, and the optimiser step's forward and backward."""
 
+    # A pass only this rank runs (no collective until the step's last): it may be halved and
+    # retried here alone (budget.StepFitter).
+    halves_alone = True
+
     def __init__(self, lm: Any, plan: Any, ranks: Ranks) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -202,8 +206,12 @@ class Sharded:
     as each other: a rank with fewer real passes than the others runs zero-weighted ones
     over the step's shortest sample. Each backward reduce-scatters its gradients (averaged;
     the loss is scaled by the world size as under DDP). A pass that runs out of GPU memory
-    fails the run (halving the pass size on one rank alone would leave the others waiting).
+    cannot be halved on one rank alone (the others would wait in its collectives): it ends
+    the processes, and the parent restarts them all at half the budget from the newest
+    checkpoint (``budget.ShardedPassTooLarge``, ``distributed``).
     """
+
+    halves_alone = False
 
     def __init__(self, lm: Any, plan: Any, ranks: Ranks) -> None:
         from torch.distributed.fsdp import fully_shard

@@ -1,0 +1,132 @@
+"""Time and memory of the fused layers' parts at a real layer's size, before and after a change.
+
+Runs one Llama-3-8B layer's LoRA projections (hidden 4,096, intermediate 14,336, r 16,
+dropout 0.05) over a pass of ``--tokens`` tokens, forward and backward, in each of these ways,
+in one process on one GPU:
+
+- ``lora``: a q-sized LoRA linear, its dropout keep mask kept a byte an element (``bytes``)
+  or a bit (``bits``, ``worker.training.mask_bits``: its Triton kernels; ``bits-torch``: its
+  elementwise version).
+- ``mlp``: gate, up, SwiGLU and down: ``before`` runs the SwiGLU and the down projection as
+  two functions (the down projection keeps its input, masks a byte an element), ``recompute``
+  as one that recomputes the down projection's input in backward, ``after`` that plus masks
+  packed (the engine's path).
+
+Prints one JSON line per part: median milliseconds per forward + backward, the bytes kept for
+backward per token, and each way's time and memory over the first way's.
+
+    python bench/fused_parts.py [--tokens 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.training import fused, mask_bits
+
+HIDDEN, INTERMEDIATE, RANK, DROPOUT, SCALING = 4096, 14336, 16, 0.05, 2.0
+
+
+def adapter(inputs: int, outputs: int, device: torch.device) -> tuple[Any, ...]:
+    weight = torch.randn(outputs, inputs, device=device, dtype=torch.bfloat16) * 0.02
+    a = (torch.randn(RANK, inputs, device=device) * 0.02).requires_grad_(True)
+    b = (torch.randn(outputs, RANK, device=device) * 0.02).requires_grad_(True)
+    return (weight, None, a, b, SCALING, DROPOUT, None)
+
+
+def measure(run: Callable[[], torch.Tensor], tokens: int, repeats: int) -> dict[str, float]:
+    times = []
+    kept = 0
+    for i in range(repeats + 3):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = run()
+        torch.cuda.synchronize()
+        kept = torch.cuda.memory_allocated() - before - out.numel() * out.element_size()
+        out.backward(torch.ones_like(out))
+        del out
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end))
+    return {"ms": round(statistics.median(times), 3), "kept_bytes_per_token": round(kept / tokens)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("This benchmark needs a CUDA GPU.")
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    tokens = args.tokens
+    x = torch.randn(tokens, HIDDEN, device=device, dtype=torch.bfloat16).requires_grad_(True)
+    q = adapter(HIDDEN, HIDDEN, device)
+    gate, up = adapter(HIDDEN, INTERMEDIATE, device), adapter(HIDDEN, INTERMEDIATE, device)
+    down = adapter(INTERMEDIATE, HIDDEN, device)
+    packing = fused.PACK_MASK_MIN_WIDTH
+
+    def lora(pack: bool, kernels: bool = True) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            # Both settings hold until the next way's run sets them: through its backward.
+            fused.PACK_MASK_MIN_WIDTH = packing if pack else 1 << 30
+            mask_bits.TRITON = kernels
+            out: torch.Tensor = fused._LoraLinear.apply(x, *q)
+            return out
+
+        return run
+
+    def mlp(way: str) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            fused.PACK_MASK_MIN_WIDTH = packing if way == "after" else 1 << 30
+            mask_bits.TRITON = True
+            g = fused._LoraLinear.apply(x, *gate)
+            u = fused._LoraLinear.apply(x, *up)
+            if way == "before":
+                hidden = fused._SiluMul.apply(g, u)
+                out: torch.Tensor = fused._LoraLinear.apply(hidden, *down)
+            else:
+                out = fused._SwiGLULora.apply(g, u, *down)
+            return out
+
+        return run
+
+    parts = {
+        "lora": {"bytes": lora(False), "bits": lora(True), "bits-torch": lora(True, False)},
+        "mlp": {"before": mlp("before"), "recompute": mlp("recompute"), "after": mlp("after")},
+    }
+    for part, ways in parts.items():
+        results = {way: measure(run, tokens, args.repeats) for way, run in ways.items()}
+        first = next(iter(results.values()))
+        for result in results.values():
+            result["time_ratio"] = round(result["ms"] / first["ms"], 3)
+            result["memory_ratio"] = round(
+                result["kept_bytes_per_token"] / first["kept_bytes_per_token"], 3
+            )
+        line = {
+            "part": part,
+            "tokens": tokens,
+            "gpu": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "ways": results,
+        }
+        print(json.dumps(line))
+    fused.PACK_MASK_MIN_WIDTH = packing
+
+
+if __name__ == "__main__":
+    main()

@@ -7,10 +7,12 @@ in one process on one GPU:
 - ``lora``: a q-sized LoRA linear, its dropout keep mask kept a byte an element (``bytes``)
   or a bit (``bits``, ``worker.training.mask_bits``: its Triton kernels; ``bits-torch``: its
   elementwise version).
+- ``rms_norm`` and ``swiglu`` (on gate and up outputs): PyTorch's chains of elementwise
+  kernels (``pytorch``) against ``worker.training.kernels``' Triton kernels (``triton``).
 - ``mlp``: gate, up, SwiGLU and down: ``before`` runs the SwiGLU and the down projection as
   two functions (the down projection keeps its input, masks a byte an element), ``recompute``
   as one that recomputes the down projection's input in backward, ``after`` that plus masks
-  packed (the engine's path).
+  packed and the Triton kernels (the engine's path).
 
 Prints one JSON line per part: median milliseconds per forward + backward, the bytes kept for
 backward per token, and each way's time and memory over the first way's.
@@ -32,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.training import fused, mask_bits
+from worker.training import fused, kernels, mask_bits
 
 HIDDEN, INTERMEDIATE, RANK, DROPOUT, SCALING = 4096, 14336, 16, 0.05, 2.0
 
@@ -44,7 +46,7 @@ def adapter(inputs: int, outputs: int, device: torch.device) -> tuple[Any, ...]:
     return (weight, None, a, b, SCALING, DROPOUT, None)
 
 
-def measure(run: Callable[[], torch.Tensor], tokens: int, repeats: int) -> dict[str, float]:
+def measure(run: Callable[[], torch.Tensor], tokens: int, repeats: int) -> dict[str, Any]:
     times = []
     kept = 0
     for i in range(repeats + 3):
@@ -61,7 +63,9 @@ def measure(run: Callable[[], torch.Tensor], tokens: int, repeats: int) -> dict[
         torch.cuda.synchronize()
         if i >= 3:
             times.append(start.elapsed_time(end))
-    return {"ms": round(statistics.median(times), 3), "kept_bytes_per_token": round(kept / tokens)}
+    result: dict[str, float | None] = {"ms": round(statistics.median(times), 3)}
+    result["kept_bytes_per_token"] = round(kept / tokens)
+    return result
 
 
 def main() -> None:
@@ -80,11 +84,12 @@ def main() -> None:
     down = adapter(INTERMEDIATE, HIDDEN, device)
     packing = fused.PACK_MASK_MIN_WIDTH
 
-    def lora(pack: bool, kernels: bool = True) -> Callable[[], torch.Tensor]:
+    def lora(pack: bool, triton: bool = True) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             # Both settings hold until the next way's run sets them: through its backward.
             fused.PACK_MASK_MIN_WIDTH = packing if pack else 1 << 30
-            mask_bits.TRITON = kernels
+            mask_bits.TRITON = triton
+            kernels.TRITON = True
             out: torch.Tensor = fused._LoraLinear.apply(x, *q)
             return out
 
@@ -94,6 +99,7 @@ def main() -> None:
         def run() -> torch.Tensor:
             fused.PACK_MASK_MIN_WIDTH = packing if way == "after" else 1 << 30
             mask_bits.TRITON = True
+            kernels.TRITON = way == "after"
             g = fused._LoraLinear.apply(x, *gate)
             u = fused._LoraLinear.apply(x, *up)
             if way == "before":
@@ -105,7 +111,29 @@ def main() -> None:
 
         return run
 
+    norm_weight = torch.randn(HIDDEN, device=device, dtype=torch.bfloat16)
+    gate_out = torch.randn(tokens, INTERMEDIATE, device=device, dtype=torch.bfloat16)
+    up_out = torch.randn(tokens, INTERMEDIATE, device=device, dtype=torch.bfloat16)
+    gate_out.requires_grad_(True)
+    up_out.requires_grad_(True)
+
+    def elementwise(part: str, triton: bool) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            kernels.TRITON = triton
+            if part == "rms_norm":
+                out: torch.Tensor = fused._RMSNorm.apply(x, norm_weight, 1e-5)
+            else:
+                out = fused._SiluMul.apply(gate_out, up_out)
+            return out
+
+        return run
+
     parts = {
+        "rms_norm": {
+            "pytorch": elementwise("rms_norm", False),
+            "triton": elementwise("rms_norm", True),
+        },
+        "swiglu": {"pytorch": elementwise("swiglu", False), "triton": elementwise("swiglu", True)},
         "lora": {"bytes": lora(False), "bits": lora(True), "bits-torch": lora(True, False)},
         "mlp": {"before": mlp("before"), "recompute": mlp("recompute"), "after": mlp("after")},
     }
@@ -114,8 +142,9 @@ def main() -> None:
         first = next(iter(results.values()))
         for result in results.values():
             result["time_ratio"] = round(result["ms"] / first["ms"], 3)
-            result["memory_ratio"] = round(
-                result["kept_bytes_per_token"] / first["kept_bytes_per_token"], 3
+            base = first["kept_bytes_per_token"]
+            result["memory_ratio"] = (
+                round(result["kept_bytes_per_token"] / base, 3) if base else None
             )
         line = {
             "part": part,
@@ -126,6 +155,7 @@ def main() -> None:
         }
         print(json.dumps(line))
     fused.PACK_MASK_MIN_WIDTH = packing
+    kernels.TRITON = True
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.spec.budget import PACK_MASK_MIN_WIDTH
+from worker.training import kernels
 from worker.training.mask_bits import pack_mask, unpack_mask
 
 # Classes whose forward is exactly ``weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`` with the
@@ -435,25 +436,20 @@ def _rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        normed = (xf * rstd).to(x.dtype)
+        out, rstd = kernels.rms_norm(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
-        return weight * normed
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         x, weight, rstd = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        xhat = x.float() * rstd  # a fresh tensor: the in-place steps below never touch x
         grad_x = grad_w = None
-        if need_w:
-            normed = xhat.to(x.dtype)
+        if need_w:  # a trained norm (full fine-tuning)
+            normed = (x.float() * rstd).to(x.dtype)
             grad_w = (grad * normed).float().reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
         if need_x:
-            g = (grad * weight).float()
-            dot = (g * xhat).mean(-1, keepdim=True)
-            grad_x = g.sub_(xhat.mul_(dot)).mul_(rstd).to(x.dtype)
+            grad_x = kernels.rms_norm_grad_x(grad.contiguous(), x, weight, rstd)
         return grad_x, grad_w, None
 
 
@@ -489,14 +485,13 @@ class _SiluMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
+        return kernels.silu_mul(gate, up)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gate, up = ctx.saved_tensors
-        # The same kernels autograd would run for silu(gate) * up, with silu recomputed.
-        grad_up = grad * F.silu(gate)
-        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
+        # What autograd would compute for silu(gate) * up, with silu recomputed.
+        grad_gate, grad_up = kernels.silu_mul_grad(grad.contiguous(), gate, up)
         return grad_gate, grad_up
 
 
@@ -517,7 +512,7 @@ class _SwiGLULora(torch.autograd.Function):
         dequantize: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         shape = gate.shape
-        h = (F.silu(gate) * up).reshape(-1, shape[-1])
+        h = kernels.silu_mul(gate, up).reshape(-1, shape[-1])
         a = lora_a.to(h.dtype)
         b = lora_b.to(h.dtype)
         out, mask, xa = _lora_product(h, weight, bias, a, b, scaling, p, dequantize)
@@ -530,18 +525,14 @@ class _SwiGLULora(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gate, up, weight, mask, a, b, xa = ctx.saved_tensors
-        silu_gate = F.silu(gate)
         _, need_w, _, need_a, _ = ctx.lora_needs
-        h = (silu_gate * up).reshape(-1, gate.shape[-1]) if (need_a or need_w) else None
+        h = kernels.silu_mul(gate, up).reshape(-1, gate.shape[-1]) if (need_a or need_w) else None
         g = grad.reshape(-1, grad.shape[-1])
         grad_h, grad_w, grad_bias, grad_a, grad_b = _lora_grads(ctx, g, h, weight, mask, a, b, xa)
         del h
         grad_gate = grad_up = None
         if grad_h is not None:
-            grad_h = grad_h.view(gate.shape)
-            # The same kernels autograd would run for silu(gate) * up, with silu recomputed.
-            grad_up = grad_h * silu_gate
-            grad_gate = torch.ops.aten.silu_backward(grad_h * up, gate)
+            grad_gate, grad_up = kernels.silu_mul_grad(grad_h.view(gate.shape), gate, up)
         return grad_gate, grad_up, grad_w, grad_bias, grad_a, grad_b, None, None, None
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from worker.training.kernels import triton_cdiv
+
 _GATHER = 0x0102040810204080
 _SPREAD = 0x0101010101010101
 _SELECT = 0x8040201008040201 - 2**64  # as a signed 64-bit integer
@@ -64,10 +66,6 @@ def _use_kernels(tensor: torch.Tensor) -> bool:
     # Inside a compiled layer (worker.training.compiled) inductor fuses the elementwise
     # version into one kernel of its own.
     return TRITON and tensor.is_cuda and not torch.compiler.is_compiling()
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @functools.cache

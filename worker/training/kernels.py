@@ -1,0 +1,204 @@
+"""Triton kernels for the elementwise work around the fused layers' matmuls, on a GPU.
+
+A profile of a Llama-3-8B LoRA step on an H100 (``bench/train_throughput.py --profile``,
+2026-12-06) spent 53% of the GPU's time outside matrix products, most of it in the chains of
+small elementwise kernels that RMSNorm and SwiGLU are in plain PyTorch: each reads and writes
+a whole [tokens, width] tensor, in float32 for the norm. Here each chain is one kernel:
+
+- ``rms_norm``: the normalised row times the weight, and the row's ``rstd`` kept for
+  backward; ``rms_norm_grad_x``: the input's gradient (the weight's, needed only when the
+  norm itself is trained, stays in PyTorch).
+- ``silu_mul``: ``silu(gate) * up``; ``silu_mul_grad``: the gradients of gate and up.
+
+Each rounds where the PyTorch chain rounds (to the 16-bit dtype between steps), so the two
+agree to the last bit or nearly (tests/worker/test_kernels.py compares them on the GPU).
+Without CUDA or Triton, and inside a compiled layer (where inductor fuses the chain itself),
+the PyTorch version runs: the same function everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+TRITON = True  # False: PyTorch everywhere (bench/fused_parts.py compares the two)
+_BLOCK = 2048  # elements per program of the elementwise kernels
+
+
+def _use_kernels(*tensors: torch.Tensor) -> bool:
+    return (
+        TRITON
+        and all(t.is_cuda and t.is_contiguous() for t in tensors)
+        and not torch.compiler.is_compiling()
+        and _kernels() is not None
+    )
+
+
+# --- RMSNorm -------------------------------------------------------------------------------
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight * (x * rstd).to(x.dtype)`` with ``rstd = rsqrt(mean(x^2) + eps)`` in float32,
+    and ``rstd`` ([..., 1], float32)."""
+    width = x.shape[-1]
+    if not _use_kernels(x, weight) or weight.shape != (width,):
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * (xf * rstd).to(x.dtype), rstd
+    rows = x.numel() // width
+    out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    rstd = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
+    if rows:
+        kernels = _kernels()
+        assert kernels is not None
+        kernels["rms_forward"][(rows,)](
+            x, weight, out, rstd, width, eps, BLOCK=triton_next_power_of_2(width)
+        )
+    return out, rstd
+
+
+def rms_norm_grad_x(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> torch.Tensor:
+    """The gradient of ``rms_norm`` with respect to ``x``, in ``x``'s dtype."""
+    width = x.shape[-1]
+    if not _use_kernels(grad, x, weight, rstd) or weight.shape != (width,):
+        xhat = x.float() * rstd
+        g = (grad * weight).float()
+        dot = (g * xhat).mean(-1, keepdim=True)
+        return g.sub_(xhat.mul_(dot)).mul_(rstd).to(x.dtype)
+    rows = x.numel() // width
+    grad_x = torch.empty_like(x)
+    if rows:
+        kernels = _kernels()
+        assert kernels is not None
+        kernels["rms_backward"][(rows,)](
+            grad, x, weight, rstd, grad_x, width, BLOCK=triton_next_power_of_2(width)
+        )
+    return grad_x
+
+
+# --- SwiGLU --------------------------------------------------------------------------------
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up``."""
+    if not _use_kernels(gate, up) or gate.shape != up.shape or gate.dtype != up.dtype:
+        return F.silu(gate) * up
+    out = torch.empty_like(gate)
+    count = gate.numel()
+    if count:
+        kernels = _kernels()
+        assert kernels is not None
+        kernels["silu_mul"][(triton_cdiv(count, _BLOCK),)](gate, up, out, count, BLOCK=_BLOCK)
+    return out
+
+
+def silu_mul_grad(
+    grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``silu_mul`` with respect to gate and up."""
+    same = grad.shape == gate.shape == up.shape and grad.dtype == gate.dtype == up.dtype
+    if not _use_kernels(grad, gate, up) or not same:
+        grad_up = grad * F.silu(gate)
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
+        return grad_gate, grad_up
+    grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
+    count = gate.numel()
+    if count:
+        kernels = _kernels()
+        assert kernels is not None
+        kernels["silu_mul_grad"][(triton_cdiv(count, _BLOCK),)](
+            grad, gate, up, grad_gate, grad_up, count, BLOCK=_BLOCK
+        )
+    return grad_gate, grad_up
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def triton_next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@functools.cache
+def _kernels() -> dict[str, Any] | None:
+    """The Triton kernels, or None where Triton is not installed."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    # Triton reads the kernels' annotations itself: only its own types may appear there.
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def rms_forward(x_ptr, w_ptr, out_ptr, rstd_ptr, width, eps, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        valid = cols < width
+        x = tl.load(x_ptr + row * width + cols, mask=valid, other=0.0)
+        xf = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / width + eps)
+        normed = (xf * rstd).to(x.dtype)
+        w = tl.load(w_ptr + cols, mask=valid, other=0.0)
+        out = w.to(tl.float32) * normed.to(tl.float32)
+        tl.store(out_ptr + row * width + cols, out.to(out_ptr.dtype.element_ty), mask=valid)
+        tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def rms_backward(g_ptr, x_ptr, w_ptr, rstd_ptr, out_ptr, width, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        valid = cols < width
+        x = tl.load(x_ptr + row * width + cols, mask=valid, other=0.0).to(tl.float32)
+        grad = tl.load(g_ptr + row * width + cols, mask=valid, other=0.0)
+        w = tl.load(w_ptr + cols, mask=valid, other=0.0)
+        rstd = tl.load(rstd_ptr + row)
+        xhat = x * rstd
+        # (grad * weight) in their promoted dtype, as the PyTorch chain rounds it.
+        g = (grad.to(tl.float32) * w.to(tl.float32)).to(g_ptr.dtype.element_ty).to(tl.float32)
+        dot = tl.sum(g * xhat, axis=0) / width
+        grad_x = (g - xhat * dot) * rstd
+        tl.store(out_ptr + row * width + cols, grad_x.to(out_ptr.dtype.element_ty), mask=valid)
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def silu_mul(gate_ptr, up_ptr, out_ptr, count, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = offsets < count
+        gate = tl.load(gate_ptr + offsets, mask=valid, other=0.0)
+        up = tl.load(up_ptr + offsets, mask=valid, other=0.0)
+        gf = gate.to(tl.float32)
+        silu = (gf / (1.0 + tl.exp(-gf))).to(gate.dtype)
+        out = silu.to(tl.float32) * up.to(tl.float32)
+        tl.store(out_ptr + offsets, out.to(gate.dtype), mask=valid)
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def silu_mul_grad(
+        g_ptr, gate_ptr, up_ptr, grad_gate_ptr, grad_up_ptr, count, BLOCK: tl.constexpr
+    ):  # type: ignore[no-untyped-def,unused-ignore]
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = offsets < count
+        grad = tl.load(g_ptr + offsets, mask=valid, other=0.0)
+        gate = tl.load(gate_ptr + offsets, mask=valid, other=0.0)
+        up = tl.load(up_ptr + offsets, mask=valid, other=0.0)
+        gf = gate.to(tl.float32)
+        sig = 1.0 / (1.0 + tl.exp(-gf))
+        silu = (gf * sig).to(gate.dtype)
+        grad_up = grad.to(tl.float32) * silu.to(tl.float32)
+        t = (grad.to(tl.float32) * up.to(tl.float32)).to(gate.dtype).to(tl.float32)
+        grad_gate = t * sig * (1.0 + gf * (1.0 - sig))
+        tl.store(grad_up_ptr + offsets, grad_up.to(gate.dtype), mask=valid)
+        tl.store(grad_gate_ptr + offsets, grad_gate.to(gate.dtype), mask=valid)
+
+    return {
+        "rms_forward": rms_forward,
+        "rms_backward": rms_backward,
+        "silu_mul": silu_mul,
+        "silu_mul_grad": silu_mul_grad,
+    }

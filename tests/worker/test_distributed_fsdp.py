@@ -161,7 +161,54 @@ def test_the_estimate_shards_full_fine_tuning_across_gpus() -> None:
         "gathered_layers" in two["memory_bytes"]
         and "ddp_gradient_buckets" not in two["memory_bytes"]
     )
+    # Sharded layers are gathered in bf16: no autocast copy of every weight on every GPU.
+    assert "autocast_weight_copies" in one["memory_bytes"]
+    assert "autocast_weight_copies" not in two["memory_bytes"]
+    assert two["memory_bytes"]["gathered_layers"] < 2 * params / 8
     assert eight["peak_memory_bytes"] < two["peak_memory_bytes"] < one["peak_memory_bytes"]
     # Each process loads the whole model (float32) before keeping its share.
     assert eight["peak_memory_bytes"] >= 4 * params
     assert any("sharded with FSDP" in a for a in two["assumptions"])
+
+
+@pytest.mark.e2e
+def test_a_sharded_bfloat16_run_trains_as_one_process_does(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One process keeps float32 weights and computes under bfloat16 autocast; sharded, each
+    # layer's weights are gathered in bfloat16 (ranks.precision): the same run, to bfloat16's
+    # rounding of the residual stream.
+    _, single = run(engine.train, tiny_model_dir, tmp_path / "one", dtype="bfloat16")
+    monkeypatch.setenv(distributed.CPU_PROCESSES_ENV, "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _, sharded = run(distributed.train, tiny_model_dir, tmp_path / "two", dtype="bfloat16")
+    assert len(sharded.steps) == len(single.steps) == SETTINGS["max_steps"]
+    for mine, theirs in zip(sharded.steps, single.steps, strict=True):
+        assert math.isclose(mine.loss, theirs.loss, rel_tol=1e-3), mine.step
+
+
+def test_sharded_layers_gather_their_weights_in_the_compute_dtype(tiny_model_dir: Path) -> None:
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    from worker.training.ranks import decoder_layers, shard_layers
+
+    seen: list[torch.dtype] = []
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        for compute, gathered in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+            model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+            shard_layers(model, compute)
+            layer = decoder_layers(model)[0]
+            proj = layer.self_attn.q_proj
+            handle = proj.register_forward_pre_hook(lambda m, a: seen.append(m.weight.dtype))
+            model(input_ids=torch.tensor([[3, 4, 5]]))
+            handle.remove()
+            assert seen[-1] == gathered
+            # Resharded (as every layer is after its forward inside a sharded run), the
+            # float32 masters are what the optimiser steps.
+            layer.reshard()
+            assert all(p.dtype == torch.float32 for p in layer.parameters())
+    finally:
+        dist.destroy_process_group()

@@ -403,10 +403,13 @@ class _Run:
         fused_norm = a.model_type in _FUSED_NORM_TYPES
         fused_mlp = a.model_type in _FUSED_MLP_TYPES
         dropout = isinstance(c.lora_dropout, float | int) and c.lora_dropout > 0
-        # Full fine-tuning runs in float32 with bf16 autocast: the residual stream stays
-        # float32 and every linear keeps its own bf16 copy of its input.
+        # Full fine-tuning on one GPU runs in float32 with bf16 autocast: the residual stream
+        # stays float32 and every linear keeps its own bf16 copy of its input. Sharded, each
+        # layer's weights are gathered in bf16 (worker.training.ranks.precision), so it runs
+        # as a bf16 model does.
         act = 2
-        residual = 4 if self.full else act
+        autocast = self.full and not self.sharded
+        residual = 4 if autocast else act
         norm = (residual * h if fused_norm else 4 * h) + 4
         total = a.norms_per_layer * norm
         # Attention: rotated queries and keys, values and output (bf16), log-sum-exp (fp32).
@@ -419,8 +422,10 @@ class _Run:
         # MLP: gate and up (fused SwiGLU); unfused also keeps the activation's output.
         total += act * inter * (2 if fused_mlp else 3)
         projections = self._projections()
-        if self.full:
+        if autocast:
             total += act * (3 * h + 2 * h + inter)  # each linear's own bf16 input copy
+        elif self.full:
+            total += act * (2 * h + inter)  # the normalised inputs and the SwiGLU product
         elif self.fused_lora:
             # Inputs shared by q/k/v, by gate/up; o_proj's is the attention output (above).
             # The down projection's, silu(gate) * up, is recomputed in backward when the
@@ -494,13 +499,14 @@ class _Run:
         if self.fused_lora:
             parts["adapter_bf16_copies"] = 2.0 * self.trainable
         if self.sharded:
-            # The layer a pass runs and the next one, gathered whole (float32).
-            parts["gathered_layers"] = 2 * 4.0 * a.layer_weights()
+            # The layer a pass runs and the next one, gathered whole in bf16.
+            parts["gathered_layers"] = 2 * 2.0 * a.layer_weights()
         elif self.ranks > 1:
             # DDP's buckets: a float32 copy of the gradients, all-reduced in place.
             parts["ddp_gradient_buckets"] = 4.0 * self.trainable
-        if self.full:
-            # autocast caches a bf16 copy of every weight for the forward pass.
+        if self.full and not self.sharded:
+            # autocast caches a bf16 copy of every weight for the forward pass (sharded runs
+            # gather each layer in bf16 instead, and free it after the layer ran).
             parts["autocast_weight_copies"] = 2.0 * a.params()
         if self.checkpointing:
             layers_kept = a.hidden_size * 2 * a.layers + per_layer

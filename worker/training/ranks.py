@@ -218,8 +218,8 @@ class Sharded:
 
         self.ranks = ranks
         self.loss_of = _LossOf(lm, plan)
-        shard_layers(lm)  # a no-op where ``bring_to_device`` did it already
-        fully_shard(self.loss_of)
+        shard_layers(lm, plan.autocast)  # a no-op where ``bring_to_device`` did it already
+        fully_shard(self.loss_of, mp_policy=precision(plan.autocast))
 
     def step(
         self,
@@ -297,17 +297,31 @@ def whole(value: Any) -> Any:
     return full() if callable(full) else value
 
 
-def shard_layers(lm: Any) -> None:
+def precision(compute: torch.dtype | None) -> Any:
+    """FSDP2's mixed-precision policy for float32 master weights computing in ``compute``:
+    each layer's weights are gathered in ``compute`` (half the bytes over the wire) and freed
+    again after the layer ran, gradients reduced in float32. Without it, autocast would cast
+    every gathered float32 weight to ``compute`` and keep the copy for backward: 2 bytes a
+    parameter of the whole model on every GPU, however many share the model."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if compute is None or compute == torch.float32:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+
+
+def shard_layers(lm: Any, compute: torch.dtype | None = None) -> None:
     """Shard each decoder layer not sharded yet (FSDP2): this rank keeps its share of the
-    layer's weights, on its own device (``fully_shard`` moves weights that are elsewhere)."""
+    layer's weights, on its own device (``fully_shard`` moves weights that are elsewhere),
+    gathered to compute in ``compute`` (see ``precision``)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     for layer in decoder_layers(lm):
         if not isinstance(layer, FSDPModule):
-            fully_shard(layer)
+            fully_shard(layer, mp_policy=precision(compute))
 
 
-def bring_to_device(lm: Any, device: torch.device) -> None:
+def bring_to_device(lm: Any, device: torch.device, compute: torch.dtype | None = None) -> None:
     """Full fine-tuning's weights, loaded into host memory, brought onto ``device`` so that no
     GPU ever holds the whole model: each decoder layer in turn is sharded (FSDP2 copies that
     one layer over and keeps this rank's share of it), then what is left (embeddings, final
@@ -315,7 +329,7 @@ def bring_to_device(lm: Any, device: torch.device) -> None:
     in turn. On a CPU run nothing moves and the layers are sharded as ``Sharded`` would."""
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    shard_layers(lm)
+    shard_layers(lm, compute)
     moved: dict[int, torch.nn.Parameter] = {}
     for module in lm.modules():
         for name, param in list(module._parameters.items()):

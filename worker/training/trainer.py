@@ -76,7 +76,8 @@ def train_model(
         model.requires_grad_(True)
         _check_full_fine_tuning_fits(model, device, ranks.world)
         if ranks.several:
-            bring_to_device(model, device)
+            compute = models.compute_dtype(config, device)
+            bring_to_device(model, device, None if compute == torch.float32 else compute)
     else:
         model = get_peft_model(model, peft_config)
     if ranks.rank:

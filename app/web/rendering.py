@@ -20,6 +20,13 @@ from app.core.paths import TEMPLATES_DIR
 from app.core.words import clock_duration, short_id, size_in_words
 from app.web import display_words
 from app.web.form_tokens import form_token_input
+from worker.spec.methods import METHODS
+
+
+def method_title(name: object) -> str:
+    """A training method's name ("lora", "p_tuning") as people write it, in their language."""
+    method = METHODS.get(name) if isinstance(name, str) else None
+    return i18n.gettext(method.title) if method else str(name)
 
 
 def readable_json(value: Any) -> str:
@@ -52,6 +59,7 @@ templates.env.filters.update(
     error_text=translate_message,
     readable_json=readable_json,
     status=status_text,
+    method_title=method_title,
 )
 # Stored English values (default criteria, model labels, metric names, …) in the reader's words.
 templates.env.filters.update(display_words.FILTERS)

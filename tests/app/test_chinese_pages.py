@@ -344,7 +344,10 @@ def test_job_events_are_shown_in_the_readers_language(browser: TestClient, world
     for english in ("Job created", "Files validated", "Started on worker", "Model loaded"):
         assert english not in text, english
     assert "Something new the engine says" in text  # unknown: as stored
-    assert "Job created" in browser.get(f"/jobs/{world.job}", headers=EN).text
+    english_page = browser.get(f"/jobs/{world.job}", headers=EN).text
+    assert "Job created" in english_page
+    # The method as people write it, not its API name in capitals.
+    assert "LoRA on <code>" in english_page and "LORA on" not in english_page
     # The API keeps the English message; the id and values ride along in data.
     stored = browser.get(
         f"/api/v1/jobs/{world.job}/events", headers={**ZH, "Accept": "application/json"}

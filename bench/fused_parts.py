@@ -6,7 +6,7 @@ in one process on one GPU:
 
 - ``lora``: a q-sized LoRA linear, its dropout keep mask kept a byte an element (``bytes``)
   or a bit (``bits``, ``worker.training.mask_bits``: its Triton kernels; ``bits-torch``: its
-  elementwise version).
+  elementwise version, with ``worker.training.kernels.TRITON`` off).
 - ``rms_norm`` and ``swiglu`` (on gate and up outputs): PyTorch's chains of elementwise
   kernels (``pytorch``) against ``worker.training.kernels``' Triton kernels (``triton``).
 - ``mlp``: gate, up, SwiGLU and down: ``before`` runs the SwiGLU and the down projection as
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.training import fused, kernels, mask_bits
+from worker.training import fused, kernels
 
 HIDDEN, INTERMEDIATE, RANK, DROPOUT, SCALING = 4096, 14336, 16, 0.05, 2.0
 
@@ -88,8 +88,7 @@ def main() -> None:
         def run() -> torch.Tensor:
             # Both settings hold until the next way's run sets them: through its backward.
             fused.PACK_MASK_MIN_WIDTH = packing if pack else 1 << 30
-            mask_bits.TRITON = triton
-            kernels.TRITON = True
+            kernels.TRITON = triton
             out: torch.Tensor = fused._LoraLinear.apply(x, *q)
             return out
 
@@ -98,7 +97,6 @@ def main() -> None:
     def mlp(way: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             fused.PACK_MASK_MIN_WIDTH = packing if way == "after" else 1 << 30
-            mask_bits.TRITON = True
             kernels.TRITON = way == "after"
             g = fused._LoraLinear.apply(x, *gate)
             u = fused._LoraLinear.apply(x, *up)

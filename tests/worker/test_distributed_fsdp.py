@@ -52,13 +52,18 @@ def run(
     return result, recorder
 
 
+def two_processes(patch: pytest.MonkeyPatch) -> None:
+    """distributed.train runs in two gloo processes of one thread each."""
+    patch.setenv(distributed.CPU_PROCESSES_ENV, "2")
+    patch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def sharded(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrainResult, Recorder]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(distributed.CPU_PROCESSES_ENV, "2")
-        patch.setenv("OMP_NUM_THREADS", "1")
+        two_processes(patch)
         return run(distributed.train, tiny_model_dir, tmp_path_factory.mktemp("sharded"))
 
 
@@ -90,8 +95,7 @@ def test_a_sharded_checkpoint_resumes_in_two_processes_and_in_one(
 ) -> None:
     result, full_recorder = sharded
     checkpoint = result.adapter_dir.parent / "checkpoints" / "checkpoint-2"
-    monkeypatch.setenv(distributed.CPU_PROCESSES_ENV, "2")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    two_processes(monkeypatch)
     resumed, recorder = run(
         distributed.train, tiny_model_dir, tmp_path / "two", resume_from=checkpoint
     )
@@ -114,8 +118,7 @@ def test_a_sharded_pass_that_does_not_fit_restarts_every_process_at_half_the_bud
 ) -> None:
     result, full_recorder = sharded
     checkpoint = result.adapter_dir.parent / "checkpoints" / "checkpoint-2"
-    monkeypatch.setenv(distributed.CPU_PROCESSES_ENV, "2")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    two_processes(monkeypatch)
     # Forced: a pass of more than 100 tokens runs out of memory as it starts. The first
     # launch's 4,096-token passes hold a process's whole share of a step, so step 3 fails in
     # one process while the other waits in the weights' all-gather.
@@ -179,8 +182,7 @@ def test_a_sharded_bfloat16_run_trains_as_one_process_does(
     # layer's weights are gathered in bfloat16 (ranks.precision): the same run, to bfloat16's
     # rounding of the residual stream.
     _, single = run(engine.train, tiny_model_dir, tmp_path / "one", dtype="bfloat16")
-    monkeypatch.setenv(distributed.CPU_PROCESSES_ENV, "2")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    two_processes(monkeypatch)
     _, sharded = run(distributed.train, tiny_model_dir, tmp_path / "two", dtype="bfloat16")
     assert len(sharded.steps) == len(single.steps) == SETTINGS["max_steps"]
     for mine, theirs in zip(sharded.steps, single.steps, strict=True):

@@ -14,7 +14,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 
 from worker.spec import budget as rule
-from worker.training import fused, mask_bits
+from worker.training import fused, kernels, mask_bits
 
 WIDE = rule.PACK_MASK_MIN_WIDTH
 
@@ -43,7 +43,7 @@ def test_a_packed_mask_unpacks_to_itself() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_gpu_kernels_pack_as_the_cpu_does() -> None:
-    assert mask_bits._kernels() is not None  # Triton comes with torch on CUDA
+    assert kernels._kernels() is not None  # Triton comes with torch on CUDA
     masks, values = every_byte()
     assert torch.equal(mask_bits.pack_mask(masks.cuda()).cpu(), values)
     assert torch.equal(mask_bits.unpack_mask(values.cuda()).cpu(), masks)

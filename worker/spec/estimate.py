@@ -332,6 +332,10 @@ class _Run:
 
     def _projections(self) -> list[tuple[int, int]]:
         """(in, out) of each linear in one transformer block that LoRA adapts."""
+        return list(self._adapted().values())
+
+    def _adapted(self) -> dict[str, tuple[int, int]]:
+        """The linears of one transformer block that LoRA adapts, by name: (in, out)."""
         a = self.arch
         h, q, kv, inter = a.hidden_size, a.q_dim, a.kv_dim, a.intermediate_size
         targets = self.config.target_modules
@@ -353,16 +357,9 @@ class _Run:
                 "down_proj": (inter, h),
             }
         if targets == "auto":
-            return list(named.values())
-        chosen = [shape for name, shape in named.items() if name in targets]
-        return chosen or list(named.values())
-
-    def _adapts_down_proj(self) -> bool:
-        targets = self.config.target_modules
-        if targets == "auto" or "down_proj" in targets:
-            return True
-        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "qkv_proj")
-        return not any(name in targets for name in (*names, "gate_up_proj"))
+            return named
+        chosen = {name: shape for name, shape in named.items() if name in targets}
+        return chosen or named
 
     def _trainable(self) -> int:
         a, c = self.arch, self.config
@@ -430,7 +427,7 @@ class _Run:
             # Inputs shared by q/k/v, by gate/up; o_proj's is the attention output (above).
             # The down projection's, silu(gate) * up, is recomputed in backward when the
             # SwiGLU and the down projection run as one fused function.
-            down_recomputed = fused_mlp and self._adapts_down_proj()
+            down_recomputed = fused_mlp and "down_proj" in self._adapted()
             total += act * (2 * h + (0 if down_recomputed else inter))
             assert isinstance(c.lora_r, int)
             total += act * c.lora_r * len(projections)

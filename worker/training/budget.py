@@ -138,25 +138,29 @@ class StepFitter:
         self, group: Sequence[Sequence[Sample]], largest: int
     ) -> ShardedPassTooLarge | TrainingError:
         """What ends a sharded run whose pass did not fit: the budget to restart at."""
-        longest = max((len(s.input_ids) for b in group for s in b), default=1)
         if not self.plan.packed:
             return TrainingError(
                 f"A padded batch did not fit in GPU memory on a sharded run; lower batch_size "
-                f"or max_seq_length (the longest sample here has {longest:,} tokens)."
+                f"or max_seq_length (the longest sample here has {_longest(group):,} tokens)."
             )
+        try:
+            old, new = self._halved_budget(group, largest)
+        except TrainingError as exc:
+            return exc
+        return ShardedPassTooLarge(largest, old, new)
+
+    def _halved_budget(self, group: Sequence[Sequence[Sample]], largest: int) -> tuple[int, int]:
+        """The packed token budget and half of what failed (at least the longest sample)."""
+        longest = _longest(group)
         old = self.plan.token_budget
         new = max(longest, min(old, largest) // 2)
         if new >= min(old, largest):
-            return TrainingError(_no_room(longest))
-        return ShardedPassTooLarge(largest, old, new)
+            raise TrainingError(_no_room(longest))
+        return old, new
 
     def _halve(self, group: Sequence[Sequence[Sample]], largest: int) -> None:
         if self.plan.packed:
-            longest = max((len(s.input_ids) for b in group for s in b), default=1)
-            old = self.plan.token_budget
-            new = max(longest, min(old, largest) // 2)
-            if new >= min(old, largest):
-                raise TrainingError(_no_room(longest))
+            old, new = self._halved_budget(group, largest)
             self.plan = dataclasses.replace(self.plan, token_budget=new)
             self.on_event(
                 "warning",
@@ -169,9 +173,7 @@ class StepFitter:
         widest = max((len(b) for b in group), default=1)
         old_rows = self.rows or widest
         if old_rows <= 1:
-            raise TrainingError(
-                _no_room(max((len(s.input_ids) for b in group for s in b), default=1))
-            )
+            raise TrainingError(_no_room(_longest(group)))
         self.rows = old_rows // 2
         self.on_event(
             "warning",
@@ -199,6 +201,10 @@ class ShardedPassTooLarge(TrainingError):
             f"(token budget {previous:,})."
         )
         self.largest, self.previous, self.budget = largest, previous, budget
+
+
+def _longest(group: Sequence[Sequence[Sample]]) -> int:
+    return max((len(s.input_ids) for b in group for s in b), default=1)
 
 
 def _no_room(longest: int) -> str:

@@ -232,25 +232,15 @@ def _qlora_args(self: Any) -> tuple[Any, ...]:
     but a function that dequantises it."""
     import bitsandbytes.functional as bnb_functional
 
-    name = self.active_adapters[0]
-    dropout = self.lora_dropout[name]
-    p = float(dropout.p) if isinstance(dropout, nn.Dropout) and self.training else 0.0
-    base = self.base_layer
-    packed, state = base.weight, base.weight.quant_state
+    packed = self.base_layer.weight
+    state = packed.quant_state
 
     def dequantize() -> torch.Tensor:
         weight: torch.Tensor = bnb_functional.dequantize_4bit(packed.data, state)
         return weight
 
-    return (
-        None,
-        base.bias,
-        self.lora_A[name].weight,
-        self.lora_B[name].weight,
-        float(self.scaling[name]),
-        p,
-        dequantize,
-    )
+    _, bias, lora_a, lora_b, scaling, p, _ = _lora_args(self)
+    return (None, bias, lora_a, lora_b, scaling, p, dequantize)
 
 
 def _qlora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

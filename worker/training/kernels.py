@@ -9,6 +9,8 @@ a whole [tokens, width] tensor, in float32 for the norm. Here each chain is one 
   backward; ``rms_norm_grad_x``: the input's gradient (the weight's, needed only when the
   norm itself is trained, stays in PyTorch).
 - ``silu_mul``: ``silu(gate) * up``; ``silu_mul_grad``: the gradients of gate and up.
+- ``pack_mask`` / ``unpack_mask``: boolean masks to a bit an element and back
+  (``worker.training.mask_bits``).
 
 Each rounds where the PyTorch chain rounds (to the 16-bit dtype between steps), so the two
 agree to the last bit or nearly (tests/worker/test_kernels.py compares them on the GPU).
@@ -24,17 +26,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-TRITON = True  # False: PyTorch everywhere (bench/fused_parts.py compares the two)
+# False: PyTorch everywhere, the masks of mask_bits included (bench/fused_parts.py compares)
+TRITON = True
 _BLOCK = 2048  # elements per program of the elementwise kernels
 
 
-def _use_kernels(*tensors: torch.Tensor) -> bool:
+def use_kernels(*tensors: torch.Tensor) -> bool:
     return (
         TRITON
         and all(t.is_cuda and t.is_contiguous() for t in tensors)
         and not torch.compiler.is_compiling()
         and _kernels() is not None
     )
+
+
+def get(name: str) -> Any:
+    """One of the kernels (only where ``use_kernels`` said yes)."""
+    found = _kernels()
+    assert found is not None
+    return found[name]
 
 
 # --- RMSNorm -------------------------------------------------------------------------------
@@ -46,7 +56,7 @@ def rms_norm(
     """``weight * (x * rstd).to(x.dtype)`` with ``rstd = rsqrt(mean(x^2) + eps)`` in float32,
     and ``rstd`` ([..., 1], float32)."""
     width = x.shape[-1]
-    if not _use_kernels(x, weight) or weight.shape != (width,):
+    if not use_kernels(x, weight) or weight.shape != (width,):
         xf = x.float()
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         return weight * (xf * rstd).to(x.dtype), rstd
@@ -54,9 +64,7 @@ def rms_norm(
     out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     rstd = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
     if rows:
-        kernels = _kernels()
-        assert kernels is not None
-        kernels["rms_forward"][(rows,)](
+        get("rms_forward")[(rows,)](
             x, weight, out, rstd, width, eps, BLOCK=triton_next_power_of_2(width)
         )
     return out, rstd
@@ -67,7 +75,7 @@ def rms_norm_grad_x(
 ) -> torch.Tensor:
     """The gradient of ``rms_norm`` with respect to ``x``, in ``x``'s dtype."""
     width = x.shape[-1]
-    if not _use_kernels(grad, x, weight, rstd) or weight.shape != (width,):
+    if not use_kernels(grad, x, weight, rstd) or weight.shape != (width,):
         xhat = x.float() * rstd
         g = (grad * weight).float()
         dot = (g * xhat).mean(-1, keepdim=True)
@@ -75,9 +83,7 @@ def rms_norm_grad_x(
     rows = x.numel() // width
     grad_x = torch.empty_like(x)
     if rows:
-        kernels = _kernels()
-        assert kernels is not None
-        kernels["rms_backward"][(rows,)](
+        get("rms_backward")[(rows,)](
             grad, x, weight, rstd, grad_x, width, BLOCK=triton_next_power_of_2(width)
         )
     return grad_x
@@ -88,14 +94,12 @@ def rms_norm_grad_x(
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up``."""
-    if not _use_kernels(gate, up) or gate.shape != up.shape or gate.dtype != up.dtype:
+    if not use_kernels(gate, up) or gate.shape != up.shape or gate.dtype != up.dtype:
         return F.silu(gate) * up
     out = torch.empty_like(gate)
     count = gate.numel()
     if count:
-        kernels = _kernels()
-        assert kernels is not None
-        kernels["silu_mul"][(triton_cdiv(count, _BLOCK),)](gate, up, out, count, BLOCK=_BLOCK)
+        get("silu_mul")[(triton_cdiv(count, _BLOCK),)](gate, up, out, count, BLOCK=_BLOCK)
     return out
 
 
@@ -104,16 +108,14 @@ def silu_mul_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of ``silu_mul`` with respect to gate and up."""
     same = grad.shape == gate.shape == up.shape and grad.dtype == gate.dtype == up.dtype
-    if not _use_kernels(grad, gate, up) or not same:
+    if not use_kernels(grad, gate, up) or not same:
         grad_up = grad * F.silu(gate)
         grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
         return grad_gate, grad_up
     grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
     count = gate.numel()
     if count:
-        kernels = _kernels()
-        assert kernels is not None
-        kernels["silu_mul_grad"][(triton_cdiv(count, _BLOCK),)](
+        get("silu_mul_grad")[(triton_cdiv(count, _BLOCK),)](
             grad, gate, up, grad_gate, grad_up, count, BLOCK=_BLOCK
         )
     return grad_gate, grad_up
@@ -196,7 +198,33 @@ def _kernels() -> dict[str, Any] | None:
         tl.store(grad_up_ptr + offsets, grad_up.to(gate.dtype), mask=valid)
         tl.store(grad_gate_ptr + offsets, grad_gate.to(gate.dtype), mask=valid)
 
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def pack_mask(mask_ptr, out_ptr, count, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = offsets < count
+        lanes = tl.arange(0, 8)
+        bits = tl.load(
+            mask_ptr + offsets[:, None] * 8 + lanes[None, :], mask=valid[:, None], other=0
+        ).to(tl.int32)
+        byte = tl.sum(bits << lanes[None, :], axis=1)
+        tl.store(out_ptr + offsets, byte.to(tl.uint8), mask=valid)
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def unpack_mask(packed_ptr, out_ptr, count, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = offsets < count
+        lanes = tl.arange(0, 8)
+        byte = tl.load(packed_ptr + offsets, mask=valid, other=0).to(tl.int32)
+        bits = (byte[:, None] >> lanes[None, :]) & 1
+        tl.store(
+            out_ptr + offsets[:, None] * 8 + lanes[None, :],
+            bits.to(tl.uint8),
+            mask=valid[:, None],
+        )
+
     return {
+        "pack_mask": pack_mask,
+        "unpack_mask": unpack_mask,
         "rms_forward": rms_forward,
         "rms_backward": rms_backward,
         "silu_mul": silu_mul,

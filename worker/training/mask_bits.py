@@ -9,23 +9,21 @@ of a Llama-3-8B MLP's forward and backward where the kernels cost under 1%
 elementwise operations: eight mask bytes read as one 64-bit integer; multiplying it by
 ``_GATHER`` moves byte k's low bit to bit 56 + k with no carries. Unpacking repeats a packed
 byte in all eight bytes of an integer (``_SPREAD``) and keeps bit k in byte k (``_SELECT``).
-Inside a compiled layer the elementwise version is used, which inductor fuses by itself.
+Inside a compiled layer the elementwise version is used, which inductor fuses by itself. The
+kernels live with the others in ``worker.training.kernels`` (one switch, one registry).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 
+from worker.training import kernels
 from worker.training.kernels import triton_cdiv
 
 _GATHER = 0x0102040810204080
 _SPREAD = 0x0101010101010101
 _SELECT = 0x8040201008040201 - 2**64  # as a signed 64-bit integer
 _BLOCK = 1024  # packed bytes per Triton program
-TRITON = True  # False: the elementwise version on a GPU too (bench/fused_parts.py compares)
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -34,13 +32,12 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     if width % 8:
         raise ValueError(f"a mask {width} wide does not pack into whole bytes")
     mask = mask.contiguous()
-    kernels = _kernels() if _use_kernels(mask) else None
-    if kernels is not None:
+    if kernels.use_kernels(mask):
         packed = torch.empty(rows, width // 8, dtype=torch.uint8, device=mask.device)
         count = packed.numel()
         if count:
             grid = (triton_cdiv(count, _BLOCK),)
-            kernels[0][grid](mask.view(torch.uint8), packed, count, BLOCK=_BLOCK)
+            kernels.get("pack_mask")[grid](mask.view(torch.uint8), packed, count, BLOCK=_BLOCK)
         return packed
     words = mask.view(torch.uint8).view(torch.int64)  # [rows, width / 8]
     return words.mul(_GATHER).bitwise_right_shift_(56).bitwise_and_(255).to(torch.uint8)
@@ -50,56 +47,12 @@ def unpack_mask(packed: torch.Tensor) -> torch.Tensor:
     """The boolean mask ``pack_mask`` packed."""
     rows, width = packed.shape
     packed = packed.contiguous()
-    kernels = _kernels() if _use_kernels(packed) else None
-    if kernels is not None:
+    if kernels.use_kernels(packed):
         out = torch.empty(rows, width * 8, dtype=torch.uint8, device=packed.device)
         count = packed.numel()
         if count:
             grid = (triton_cdiv(count, _BLOCK),)
-            kernels[1][grid](packed, out, count, BLOCK=_BLOCK)
+            kernels.get("unpack_mask")[grid](packed, out, count, BLOCK=_BLOCK)
         return out.view(torch.bool)
     words = packed.to(torch.int64).mul_(_SPREAD).bitwise_and_(_SELECT)
     return words.view(torch.uint8).view(rows, width * 8).ne(0)
-
-
-def _use_kernels(tensor: torch.Tensor) -> bool:
-    # Inside a compiled layer (worker.training.compiled) inductor fuses the elementwise
-    # version into one kernel of its own.
-    return TRITON and tensor.is_cuda and not torch.compiler.is_compiling()
-
-
-@functools.cache
-def _kernels() -> tuple[Any, Any] | None:
-    """The Triton pack and unpack kernels, or None where Triton is not installed."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return None
-
-    # Triton reads the kernels' annotations itself: only its own types may appear there.
-    @triton.jit  # type: ignore[misc,unused-ignore]
-    def pack(mask_ptr, out_ptr, count, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = offsets < count
-        lanes = tl.arange(0, 8)
-        bits = tl.load(
-            mask_ptr + offsets[:, None] * 8 + lanes[None, :], mask=valid[:, None], other=0
-        ).to(tl.int32)
-        byte = tl.sum(bits << lanes[None, :], axis=1)
-        tl.store(out_ptr + offsets, byte.to(tl.uint8), mask=valid)
-
-    @triton.jit  # type: ignore[misc,unused-ignore]
-    def unpack(packed_ptr, out_ptr, count, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid = offsets < count
-        lanes = tl.arange(0, 8)
-        byte = tl.load(packed_ptr + offsets, mask=valid, other=0).to(tl.int32)
-        bits = (byte[:, None] >> lanes[None, :]) & 1
-        tl.store(
-            out_ptr + offsets[:, None] * 8 + lanes[None, :],
-            bits.to(tl.uint8),
-            mask=valid[:, None],
-        )
-
-    return pack, unpack

@@ -106,14 +106,18 @@ _FUSED_MLP_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olm
 _FUSED_PROJECTION_TYPES = frozenset({"phi3"})  # qkv_proj and gate_up_proj are single linears
 _PROMPT_METHODS = ("prefix_tuning", "p_tuning")
 
-# Throughput of fused LoRA, fitted to this engine on an H200 (tests/worker/test_gpu.py and
-# bench/train_throughput.py): model FLOPs utilisation, counting 4 x parameters FLOPs per token
-# plus attention, that a forward pass of many tokens reaches, by model size. Interpolated in
-# log(parameters). A pass of T tokens runs at T / (T + T0) of it, T0 being
+# Throughput of fused LoRA on a GPU: model FLOPs utilisation, counting 4 x parameters FLOPs per
+# token plus attention, that a forward pass of many tokens reaches, by model size. Interpolated
+# in log(parameters). A pass of T tokens runs at T / (T + T0) of it, T0 being
 # _ROW_OVERHEAD_WORK / (weights of one layer): each pass pays a host-side cost per layer
-# (Python, kernel launches) that a small layer cannot hide (~10k tokens at 0.5B, ~700 at 8B).
-_MFU_POINTS = ((494_032_768, 0.198), (1_235_814_400, 0.346), (8_030_261_248, 0.383))
-_ROW_OVERHEAD_WORK = 1.49e11
+# (Python, kernel launches) that a small layer cannot hide (~15k tokens at 0.5B, ~1k at 8B).
+# Fitted on 2026-12-04..06 to bench/train_throughput.py, first on an H200, then refitted on
+# 2026-12-06 on an H100 after the Triton kernels (worker.training.kernels): twelve runs (LoRA
+# and QLoRA at Qwen2.5-0.5B, Llama-3.2-1B and Llama-3-8B, both data shapes) all within
+# 0.89-1.17 of the measured rate. The host's speed matters at 0.5B and 1B: the same runs on
+# another H100 host earlier were up to 20% faster.
+_MFU_POINTS = ((494_032_768, 0.214), (1_235_814_400, 0.346), (8_030_261_248, 0.402))
+_ROW_OVERHEAD_WORK = 2.24e11
 # Time per token relative to fused LoRA at the same pass size, measured once each on a
 # Qwen2.5-0.5B shape on an H200 (QLoRA not measured: bitsandbytes' dequantisation, a guess).
 _METHOD_TIME = {
@@ -126,12 +130,13 @@ _METHOD_TIME = {
     "p_tuning": 1.05,
     "full": 0.6,
 }
-# Fused QLoRA's time per token relative to fused LoRA, measured on an H200 on 2026-12-05
-# (bench/train_throughput.py --lengths chat-short, passes of 8k tokens; torch 2.11,
-# bitsandbytes 0.50.2): 1.53 at Qwen2.5-0.5B, 1.22 at Llama-3.2-1B, 1.04 at Llama-3-8B. The
-# dequantisation costs each pass a fixed time per weight, which small layers cannot hide.
-# Interpolated in log(parameters).
-_QLORA_TIME_POINTS = ((494_032_768, 1.5), (1_235_814_400, 1.2), (8_030_261_248, 1.05))
+# Fused QLoRA's time per token relative to fused LoRA at the same pass size (bench/
+# train_throughput.py, both data shapes, torch 2.11, bitsandbytes 0.50.2): on an H200 on
+# 2026-12-05 1.53 at Qwen2.5-0.5B, 1.22 at Llama-3.2-1B, 1.04 at Llama-3-8B; on an H100 on
+# 2026-12-06, with the Triton kernels, 1.52-1.54, 1.13-1.16 and 1.08. The dequantisation costs
+# each pass a fixed time per weight, which small layers cannot hide. Interpolated in
+# log(parameters).
+_QLORA_TIME_POINTS = ((494_032_768, 1.5), (1_235_814_400, 1.15), (8_030_261_248, 1.08))
 
 
 def _qlora_time(params: int) -> float:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.api.deps import CurrentReader, CurrentTrainer, Offset, SessionDep, SettingsDep, make_router
 from app.core.errors import FieldError, InvalidInput, TunelabError
-from app.core.i18n import N_
+from app.core.i18n import N_, gettext
 from app.models import EvalStatus, Evaluation, Job, JobStatus, ReviewCampaign
 from app.schemas.evaluation import EvaluationCreate
 from app.services import access
@@ -56,7 +56,7 @@ def results_table(results: dict[str, Any], candidates: list[dict[str, Any]]) -> 
         cells = [
             Cell(
                 _fmt(m, values[m]["value"]),
-                f"{_fmt(m, values[m]['low'])}–{_fmt(m, values[m]['high'])}",
+                f"{_fmt(m, values[m]['low'])} – {_fmt(m, values[m]['high'])}",
             )
             if m in values
             else Cell("—", "")
@@ -82,7 +82,11 @@ def results_table(results: dict[str, Any], candidates: list[dict[str, Any]]) -> 
                 delta_cells.append(
                     Cell(
                         _signed(m, d["value"]),
-                        f"{_signed(m, d['low'])} to {_signed(m, d['high'])}",
+                        gettext(
+                            "%(low)s to %(high)s",
+                            low=_signed(m, d["low"]),
+                            high=_signed(m, d["high"]),
+                        ),
                         tone,
                     )
                 )

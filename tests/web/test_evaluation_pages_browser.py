@@ -39,6 +39,13 @@ def test_the_report_shows_the_verdict_table_and_chart(
     expect(page.get_by_test_id("model-row")).to_have_count(2)
     expect(page.get_by_test_id("delta-row")).to_have_count(1)
     expect(page.get_by_test_id("metrics-table")).to_contain_text("ROUGE-L")
+    # All seven metrics with their intervals fit a 1280-pixel window: no sideways scrolling
+    # that cuts the difference row's last interval at the edge.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    widths = page.get_by_test_id("metrics-table").evaluate(
+        "t => [t.scrollWidth, t.parentElement.clientWidth]"
+    )
+    assert widths[0] <= widths[1], widths
     expect(page.locator("[data-testid=interval-chart] circle")).not_to_have_count(0)
     href = page.get_by_test_id("download-csv").get_attribute("href")
     assert href and href.endswith("format=csv")

@@ -114,8 +114,8 @@ _PROMPT_METHODS = ("prefix_tuning", "p_tuning")
 # Fitted on 2026-12-04..06 to bench/train_throughput.py, first on an H200, then refitted on
 # 2026-12-06 on an H100 after the Triton kernels (worker.training.kernels): twelve runs (LoRA
 # and QLoRA at Qwen2.5-0.5B, Llama-3.2-1B and Llama-3-8B, both data shapes) all within
-# 0.89-1.17 of the measured rate. The host's speed matters at 0.5B and 1B: the same runs on
-# another H100 host earlier were up to 20% faster.
+# 0.89-1.17 of the measured rate. The host's speed matters at 0.5B and 1B, where a step is
+# bound by Python and launches: the same 0.5B runs on another H100 host went up to 28% faster.
 _MFU_POINTS = ((494_032_768, 0.214), (1_235_814_400, 0.346), (8_030_261_248, 0.402))
 _ROW_OVERHEAD_WORK = 2.24e11
 # Time per token relative to fused LoRA at the same pass size, measured once each on a

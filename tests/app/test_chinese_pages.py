@@ -152,6 +152,10 @@ def world(browser: TestClient, connection: Connection) -> World:
                     c["key"]: {"exact_match": value, "token_f1": value, "perplexity": value}
                     for c in candidates
                 },
+                "deltas": {
+                    c["key"]: {"exact_match": {"value": 0.05, "low": 0.01, "high": 0.12}}
+                    for c in candidates[1:]
+                },
                 "decoding": {"temperature": 0, "max_new_tokens": 64},
                 "bleu_tokenizer": "zh",
             },
@@ -240,6 +244,9 @@ def test_evaluation_pages_translate_default_labels_and_metric_names(
     report = browser.get(f"/projects/{world.project}/report", headers=ZH).text
     assert "完全匹配" in report and "Exact match" not in report
     assert "基础模型 + 提示" in report and "Base model + prompt" not in report
+    # The difference row's intervals read "+0.010 至 +0.120", as the English one reads "to".
+    assert " 至 " in report and " to +" not in report and " to -" not in report
+    assert " to " in browser.get(f"/projects/{world.project}/report", headers=EN).text
     # English pages, and the API (which the CLI reads), keep the stored labels.
     english = browser.get(f"/evaluations/{world.evaluation}", headers=EN).text
     assert "Base model + prompt (SmolLM2" in english and ">Exact match<" in english

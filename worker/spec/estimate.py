@@ -119,7 +119,8 @@ _PROMPT_METHODS = ("prefix_tuning", "p_tuning")
 _MFU_POINTS = ((494_032_768, 0.214), (1_235_814_400, 0.346), (8_030_261_248, 0.402))
 _ROW_OVERHEAD_WORK = 2.24e11
 # Time per token relative to fused LoRA at the same pass size, measured once each on a
-# Qwen2.5-0.5B shape on an H200 (QLoRA not measured: bitsandbytes' dequantisation, a guess).
+# Qwen2.5-0.5B shape on an H200. Plain QLoRA uses _QLORA_TIME_POINTS below (measured by
+# size); the flat "qlora" factor here is what DoRA on a 4-bit model still multiplies by.
 _METHOD_TIME = {
     "dora": 2.7,
     "qlora": 1.5,

@@ -38,6 +38,11 @@ rate over all steps from the call that starts training (``*_all_steps_tokens_per
 setup and compile included) and the seconds to the end of the first step; running the same
 command again with the same ``--compile-cache`` times a second run that loads the compiled
 code instead.
+
+CUDA graphs of whole passes (``worker.training.graphs``): ``--graphs off --graphs auto`` times
+the engine both ways in one command. Each row shape's first pass runs as usual and is then
+recorded, inside the timed steps: give ``--steps`` enough for shapes to come back (a real run
+has thousands of steps) and read ``*_all_steps_tokens_per_s`` too.
 """
 
 from __future__ import annotations
@@ -176,6 +181,12 @@ def main() -> None:
         help="engine runs with TUNELAB_COMPILE set so (default: as the environment says)",
     )
     parser.add_argument(
+        "--graphs",
+        choices=["auto", "on", "off"],
+        action="append",
+        help="engine runs with TUNELAB_CUDA_GRAPHS set so (default: as the environment says)",
+    )
+    parser.add_argument(
         "--compile-cache",
         type=Path,
         help="TORCHINDUCTOR_CACHE_DIR for the engine's compiled layers (default: a fresh "
@@ -265,11 +276,17 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
     engines = []
     for budget in args.micro_batch_tokens or [None]:
         for compile_setting in args.compile or [None]:
-            if compile_setting is not None:
-                os.environ["TUNELAB_COMPILE"] = compile_setting
-            engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
-            engines[-1].notes["compile_setting"] = compile_setting
-            log(f"{shape} engine: {engines[-1]}")
+            for graphs_setting in args.graphs or [None]:
+                if compile_setting is not None:
+                    os.environ["TUNELAB_COMPILE"] = compile_setting
+                if graphs_setting is not None:
+                    os.environ["TUNELAB_CUDA_GRAPHS"] = graphs_setting
+                engines.append(
+                    run_engine(shape, samples, config, budget or None, args, step_tokens)
+                )
+                engines[-1].notes["compile_setting"] = compile_setting
+                engines[-1].notes["graphs_setting"] = graphs_setting
+                log(f"{shape} engine: {engines[-1]}")
     engine = engines[0]
 
     def mfu(result: RunResult) -> float | None:
@@ -338,6 +355,8 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 "micro_batch_tokens": extra.notes.get("micro_batch_tokens"),
                 "compile_setting": extra.notes.get("compile_setting"),
                 "compiled_layers": extra.notes.get("compiled_layers"),
+                "graphs_setting": extra.notes.get("graphs_setting"),
+                "cuda_graphs": extra.notes.get("cuda_graphs"),
                 "tokens_per_s": round(extra.tokens_per_second, 1),
                 "speedup": round(extra.tokens_per_second / baseline.tokens_per_second, 2)
                 if baseline is not None
@@ -557,6 +576,13 @@ def run_engine(
         | {
             "compiled_layers": compiling.get("compiled_layers", 0),
             "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before,
+            "cuda_graphs": notes.get("cuda_graphs"),
+            "cuda_graph_passes": next(
+                (d for m, d in clock.events if m.startswith("CUDA graphs:")), None
+            ),
+            "cuda_graphs_off": next(
+                (m for m, _ in clock.events if m.startswith("CUDA graphs are off")), None
+            ),
         },
         all_steps_tokens_per_second=sum(step_tokens[: len(clock.marks)])
         / (clock.marks[-1] - started),

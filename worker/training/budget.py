@@ -28,8 +28,9 @@ from worker.spec import budget as rule
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingError
 from worker.spec.formatting import Sample
+from worker.training.graphs import PassGraphs
 from worker.training.packing import MicroBatch, collate_padded, layer_weights
-from worker.training.steps import StepPlan, micro_batches, optimiser_step
+from worker.training.steps import StepPlan, micro_batch_loss, micro_batches, optimiser_step
 
 if TYPE_CHECKING:
     from worker.training.ranks import Replicas, Sharded
@@ -91,6 +92,18 @@ class StepFitter:
         self.on_event = on_event
         env = os.environ.get(SIMULATE_ENV)
         self.simulate_limit = simulate_limit or (int(env) if env else None)
+        # The run's recorded passes (see ``graphs``), when the plan replays them.
+        self.recorded = (
+            PassGraphs(lambda lm, batch: micro_batch_loss(lm, batch, self.plan), on_event)
+            if plan.graphs
+            else None
+        )
+
+    @property
+    def graphed(self) -> bool:
+        """Whether passes replay CUDA graphs, whose backward adds into the gradients in
+        place: they must then be zeroed in place between steps, never dropped."""
+        return self.recorded is not None and self.recorded.off is None
 
     def passes(self, group: Sequence[Sequence[Sample]], pad_id: int) -> list[MicroBatch]:
         if self.plan.packed or self.rows is None:
@@ -123,7 +136,9 @@ class StepFitter:
                 with self._simulated(lm):
                     if replicas is not None and filler is not None:
                         return replicas.step(micro, filler, answer_tokens, self.plan, device)
-                    return optimiser_step(lm, micro, answer_tokens, self.plan, device)
+                    return optimiser_step(
+                        lm, micro, answer_tokens, self.plan, device, self.recorded
+                    )
             except torch.OutOfMemoryError:
                 largest = max(b.tokens for b in micro)
                 if replicas is not None and not replicas.halves_alone:
@@ -131,6 +146,11 @@ class StepFitter:
             # Outside the handler: the traceback no longer holds the pass's tensors.
             del micro
             optimizer.zero_grad(set_to_none=True)
+            if self.recorded is not None and self.recorded.off is None and self.recorded.graphs:
+                # The graphs' memory first: the same budget may fit without them.
+                self.recorded.stop("a pass ran out of GPU memory beside the recorded ones")
+                _release(device)
+                continue
             _release(device)
             self._halve(group, largest)
 

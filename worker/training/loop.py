@@ -63,6 +63,13 @@ def run_steps(
 ) -> tuple[checkpoints.LoopState, bool]:
     """The optimiser steps, with the decoder layers compiled when the plan says so (see
     ``compiled``); see ``_run_steps``."""
+    if run.plan.graphs:
+        run.callbacks.on_event(
+            "info",
+            f"Training passes are recorded as CUDA graphs and replayed ({run.plan.graphs_note}); "
+            "rows are packed into a few fixed shapes, each recorded at its first pass.",
+            {"cuda_graphs": True},
+        )
     if not run.plan.compiled:
         return _run_steps(run, restored)
     with contextlib.ExitStack() as stack:
@@ -145,7 +152,7 @@ def _run_steps(
         learning_rate = run.scheduler.get_last_lr()[0]
         run.optimizer.step()
         run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=not fitter.graphed)
         step = state.step + 1
         if not math.isfinite(loss_value):
             raise TrainingError(
@@ -193,6 +200,16 @@ def _run_steps(
         ):
             _save_checkpoint(run, run.extras.checkpoint_dir, state)
             last_saved, saved_step = time.perf_counter(), state.step
+    if fitter.recorded is not None and fitter.recorded.off is None:
+        summary = fitter.recorded.summary()
+        callbacks.on_event(
+            "info",
+            f"CUDA graphs: {summary['graphs_recorded']} row shapes recorded, "
+            f"{summary['passes_replayed']} passes replayed, {summary['passes_plain']} run "
+            "as usual (each shape's first).",
+            dict(summary),
+        )
+        fitter.recorded.release()  # their memory, for what follows training
     return state, stopped_early
 
 

@@ -28,6 +28,7 @@ def linear_cross_entropy_sum(
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     row_multiple: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum over rows of cross_entropy(hidden @ weight.T + bias, targets) as a scalar of at
     least float32 precision.
@@ -40,6 +41,10 @@ def linear_cross_entropy_sum(
     ``row_multiple`` (the CPU path) gives every chunk's product a row count that is a
     multiple of it, the last chunk padded with rows that count for nothing: a few matrix
     shapes over a run instead of one per label count (oneDNN keeps kernels per shape).
+
+    ``weights`` [rows] (float32) multiplies each row's cross-entropy and its gradients: 0
+    marks rows that only fill a fixed shape (a pass replayed as a CUDA graph, see
+    ``packing.graph_row``), 1 real ones.
     """
     real = hidden.shape[0]
     if real == 0:
@@ -51,7 +56,11 @@ def linear_cross_entropy_sum(
         if extra:
             hidden = F.pad(hidden, (0, 0, 0, extra))
             targets = F.pad(targets, (0, extra))
-    result: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, real)
+            if weights is not None:
+                weights = F.pad(weights, (0, extra))
+    result: torch.Tensor = _LinearCrossEntropy.apply(
+        hidden, weight, bias, targets, rows, real, weights
+    )
     return result
 
 
@@ -65,6 +74,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         rows: int,
         real: int,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         ctx.weight_dtype = weight.dtype
@@ -88,13 +98,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             log_z = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)
             valid = min(chunk.shape[0], real - start)  # rows past ``real`` are padding
-            total += (log_z - picked)[:valid].sum()
+            losses = log_z - picked
+            scale = None if weights is None else weights[start : start + rows].to(exact)
+            if scale is not None:
+                losses = losses * scale
+            total += losses[:valid].sum()
             if grad_hidden is None and grad_weight is None and grad_bias is None:
                 continue
             # d(loss)/d(logits) = softmax - one_hot, built in place over the fp32 logits.
             probs = logits.sub_(log_z.unsqueeze(1)).exp_()
             probs[torch.arange(target.shape[0], device=probs.device), target] -= 1.0
             probs[valid:] = 0.0
+            if scale is not None:
+                probs.mul_(scale.unsqueeze(1))
             grad_logits = probs.to(hidden.dtype)
             del logits, probs
             if grad_hidden is not None:
@@ -117,6 +133,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden * scale.to(grad_hidden.dtype) if need_hidden else None,
             (grad_weight * scale).to(ctx.weight_dtype) if need_weight else None,
             (grad_bias * scale).to(ctx.bias_dtype) if need_bias else None,
+            None,
             None,
             None,
             None,

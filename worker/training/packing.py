@@ -34,6 +34,9 @@ _ROW_WORK = 2048 * 218_103_808
 _MIN_BUDGET, _MAX_BUDGET = 512, 32768
 # The shortest row a compiled pass is padded to (see ``bucket_length``).
 _MIN_BUCKET = 256
+# The fewest segments, and the shortest longest segment, of a graphed pass (see ``graph_row``).
+_MIN_SEGMENTS = 8
+_MIN_SEGMENT_BOUND = 128
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class MicroBatch:
     label_positions: torch.Tensor  # flat indices into rows x width that predict an answer
     label_targets: torch.Tensor  # the answer token each of those positions predicts
     tokens: int  # real (non-pad) tokens
+    # 1 for each real label and 0 for the padding after them (see ``graph_row``); None: all real.
+    label_weights: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> MicroBatch:
         """A copy on ``device``. Copies to a GPU go through pinned memory, so they queue
@@ -68,6 +73,18 @@ class MicroBatch:
             label_positions=_required(move(self.label_positions)),
             label_targets=_required(move(self.label_targets)),
             tokens=self.tokens,
+            label_weights=move(self.label_weights),
+        )
+
+    def shape_key(self) -> tuple[int, int, int, int]:
+        """What a pass replayed as a CUDA graph is recorded for: the row's width, the label
+        slots, the sample boundaries and the longest segment (see ``graph_row``)."""
+        bounds = 0 if self.cu_seq_lens is None else int(self.cu_seq_lens.numel())
+        return (
+            int(self.input_ids.shape[-1]),
+            int(self.label_positions.numel()),
+            bounds,
+            self.max_length,
         )
 
 
@@ -205,4 +222,54 @@ def collate_padded(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
         label_positions=label_positions,
         label_targets=flat[label_positions],
         tokens=int(attention_mask.sum()),
+    )
+
+
+def graph_row(samples: Sequence[Sample]) -> MicroBatch:
+    """One packed row in one of a few fixed shapes, for a pass replayed as a CUDA graph (see
+    ``graphs``): a recorded pass repeats its kernels with the shapes and launch sizes it was
+    recorded with, so everything that sets them is rounded up to a few values.
+
+    - **Segments**: the sample boundaries (``cu_seq_lens``) number a power of two, at least
+      ``_MIN_SEGMENTS`` and more than the samples: the filler after them is cut into the
+      missing segments, one token each and the rest in the last. Every segment holds at least
+      one token, and each attends only to itself, so the filler changes nothing real.
+    - **Width**: ``bucket_length`` of the tokens plus those one-token segments (under a
+      quarter of filler).
+    - **Longest segment**, which sets the attention kernels' grid: the next power of two (at
+      least ``_MIN_SEGMENT_BOUND``, at most the width).
+    - **Labels**: ``bucket_length`` slots; those after the real labels point at the row's
+      last (filler) position, with weight 0 in ``label_weights``: they add nothing to the
+      loss or to any gradient.
+    """
+    row = collate_packed(samples)
+    assert row.cu_seq_lens is not None and row.position_ids is not None
+    real, count = row.tokens, len(samples)
+    segments = max(_MIN_SEGMENTS, 1 << count.bit_length())  # a power of two above count
+    extra = segments - count
+    width = bucket_length(real + extra)
+    filler = width - real
+    lengths = [1] * (extra - 1) + [filler - (extra - 1)]
+    longest = max(row.max_length, lengths[-1])
+    bound = min(width, max(_MIN_SEGMENT_BOUND, 1 << (longest - 1).bit_length()))
+    labels = int(row.label_positions.numel())
+    slots = bucket_length(labels)
+    weights = torch.zeros(slots, dtype=torch.float32)
+    weights[:labels] = 1.0
+    return MicroBatch(
+        input_ids=torch.cat([row.input_ids, torch.zeros((1, filler), dtype=torch.long)], 1),
+        position_ids=torch.cat(
+            [row.position_ids, torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)], 1
+        ),
+        attention_mask=None,
+        cu_seq_lens=torch.cat(
+            [row.cu_seq_lens, real + torch.tensor(lengths, dtype=torch.int32).cumsum(0)]
+        ).to(torch.int32),
+        max_length=bound,
+        label_positions=torch.cat(
+            [row.label_positions, torch.full((slots - labels,), width - 1, dtype=torch.long)]
+        ),
+        label_targets=torch.cat([row.label_targets, torch.zeros(slots - labels, dtype=torch.long)]),
+        tokens=real,
+        label_weights=weights,
     )

@@ -11,6 +11,7 @@ full-vocabulary logits (see ``loss``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from worker.spec import autoconfig
 from worker.spec.config import TrainConfig
 from worker.spec.formatting import Sample
-from worker.training import attention, compiled, cpu, models
+from worker.training import attention, compiled, cpu, graphs, models
 from worker.training.loss import DEFAULT_CHUNK_ELEMENTS, linear_cross_entropy_sum
 from worker.training.packing import (
     MicroBatch,
@@ -29,6 +30,7 @@ from worker.training.packing import (
     collate_packed,
     collate_padded,
     default_token_budget,
+    graph_row,
     pack,
 )
 
@@ -57,6 +59,10 @@ class StepPlan:
     # a multiple of loss_row_multiple rows (CPU: a few shapes, see cpu).
     row_multiple: int | None = None
     loss_row_multiple: int | None = None
+    # Training passes recorded once per row shape as CUDA graphs and replayed (see graphs;
+    # rows packed into a few fixed shapes); why or why not.
+    graphs: bool = False
+    graphs_note: str = ""
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
@@ -82,6 +88,16 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         compute = models.compute_dtype(config, device)
         autocast = None if compute == torch.float32 else compute
     fused_head = _plain_head(lm) and not prompt_learning
+    use_graphs, graphs_note = graphs.decide(
+        lm,
+        device,
+        packed=packed,
+        checkpointing=checkpointing,
+        fused_head=fused_head,
+        autocast=autocast,
+        method=config.method,
+        dora=bool(getattr(config, "use_dora", False)),
+    )
     compile_layers, compile_note = compiled.decide(
         lm,
         device,
@@ -91,6 +107,8 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         dora=bool(getattr(config, "use_dora", False)),
         run_tokens=run_tokens(samples, config),
     )
+    if use_graphs and compile_layers:
+        compile_layers, compile_note = False, "passes replay as CUDA graphs instead"
     if device.type == "cpu":
         return StepPlan(
             packed,
@@ -105,6 +123,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
             compile_note=compile_note,
             row_multiple=cpu.CPU_ROW_MULTIPLE,
             loss_row_multiple=cpu.CPU_LOSS_ROW_MULTIPLE,
+            graphs_note=graphs_note,
         )
     return StepPlan(
         packed,
@@ -115,6 +134,8 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         autocast,
         compiled=compile_layers,
         compile_note=compile_note,
+        graphs=use_graphs,
+        graphs_note=graphs_note,
     )
 
 
@@ -179,11 +200,17 @@ def optimiser_step(
     answer_tokens: int,
     plan: StepPlan,
     device: torch.device,
+    recorded: graphs.PassGraphs | None = None,
 ) -> tuple[float, int]:
     """Forward and backward over the step's micro-batches. Each one's summed loss is divided
     by the answer tokens of the whole step, so the gradient is that of the mean over every
-    answer token of the step however the samples were cut into micro-batches."""
+    answer token of the step however the samples were cut into micro-batches. With
+    ``recorded``, the passes replay CUDA graphs (see ``graphs``)."""
     loss_sum = torch.zeros((), device=device)
+    if recorded is not None and recorded.off is None:
+        for batch in micro:
+            loss_sum += recorded.run(lm, batch, answer_tokens, device)
+        return float(loss_sum) / answer_tokens, sum(b.tokens for b in micro)
     # All copies queued up front: the host runs ahead of the GPU from here to the step's end.
     for batch in [b.to(device) for b in micro]:
         batch_loss = micro_batch_loss(lm, batch, plan)
@@ -229,6 +256,7 @@ def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor
             head.bias,
             chunk_elements=plan.loss_chunk_elements,
             row_multiple=plan.loss_row_multiple,
+            weights=batch.label_weights,
         )
     with autocast, bounds:
         logits = lm(**inputs).logits
@@ -238,12 +266,16 @@ def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor
     del logits
     rows = max(1, plan.loss_chunk_elements // max(1, picked.shape[-1]))
     total = torch.zeros((), device=picked.device)
+    weights = batch.label_weights
     for start in range(0, picked.shape[0], rows):
-        total = total + F.cross_entropy(
+        losses = F.cross_entropy(
             picked[start : start + rows].float(),
             batch.label_targets[start : start + rows],
-            reduction="sum",
+            reduction="none",
         )
+        if weights is not None:
+            losses = losses * weights[start : start + rows]
+        total = total + losses.sum()
     return total
 
 
@@ -253,6 +285,8 @@ def micro_batches(
     """The forward passes of one step whose batches are ``group``."""
     if plan.packed:
         rows = pack([s for b in group for s in b], plan.token_budget)
+        if plan.graphs:
+            return [graph_row(row) for row in rows]
         if plan.compiled and compiled.cuda_graphs():
             return [
                 collate_packed(row, bucket_length(sum(len(s.input_ids) for s in row)))
@@ -279,7 +313,8 @@ def validation_sums(
     """Summed cross-entropy over the answer tokens of ``samples``, in their given order,
     without gradients, and their count: the validation loss is one over the other (summed
     over the processes of a multi-process run first). The caller switches the model to eval
-    mode (no dropout) around it."""
+    mode (no dropout) around it. Its passes run as usual, unpadded, even in a graphed run."""
+    plan = dataclasses.replace(plan, graphs=False)
     loss_sum, answer_tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):

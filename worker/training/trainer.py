@@ -5,6 +5,7 @@ model's modules for speed while training runs, and hand the steps to ``loop``.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -137,6 +138,10 @@ def _loop(
     lm = _forward_module(model)
     plan = plan_steps(lm, samples, config)
     ranks = Ranks.current()
+    if ranks.several and plan.graphs:
+        plan = dataclasses.replace(
+            plan, graphs=False, graphs_note="several processes exchange gradients each pass"
+        )
     # Full fine-tuning over several processes shards the weights (FSDP2) before the optimiser
     # takes them; adapters are replicated (DDP) once the model's modules are patched, below.
     sharded = Sharded(lm, plan, ranks) if ranks.several and not _adapted(model) else None
@@ -206,6 +211,7 @@ def _loop(
                 "gradient_checkpointing": plan.checkpointing,
                 "fused_layers": fused_report.fused,
                 "compute_dtype": _compute_dtype_name(model, plan),
+                "cuda_graphs": plan.graphs,
                 **({"cpu_threads": threads} if threads else {}),
                 **({"processes": ranks.world} if ranks.several else {}),
             },

@@ -1,0 +1,268 @@
+"""Training passes replayed as CUDA graphs (worker.training.graphs): the fixed row shapes
+they need (packing.graph_row), that those shapes change neither the loss nor a gradient (on a
+CPU, where the same padded rows run as usual), when a run records them, and on a CUDA GPU
+(skipped without one) that a graphed run trains as a plain one."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.worker.test_training_speed import lora_grads, lora_model, make_samples
+from worker.spec.config import TrainConfig
+from worker.spec.formatting import IGNORE_INDEX, Sample
+from worker.training import attention, fused, graphs, packing
+from worker.training.steps import StepPlan, micro_batch_loss, micro_batches, plan_steps
+
+
+def test_a_graph_row_has_fixed_shapes_and_keeps_the_real_tokens_and_labels() -> None:
+    samples = make_samples([5, 17, 9])
+    plain = packing.collate_packed(samples)
+    row = packing.graph_row(samples)
+    assert row.tokens == plain.tokens == 31
+    # Eight segments (a power of two above three samples): five of filler, four of one token
+    # and the rest of the 256-token width in the last.
+    assert row.input_ids.shape == (1, 256)
+    assert row.cu_seq_lens.tolist() == [0, 5, 22, 31, 32, 33, 34, 35, 256]
+    assert row.cu_seq_lens.dtype == torch.int32
+    assert row.position_ids[0, :31].tolist() == plain.position_ids[0].tolist()
+    assert row.position_ids[0, 31:36].tolist() == [0, 0, 0, 0, 0]
+    assert row.position_ids[0, -1].item() == 220
+    assert row.max_length == 256  # the 221-token filler segment, rounded up, within the row
+    labels = plain.label_positions.numel()
+    assert row.label_positions.numel() == 256
+    assert torch.equal(row.label_positions[:labels], plain.label_positions)
+    assert torch.equal(row.label_targets[:labels], plain.label_targets)
+    assert set(row.label_positions[labels:].tolist()) == {255}
+    assert row.label_weights is not None
+    assert row.label_weights.tolist() == [1.0] * labels + [0.0] * (256 - labels)
+    assert row.shape_key() == (256, 256, 9, 256)
+
+
+def test_graph_rows_fall_into_a_few_shapes() -> None:
+    """Steps of 32 short chat samples (one pass each, as at 0.5B): a run of 500 steps meets
+    a few dozen shapes at most, and the padding stays small."""
+    rng = random.Random(0)
+    keys = set()
+    real = padded = 0
+    for _ in range(500):
+        lengths = [min(2048, int(rng.lognormvariate(5.4, 0.7)) + 8) for _ in range(32)]
+        row = packing.graph_row(make_samples(lengths))
+        keys.add(row.shape_key())
+        real += row.tokens
+        padded += row.input_ids.shape[1]
+        bounds = row.cu_seq_lens.tolist()
+        assert all(b > a for a, b in itertools.pairwise(bounds))  # none empty
+        assert max(b - a for a, b in itertools.pairwise(bounds)) <= row.max_length
+        assert row.max_length <= row.input_ids.shape[1]
+    assert len(keys) <= 40
+    assert padded / real < 1.2
+
+
+def _step(model: Any, plan: StepPlan, samples: list[Sample]) -> tuple[float, dict[str, Any]]:
+    lm = model.get_base_model()
+    model.zero_grad(set_to_none=True)
+    total = torch.zeros(())
+    for batch in micro_batches([samples], plan, pad_id=0):
+        loss = micro_batch_loss(lm, batch, plan)
+        loss.backward()
+        total += loss.detach()
+    return float(total), lora_grads(model)
+
+
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_graph_rows_give_the_loss_and_gradients_of_plain_rows(
+    fused_head: bool, tiny_model_dir: Path
+) -> None:
+    """The filler segments and the label slots of weight 0 add nothing: the same padded rows a
+    GPU replays, run as usual on a CPU, give the plain rows' loss and gradients."""
+    model = lora_model(tiny_model_dir)
+    lm = model.get_base_model()
+    plain = StepPlan(
+        packed=True, token_budget=64, checkpointing=False, fused_head=fused_head, note=""
+    )
+    graphed = dataclasses.replace(plain, graphs=True)
+    samples = make_samples([5, 17, 9, 30, 12, 40, 3])
+    rows = micro_batches([samples], graphed, pad_id=0)
+    assert len(rows) > 1 and all(r.label_weights is not None for r in rows)
+    with fused.fused_modules(model), attention.packed_attention(lm):
+        expected_loss, expected = _step(model, plain, samples)
+        loss, got = _step(model, graphed, samples)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert expected.keys() == got.keys() and expected
+    for name, grad in expected.items():
+        scale = float(grad.norm()) or 1.0
+        assert float((got[name] - grad).norm()) / scale < 1e-5, name
+
+
+def test_validation_runs_plain_rows_in_a_graphed_run(tiny_model_dir: Path) -> None:
+    from worker.training.steps import validation_sums
+
+    model = lora_model(tiny_model_dir)
+    lm = model.get_base_model()
+    plain = StepPlan(packed=True, token_budget=64, checkpointing=False, fused_head=True, note="")
+    samples = make_samples([5, 17, 9, 30], seed=2)
+    with fused.fused_modules(model), attention.packed_attention(lm):
+        expected = validation_sums(lm, samples, plain, 0, 2, torch.device("cpu"))
+        got = validation_sums(
+            lm, samples, dataclasses.replace(plain, graphs=True), 0, 2, torch.device("cpu")
+        )
+    assert got[1] == expected[1]  # the answer tokens, not the label slots
+    assert got[0] == pytest.approx(expected[0], rel=1e-6)
+
+
+def test_the_switch_and_the_automatic_choice(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lm = lora_model(tiny_model_dir).get_base_model()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(graphs.MODE_ENV, raising=False)
+    assert graphs.setting() == "auto"
+    common: dict[str, Any] = {
+        "packed": True,
+        "checkpointing": False,
+        "fused_head": True,
+        "autocast": None,
+    }
+    assert graphs.decide(lm, cpu, **common) == (False, "not on a CUDA GPU")
+    # The device is only looked at, never used. Small layers replay graphs on CUDA.
+    chosen, why = graphs.decide(lm, cuda, **common)
+    assert chosen and "launch-bound" in why
+    for change, reason in [
+        ({"packed": False}, "not packed"),
+        ({"checkpointing": True}, "checkpointing"),
+        ({"fused_head": False}, "hidden states"),
+        ({"autocast": torch.bfloat16}, "float32 masters"),
+        ({"method": "qlora"}, "plain LoRA"),
+        ({"dora": True}, "plain LoRA"),
+    ]:
+        chosen, why = graphs.decide(lm, cuda, **{**common, **change})
+        assert not chosen and reason in why, change
+    # Llama-3-8B's layers (218M weights) keep a GPU busy without them.
+    big = type(lm.config)(hidden_size=4096, intermediate_size=14336, num_key_value_heads=8)
+    monkeypatch.setattr(lm, "config", big)
+    chosen, why = graphs.decide(lm, cuda, **common)
+    assert not chosen and "keep the GPU busy" in why
+    monkeypatch.setenv(graphs.MODE_ENV, "on")
+    assert graphs.decide(lm, cuda, **common)[0]
+    assert graphs.decide(lm, cuda, **common, method="qlora")[0]
+    assert not graphs.decide(lm, cpu, **common)[0]
+    monkeypatch.setenv(graphs.MODE_ENV, "off")
+    assert graphs.decide(lm, cuda, **common) == (False, "TUNELAB_CUDA_GRAPHS=off")
+    monkeypatch.setenv(graphs.MODE_ENV, "nonsense")
+    assert graphs.setting() == "auto"
+
+
+def test_a_cpu_run_plans_no_graphs(tiny_model_dir: Path) -> None:
+    lm = lora_model(tiny_model_dir).get_base_model()
+    plan = plan_steps(lm, make_samples([5, 9]), TrainConfig(base_model="t", max_steps=1))
+    assert not plan.graphs and plan.graphs_note == "not on a CUDA GPU"
+    assert all(r.label_weights is None for r in micro_batches([make_samples([5])], plan, 0))
+
+
+# --- On a CUDA GPU (skipped without one) ---------------------------------------------------
+
+
+def _cuda_llama() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return LlamaForCausalLM(config).to(torch.bfloat16)
+
+
+def _pattern_samples(count: int) -> list[Sample]:
+    samples = []
+    for i in range(count):
+        n = 30 + 37 * (i % 11)
+        ids = [3 + (i + 7 * j) % 50 for j in range(n)]
+        samples.append(Sample(ids, [IGNORE_INDEX] * (n // 2) + ids[n // 2 :]))
+    return samples
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_a_small_lora_run_replays_graphs_on_the_gpu_and_trains_as_a_plain_one(
+    dropout: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.worker.test_training_speed import Recorder
+    from worker.training import trainer
+
+    config = TrainConfig(
+        base_model="random small llama",
+        max_steps=12,
+        batch_size=8,
+        gradient_accumulation_steps=2,
+        learning_rate=2e-3,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=dropout,
+        max_seq_length=512,
+        micro_batch_tokens=1024,  # several passes a step, of shapes that come back
+    )
+    samples = _pattern_samples(192)
+    runs = {}
+    for mode in ("off", "auto"):
+        monkeypatch.setenv(graphs.MODE_ENV, mode)
+        recorder = Recorder()
+        trainer.train_model(_cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
+        runs[mode] = recorder
+    started = [d for m, d in runs["auto"].events if m == "Training started"]
+    assert started and started[0]["cuda_graphs"] is True
+    summary = [d for m, d in runs["auto"].events if m.startswith("CUDA graphs:")]
+    assert summary, runs["auto"].events
+    assert summary[0]["graphs_recorded"] >= 1 and summary[0]["passes_replayed"] >= 1
+    assert not any(m.startswith("CUDA graphs are off") for m, _ in runs["auto"].events)
+    plain, fast = runs["off"].losses, runs["auto"].losses
+    assert all(torch.isfinite(torch.tensor(fast)))
+    assert fast[-1] < fast[0]
+    if dropout == 0.0:  # the same masks are not drawn with and without graphs
+        for a, b in zip(plain, fast, strict=True):
+            assert b == pytest.approx(a, rel=2e-2)  # bf16 rounding over other shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        _cuda_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    lm = model.get_base_model()
+    plan = StepPlan(packed=True, token_budget=512, checkpointing=False, fused_head=True, note="")
+    plan = dataclasses.replace(plan, graphs=True)
+    events: list[tuple[str, str]] = []
+
+    def waits_for_the_gpu(lm: Any, batch: packing.MicroBatch) -> torch.Tensor:
+        loss = micro_batch_loss(lm, batch, plan)
+        float(loss)  # a host sync: not allowed while recording
+        return loss
+
+    recorded = graphs.PassGraphs(waits_for_the_gpu, lambda lvl, msg, _d: events.append((lvl, msg)))
+    device = torch.device("cuda")
+    rows = micro_batches([_pattern_samples(4)], plan, pad_id=0)
+    with attention.packed_attention(lm):
+        first = recorded.run(lm, rows[0], 100, device)
+        again = recorded.run(lm, rows[0], 100, device)
+    assert recorded.off is not None and "recording a pass failed" in recorded.off
+    assert events and events[0][0] == "warning"
+    assert float(first) == pytest.approx(float(again), rel=1e-3)
+    assert recorded.replayed == 0 and recorded.eager == 2

@@ -1,0 +1,205 @@
+"""Whole training passes recorded once as CUDA graphs and replayed, for models whose layers
+are too small to keep a GPU busy.
+
+At 0.5B and 1B one packed pass is a few thousand kernels of microseconds each (two dozen
+layers, each a dozen projections, norms, attention and their backward), and the host spends
+longer issuing them than the GPU spends running them: a Qwen2.5-0.5B step took 217 ms of wall
+time for 119 ms of GPU work. A CUDA graph records the kernels of one pass, forward and
+backward, and launches them all again with one call, so the host no longer sets the pace.
+
+- **What is recorded**: the decoder, the loss head and the backward pass, gradients added
+  into the adapters' ``.grad`` in place. The host copies each pass's inputs into the graph's
+  own tensors and sets the pass's share of the step's loss (1 / the step's answer tokens)
+  before each replay. The optimiser, gradient clipping and validation run as before.
+- **Shapes**: a graph replays the shapes it was recorded with, so a graphed run packs its
+  rows into a few fixed shapes (``packing.graph_row``: width, label slots, sample boundaries
+  and longest segment rounded up; the filler predicts nothing and attends only to itself).
+  Each new shape's first pass runs as usual and is then recorded (recording runs no kernel):
+  a run records a handful to a few dozen graphs, in its first steps, and replays from then
+  on. All graphs share one memory pool, so together they hold about one pass's activations.
+  Past ``MAX_GRAPHS`` shapes, passes of a new shape run as usual.
+- **Faults**: a pass that cannot be recorded (an operation that waits for the GPU, say)
+  turns graphs off for the rest of the run, with a warning, and the run goes on as usual;
+  a pass that runs out of memory drops every graph and turns them off (see ``budget``).
+- **When**: ``TUNELAB_CUDA_GRAPHS`` (worker setting) ``auto`` (default) records passes of
+  packed LoRA runs on a CUDA GPU whose decoder layers hold at most ``SMALL_LAYER_WEIGHTS``
+  weights, in the weights' own 16-bit dtype, without DoRA, 4-bit layers, gradient
+  checkpointing or several processes, where the loss comes from the decoder's hidden states;
+  ``off`` never; ``on`` also records 4-bit (QLoRA) and DoRA runs and larger models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from worker.training.packing import MicroBatch, layer_weights
+
+MODE_ENV = "TUNELAB_CUDA_GRAPHS"
+MODES = ("auto", "on", "off")
+# Weights of one decoder layer's projections up to which ``auto`` records passes: Qwen2.5-0.5B
+# has 15M, Llama-3.2-1B 61M, Llama-3.2-3B 101M, Llama-3-8B 218M (an 8B layer keeps the GPU
+# busy on its own).
+SMALL_LAYER_WEIGHTS = 80_000_000
+# Recorded shapes per run; a pass of a shape past them runs as usual.
+MAX_GRAPHS = 48
+
+Loss = Callable[[Any, MicroBatch], torch.Tensor]
+
+
+def setting() -> str:
+    """``TUNELAB_CUDA_GRAPHS``: auto, on or off (anything else counts as auto)."""
+    value = os.environ.get(MODE_ENV, "auto").strip().lower()
+    return value if value in MODES else "auto"
+
+
+def decide(
+    lm: Any,
+    device: torch.device,
+    *,
+    packed: bool,
+    checkpointing: bool,
+    fused_head: bool,
+    autocast: torch.dtype | None,
+    method: str = "lora",
+    dora: bool = False,
+) -> tuple[bool, str]:
+    """Whether this run's passes are recorded as CUDA graphs, and why (or why not). Several
+    processes are decided later, by the trainer."""
+    mode = setting()
+    if mode == "off":
+        return False, f"{MODE_ENV}=off"
+    if device.type != "cuda":
+        return False, "not on a CUDA GPU"
+    if not packed:
+        return False, "rows are not packed"
+    if not fused_head:
+        return False, "the loss does not come from the decoder's hidden states"
+    if checkpointing:
+        return False, "gradient checkpointing is on"
+    if autocast is not None:
+        return False, "the weights are float32 masters (full fine-tuning)"
+    if mode == "on":
+        return True, f"{MODE_ENV}=on"
+    if method != "lora" or dora:
+        return False, "only plain LoRA runs replay CUDA graphs by default"
+    if any(p.dtype == torch.uint8 for p in lm.parameters()):
+        return False, "4-bit layers are not recorded by default"
+    weights = layer_weights(lm.config)
+    if weights > SMALL_LAYER_WEIGHTS:
+        return False, f"layers of {weights / 1e6:.0f}M weights keep the GPU busy on their own"
+    return True, f"layers of {weights / 1e6:.0f}M weights are launch-bound"
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: MicroBatch  # the tensors the graph reads, on the GPU
+    scale: torch.Tensor  # the pass's share of the step's loss
+    loss: torch.Tensor  # the pass's summed loss, written by each replay
+
+
+class PassGraphs:
+    """The recorded passes of one run, by shape (``MicroBatch.shape_key``)."""
+
+    def __init__(
+        self,
+        loss: Loss,
+        on_event: Callable[[str, str, dict[str, Any] | None], None],
+        limit: int = MAX_GRAPHS,
+    ) -> None:
+        self.loss_of = loss
+        self.on_event = on_event
+        self.limit = limit
+        self.graphs: dict[tuple[int, int, int, int], _Graph] = {}
+        self.pool: Any = None
+        self.off: str | None = None  # why graphs stopped, once they have
+        self.recorded = self.replayed = self.eager = 0
+
+    def run(
+        self, lm: Any, batch: MicroBatch, answer_tokens: int, device: torch.device
+    ) -> torch.Tensor:
+        """Forward and backward of one pass (``batch`` still on the host), its loss divided
+        by ``answer_tokens`` for the gradient; returns its summed loss, detached."""
+        key = batch.shape_key()
+        graph = self.graphs.get(key)
+        if graph is not None:
+            _load(graph.inputs, batch)
+            graph.scale.fill_(1.0 / answer_tokens)
+            graph.graph.replay()
+            self.replayed += 1
+            return graph.loss
+        moved = batch.to(device)
+        loss = self.loss_of(lm, moved)
+        (loss / answer_tokens).backward()
+        self.eager += 1
+        if self.off is None and len(self.graphs) < self.limit:
+            self._record(lm, key, moved)
+        return loss.detach()
+
+    def _record(self, lm: Any, key: tuple[int, int, int, int], inputs: MicroBatch) -> None:
+        """Record a pass over ``inputs`` (which stay the graph's inputs). The adapters'
+        gradients exist by now (the pass just run made them), so the recorded backward adds
+        into them in place."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        scale = torch.ones((), device=inputs.input_ids.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                loss = self.loss_of(lm, inputs)
+                (loss * scale).backward()
+                out = loss.detach()
+        except Exception as exc:  # any failure falls back to plain passes
+            self.stop(f"recording a pass failed ({type(exc).__name__}: {exc})")
+            return
+        self.graphs[key] = _Graph(graph, inputs, scale, out)
+        self.recorded += 1
+
+    def stop(self, why: str) -> None:
+        """Drop every graph (and their memory) and run plain passes from now on."""
+        if self.off is not None:
+            return
+        self.off = why
+        self.graphs.clear()
+        self.pool = None
+        self.on_event(
+            "warning",
+            f"CUDA graphs are off for the rest of this run: {why}. Passes run as usual "
+            f"(slower for small models; {MODE_ENV}=off skips them).",
+            {"cuda_graphs": False},
+        )
+
+    def release(self) -> None:
+        """Drop every graph and its memory at the run's end."""
+        self.off = self.off or "the run ended"
+        self.graphs.clear()
+        self.pool = None
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "graphs_recorded": self.recorded,
+            "passes_replayed": self.replayed,
+            "passes_plain": self.eager,
+        }
+
+
+def _load(target: MicroBatch, batch: MicroBatch) -> None:
+    """Copy a host batch into a graph's input tensors (through pinned memory, without
+    waiting for the GPU)."""
+    pairs = [
+        (target.input_ids, batch.input_ids),
+        (target.position_ids, batch.position_ids),
+        (target.cu_seq_lens, batch.cu_seq_lens),
+        (target.label_positions, batch.label_positions),
+        (target.label_targets, batch.label_targets),
+        (target.label_weights, batch.label_weights),
+    ]
+    for dst, src in pairs:
+        if dst is None or src is None:
+            continue
+        dst.copy_(src.pin_memory(), non_blocking=True)

@@ -226,10 +226,11 @@ def test_a_small_lora_run_replays_graphs_on_the_gpu_and_trains_as_a_plain_one(
         runs[mode] = recorder
     started = [d for m, d in runs["auto"].events if m == "Training started"]
     assert started and started[0]["cuda_graphs"] is True
+    off = [m for m, _ in runs["auto"].events if m.startswith("CUDA graphs are off")]
+    assert not off, off[0]
     summary = [d for m, d in runs["auto"].events if m.startswith("CUDA graphs:")]
-    assert summary, runs["auto"].events
-    assert summary[0]["graphs_recorded"] >= 1 and summary[0]["passes_replayed"] >= 1
-    assert not any(m.startswith("CUDA graphs are off") for m, _ in runs["auto"].events)
+    assert summary and summary[0]["graphs_recorded"] >= 1
+    assert summary[0]["passes_replayed"] >= 1
     plain, fast = runs["off"].losses, runs["auto"].losses
     assert all(torch.isfinite(torch.tensor(fast)))
     assert fast[-1] < fast[0]
@@ -244,7 +245,8 @@ def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() 
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
-        _cuda_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+        _cuda_llama(),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
     )
     lm = model.get_base_model()
     plan = StepPlan(packed=True, token_budget=512, checkpointing=False, fused_head=True, note="")
@@ -266,3 +268,6 @@ def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() 
     assert events and events[0][0] == "warning"
     assert float(first) == pytest.approx(float(again), rel=1e-3)
     assert recorded.replayed == 0 and recorded.eager == 2
+    # Random numbers still come after the failed recording (dropout, a new model's weights).
+    assert torch.isfinite(torch.nn.functional.dropout(torch.ones(8, device=device), 0.5)).all()
+    torch.randn(4, device=device)

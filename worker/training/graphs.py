@@ -137,9 +137,13 @@ class PassGraphs:
         loss = self.loss_of(lm, moved)
         (loss / answer_tokens).backward()
         self.eager += 1
+        summed = loss.detach()
+        # Nothing of this pass's autograd graph may outlive it: a gradient accumulator kept
+        # alive from it would tie the recording to this (the default) stream.
+        del loss
         if self.off is None and len(self.graphs) < self.limit:
             self._record(lm, key, moved)
-        return loss.detach()
+        return summed
 
     def _record(self, lm: Any, key: tuple[int, int, int, int], inputs: MicroBatch) -> None:
         """Record a pass over ``inputs`` (which stay the graph's inputs). The adapters'
@@ -147,14 +151,21 @@ class PassGraphs:
         into them in place."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        scale = torch.ones((), device=inputs.input_ids.device)
+        device = inputs.input_ids.device
+        scale = torch.ones((), device=device)
         graph = torch.cuda.CUDAGraph()
+        # Dropout's random numbers come from the device's default generator, which a
+        # recording takes over; a recording that fails leaves it stuck in that state (every
+        # later draw raises), so its state from before is put back then.
+        generator = torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+        before = generator.clone_state()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
                 loss = self.loss_of(lm, inputs)
                 (loss * scale).backward()
                 out = loss.detach()
         except Exception as exc:  # any failure falls back to plain passes
+            generator.graphsafe_set_state(before)
             self.stop(f"recording a pass failed ({type(exc).__name__}: {exc})")
             return
         self.graphs[key] = _Graph(graph, inputs, scale, out)

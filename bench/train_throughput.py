@@ -139,6 +139,8 @@ class RunResult:
     # step's end: setup and compile time included.
     all_steps_tokens_per_second: float = 0.0
     first_step_seconds: float = 0.0  # from that call to the end of the first step
+    # The second half of the steps: a graphed run's rate once most row shapes are recorded.
+    late_tokens_per_second: float = 0.0
 
 
 def main() -> None:
@@ -302,6 +304,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
             "engine_mfu": mfu(engine),
             "engine_all_steps_tokens_per_s": round(engine.all_steps_tokens_per_second, 1),
             "engine_first_step_s": round(engine.first_step_seconds, 2),
+            "engine_late_tokens_per_s": round(engine.late_tokens_per_second, 1),
         }
     )
     if baseline is not None:
@@ -363,6 +366,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 else None,
                 "all_steps_tokens_per_s": round(extra.all_steps_tokens_per_second, 1),
                 "first_step_s": round(extra.first_step_seconds, 2),
+                "late_tokens_per_s": round(extra.late_tokens_per_second, 1),
                 "peak_mem_gib": round(extra.peak_memory_gib, 2),
                 "final_loss": round(extra.losses[-1], 4),
             }
@@ -587,6 +591,7 @@ def run_engine(
         all_steps_tokens_per_second=sum(step_tokens[: len(clock.marks)])
         / (clock.marks[-1] - started),
         first_step_seconds=clock.marks[0] - started,
+        late_tokens_per_second=timed_rate(clock.marks, step_tokens, max(1, len(clock.marks) // 2)),
     )
 
 
@@ -731,6 +736,7 @@ def run_baseline(
         all_steps_tokens_per_second=sum(step_tokens[: len(clock.marks)])
         / (clock.marks[-1] - started),
         first_step_seconds=clock.marks[0] - started,
+        late_tokens_per_second=timed_rate(clock.marks, step_tokens, max(1, len(clock.marks) // 2)),
     )
 
 

@@ -26,15 +26,15 @@ def test_a_graph_row_has_fixed_shapes_and_keeps_the_real_tokens_and_labels() -> 
     plain = packing.collate_packed(samples)
     row = packing.graph_row(samples)
     assert row.tokens == plain.tokens == 31
-    # Eight segments (a power of two above three samples): five of filler, four of one token
-    # and the rest of the 256-token width in the last.
+    # Eight segments (a power of two above three samples): five of filler, sharing the rest of
+    # the 256-token width evenly.
     assert row.input_ids.shape == (1, 256)
-    assert row.cu_seq_lens.tolist() == [0, 5, 22, 31, 32, 33, 34, 35, 256]
+    assert row.cu_seq_lens.tolist() == [0, 5, 22, 31, 76, 121, 166, 211, 256]
     assert row.cu_seq_lens.dtype == torch.int32
     assert row.position_ids[0, :31].tolist() == plain.position_ids[0].tolist()
-    assert row.position_ids[0, 31:36].tolist() == [0, 0, 0, 0, 0]
-    assert row.position_ids[0, -1].item() == 220
-    assert row.max_length == 256  # the 221-token filler segment, rounded up, within the row
+    assert row.position_ids[0, 31:76].tolist() == list(range(45))
+    assert row.position_ids[0, -1].item() == 44
+    assert row.max_length == 128  # the 45-token filler segments, rounded up (128 at least)
     labels = plain.label_positions.numel()
     assert row.label_positions.numel() == 256
     assert torch.equal(row.label_positions[:labels], plain.label_positions)
@@ -42,7 +42,7 @@ def test_a_graph_row_has_fixed_shapes_and_keeps_the_real_tokens_and_labels() -> 
     assert set(row.label_positions[labels:].tolist()) == {255}
     assert row.label_weights is not None
     assert row.label_weights.tolist() == [1.0] * labels + [0.0] * (256 - labels)
-    assert row.shape_key() == (256, 256, 9, 256)
+    assert row.shape_key() == (256, 256, 9, 128)
 
 
 def test_graph_rows_fall_into_a_few_shapes() -> None:

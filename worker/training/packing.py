@@ -231,10 +231,10 @@ def graph_row(samples: Sequence[Sample]) -> MicroBatch:
     recorded with, so everything that sets them is rounded up to a few values.
 
     - **Segments**: the sample boundaries (``cu_seq_lens``) number a power of two, at least
-      ``_MIN_SEGMENTS`` and more than the samples: the filler after them is cut into the
-      missing segments, one token each and the rest in the last. Every segment holds at least
-      one token, and each attends only to itself, so the filler changes nothing real.
-    - **Width**: ``bucket_length`` of the tokens plus those one-token segments (under a
+      ``_MIN_SEGMENTS`` and more than the samples: the filler after them is shared out evenly
+      over the missing segments. Every segment holds at least one token, and each attends
+      only to itself, so the filler changes nothing real.
+    - **Width**: ``bucket_length`` of the tokens plus one token per filler segment (under a
       quarter of filler).
     - **Longest segment**, which sets the attention kernels' grid: the next power of two (at
       least ``_MIN_SEGMENT_BOUND``, at most the width).
@@ -249,8 +249,10 @@ def graph_row(samples: Sequence[Sample]) -> MicroBatch:
     extra = segments - count
     width = bucket_length(real + extra)
     filler = width - real
-    lengths = [1] * (extra - 1) + [filler - (extra - 1)]
-    longest = max(row.max_length, lengths[-1])
+    # Shared out evenly, so that the filler's segments are rarely the longest.
+    share, more = divmod(filler, extra)
+    lengths = [share + 1] * more + [share] * (extra - more)
+    longest = max(row.max_length, lengths[0])
     bound = min(width, max(_MIN_SEGMENT_BOUND, 1 << (longest - 1).bit_length()))
     labels = int(row.label_positions.numel())
     slots = bucket_length(labels)

@@ -101,6 +101,20 @@ def test_graph_rows_give_the_loss_and_gradients_of_plain_rows(
         assert float((got[name] - grad).norm()) / scale < 1e-5, name
 
 
+def test_passes_over_the_limit_run_plain_rows() -> None:
+    plan = StepPlan(packed=True, token_budget=40, checkpointing=False, fused_head=True, note="")
+    plan = dataclasses.replace(plan, graphs=True, graph_tokens=20)
+    rows = micro_batches([make_samples([30, 5, 17, 9])], plan, pad_id=0)
+    assert [r.tokens for r in rows] == [39, 22]
+    # Both over the limit: unpadded. With a limit of 30 the second is recorded.
+    assert all(r.label_weights is None and r.input_ids.shape[1] == r.tokens for r in rows)
+    rows = micro_batches(
+        [make_samples([30, 5, 17, 9])], dataclasses.replace(plan, graph_tokens=30), 0
+    )
+    assert rows[0].label_weights is None and rows[1].label_weights is not None
+    assert rows[1].input_ids.shape[1] == 256
+
+
 def test_validation_runs_plain_rows_in_a_graphed_run(tiny_model_dir: Path) -> None:
     from worker.training.steps import validation_sums
 
@@ -149,7 +163,10 @@ def test_the_switch_and_the_automatic_choice(
     monkeypatch.setattr(lm, "config", big)
     chosen, why = graphs.decide(lm, cuda, **common)
     assert not chosen and "keep the GPU busy" in why
+    # Passes of more work than MAX_PASS_WORK keep the GPU busy: 734 tokens of an 8B layer.
+    assert graphs.row_limit(big) == 733
     monkeypatch.setenv(graphs.MODE_ENV, "on")
+    assert graphs.row_limit(big) is None  # every pass
     assert graphs.decide(lm, cuda, **common)[0]
     assert graphs.decide(lm, cuda, **common, method="qlora")[0]
     assert not graphs.decide(lm, cpu, **common)[0]
@@ -157,6 +174,13 @@ def test_the_switch_and_the_automatic_choice(
     assert graphs.decide(lm, cuda, **common) == (False, "TUNELAB_CUDA_GRAPHS=off")
     monkeypatch.setenv(graphs.MODE_ENV, "nonsense")
     assert graphs.setting() == "auto"
+
+
+def test_the_estimate_mirrors_the_automatic_rule() -> None:
+    from worker.spec import estimate
+
+    assert estimate._GRAPH_PASS_WORK == graphs.MAX_PASS_WORK
+    assert estimate._GRAPH_LAYER_WEIGHTS == graphs.SMALL_LAYER_WEIGHTS
 
 
 def test_a_cpu_run_plans_no_graphs(tiny_model_dir: Path) -> None:

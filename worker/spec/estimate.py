@@ -118,6 +118,14 @@ _PROMPT_METHODS = ("prefix_tuning", "p_tuning")
 # bound by Python and launches: the same 0.5B runs on another H100 host went up to 28% faster.
 _MFU_POINTS = ((494_032_768, 0.214), (1_235_814_400, 0.346), (8_030_261_248, 0.402))
 _ROW_OVERHEAD_WORK = 2.24e11
+# Passes replayed as CUDA graphs (worker.training.graphs, whose automatic rule this mirrors):
+# packed LoRA on one GPU with a plain head, layers of at most _GRAPH_LAYER_WEIGHTS weights,
+# passes of at most _GRAPH_PASS_WORK (tokens x one layer's weights). They ran 1.27x as fast
+# as plain passes at Qwen2.5-0.5B chat-short (8.4k-token passes) on an H100, 2026-12-06, in
+# one command, filler included.
+_GRAPH_LAYER_WEIGHTS = 80_000_000
+_GRAPH_PASS_WORK = 1.6e11
+_GRAPH_SPEEDUP = 1.27
 # Time per token relative to fused LoRA at the same pass size, measured once each on a
 # Qwen2.5-0.5B shape on an H200. Plain QLoRA uses _QLORA_TIME_POINTS below (measured by
 # size); the flat "qlora" factor here is what DoRA on a 4-bit model still multiplies by.
@@ -594,10 +602,26 @@ class _Run:
         if self.dora:
             factor = _METHOD_TIME["dora"] * (_METHOD_TIME["qlora"] if self.method == "qlora" else 1)
         rate /= factor
+        if self.graphed():
+            rate *= _GRAPH_SPEEDUP
         if not self.packed:
             # Padding: each batch runs to its longest sample.
             rate *= self.mean / max(self.mean, min(self.max_seq, self.longest) + self.virtual)
         return rate
+
+    def graphed(self) -> bool:
+        """Whether the engine would replay this run's passes as CUDA graphs."""
+        weights = self.arch.layer_weights()
+        return (
+            self.cpu is None
+            and self.ranks == 1
+            and self.packed
+            and self.plain_head
+            and self.method == "lora"
+            and not self.dora
+            and weights <= _GRAPH_LAYER_WEIGHTS
+            and self.row_tokens * weights <= _GRAPH_PASS_WORK
+        )
 
     def training_seconds(self) -> float:
         if self.ranks == 1:

@@ -25,7 +25,9 @@ backward, and launches them all again with one call, so the host no longer sets 
   packed LoRA runs on a CUDA GPU whose decoder layers hold at most ``SMALL_LAYER_WEIGHTS``
   weights, in the weights' own 16-bit dtype, without DoRA, 4-bit layers, gradient
   checkpointing or several processes, where the loss comes from the decoder's hidden states;
-  ``off`` never; ``on`` also records 4-bit (QLoRA) and DoRA runs and larger models.
+  and of those only passes of at most ``MAX_PASS_WORK`` (tokens x one layer's weights): a
+  larger pass keeps the GPU busy by itself and runs as usual, unpadded. ``off`` never;
+  ``on`` records every pass, 4-bit (QLoRA) and DoRA runs and larger models too.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ MODES = ("auto", "on", "off")
 SMALL_LAYER_WEIGHTS = 80_000_000
 # Recorded shapes per run; a pass of a shape past them runs as usual.
 MAX_GRAPHS = 48
+# ``auto`` records passes of at most this much work (tokens x weights of one layer): measured
+# on an H100 (2026-12-06, bench/train_throughput.py, second half of 96- and 48-step runs),
+# replayed passes ran 1.27x as fast as plain ones at Qwen2.5-0.5B in 8.4k-token passes
+# (1.3e11), as fast in 15.5k-token ones (2.3e11, where the GPU is busy and the filler
+# costs what the launches saved) and 0.89-0.92x at Llama-3.2-1B in 7k-token ones (4.3e11).
+MAX_PASS_WORK = 1.6e11
 
 Loss = Callable[[Any, MicroBatch], torch.Tensor]
 
@@ -92,7 +100,18 @@ def decide(
     weights = layer_weights(lm.config)
     if weights > SMALL_LAYER_WEIGHTS:
         return False, f"layers of {weights / 1e6:.0f}M weights keep the GPU busy on their own"
-    return True, f"layers of {weights / 1e6:.0f}M weights are launch-bound"
+    return True, (
+        f"layers of {weights / 1e6:.0f}M weights are launch-bound in passes of up to "
+        f"{row_limit(lm.config):,} tokens; larger passes run as usual"
+    )
+
+
+def row_limit(model_config: Any) -> int | None:
+    """The most tokens of a pass that is recorded (``auto``: the larger ones keep the GPU
+    busy and would only pay for the filler); None records every pass (``on``)."""
+    if setting() == "on":
+        return None
+    return int(MAX_PASS_WORK // layer_weights(model_config))
 
 
 @dataclass
@@ -119,13 +138,19 @@ class PassGraphs:
         self.pool: Any = None
         self.stream: torch.cuda.Stream | None = None
         self.off: str | None = None  # why graphs stopped, once they have
-        self.recorded = self.replayed = self.eager = 0
+        self.recorded = self.replayed = self.eager = self.large = 0
 
     def run(
         self, lm: Any, batch: MicroBatch, answer_tokens: int, device: torch.device
     ) -> torch.Tensor:
         """Forward and backward of one pass (``batch`` still on the host), its loss divided
         by ``answer_tokens`` for the gradient; returns its summed loss, detached."""
+        if batch.label_weights is None:  # a pass too large to gain (see ``row_limit``)
+            self.large += 1
+            moved = batch.to(device)
+            loss = self.loss_of(lm, moved)
+            (loss / answer_tokens).backward()
+            return loss.detach()
         key = batch.shape_key()
         graph = self.graphs.get(key)
         if graph is not None:
@@ -209,6 +234,7 @@ class PassGraphs:
             "graphs_recorded": self.recorded,
             "passes_replayed": self.replayed,
             "passes_plain": self.eager,
+            "passes_too_large": self.large,
         }
 
 

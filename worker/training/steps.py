@@ -63,6 +63,8 @@ class StepPlan:
     # rows packed into a few fixed shapes); why or why not.
     graphs: bool = False
     graphs_note: str = ""
+    # The most real tokens of a recorded pass; larger ones run as usual (None: any).
+    graph_tokens: int | None = None
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
@@ -136,6 +138,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         compile_note=compile_note,
         graphs=use_graphs,
         graphs_note=graphs_note,
+        graph_tokens=graphs.row_limit(lm.config) if use_graphs else None,
     )
 
 
@@ -286,7 +289,13 @@ def micro_batches(
     if plan.packed:
         rows = pack([s for b in group for s in b], plan.token_budget)
         if plan.graphs:
-            return [graph_row(row) for row in rows]
+            limit = plan.graph_tokens
+            return [
+                graph_row(row)
+                if limit is None or sum(len(s.input_ids) for s in row) <= limit
+                else collate_packed(row)
+                for row in rows
+            ]
         if plan.compiled and compiled.cuda_graphs():
             return [
                 collate_packed(row, bucket_length(sum(len(s.input_ids) for s in row)))

@@ -158,6 +158,9 @@ def test_the_switch_and_the_automatic_choice(
     ]:
         chosen, why = graphs.decide(lm, cuda, **{**common, **change})
         assert not chosen and reason in why, change
+    chosen, why = graphs.decide(lm, cuda, **common, run_passes=299)
+    assert not chosen and "too short to repay" in why
+    assert graphs.decide(lm, cuda, **common, run_passes=300)[0]
     # Llama-3-8B's layers (218M weights) keep a GPU busy without them.
     big = type(lm.config)(hidden_size=4096, intermediate_size=14336, num_key_value_heads=8)
     monkeypatch.setattr(lm, "config", big)
@@ -181,6 +184,7 @@ def test_the_estimate_mirrors_the_automatic_rule() -> None:
 
     assert estimate._GRAPH_PASS_WORK == graphs.MAX_PASS_WORK
     assert estimate._GRAPH_LAYER_WEIGHTS == graphs.SMALL_LAYER_WEIGHTS
+    assert estimate._GRAPH_MIN_PASSES == graphs.MIN_RUN_PASSES
 
 
 def test_a_cpu_run_plans_no_graphs(tiny_model_dir: Path) -> None:
@@ -243,11 +247,13 @@ def test_a_small_lora_run_replays_graphs_on_the_gpu_and_trains_as_a_plain_one(
     )
     samples = _pattern_samples(192)
     runs = {}
-    for mode in ("off", "auto"):
+    # "on": auto leaves runs this short plain (see decide).
+    for mode in ("off", "on"):
         monkeypatch.setenv(graphs.MODE_ENV, mode)
         recorder = Recorder()
         trainer.train_model(_cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
         runs[mode] = recorder
+    runs["auto"] = runs["on"]
     started = [d for m, d in runs["auto"].events if m == "Training started"]
     assert started and started[0]["cuda_graphs"] is True
     off = [m for m, _ in runs["auto"].events if m.startswith("CUDA graphs are off")]

@@ -125,6 +125,7 @@ _ROW_OVERHEAD_WORK = 2.24e11
 # one command, filler included.
 _GRAPH_LAYER_WEIGHTS = 80_000_000
 _GRAPH_PASS_WORK = 1.6e11
+_GRAPH_MIN_PASSES = 300
 _GRAPH_SPEEDUP = 1.27
 # Time per token relative to fused LoRA at the same pass size, measured once each on a
 # Qwen2.5-0.5B shape on an H200. Plain QLoRA uses _QLORA_TIME_POINTS below (measured by
@@ -621,6 +622,7 @@ class _Run:
             and not self.dora
             and weights <= _GRAPH_LAYER_WEIGHTS
             and self.row_tokens * weights <= _GRAPH_PASS_WORK
+            and self.steps * self.micro_batches >= _GRAPH_MIN_PASSES
         )
 
     def training_seconds(self) -> float:

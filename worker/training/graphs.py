@@ -26,7 +26,8 @@ backward, and launches them all again with one call, so the host no longer sets 
   weights, in the weights' own 16-bit dtype, without DoRA, 4-bit layers, gradient
   checkpointing or several processes, where the loss comes from the decoder's hidden states;
   and of those only passes of at most ``MAX_PASS_WORK`` (tokens x one layer's weights): a
-  larger pass keeps the GPU busy by itself and runs as usual, unpadded. ``off`` never;
+  larger pass keeps the GPU busy by itself and runs as usual, unpadded; and only in runs of
+  at least ``MIN_RUN_PASSES`` passes, which repay the recordings. ``off`` never;
   ``on`` records every pass, 4-bit (QLoRA) and DoRA runs and larger models too.
 """
 
@@ -55,6 +56,11 @@ MAX_GRAPHS = 48
 # (1.3e11), as fast in 15.5k-token ones (2.3e11, where the GPU is busy and the filler
 # costs what the launches saved) and 0.89-0.92x at Llama-3.2-1B in 7k-token ones (4.3e11).
 MAX_PASS_WORK = 1.6e11
+# ... and only in runs of at least this many passes: each row shape's first pass is recorded
+# (as much host time again as a plain pass), and a run meets a few dozen shapes. Measured on
+# the same H100 at Qwen2.5-0.5B chat-short, a 32-step run ran at 0.82x with graphs (16 shapes
+# recorded), a 96-step run at 0.99x overall (21 recorded, 75 replayed).
+MIN_RUN_PASSES = 300
 
 Loss = Callable[[Any, MicroBatch], torch.Tensor]
 
@@ -75,9 +81,11 @@ def decide(
     autocast: torch.dtype | None,
     method: str = "lora",
     dora: bool = False,
+    run_passes: float | None = None,
 ) -> tuple[bool, str]:
-    """Whether this run's passes are recorded as CUDA graphs, and why (or why not). Several
-    processes are decided later, by the trainer."""
+    """Whether this run's passes are recorded as CUDA graphs, and why (or why not).
+    ``run_passes``: the passes of the whole run (None: not known, not a reason to stay off).
+    Several processes are decided later, by the trainer."""
     mode = setting()
     if mode == "off":
         return False, f"{MODE_ENV}=off"
@@ -100,6 +108,11 @@ def decide(
     weights = layer_weights(lm.config)
     if weights > SMALL_LAYER_WEIGHTS:
         return False, f"layers of {weights / 1e6:.0f}M weights keep the GPU busy on their own"
+    if run_passes is not None and run_passes < MIN_RUN_PASSES:
+        return False, (
+            f"a run of {run_passes:,.0f} passes is too short to repay recording its row shapes "
+            f"(about {MIN_RUN_PASSES})"
+        )
     return True, (
         f"layers of {weights / 1e6:.0f}M weights are launch-bound in passes of up to "
         f"{row_limit(lm.config):,} tokens; larger passes run as usual"

@@ -99,6 +99,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         autocast=autocast,
         method=config.method,
         dora=bool(getattr(config, "use_dora", False)),
+        run_passes=_run_passes(samples, config, budget),
     )
     compile_layers, compile_note = compiled.decide(
         lm,
@@ -110,7 +111,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         run_tokens=run_tokens(samples, config),
     )
     if use_graphs and compile_layers:
-        compile_layers, compile_note = False, "passes replay as CUDA graphs instead"
+        use_graphs, graphs_note = False, "the decoder layers are compiled instead"
     if device.type == "cpu":
         return StepPlan(
             packed,
@@ -155,6 +156,17 @@ def run_tokens(samples: Sequence[Sample], config: TrainConfig) -> float | None:
         return tokens / len(samples) * batch * accum * config.max_steps
     epochs = 1.0 if config.epochs is None else config.epochs  # None trains one epoch
     return tokens * float(epochs) if isinstance(epochs, int | float) else None
+
+
+def _run_passes(samples: Sequence[Sample], config: TrainConfig, budget: int) -> float | None:
+    """The packed passes of the whole run: its tokens over the tokens of a pass (a step's
+    tokens, or the budget when a step takes several); None while a setting is still auto."""
+    tokens = run_tokens(samples, config)
+    batch, accum = config.batch_size, config.gradient_accumulation_steps
+    if tokens is None or not isinstance(batch, int) or not isinstance(accum, int):
+        return None
+    step = sum(len(s.input_ids) for s in samples) / len(samples) * batch * accum
+    return tokens / max(1.0, min(float(budget), step))
 
 
 def _prompt_learning(lm: Any) -> bool:

@@ -120,13 +120,15 @@ _MFU_POINTS = ((494_032_768, 0.214), (1_235_814_400, 0.346), (8_030_261_248, 0.4
 _ROW_OVERHEAD_WORK = 2.24e11
 # Passes replayed as CUDA graphs (worker.training.graphs, whose automatic rule this mirrors):
 # packed LoRA on one GPU with a plain head, layers of at most _GRAPH_LAYER_WEIGHTS weights,
-# passes of at most _GRAPH_PASS_WORK (tokens x one layer's weights). They ran 1.27x as fast
-# as plain passes at Qwen2.5-0.5B chat-short (8.4k-token passes) on an H100, 2026-12-06, in
-# one command, filler included.
+# passes of at most _GRAPH_PASS_WORK (tokens x one layer's weights), runs of at least
+# _GRAPH_MIN_PASSES passes. At Qwen2.5-0.5B chat-short (8.4k-token passes) on an H100,
+# 2026-12-06, a 96-step run saved about 17 ms of ~140 ms on each of its 75 replayed passes
+# (1.14x) and spent it again recording its 21 shapes; the second half of that run ran 1.27x.
+# A long run has recorded its shapes early: 1.15x.
 _GRAPH_LAYER_WEIGHTS = 80_000_000
 _GRAPH_PASS_WORK = 1.6e11
 _GRAPH_MIN_PASSES = 300
-_GRAPH_SPEEDUP = 1.27
+_GRAPH_SPEEDUP = 1.15
 # Time per token relative to fused LoRA at the same pass size, measured once each on a
 # Qwen2.5-0.5B shape on an H200. Plain QLoRA uses _QLORA_TIME_POINTS below (measured by
 # size); the flat "qlora" factor here is what DoRA on a 4-bit model still multiplies by.

@@ -50,11 +50,12 @@ MODES = ("auto", "on", "off")
 SMALL_LAYER_WEIGHTS = 80_000_000
 # Recorded shapes per run; a pass of a shape past them runs as usual.
 MAX_GRAPHS = 48
-# ``auto`` records passes of at most this much work (tokens x weights of one layer): measured
-# on an H100 (2026-12-06, bench/train_throughput.py, second half of 96- and 48-step runs),
-# replayed passes ran 1.27x as fast as plain ones at Qwen2.5-0.5B in 8.4k-token passes
-# (1.3e11), as fast in 15.5k-token ones (2.3e11, where the GPU is busy and the filler
-# costs what the launches saved) and 0.89-0.92x at Llama-3.2-1B in 7k-token ones (4.3e11).
+# ``auto`` records passes of at most this much work (tokens x weights of one layer). Measured
+# on an H100 (2026-12-06, bench/train_throughput.py, graphs on every pass against none, in
+# one command): at Qwen2.5-0.5B in 8.4k-token passes (1.3e11) a replayed pass saved about a
+# tenth of its time (the second half of a 96-step run: 1.27x); in 15.5k-token ones (2.3e11)
+# the GPU is busy and the filler cost what the launches saved (1.00x); at Llama-3.2-1B in
+# 7k-token ones (4.3e11) replaying ran at 0.89-0.92x.
 MAX_PASS_WORK = 1.6e11
 # ... and only in runs of at least this many passes: each row shape's first pass is recorded
 # (as much host time again as a plain pass), and a run meets a few dozen shapes. Measured on

@@ -130,6 +130,9 @@ class StepFitter:
         it fits. Returns the step's mean loss and its tokens. With ``replicas`` (a
         multi-process run), ``group`` is this process's share of the step and the passes run
         through DDP (see ``ranks``)."""
+        if self.plan.graphs and self.recorded is not None and self.recorded.off is not None:
+            # Graphs are off for the rest of the run: plain rows again, without the filler.
+            self.plan = dataclasses.replace(self.plan, graphs=False)
         while True:
             micro = self.passes(group, pad_id)
             try:

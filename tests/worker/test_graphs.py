@@ -301,3 +301,30 @@ def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() 
     # Random numbers still come after the failed recording (dropout, a new model's weights).
     assert torch.isfinite(torch.nn.functional.dropout(torch.ones(8, device=device), 0.5)).all()
     torch.randn(4, device=device)
+
+
+def test_once_graphs_are_off_a_run_packs_plain_rows_again(tiny_model_dir: Path) -> None:
+    """After a failed recording (graphs off for the run), the next step packs plain rows
+    (no filler), drops gradients between steps again, and trains as a plain run would."""
+    from worker.training.budget import StepFitter
+
+    model = lora_model(tiny_model_dir)
+    lm = model.get_base_model()
+    plain = StepPlan(packed=True, token_budget=64, checkpointing=False, fused_head=True, note="")
+    fitter = StepFitter(dataclasses.replace(plain, graphs=True), on_event=lambda *_: None)
+    assert fitter.recorded is not None and fitter.graphed
+    group = [make_samples([5, 17, 9, 30])]
+    assert all(r.label_weights is not None for r in fitter.passes(group, 0))
+    fitter.recorded.off = "recording a pass failed (test)"
+    assert not fitter.graphed
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    cpu = torch.device("cpu")
+    with fused.fused_modules(model), attention.packed_attention(lm):
+        loss, tokens = fitter.step(lm, group, 0, 40, optimizer, cpu)
+        expected, _ = StepFitter(plain, on_event=lambda *_: None).step(
+            lm, group, 0, 40, optimizer, cpu
+        )
+    assert not fitter.plan.graphs
+    assert all(r.label_weights is None for r in fitter.passes(group, 0))
+    assert tokens == 61
+    assert loss == pytest.approx(expected, rel=1e-6)

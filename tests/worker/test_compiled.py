@@ -235,7 +235,7 @@ def test_the_engine_compiles_when_switched_on_and_trains_as_it_does_eagerly(
 # --- On a CUDA GPU (skipped without one) ---------------------------------------------------
 
 
-def _cuda_llama() -> Any:
+def cuda_llama() -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -251,6 +251,16 @@ def _cuda_llama() -> Any:
     torch.manual_seed(0)
     with torch.device("cuda"):
         return LlamaForCausalLM(config).to(torch.bfloat16)
+
+
+def pattern_samples(count: int) -> list[Sample]:
+    """Samples of 11 lengths (30 to 400 tokens) whose second half repeats a pattern."""
+    samples = []
+    for i in range(count):
+        n = 30 + 37 * (i % 11)
+        ids = [3 + (i + 7 * j) % 50 for j in range(n)]
+        samples.append(Sample(ids, [IGNORE_INDEX] * (n // 2) + ids[n // 2 :]))
+    return samples
 
 
 @pytest.mark.gpu
@@ -274,11 +284,7 @@ def test_a_small_lora_run_compiles_its_layers_on_the_gpu_and_trains_as_eager(
         max_seq_length=512,
     )
     # A pattern to learn, in rows of changing length (a new packed length every step).
-    samples = []
-    for i in range(96):
-        n = 30 + 37 * (i % 11)
-        ids = [3 + (i + 7 * j) % 50 for j in range(n)]
-        samples.append(Sample(ids, [IGNORE_INDEX] * (n // 2) + ids[n // 2 :]))
+    samples = pattern_samples(96)
     runs = {}
     # "on": auto leaves layers this small, and runs this short, eager (see decide).
     for mode in ("off", "on"):
@@ -286,7 +292,7 @@ def test_a_small_lora_run_compiles_its_layers_on_the_gpu_and_trains_as_eager(
         torch._dynamo.reset()
         counters.clear()
         recorder = Recorder()
-        trainer.train_model(_cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
+        trainer.train_model(cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
         runs[mode] = recorder
     compiling = [d for m, d in runs["on"].events if m.startswith("Compiling")]
     assert compiling and compiling[0]["compiled_layers"] == 4

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import torch
 
+from tests.worker.test_compiled import cuda_llama, pattern_samples
 from tests.worker.test_training_speed import lora_grads, lora_model, make_samples
 from worker.spec.config import TrainConfig
-from worker.spec.formatting import IGNORE_INDEX, Sample
+from worker.spec.formatting import Sample
 from worker.training import attention, fused, graphs, packing
 from worker.training.steps import StepPlan, micro_batch_loss, micro_batches, plan_steps
 
@@ -197,33 +198,6 @@ def test_a_cpu_run_plans_no_graphs(tiny_model_dir: Path) -> None:
 # --- On a CUDA GPU (skipped without one) ---------------------------------------------------
 
 
-def _cuda_llama() -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=8192,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        return LlamaForCausalLM(config).to(torch.bfloat16)
-
-
-def _pattern_samples(count: int) -> list[Sample]:
-    samples = []
-    for i in range(count):
-        n = 30 + 37 * (i % 11)
-        ids = [3 + (i + 7 * j) % 50 for j in range(n)]
-        samples.append(Sample(ids, [IGNORE_INDEX] * (n // 2) + ids[n // 2 :]))
-    return samples
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -245,13 +219,13 @@ def test_a_small_lora_run_replays_graphs_on_the_gpu_and_trains_as_a_plain_one(
         max_seq_length=512,
         micro_batch_tokens=1024,  # several passes a step, of shapes that come back
     )
-    samples = _pattern_samples(192)
+    samples = pattern_samples(192)
     runs = {}
     # "on": auto leaves runs this short plain (see decide).
     for mode in ("off", "on"):
         monkeypatch.setenv(graphs.MODE_ENV, mode)
         recorder = Recorder()
-        trainer.train_model(_cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
+        trainer.train_model(cuda_llama(), samples, config, pad_id=0, callbacks=recorder)
         runs[mode] = recorder
     runs["auto"] = runs["on"]
     started = [d for m, d in runs["auto"].events if m == "Training started"]
@@ -275,7 +249,7 @@ def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() 
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
-        _cuda_llama(),
+        cuda_llama(),
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
     )
     lm = model.get_base_model()
@@ -290,7 +264,7 @@ def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() 
 
     recorded = graphs.PassGraphs(waits_for_the_gpu, lambda lvl, msg, _d: events.append((lvl, msg)))
     device = torch.device("cuda")
-    rows = micro_batches([_pattern_samples(4)], plan, pad_id=0)
+    rows = micro_batches([pattern_samples(4)], plan, pad_id=0)
     with attention.packed_attention(lm):
         first = recorded.run(lm, rows[0], 100, device)
         again = recorded.run(lm, rows[0], 100, device)

@@ -72,7 +72,12 @@ _RECOMPILE_LIMIT = 64
 
 def setting() -> str:
     """``TUNELAB_COMPILE``: auto, on or off (anything else counts as auto)."""
-    value = os.environ.get(MODE_ENV, "auto").strip().lower()
+    return switch(MODE_ENV)
+
+
+def switch(name: str) -> str:
+    """A worker setting that is auto, on or off (anything else counts as auto)."""
+    value = os.environ.get(name, "auto").strip().lower()
     return value if value in MODES else "auto"
 
 

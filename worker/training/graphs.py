@@ -33,21 +33,18 @@ backward, and launches them all again with one call, so the host no longer sets 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from worker.training.compiled import SMALL_LAYER_WEIGHTS, switch
 from worker.training.packing import MicroBatch, layer_weights
 
 MODE_ENV = "TUNELAB_CUDA_GRAPHS"
-MODES = ("auto", "on", "off")
-# Weights of one decoder layer's projections up to which ``auto`` records passes: Qwen2.5-0.5B
-# has 15M, Llama-3.2-1B 61M, Llama-3.2-3B 101M, Llama-3-8B 218M (an 8B layer keeps the GPU
-# busy on its own).
-SMALL_LAYER_WEIGHTS = 80_000_000
+# ``auto`` records passes of layers of at most SMALL_LAYER_WEIGHTS weights, as ``compiled``
+# compiles them (an 8B layer keeps the GPU busy on its own).
 # Recorded shapes per run; a pass of a shape past them runs as usual.
 MAX_GRAPHS = 48
 # ``auto`` records passes of at most this much work (tokens x weights of one layer). Measured
@@ -68,8 +65,7 @@ Loss = Callable[[Any, MicroBatch], torch.Tensor]
 
 def setting() -> str:
     """``TUNELAB_CUDA_GRAPHS``: auto, on or off (anything else counts as auto)."""
-    value = os.environ.get(MODE_ENV, "auto").strip().lower()
-    return value if value in MODES else "auto"
+    return switch(MODE_ENV)
 
 
 def decide(
@@ -161,10 +157,7 @@ class PassGraphs:
         by ``answer_tokens`` for the gradient; returns its summed loss, detached."""
         if batch.label_weights is None:  # a pass too large to gain (see ``row_limit``)
             self.large += 1
-            moved = batch.to(device)
-            loss = self.loss_of(lm, moved)
-            (loss / answer_tokens).backward()
-            return loss.detach()
+            return self._plain(lm, batch.to(device), answer_tokens)
         key = batch.shape_key()
         graph = self.graphs.get(key)
         if graph is not None:
@@ -174,16 +167,19 @@ class PassGraphs:
             self.replayed += 1
             return graph.loss
         moved = batch.to(device)
-        loss = self.loss_of(lm, moved)
-        (loss / answer_tokens).backward()
+        summed = self._plain(lm, moved, answer_tokens)
         self.eager += 1
-        summed = loss.detach()
-        # Nothing of this pass's autograd graph may outlive it: a gradient accumulator kept
-        # alive from it would tie the recording to this (the default) stream.
-        del loss
         if self.off is None and len(self.graphs) < self.limit:
             self._record(lm, key, moved)
         return summed
+
+    def _plain(self, lm: Any, batch: MicroBatch, answer_tokens: int) -> torch.Tensor:
+        """A pass run as usual; its summed loss, detached. Nothing of its autograd graph
+        outlives it: a gradient accumulator kept alive from it would tie a later recording
+        to this (the default) stream."""
+        loss = self.loss_of(lm, batch)
+        (loss / answer_tokens).backward()
+        return loss.detach()
 
     def _record(self, lm: Any, key: tuple[int, int, int, int], inputs: MicroBatch) -> None:
         """Record a pass over ``inputs`` (which stay the graph's inputs). The adapters'

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import json
 import math
 import os
@@ -67,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.spec.config import TrainConfig
 from worker.spec.formatting import IGNORE_INDEX, Sample
-from worker.training import data
+from worker.training import data, kernels
 from worker.training.adapters import build_peft_config
 from worker.training.engine import StepMetrics, train_model
 
@@ -189,6 +190,13 @@ def main() -> None:
         help="engine runs with TUNELAB_CUDA_GRAPHS set so (default: as the environment says)",
     )
     parser.add_argument(
+        "--dropout-kernels",
+        choices=["on", "off"],
+        action="append",
+        help="engine runs with LoRA dropout drawn inside the Triton kernels (on, the "
+        "default) or by torch.native_dropout with a kept mask (off)",
+    )
+    parser.add_argument(
         "--compile-cache",
         type=Path,
         help="TORCHINDUCTOR_CACHE_DIR for the engine's compiled layers (default: a fresh "
@@ -276,19 +284,24 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
         baseline = run_baseline(shape, ordered, config, args, step_tokens)
         log(f"{shape} baseline: {baseline}")
     engines = []
-    for budget in args.micro_batch_tokens or [None]:
-        for compile_setting in args.compile or [None]:
-            for graphs_setting in args.graphs or [None]:
-                if compile_setting is not None:
-                    os.environ["TUNELAB_COMPILE"] = compile_setting
-                if graphs_setting is not None:
-                    os.environ["TUNELAB_CUDA_GRAPHS"] = graphs_setting
-                engines.append(
-                    run_engine(shape, samples, config, budget or None, args, step_tokens)
-                )
-                engines[-1].notes["compile_setting"] = compile_setting
-                engines[-1].notes["graphs_setting"] = graphs_setting
-                log(f"{shape} engine: {engines[-1]}")
+    settings = itertools.product(
+        args.micro_batch_tokens or [None],
+        args.compile or [None],
+        args.graphs or [None],
+        args.dropout_kernels or [None],
+    )
+    for budget, compile_setting, graphs_setting, dropout_setting in settings:
+        if compile_setting is not None:
+            os.environ["TUNELAB_COMPILE"] = compile_setting
+        if graphs_setting is not None:
+            os.environ["TUNELAB_CUDA_GRAPHS"] = graphs_setting
+        kernels.DROPOUT = dropout_setting != "off"
+        engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
+        engines[-1].notes["compile_setting"] = compile_setting
+        engines[-1].notes["graphs_setting"] = graphs_setting
+        engines[-1].notes["dropout_kernels"] = dropout_setting
+        log(f"{shape} engine: {engines[-1]}")
+    kernels.DROPOUT = True
     engine = engines[0]
 
     def mfu(result: RunResult) -> float | None:
@@ -359,6 +372,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 "compile_setting": extra.notes.get("compile_setting"),
                 "compiled_layers": extra.notes.get("compiled_layers"),
                 "graphs_setting": extra.notes.get("graphs_setting"),
+                "dropout_kernels": extra.notes.get("dropout_kernels"),
                 "cuda_graphs": extra.notes.get("cuda_graphs"),
                 "tokens_per_s": round(extra.tokens_per_second, 1),
                 "speedup": round(extra.tokens_per_second / baseline.tokens_per_second, 2)
@@ -623,9 +637,35 @@ def profile_engine(model: Any, samples: list[Sample], config: TrainConfig, clock
     busy = sum(e.self_device_time_total for e in kernels) / 1e3
     wall = (clock.marks[2] - clock.marks[0]) * 1e3
     log(f"profile: GPU busy {busy:.0f} ms of {wall:.0f} ms wall over 2 steps")
+    groups: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = groups.setdefault(kernel_group(e.key), [0.0, 0.0])
+        entry[0] += e.self_device_time_total / 1e3
+        entry[1] += e.count
+    for name, (ms, count) in sorted(groups.items(), key=lambda item: -item[1][0]):
+        log(f"profile group {name}: {ms:.1f} ms, {count:.0f} kernels over 2 steps")
     log(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
     log(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
     return trained
+
+
+_KERNEL_GROUPS = (
+    ("matmul", ("gemm", "cutlass", "nvjet", "sm90_", "sm100_", "cublas", "splitk")),
+    ("attention", ("flash", "fmha", "attention")),
+    ("triton", ("triton", "_kernel")),
+    ("reduction", ("reduce", "softmax", "logsumexp", "norm")),
+    ("copy", ("copy", "cat", "index", "gather", "scatter", "fill")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+)
+
+
+def kernel_group(name: str) -> str:
+    """A coarse kind for a kernel's name, to sum the profile by."""
+    lowered = name.lower()
+    for group, needles in _KERNEL_GROUPS:
+        if any(needle in lowered for needle in needles):
+            return group
+    return "other"
 
 
 def timed_rate(marks: list[float], step_tokens: list[int], warmup: int) -> float:

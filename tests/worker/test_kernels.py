@@ -102,3 +102,122 @@ def test_inputs_the_kernels_do_not_take_go_through_pytorch(torch_only: None) -> 
     x = torch.randn(8, 16, device="cuda").t()  # not contiguous
     out, _ = kernels.rms_norm(x, torch.ones(8, device="cuda"), 1e-5)
     assert out.shape == x.shape
+
+
+# --- Dropout inside the LoRA products --------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_the_keep_bits_follow_the_seed() -> None:
+    torch.manual_seed(0)
+    seed = kernels.dropout_seed(torch.device("cuda"))
+    keep = kernels.dropout_keep(1000, 896, 0.1, seed)
+    assert torch.equal(keep, kernels.dropout_keep(1000, 896, 0.1, seed))  # drawn again
+    assert abs(keep.float().mean().item() - 0.9) < 0.005
+    other = kernels.dropout_keep(1000, 896, 0.1, seed + 1)
+    assert (keep != other).float().mean().item() > 0.1
+    # A row's bits are not the row before's: positions, not columns, pick them.
+    assert (keep[1:] != keep[:-1]).float().mean().item() > 0.1
+
+
+def reference_products(
+    x: torch.Tensor, a: torch.Tensor, g_b: torch.Tensor, keep: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In float64: dropout(x) @ a.T, keep * (g_b @ a) / (1 - p), g_b.T @ (keep * x) / (1 - p)."""
+    dropped = torch.where(keep, x.double(), 0.0) / (1 - p)
+    down = dropped @ a.double().t()
+    grad_x = torch.where(keep, g_b.double() @ a.double(), 0.0) / (1 - p)
+    grad_a = g_b.double().t() @ dropped
+    return down, grad_x, grad_a
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize(
+    ("rows", "width", "rank"),
+    [(1, 64, 16), (1037, 896, 16), (513, 200, 8), (2048, 4864, 64), (700, 1152, 128)],
+)
+def test_the_dropout_lora_kernels_compute_the_products(rows: int, width: int, rank: int) -> None:
+    torch.manual_seed(rows + width)
+    p = 0.1
+    x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
+    a = (torch.randn(rank, width, device="cuda") / width**0.5).to(torch.bfloat16)
+    g_b = torch.randn(rows, rank, device="cuda", dtype=torch.bfloat16)
+    assert kernels.dropout_kernels(x, a)
+    seed = kernels.dropout_seed(x.device)
+    keep = kernels.dropout_keep(rows, width, p, seed)
+    down, grad_x, grad_a = reference_products(x, a, g_b, keep, p)
+
+    got_down = kernels.dropout_down(x, a, p, seed)
+    assert got_down.dtype == torch.bfloat16
+    assert torch.allclose(got_down.double(), down, rtol=2e-2, atol=2e-2)
+    start = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
+    got_grad_x = kernels.dropout_grad_x_(start.clone(), g_b, a, p, seed, 0.5 / (1 - p))
+    expected = start.double() + 0.5 * grad_x
+    assert torch.allclose(got_grad_x.double(), expected, rtol=2e-2, atol=2e-2)
+    got_grad_a = kernels.dropout_grad_a(g_b, x, p, seed) / (1 - p)
+    assert got_grad_a.dtype == torch.float32
+    scale = grad_a.abs().max().item() + 1
+    assert torch.allclose(got_grad_a.double(), grad_a, rtol=1e-3, atol=1e-4 * scale)
+    # Deterministic: the partial sums are added in a fixed order.
+    assert torch.equal(
+        kernels.dropout_grad_a(g_b, x, p, seed), kernels.dropout_grad_a(g_b, x, p, seed)
+    )
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_inputs_the_dropout_kernels_do_not_take() -> None:
+    x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
+    assert kernels.dropout_kernels(x, a)
+    assert not kernels.dropout_kernels(x.float(), a.float())  # tf32 dots would round
+    assert not kernels.dropout_kernels(x, torch.randn(256, 64, device="cuda").bfloat16())
+    assert not kernels.dropout_kernels(x.t().contiguous().t(), a[:, :8])
+    assert not kernels.dropout_kernels(x.cpu(), a.cpu())
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_a_fused_lora_linear_with_dropout_uses_the_keep_bits_of_its_seed(swiglu: bool) -> None:
+    """The whole fused function (forward, backward) on the kernels' path against float64
+    autograd over the same keep bits; no mask is kept, only the seed."""
+    from worker.training import fused
+
+    torch.manual_seed(0)
+    rows, width, out, rank, p, s = 300, 896, 640, 16, 0.1, 2.0
+    cuda = torch.device("cuda")
+    x = torch.randn(rows, width, device=cuda, dtype=torch.bfloat16)
+    up = torch.randn(rows, width, device=cuda, dtype=torch.bfloat16)
+    w = (torch.randn(out, width, device=cuda) / width**0.5).to(torch.bfloat16)
+    lora_a = torch.randn(rank, width, device=cuda) / width**0.5
+    lora_b = torch.randn(out, rank, device=cuda) / rank**0.5
+    grad = torch.randn(rows, out, device=cuda, dtype=torch.bfloat16)
+    leaves = [t.clone().requires_grad_(True) for t in (x, up, lora_a, lora_b)]
+    state = torch.cuda.get_rng_state()
+    seed = kernels.dropout_seed(cuda)
+    torch.cuda.set_rng_state(state)  # the function draws this same seed
+    if swiglu:
+        y = fused._SwiGLULora.apply(leaves[0], leaves[1], w, None, leaves[2], leaves[3], s, p, None)
+    else:
+        y = fused._LoraLinear.apply(leaves[0], w, None, leaves[2], leaves[3], s, p, None)
+    y.backward(grad)
+    keep = kernels.dropout_keep(rows, width, p, seed)
+
+    ref = [t.double().requires_grad_(True) for t in (x, up, lora_a, lora_b)]
+    h = F.silu(ref[0]) * ref[1] if swiglu else ref[0]
+    dropped = torch.where(keep, h, 0.0) / (1 - p)
+    expected = h @ w.double().t() + s * (dropped @ ref[2].t()) @ ref[3].t()
+    expected.backward(grad.double())
+    assert relative_error(y, expected) < 1e-2
+    used = [0, 1, 2, 3] if swiglu else [0, 2, 3]
+    for i in used:
+        got_grad, ref_grad = leaves[i].grad, ref[i].grad
+        assert got_grad is not None and ref_grad is not None
+        assert relative_error(got_grad, ref_grad) < 2e-2, i

@@ -277,11 +277,16 @@ def _lora_product(
     p: float,
     dequantize: Callable[[], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """``x2 W^T + b + s * dropout(x2) A^T B^T`` for a [tokens, in] input; also the dropout
-    keep mask to keep for backward (None without dropout, packed for wide inputs) and
-    ``dropout(x2) A^T``."""
+    """``x2 W^T + b + s * dropout(x2) A^T B^T`` for a [tokens, in] input; also what backward
+    needs of the dropout (None without it: the keep mask, packed for wide inputs, or on a GPU
+    the seed of the kernels' keep bits, an int64 tensor) and ``dropout(x2) A^T``."""
     mask: torch.Tensor | None
-    if p > 0.0 and x2.device.type == "cpu":
+    if p > 0.0 and kernels.dropout_kernels(x2, a):
+        # The keep bits are a function of a seed and each element's position: backward draws
+        # them again from the seed, which is all that is kept (kernels.dropout_down).
+        mask = kernels.dropout_seed(x2.device)
+        xa = kernels.dropout_down(x2, a, p, mask)
+    elif p > 0.0 and x2.device.type == "cpu":
         # The mask alone; 1 / (1 - p) scales the small [tokens, r] product instead.
         mask = _cpu_keep_mask(x2.shape, p)
         xa = (torch.where(mask, x2, 0) @ a.t()).mul_(1.0 / (1.0 - p))
@@ -297,7 +302,8 @@ def _lora_product(
     out = F.linear(x2, full.to(x2.dtype), None if bias is None else bias.to(x2.dtype))
     del full
     out.addmm_(xa, b.t(), alpha=scaling)
-    if mask is not None and x2.shape[-1] >= PACK_MASK_MIN_WIDTH and x2.shape[-1] % 8 == 0:
+    wide = x2.shape[-1] >= PACK_MASK_MIN_WIDTH and x2.shape[-1] % 8 == 0
+    if mask is not None and mask.dtype == torch.bool and wide:
         mask = pack_mask(mask)
     return out, mask, xa
 
@@ -318,6 +324,7 @@ def _lora_grads(
     need_x, need_w, need_bias, need_a, need_b = ctx.lora_needs
     w_dtype, bias_dtype, a_dtype, b_dtype = ctx.dtypes
     s, p = ctx.scaling, ctx.p
+    seeded = mask is not None and mask.dtype == torch.int64  # kernels.dropout_seed
     if mask is not None and mask.dtype == torch.uint8:
         mask = unpack_mask(mask)
     g_b = g @ b if (need_x or need_a) else None  # [tokens, r]
@@ -330,13 +337,18 @@ def _lora_grads(
         del full
         if mask is None:
             grad_x.addmm_(g_b, a, alpha=s)
+        elif seeded:
+            kernels.dropout_grad_x_(grad_x, g_b, a, p, mask, s / (1.0 - p))
         elif mask.device.type == "cpu":
             grad_x.add_(torch.where(mask, g_b @ a, 0), alpha=s / (1.0 - p))
         else:
             grad_x += torch.ops.aten.native_dropout_backward(g_b @ a, mask, s / (1.0 - p))
     if need_a:
         assert g_b is not None and x2 is not None
-        if mask is not None and mask.device.type == "cpu":
+        if seeded:
+            assert mask is not None
+            grad_a = kernels.dropout_grad_a(g_b, x2, p, mask).mul_(s / (1.0 - p)).to(a_dtype)
+        elif mask is not None and mask.device.type == "cpu":
             grad_a = (g_b.t() @ torch.where(mask, x2, 0)).mul_(s / (1.0 - p)).to(a_dtype)
         else:
             dropped = (

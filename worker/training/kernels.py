@@ -28,6 +28,9 @@ import torch.nn.functional as F
 
 # False: PyTorch everywhere, the masks of mask_bits included (bench/fused_parts.py compares)
 TRITON = True
+# False: LoRA dropout by torch.native_dropout with a kept mask (bench/train_throughput.py
+# --dropout-kernels off compares)
+DROPOUT = True
 _BLOCK = 2048  # elements per program of the elementwise kernels
 
 
@@ -119,6 +122,111 @@ def silu_mul_grad(
             grad, gate, up, grad_gate, grad_up, count, BLOCK=_BLOCK
         )
     return grad_gate, grad_up
+
+
+# --- Dropout inside the LoRA products --------------------------------------------------------
+#
+# The fused LoRA linear's dropout, drawn inside the kernels that use it: each element's keep
+# bit is a function of a seed and its position (Philox, ``tl.rand``), so backward draws the
+# same bits again instead of keeping a mask, and no dropped-out copy of the input is ever
+# written. ``torch.native_dropout`` plus its backward read and write each adapted input about
+# six times a pass (the input, the copy, the mask, their packing); here forward reads it once
+# (``dropout_down``) and backward once for A's gradient (``dropout_grad_a``) and once more to
+# add the LoRA term into the input's gradient (``dropout_grad_x_``). The seed is a one-element
+# CUDA tensor drawn from torch's generator, so a seeded run repeats and a replayed CUDA graph
+# draws new bits.
+
+_LORA_BLOCK_M = 64
+_LORA_BLOCK_N = 128
+_LORA_BLOCK_K = 64
+_LORA_SPLIT_ROWS = 512  # rows of one partial sum of A's gradient
+_LORA_MAX_RANK = 128
+
+
+def dropout_kernels(x: torch.Tensor, a: torch.Tensor) -> bool:
+    """Whether the dropout kernels take a [tokens, in] 16-bit input ``x`` and A [r, in]."""
+    return (
+        DROPOUT
+        and x.dim() == 2
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and a.dtype == x.dtype
+        and a.shape[0] <= _LORA_MAX_RANK
+        and a.shape[1] == x.shape[1]
+        and x.numel() < 2**31  # positions are the Philox offsets (32 bits)
+        and use_kernels(x, a)
+    )
+
+
+def dropout_seed(device: torch.device) -> torch.Tensor:
+    """A new seed for one adapted input's keep bits, from torch's CUDA generator."""
+    return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
+
+
+def _rank_block(rank: int) -> int:
+    return max(16, triton_next_power_of_2(rank))
+
+
+def dropout_down(x: torch.Tensor, a: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
+    """``dropout(x) @ a.T`` (kept elements scaled by 1 / (1 - p)), in x's dtype, with the keep
+    bits given by ``seed``."""
+    rows, width = x.shape
+    rank = a.shape[0]
+    out = torch.empty(rows, rank, dtype=x.dtype, device=x.device)
+    if rows:
+        get("dropout_down")[(triton_cdiv(rows, _LORA_BLOCK_M),)](
+            x, a, out, seed, rows, width, rank, p, 1.0 / (1.0 - p),
+            BLOCK_M=_LORA_BLOCK_M, BLOCK_K=_LORA_BLOCK_K, BLOCK_R=_rank_block(rank),
+        )  # fmt: skip
+    return out
+
+
+def dropout_grad_x_(
+    grad_x: torch.Tensor,
+    g_b: torch.Tensor,
+    a: torch.Tensor,
+    p: float,
+    seed: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """``grad_x += scale * keep * (g_b @ a)`` in place, ``keep`` the bits of ``seed``."""
+    rows, width = grad_x.shape
+    rank = a.shape[0]
+    if rows:
+        grid = (triton_cdiv(rows, _LORA_BLOCK_M), triton_cdiv(width, _LORA_BLOCK_N))
+        get("dropout_grad_x")[grid](
+            grad_x, g_b, a, seed, rows, width, rank, p, scale,
+            BLOCK_M=_LORA_BLOCK_M, BLOCK_N=_LORA_BLOCK_N, BLOCK_R=_rank_block(rank),
+        )  # fmt: skip
+    return grad_x
+
+
+def dropout_grad_a(
+    g_b: torch.Tensor, x: torch.Tensor, p: float, seed: torch.Tensor
+) -> torch.Tensor:
+    """``g_b.T @ (keep * x)`` in float32 ([r, in]), ``keep`` the bits of ``seed``; the caller
+    scales it. Partial sums over row blocks are added in a fixed order (deterministic)."""
+    rows, width = x.shape
+    rank = g_b.shape[1]
+    splits = max(1, triton_cdiv(rows, _LORA_SPLIT_ROWS))
+    partial = torch.empty(splits, rank, width, dtype=torch.float32, device=x.device)
+    if rows:
+        grid = (triton_cdiv(width, _LORA_BLOCK_N), splits)
+        get("dropout_grad_a")[grid](
+            g_b, x, partial, seed, rows, width, rank, p, _LORA_SPLIT_ROWS,
+            BLOCK_M=_LORA_BLOCK_M, BLOCK_N=_LORA_BLOCK_N, BLOCK_R=_rank_block(rank),
+        )  # fmt: skip
+    else:
+        partial.zero_()
+    return partial.sum(0) if splits > 1 else partial[0]
+
+
+def dropout_keep(rows: int, width: int, p: float, seed: torch.Tensor) -> torch.Tensor:
+    """The boolean keep mask the kernels above draw for ``seed`` (tests compare with it)."""
+    keep = torch.empty(rows, width, dtype=torch.uint8, device=seed.device)
+    count = rows * width
+    if count:
+        get("dropout_keep")[(triton_cdiv(count, _BLOCK),)](keep, seed, count, p, BLOCK=_BLOCK)
+    return keep.bool()
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -222,6 +330,100 @@ def _kernels() -> dict[str, Any] | None:
             mask=valid[:, None],
         )
 
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def dropped_tile(x_ptr, seed, rm, rk, rows, width, p):  # type: ignore[no-untyped-def,unused-ignore]
+        # x[rm, rk] with the dropped elements (and those outside x) zero, unscaled.
+        offsets = rm[:, None] * width + rk[None, :]
+        x = tl.load(x_ptr + offsets, mask=(rm[:, None] < rows) & (rk[None, :] < width), other=0.0)
+        keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
+        return tl.where(keep, x, tl.zeros_like(x))
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def dropout_down(
+        x_ptr, a_ptr, out_ptr, seed_ptr, rows, width, rank, p, scale,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # type: ignore[no-untyped-def,unused-ignore]  # fmt: skip
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rr = tl.arange(0, BLOCK_R)
+        seed = tl.load(seed_ptr)
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for k0 in range(0, width, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            x = dropped_tile(x_ptr, seed, rm, rk, rows, width, p)
+            a_t = tl.load(
+                a_ptr + rr[None, :] * width + rk[:, None],
+                mask=(rr[None, :] < rank) & (rk[:, None] < width),
+                other=0.0,
+            )
+            acc += tl.dot(x, a_t)
+        out = (acc * scale).to(out_ptr.dtype.element_ty)
+        tl.store(
+            out_ptr + rm[:, None] * rank + rr[None, :],
+            out,
+            mask=(rm[:, None] < rows) & (rr[None, :] < rank),
+        )
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def dropout_grad_x(
+        gx_ptr, gb_ptr, a_ptr, seed_ptr, rows, width, rank, p, scale,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # type: ignore[no-untyped-def,unused-ignore]  # fmt: skip
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rr = tl.arange(0, BLOCK_R)
+        seed = tl.load(seed_ptr)
+        gb = tl.load(
+            gb_ptr + rm[:, None] * rank + rr[None, :],
+            mask=(rm[:, None] < rows) & (rr[None, :] < rank),
+            other=0.0,
+        )
+        a = tl.load(
+            a_ptr + rr[:, None] * width + rn[None, :],
+            mask=(rr[:, None] < rank) & (rn[None, :] < width),
+            other=0.0,
+        )
+        lora = tl.dot(gb, a)
+        inside = (rm[:, None] < rows) & (rn[None, :] < width)
+        offsets = rm[:, None] * width + rn[None, :]
+        keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
+        gx = tl.load(gx_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        gx += tl.where(keep, lora * scale, 0.0)
+        tl.store(gx_ptr + offsets, gx.to(gx_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def dropout_grad_a(
+        gb_ptr, x_ptr, out_ptr, seed_ptr, rows, width, rank, p, split_rows,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # type: ignore[no-untyped-def,unused-ignore]  # fmt: skip
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        split = tl.program_id(1)
+        rr = tl.arange(0, BLOCK_R)
+        seed = tl.load(seed_ptr)
+        start = split * split_rows
+        end = tl.minimum(start + split_rows, rows)
+        acc = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+        for m0 in range(start, end, BLOCK_M):
+            rm = m0 + tl.arange(0, BLOCK_M)
+            gb_t = tl.load(
+                gb_ptr + rm[None, :] * rank + rr[:, None],
+                mask=(rm[None, :] < end) & (rr[:, None] < rank),
+                other=0.0,
+            )
+            x = dropped_tile(x_ptr, seed, rm, rn, end, width, p)
+            acc += tl.dot(gb_t, x)
+        tl.store(
+            out_ptr + split * rank * width + rr[:, None] * width + rn[None, :],
+            acc,
+            mask=(rr[:, None] < rank) & (rn[None, :] < width),
+        )
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def dropout_keep(keep_ptr, seed_ptr, count, p, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        seed = tl.load(seed_ptr)
+        keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
+        tl.store(keep_ptr + offsets, keep.to(tl.uint8), mask=offsets < count)
+
     return {
         "pack_mask": pack_mask,
         "unpack_mask": unpack_mask,
@@ -229,4 +431,8 @@ def _kernels() -> dict[str, Any] | None:
         "rms_backward": rms_backward,
         "silu_mul": silu_mul,
         "silu_mul_grad": silu_mul_grad,
+        "dropout_down": dropout_down,
+        "dropout_grad_x": dropout_grad_x,
+        "dropout_grad_a": dropout_grad_a,
+        "dropout_keep": dropout_keep,
     }

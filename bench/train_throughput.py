@@ -190,11 +190,12 @@ def main() -> None:
         help="engine runs with TUNELAB_CUDA_GRAPHS set so (default: as the environment says)",
     )
     parser.add_argument(
-        "--dropout-kernels",
-        choices=["on", "off"],
+        "--kernels",
+        choices=sorted(KERNEL_SETS),
         action="append",
-        help="engine runs with LoRA dropout drawn inside the Triton kernels (on, the "
-        "default) or by torch.native_dropout with a kept mask (off)",
+        help="engine runs with these of the Triton kernels that can be switched: LoRA "
+        "dropout drawn inside the products (else torch.native_dropout and a kept mask) and "
+        "the loss head's cross-entropy (else the float32 chain); default all",
     )
     parser.add_argument(
         "--compile-cache",
@@ -288,20 +289,20 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
         args.micro_batch_tokens or [None],
         args.compile or [None],
         args.graphs or [None],
-        args.dropout_kernels or [None],
+        args.kernels or [None],
     )
-    for budget, compile_setting, graphs_setting, dropout_setting in settings:
+    for budget, compile_setting, graphs_setting, kernel_set in settings:
         if compile_setting is not None:
             os.environ["TUNELAB_COMPILE"] = compile_setting
         if graphs_setting is not None:
             os.environ["TUNELAB_CUDA_GRAPHS"] = graphs_setting
-        kernels.DROPOUT = dropout_setting != "off"
+        kernels.DROPOUT, kernels.LOSS = KERNEL_SETS[kernel_set or "all"]
         engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
         engines[-1].notes["compile_setting"] = compile_setting
         engines[-1].notes["graphs_setting"] = graphs_setting
-        engines[-1].notes["dropout_kernels"] = dropout_setting
+        engines[-1].notes["kernels"] = kernel_set
         log(f"{shape} engine: {engines[-1]}")
-    kernels.DROPOUT = True
+    kernels.DROPOUT, kernels.LOSS = KERNEL_SETS["all"]
     engine = engines[0]
 
     def mfu(result: RunResult) -> float | None:
@@ -372,7 +373,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 "compile_setting": extra.notes.get("compile_setting"),
                 "compiled_layers": extra.notes.get("compiled_layers"),
                 "graphs_setting": extra.notes.get("graphs_setting"),
-                "dropout_kernels": extra.notes.get("dropout_kernels"),
+                "kernels": extra.notes.get("kernels"),
                 "cuda_graphs": extra.notes.get("cuda_graphs"),
                 "tokens_per_s": round(extra.tokens_per_second, 1),
                 "speedup": round(extra.tokens_per_second / baseline.tokens_per_second, 2)
@@ -648,6 +649,14 @@ def profile_engine(model: Any, samples: list[Sample], config: TrainConfig, clock
     log(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
     return trained
 
+
+# --kernels: (kernels.DROPOUT, kernels.LOSS)
+KERNEL_SETS = {
+    "all": (True, True),
+    "no-dropout": (False, True),
+    "no-loss": (True, False),
+    "neither": (False, False),
+}
 
 _KERNEL_GROUPS = (
     ("matmul", ("gemm", "cutlass", "nvjet", "sm90_", "sm100_", "cublas", "splitk")),

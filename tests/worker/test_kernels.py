@@ -221,3 +221,46 @@ def test_a_fused_lora_linear_with_dropout_uses_the_keep_bits_of_its_seed(swiglu:
         got_grad, ref_grad = leaves[i].grad, ref[i].grad
         assert got_grad is not None and ref_grad is not None
         assert relative_error(got_grad, ref_grad) < 2e-2, i
+
+
+# --- The loss head's cross-entropy ----------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("rows", "vocab"), [(1, 64), (300, 50257), (77, 151936)])
+def test_the_loss_kernel_gives_the_chains_loss_and_gradients(
+    dtype: torch.dtype, rows: int, vocab: int
+) -> None:
+    """``loss.linear_cross_entropy_sum`` with the kernel against the float32 chain it stands
+    for, with row weights and padded rows (``row_multiple``)."""
+    from worker.training.loss import linear_cross_entropy_sum
+
+    torch.manual_seed(rows)
+    hidden = torch.randn(rows, 64, device="cuda", dtype=dtype)
+    weight = (torch.randn(vocab, 64, device="cuda") / 4).to(dtype)
+    targets = torch.randint(0, vocab, (rows,), device="cuda")
+    weights = (torch.rand(rows, device="cuda") > 0.3).float()
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = hidden.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        total = linear_cross_entropy_sum(
+            h, w, targets, weights=weights, row_multiple=8, chunk_elements=vocab * 32
+        )
+        total.backward()
+        assert h.grad is not None and w.grad is not None
+        return total, h.grad, w.grad
+
+    got = run()
+    kernels.TRITON = False
+    try:
+        expected = run()
+    finally:
+        kernels.TRITON = True
+    assert got[0].dtype == torch.float32
+    assert torch.allclose(got[0], expected[0], rtol=1e-5, atol=1e-4)
+    for g, e in zip(got[1:], expected[1:], strict=True):
+        assert g.dtype == e.dtype
+        assert relative_error(g, e.double()) < (1e-5 if dtype == torch.float32 else 1e-2)

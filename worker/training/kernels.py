@@ -29,8 +29,10 @@ import torch.nn.functional as F
 # False: PyTorch everywhere, the masks of mask_bits included (bench/fused_parts.py compares)
 TRITON = True
 # False: LoRA dropout by torch.native_dropout with a kept mask (bench/train_throughput.py
-# --dropout-kernels off compares)
+# --kernels no-dropout compares)
 DROPOUT = True
+# False: the loss head's cross-entropy by the float32 PyTorch chain (--kernels no-loss)
+LOSS = True
 _BLOCK = 2048  # elements per program of the elementwise kernels
 
 
@@ -229,6 +231,46 @@ def dropout_keep(rows: int, width: int, p: float, seed: torch.Tensor) -> torch.T
     return keep.bool()
 
 
+# --- The loss head's cross-entropy -----------------------------------------------------------
+
+_VOCAB_BLOCK = 4096
+
+
+def cross_entropy_kernels(logits: torch.Tensor) -> bool:
+    """Whether ``cross_entropy_rows_`` takes these [rows, vocabulary] logits."""
+    return (
+        LOSS
+        and logits.dim() == 2
+        and logits.dtype in (torch.bfloat16, torch.float16, torch.float32)
+        and use_kernels(logits)
+    )
+
+
+def cross_entropy_rows_(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None,
+    valid: int,
+    *,
+    grad: bool,
+) -> torch.Tensor:
+    """Each row's cross-entropy in float32, times its weight (rows from ``valid`` on weigh 0);
+    with ``grad``, the logits are overwritten by the loss's gradient with respect to them,
+    ``(softmax - one_hot) * weight``, in their dtype.
+
+    The chain it stands for (``worker.training.loss``) casts the chunk to float32 and passes
+    over it about eight times; here one pass finds each row's log-sum-exp (a running maximum
+    and sum) and a second writes the gradient in place."""
+    rows, vocab = logits.shape
+    losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    if rows:
+        get("cross_entropy_rows")[(rows,)](
+            logits, targets, weights if weights is not None else losses, losses, vocab, valid,
+            HAS_WEIGHTS=weights is not None, GRAD=grad, BLOCK=_VOCAB_BLOCK, num_warps=8,
+        )  # fmt: skip
+    return losses
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -424,6 +466,42 @@ def _kernels() -> dict[str, Any] | None:
         keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
         tl.store(keep_ptr + offsets, keep.to(tl.uint8), mask=offsets < count)
 
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def cross_entropy_rows(
+        logits_ptr, targets_ptr, weights_ptr, losses_ptr, vocab, valid,
+        HAS_WEIGHTS: tl.constexpr, GRAD: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # type: ignore[no-untyped-def,unused-ignore]  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        base = logits_ptr + row * vocab
+        cols = tl.arange(0, BLOCK)
+        # A running maximum and sum of exponentials per lane; lanes past the vocabulary read a
+        # finite floor whose terms vanish once the lanes are combined.
+        running_max = tl.full((BLOCK,), -1e30, dtype=tl.float32)
+        running_sum = tl.zeros((BLOCK,), dtype=tl.float32)
+        for v0 in range(0, vocab, BLOCK):
+            idx = v0 + cols
+            x = tl.load(base + idx, mask=idx < vocab, other=-1e30).to(tl.float32)
+            new_max = tl.maximum(running_max, x)
+            running_sum = running_sum * tl.exp(running_max - new_max) + tl.exp(x - new_max)
+            running_max = new_max
+        top = tl.max(running_max, axis=0)
+        lse = top + tl.log(tl.sum(running_sum * tl.exp(running_max - top), axis=0))
+        target = tl.load(targets_ptr + row)
+        picked = tl.load(base + target).to(tl.float32)
+        weight = 1.0
+        if HAS_WEIGHTS:
+            weight = tl.load(weights_ptr + row).to(tl.float32)
+        weight = tl.where(row < valid, weight, 0.0)
+        tl.store(losses_ptr + row, (lse - picked) * weight)
+        if GRAD:
+            for v0 in range(0, vocab, BLOCK):
+                idx = v0 + cols
+                inside = idx < vocab
+                x = tl.load(base + idx, mask=inside, other=0.0).to(tl.float32)
+                g = tl.exp(x - lse)
+                g = tl.where(idx == target, g - 1.0, g) * weight
+                tl.store(base + idx, g.to(logits_ptr.dtype.element_ty), mask=inside)
+
     return {
         "pack_mask": pack_mask,
         "unpack_mask": unpack_mask,
@@ -435,4 +513,5 @@ def _kernels() -> dict[str, Any] | None:
         "dropout_grad_x": dropout_grad_x,
         "dropout_grad_a": dropout_grad_a,
         "dropout_keep": dropout_keep,
+        "cross_entropy_rows": cross_entropy_rows,
     }

@@ -128,6 +128,9 @@ def silu_mul_grad(
 
 # --- Dropout inside the LoRA products --------------------------------------------------------
 #
+# (The kernels below take their row counts unspecialised: Triton would otherwise compile a
+# variant for counts divisible by 16 and another for the rest, mid-run.)
+#
 # The fused LoRA linear's dropout, drawn inside the kernels that use it: each element's keep
 # bit is a function of a seed and its position (Philox, ``tl.rand``), so backward draws the
 # same bits again instead of keeping a mask, and no dropped-out copy of the input is ever
@@ -380,7 +383,7 @@ def _kernels() -> dict[str, Any] | None:
         keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
         return tl.where(keep, x, tl.zeros_like(x))
 
-    @triton.jit  # type: ignore[misc,unused-ignore]
+    @triton.jit(do_not_specialize=["rows"])  # type: ignore[misc,unused-ignore]
     def dropout_down(
         x_ptr, a_ptr, out_ptr, seed_ptr, rows, width, rank, p, scale,
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -405,7 +408,7 @@ def _kernels() -> dict[str, Any] | None:
             mask=(rm[:, None] < rows) & (rr[None, :] < rank),
         )
 
-    @triton.jit  # type: ignore[misc,unused-ignore]
+    @triton.jit(do_not_specialize=["rows"])  # type: ignore[misc,unused-ignore]
     def dropout_grad_x(
         gx_ptr, gb_ptr, a_ptr, seed_ptr, rows, width, rank, p, scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -432,7 +435,7 @@ def _kernels() -> dict[str, Any] | None:
         gx += tl.where(keep, lora * scale, 0.0)
         tl.store(gx_ptr + offsets, gx.to(gx_ptr.dtype.element_ty), mask=inside)
 
-    @triton.jit  # type: ignore[misc,unused-ignore]
+    @triton.jit(do_not_specialize=["rows"])  # type: ignore[misc,unused-ignore]
     def dropout_grad_a(
         gb_ptr, x_ptr, out_ptr, seed_ptr, rows, width, rank, p, split_rows,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -459,14 +462,14 @@ def _kernels() -> dict[str, Any] | None:
             mask=(rr[:, None] < rank) & (rn[None, :] < width),
         )
 
-    @triton.jit  # type: ignore[misc,unused-ignore]
+    @triton.jit(do_not_specialize=["count"])  # type: ignore[misc,unused-ignore]
     def dropout_keep(keep_ptr, seed_ptr, count, p, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         seed = tl.load(seed_ptr)
         keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
         tl.store(keep_ptr + offsets, keep.to(tl.uint8), mask=offsets < count)
 
-    @triton.jit  # type: ignore[misc,unused-ignore]
+    @triton.jit(do_not_specialize=["valid"])  # type: ignore[misc,unused-ignore]
     def cross_entropy_rows(
         logits_ptr, targets_ptr, weights_ptr, losses_ptr, vocab, valid,
         HAS_WEIGHTS: tl.constexpr, GRAD: tl.constexpr, BLOCK: tl.constexpr,

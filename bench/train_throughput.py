@@ -43,6 +43,12 @@ CUDA graphs of whole passes (``worker.training.graphs``): ``--graphs off --graph
 the engine both ways in one command. Each row shape's first pass runs as usual and is then
 recorded, inside the timed steps: give ``--steps`` enough for shapes to come back (a real run
 has thousands of steps) and read ``*_all_steps_tokens_per_s`` too.
+
+Kernels that are off by default (``worker.training.kernels.DROPOUT`` and ``LOSS``):
+``--kernels neither --kernels all --kernels all`` times the engine without and with them in
+one command. The first run with a kernel compiles it (Triton, about a second each), inside
+the run: compare the later runs. ``--profile`` also sums the GPU's time by kind of kernel
+(matrix products, attention, Triton, elementwise, ...).
 """
 
 from __future__ import annotations
@@ -193,9 +199,10 @@ def main() -> None:
         "--kernels",
         choices=sorted(KERNEL_SETS),
         action="append",
-        help="engine runs with these of the Triton kernels that can be switched: LoRA "
-        "dropout drawn inside the products (else torch.native_dropout and a kept mask) and "
-        "the loss head's cross-entropy (else the float32 chain); default all",
+        help="engine runs with these of the Triton kernels that are off by default "
+        "(worker.training.kernels): LoRA dropout drawn inside the products (else "
+        "torch.native_dropout and a kept mask) and the loss head's cross-entropy (else the "
+        "float32 chain); default: neither",
     )
     parser.add_argument(
         "--compile-cache",
@@ -285,6 +292,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
         baseline = run_baseline(shape, ordered, config, args, step_tokens)
         log(f"{shape} baseline: {baseline}")
     engines = []
+    defaults = kernels.DROPOUT, kernels.LOSS
     settings = itertools.product(
         args.micro_batch_tokens or [None],
         args.compile or [None],
@@ -296,13 +304,13 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
             os.environ["TUNELAB_COMPILE"] = compile_setting
         if graphs_setting is not None:
             os.environ["TUNELAB_CUDA_GRAPHS"] = graphs_setting
-        kernels.DROPOUT, kernels.LOSS = KERNEL_SETS[kernel_set or "all"]
+        kernels.DROPOUT, kernels.LOSS = KERNEL_SETS[kernel_set] if kernel_set else defaults
         engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
         engines[-1].notes["compile_setting"] = compile_setting
         engines[-1].notes["graphs_setting"] = graphs_setting
         engines[-1].notes["kernels"] = kernel_set
         log(f"{shape} engine: {engines[-1]}")
-    kernels.DROPOUT, kernels.LOSS = KERNEL_SETS["all"]
+    kernels.DROPOUT, kernels.LOSS = defaults
     engine = engines[0]
 
     def mfu(result: RunResult) -> float | None:

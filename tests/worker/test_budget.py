@@ -68,10 +68,7 @@ def test_methods_without_the_fused_path_and_dropout_keep_more_per_token() -> Non
 
     lora = per_token()
     assert per_token(method="qlora") == lora  # the fused 4-bit path keeps what LoRA keeps
-    # The fused path keeps no dropout mask on a GPU (the kernels draw the bits again); PEFT's
-    # layers keep a dropped-out copy of each input.
-    assert per_token(lora_dropout=0.1) == lora
-    assert per_token(method="ia3", lora_dropout=0.1) > per_token(method="ia3")
+    assert per_token(lora_dropout=0.1) > lora
     assert per_token(method="ia3") > lora
     assert per_token(dora=True) > per_token(method="ia3")
     assert per_token(method="full") > lora

@@ -104,12 +104,26 @@ def test_inputs_the_kernels_do_not_take_go_through_pytorch(torch_only: None) -> 
     assert out.shape == x.shape
 
 
-# --- Dropout inside the LoRA products --------------------------------------------------------
+# --- Dropout inside the LoRA products, the loss head (off by default) ------------------------
+
+
+@pytest.fixture
+def extra_kernels() -> Iterator[None]:
+    """The kernel sets that are off by default (see worker.training.kernels), on."""
+    kernels.DROPOUT = kernels.LOSS = True
+    try:
+        yield
+    finally:
+        kernels.DROPOUT = kernels.LOSS = False
+
+
+def test_the_dropout_and_loss_kernels_are_off_by_default() -> None:
+    assert kernels.DROPOUT is False and kernels.LOSS is False
 
 
 @pytest.mark.gpu
 @needs_gpu
-def test_the_keep_bits_follow_the_seed() -> None:
+def test_the_keep_bits_follow_the_seed(extra_kernels: None) -> None:
     torch.manual_seed(0)
     seed = kernels.dropout_seed(torch.device("cuda"))
     keep = kernels.dropout_keep(1000, 896, 0.1, seed)
@@ -138,7 +152,9 @@ def reference_products(
     ("rows", "width", "rank"),
     [(1, 64, 16), (1037, 896, 16), (513, 200, 8), (2048, 4864, 64), (700, 1152, 128)],
 )
-def test_the_dropout_lora_kernels_compute_the_products(rows: int, width: int, rank: int) -> None:
+def test_the_dropout_lora_kernels_compute_the_products(
+    rows: int, width: int, rank: int, extra_kernels: None
+) -> None:
     torch.manual_seed(rows + width)
     p = 0.1
     x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
@@ -168,7 +184,7 @@ def test_the_dropout_lora_kernels_compute_the_products(rows: int, width: int, ra
 
 @pytest.mark.gpu
 @needs_gpu
-def test_inputs_the_dropout_kernels_do_not_take() -> None:
+def test_inputs_the_dropout_kernels_do_not_take(extra_kernels: None) -> None:
     x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
     a = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
     assert kernels.dropout_kernels(x, a)
@@ -185,7 +201,9 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("swiglu", [False, True])
-def test_a_fused_lora_linear_with_dropout_uses_the_keep_bits_of_its_seed(swiglu: bool) -> None:
+def test_a_fused_lora_linear_with_dropout_uses_the_keep_bits_of_its_seed(
+    swiglu: bool, extra_kernels: None
+) -> None:
     """The whole fused function (forward, backward) on the kernels' path against float64
     autograd over the same keep bits; no mask is kept, only the seed."""
     from worker.training import fused
@@ -231,7 +249,7 @@ def test_a_fused_lora_linear_with_dropout_uses_the_keep_bits_of_its_seed(swiglu:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(("rows", "vocab"), [(1, 64), (300, 50257), (77, 151936)])
 def test_the_loss_kernel_gives_the_chains_loss_and_gradients(
-    dtype: torch.dtype, rows: int, vocab: int
+    dtype: torch.dtype, rows: int, vocab: int, extra_kernels: None
 ) -> None:
     """``loss.linear_cross_entropy_sum`` with the kernel against the float32 chain it stands
     for, with row weights and padded rows (``row_multiple``)."""
@@ -254,11 +272,8 @@ def test_the_loss_kernel_gives_the_chains_loss_and_gradients(
         return total, h.grad, w.grad
 
     got = run()
-    kernels.TRITON = False
-    try:
-        expected = run()
-    finally:
-        kernels.TRITON = True
+    kernels.LOSS = False
+    expected = run()
     assert got[0].dtype == torch.float32
     assert torch.allclose(got[0], expected[0], rtol=1e-5, atol=1e-4)
     for g, e in zip(got[1:], expected[1:], strict=True):

@@ -52,9 +52,8 @@ LOSS_CHUNK_ELEMENTS = 2**27
 FUSED_METHODS = frozenset({"lora", "qlora"})
 
 
-# On a CPU (a GPU draws the bits again instead, see activation_bytes_per_token), inputs at
-# least this wide keep their dropout keep mask packed eight elements to a byte in the fused
-# LoRA functions (worker.training.fused). Packing costs four more kernel launches
+# Inputs at least this wide keep their dropout keep mask packed eight elements to a byte in
+# the fused LoRA functions (worker.training.fused). Packing costs four more kernel launches
 # per projection, which pays only where tensors are large enough for memory, not launches,
 # to bound a step.
 PACK_MASK_MIN_WIDTH = 2048
@@ -96,9 +95,8 @@ def activation_bytes_per_token(
 
     Per layer with the fused layers: the block input and the normalised inputs (hidden x 2
     bytes each), query, key, value and attention output, gate and up (intermediate each; their
-    product is recomputed). No dropout keep mask: on a GPU the kernels draw the bits again
-    from a seed in backward (``worker.training.kernels.dropout_down``; a CPU keeps them, a
-    byte an element or a bit for wide inputs: ``mask_bytes``). Methods
+    product is recomputed), plus a dropout keep mask per adapted input when dropout is on (a
+    byte an element, a bit for wide inputs: ``mask_bytes``). Methods
     that run through PEFT's layers (DoRA, IA3, prompt learning) keep a float32 copy of each
     adapted input on top; full fine-tuning a float32 residual stream and a bf16 copy of each
     linear's input.
@@ -106,8 +104,12 @@ def activation_bytes_per_token(
     h, i = shape.hidden_size, shape.intermediate_size
     fused = method in FUSED_METHODS and not dora
     if fused:
-        # The down projection's input, silu(gate) * up, is recomputed in backward.
-        return shape.layers * 2 * (8 * h + 2 * i)
+        # The down projection's input, silu(gate) * up, is recomputed in backward; the keep
+        # masks of the seven projections' inputs (six of hidden width, one intermediate).
+        per_layer = 2 * (8 * h + 2 * i)
+        if lora_dropout > 0:
+            per_layer += 6 * mask_bytes(h) + mask_bytes(i)
+        return shape.layers * per_layer
     per_layer = 2 * (8 * h + 3 * i)
     if lora_dropout > 0:
         per_layer += 5 * h + i

@@ -448,9 +448,8 @@ class _Run:
             total += act * (2 * h + (0 if down_recomputed else inter))
             assert isinstance(c.lora_r, int)
             total += act * c.lora_r * len(projections)
-            if dropout and self.cpu is not None:
-                # Keep masks: a byte an element, a bit for wide inputs. A GPU keeps none: its
-                # kernels draw the bits again from a seed (worker.training.kernels).
+            if dropout:
+                # Keep masks: a byte an element, a bit for wide inputs.
                 total += sum(budget_rule.mask_bytes(i) for i, _ in projections)
         elif self.method in LORA_METHODS:
             # PEFT's LoRA forward: a float32 copy of each adapted input (the dropped-out one

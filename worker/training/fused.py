@@ -278,12 +278,14 @@ def _lora_product(
     dequantize: Callable[[], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """``x2 W^T + b + s * dropout(x2) A^T B^T`` for a [tokens, in] input; also what backward
-    needs of the dropout (None without it: the keep mask, packed for wide inputs, or on a GPU
-    the seed of the kernels' keep bits, an int64 tensor) and ``dropout(x2) A^T``."""
+    needs of the dropout (None without it: the keep mask, packed for wide inputs, or with
+    ``kernels.DROPOUT`` on a GPU the seed of the kernels' keep bits, an int64 tensor) and
+    ``dropout(x2) A^T``."""
     mask: torch.Tensor | None
     if p > 0.0 and kernels.dropout_kernels(x2, a):
-        # The keep bits are a function of a seed and each element's position: backward draws
-        # them again from the seed, which is all that is kept (kernels.dropout_down).
+        # kernels.DROPOUT (off by default): the keep bits are a function of a seed and each
+        # element's position; backward draws them again from the seed, which is all that is
+        # kept (kernels.dropout_down).
         mask = kernels.dropout_seed(x2.device)
         xa = kernels.dropout_down(x2, a, p, mask)
     elif p > 0.0 and x2.device.type == "cpu":

@@ -7,9 +7,10 @@ gradient, so memory holds at most ``chunk_rows x vocabulary`` logits instead of
 same pass (the loss is a plain sum, so d(loss)/d(hidden) does not depend on anything after
 it) and only scaled by the incoming gradient in backward; nothing is recomputed.
 
-On a GPU one Triton kernel (``kernels.cross_entropy_rows_``) takes a chunk's 16-bit logits
-to its rows' losses and overwrites them with their gradient: no float32 copy, two passes over
-the chunk instead of about eight.
+With ``kernels.LOSS`` on (off by default: not yet measured to pay), one Triton kernel on a
+GPU (``kernels.cross_entropy_rows_``) takes a chunk's 16-bit logits to its rows' losses and
+overwrites them with their gradient: no float32 copy, two passes over the chunk instead of
+about eight.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             scale = None if weights is None else weights[start : start + rows]
             logits = F.linear(chunk, weight, bias)
             if kernels.cross_entropy_kernels(logits):
-                # On a GPU: one kernel gives the rows' losses and turns the 16-bit logits
-                # into their gradient in place; no float32 copy of the chunk.
+                # kernels.LOSS on a GPU: one kernel gives the rows' losses and turns the
+                # 16-bit logits into their gradient in place; no float32 copy of the chunk.
                 total += kernels.cross_entropy_rows_(logits, target, scale, valid, grad=grads).sum()
                 if grads:
                     _accumulate(chunk, weight, logits, start, grad_hidden, grad_weight, grad_bias)

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 TRITON = True
 # Two kernel sets that are built and correct (tests/worker/test_kernels.py, on an H100) but
 # off: in their one A/B (2026-12-06, H100, bench/train_throughput.py --kernels) the engine ran
-# slower with them, a run that may have paid their first compiles in its timed steps; until a
-# fair A/B says otherwise (--kernels neither --kernels all --kernels all), they stay off, and
-# the memory rules (worker.spec.budget) count the masks the default path keeps.
+# slower with them (0.76x at 0.5B, 0.49x at 8B; not profiled). Until a profiled A/B says
+# otherwise (--kernels neither --kernels all --kernels all --profile) they stay off, and the
+# memory rules (worker.spec.budget) count the masks the default path keeps.
 # DROPOUT: LoRA dropout drawn inside the LoRA products from a seed, no mask kept (else
 # torch.native_dropout and a kept mask). LOSS: the loss head's cross-entropy in one kernel
 # (else the float32 PyTorch chain).

@@ -107,18 +107,22 @@ def test_inputs_the_kernels_do_not_take_go_through_pytorch(torch_only: None) -> 
 # --- Dropout inside the LoRA products, the loss head (off by default) ------------------------
 
 
-@pytest.fixture
-def extra_kernels() -> Iterator[None]:
-    """The kernel sets that are off by default (see worker.training.kernels), on."""
+@pytest.fixture(params=["philox", "mix"])
+def extra_kernels(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The kernel sets that are off by default (see worker.training.kernels), on, with each
+    way of drawing the keep bits."""
     kernels.DROPOUT = kernels.LOSS = True
+    kernels.DROPOUT_BITS = request.param
     try:
         yield
     finally:
         kernels.DROPOUT = kernels.LOSS = False
+        kernels.DROPOUT_BITS = "philox"
 
 
 def test_the_dropout_and_loss_kernels_are_off_by_default() -> None:
     assert kernels.DROPOUT is False and kernels.LOSS is False
+    assert kernels.DROPOUT_BITS == "philox"
 
 
 @pytest.mark.gpu
@@ -133,6 +137,26 @@ def test_the_keep_bits_follow_the_seed(extra_kernels: None) -> None:
     assert (keep != other).float().mean().item() > 0.1
     # A row's bits are not the row before's: positions, not columns, pick them.
     assert (keep[1:] != keep[:-1]).float().mean().item() > 0.1
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_neighbouring_and_reseeded_bits_agree_no_more_than_chance(extra_kernels: None) -> None:
+    torch.manual_seed(1)
+    p = 0.3
+    chance = p * p + (1 - p) * (1 - p)  # two independent draws agree this often
+    seed = kernels.dropout_seed(torch.device("cuda"))
+    keep = kernels.dropout_keep(2048, 1024, p, seed)
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.002
+    pairs = {
+        "next column": (keep[:, 1:], keep[:, :-1]),
+        "next row": (keep[1:], keep[:-1]),
+        "next seed": (keep, kernels.dropout_keep(2048, 1024, p, seed + 1)),
+        "other seed": (keep, kernels.dropout_keep(2048, 1024, p, seed ^ 0x5A5A5)),
+    }
+    for name, (one, other) in pairs.items():
+        agree = (one == other).float().mean().item()
+        assert abs(agree - chance) < 0.003, (name, agree, chance)
 
 
 def reference_products(

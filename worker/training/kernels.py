@@ -38,6 +38,12 @@ TRITON = True
 # (else the float32 PyTorch chain).
 DROPOUT = False
 LOSS = False
+# How the dropout kernels draw a keep bit from the seed and an element's position: "philox"
+# (``tl.rand``: ten Philox rounds an element) or "mix" (two rounds of a 32-bit integer
+# finaliser keyed by the seed's halves: about a sixth of the integer work). Both give
+# independent-looking bits at the rate asked (tests/worker/test_kernels.py checks the rate
+# and that neighbours do not agree more than chance); bench/fused_parts.py times them.
+DROPOUT_BITS = "philox"
 _BLOCK = 2048  # elements per program of the elementwise kernels
 
 
@@ -153,6 +159,10 @@ _LORA_SPLIT_ROWS = 512  # rows of one partial sum of A's gradient
 _LORA_MAX_RANK = 128
 
 
+def _mix() -> bool:
+    return DROPOUT_BITS == "mix"
+
+
 def dropout_kernels(x: torch.Tensor, a: torch.Tensor) -> bool:
     """Whether the dropout kernels take a [tokens, in] 16-bit input ``x`` and A [r, in]."""
     return (
@@ -185,7 +195,7 @@ def dropout_down(x: torch.Tensor, a: torch.Tensor, p: float, seed: torch.Tensor)
     if rows:
         get("dropout_down")[(triton_cdiv(rows, _LORA_BLOCK_M),)](
             x, a, out, seed, rows, width, rank, p, 1.0 / (1.0 - p),
-            BLOCK_M=_LORA_BLOCK_M, BLOCK_K=_LORA_BLOCK_K, BLOCK_R=_rank_block(rank),
+            BLOCK_M=_LORA_BLOCK_M, BLOCK_K=_LORA_BLOCK_K, BLOCK_R=_rank_block(rank), MIX=_mix(),
         )  # fmt: skip
     return out
 
@@ -205,7 +215,7 @@ def dropout_grad_x_(
         grid = (triton_cdiv(rows, _LORA_BLOCK_M), triton_cdiv(width, _LORA_BLOCK_N))
         get("dropout_grad_x")[grid](
             grad_x, g_b, a, seed, rows, width, rank, p, scale,
-            BLOCK_M=_LORA_BLOCK_M, BLOCK_N=_LORA_BLOCK_N, BLOCK_R=_rank_block(rank),
+            BLOCK_M=_LORA_BLOCK_M, BLOCK_N=_LORA_BLOCK_N, BLOCK_R=_rank_block(rank), MIX=_mix(),
         )  # fmt: skip
     return grad_x
 
@@ -223,7 +233,7 @@ def dropout_grad_a(
         grid = (triton_cdiv(width, _LORA_BLOCK_N), splits)
         get("dropout_grad_a")[grid](
             g_b, x, partial, seed, rows, width, rank, p, _LORA_SPLIT_ROWS,
-            BLOCK_M=_LORA_BLOCK_M, BLOCK_N=_LORA_BLOCK_N, BLOCK_R=_rank_block(rank),
+            BLOCK_M=_LORA_BLOCK_M, BLOCK_N=_LORA_BLOCK_N, BLOCK_R=_rank_block(rank), MIX=_mix(),
         )  # fmt: skip
     else:
         partial.zero_()
@@ -235,13 +245,16 @@ def dropout_keep(rows: int, width: int, p: float, seed: torch.Tensor) -> torch.T
     keep = torch.empty(rows, width, dtype=torch.uint8, device=seed.device)
     count = rows * width
     if count:
-        get("dropout_keep")[(triton_cdiv(count, _BLOCK),)](keep, seed, count, p, BLOCK=_BLOCK)
+        get("dropout_keep")[(triton_cdiv(count, _BLOCK),)](
+            keep, seed, count, p, BLOCK=_BLOCK, MIX=_mix()
+        )
     return keep.bool()
 
 
 # --- The loss head's cross-entropy -----------------------------------------------------------
 
 _VOCAB_BLOCK = 4096
+_VOCAB_WARPS = 8
 
 
 def cross_entropy_kernels(logits: torch.Tensor) -> bool:
@@ -274,7 +287,7 @@ def cross_entropy_rows_(
     if rows:
         get("cross_entropy_rows")[(rows,)](
             logits, targets, weights if weights is not None else losses, losses, vocab, valid,
-            HAS_WEIGHTS=weights is not None, GRAD=grad, BLOCK=_VOCAB_BLOCK, num_warps=8,
+            HAS_WEIGHTS=weights is not None, GRAD=grad, BLOCK=_VOCAB_BLOCK, num_warps=_VOCAB_WARPS,
         )  # fmt: skip
     return losses
 
@@ -381,17 +394,41 @@ def _kernels() -> dict[str, Any] | None:
         )
 
     @triton.jit  # type: ignore[misc,unused-ignore]
-    def dropped_tile(x_ptr, seed, rm, rk, rows, width, p):  # type: ignore[no-untyped-def,unused-ignore]
+    def finalise(h):  # type: ignore[no-untyped-def,unused-ignore]
+        # A 32-bit integer finaliser (xor-shift, multiply; a bijection that spreads each
+        # input bit over the whole word).
+        h ^= h >> 16
+        h *= 0x7FEB352D
+        h ^= h >> 15
+        h *= 0x846CA68B
+        h ^= h >> 16
+        return h
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def kept(seed, offsets, p, MIX: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+        # Whether each position's element is kept: a uniform draw in [0, 1) against p.
+        if MIX:
+            # The position xor one key, finalised; xor a second key drawn from the first,
+            # finalised again (one key alone would make two seeds' bits shifted copies).
+            key = ((seed ^ (seed >> 32)) & 0xFFFFFFFF).to(tl.uint32)
+            second = finalise(key ^ 0x9E3779B9)
+            h = finalise(finalise(offsets.to(tl.uint32) ^ key) ^ second)
+            u = (h >> 8).to(tl.float32) * 5.9604644775390625e-08  # 24 bits over 2**24
+        else:
+            u = tl.rand(seed, offsets.to(tl.uint32))
+        return u >= p
+
+    @triton.jit  # type: ignore[misc,unused-ignore]
+    def dropped_tile(x_ptr, seed, rm, rk, rows, width, p, MIX: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
         # x[rm, rk] with the dropped elements (and those outside x) zero, unscaled.
         offsets = rm[:, None] * width + rk[None, :]
         x = tl.load(x_ptr + offsets, mask=(rm[:, None] < rows) & (rk[None, :] < width), other=0.0)
-        keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
-        return tl.where(keep, x, tl.zeros_like(x))
+        return tl.where(kept(seed, offsets, p, MIX), x, tl.zeros_like(x))
 
     @triton.jit(do_not_specialize=["rows"])  # type: ignore[misc,unused-ignore]
     def dropout_down(
         x_ptr, a_ptr, out_ptr, seed_ptr, rows, width, rank, p, scale,
-        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, MIX: tl.constexpr,
     ):  # type: ignore[no-untyped-def,unused-ignore]  # fmt: skip
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         rr = tl.arange(0, BLOCK_R)
@@ -399,7 +436,7 @@ def _kernels() -> dict[str, Any] | None:
         acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         for k0 in range(0, width, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
-            x = dropped_tile(x_ptr, seed, rm, rk, rows, width, p)
+            x = dropped_tile(x_ptr, seed, rm, rk, rows, width, p, MIX)
             a_t = tl.load(
                 a_ptr + rr[None, :] * width + rk[:, None],
                 mask=(rr[None, :] < rank) & (rk[:, None] < width),
@@ -416,7 +453,7 @@ def _kernels() -> dict[str, Any] | None:
     @triton.jit(do_not_specialize=["rows"])  # type: ignore[misc,unused-ignore]
     def dropout_grad_x(
         gx_ptr, gb_ptr, a_ptr, seed_ptr, rows, width, rank, p, scale,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, MIX: tl.constexpr,
     ):  # type: ignore[no-untyped-def,unused-ignore]  # fmt: skip
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -435,7 +472,7 @@ def _kernels() -> dict[str, Any] | None:
         lora = tl.dot(gb, a)
         inside = (rm[:, None] < rows) & (rn[None, :] < width)
         offsets = rm[:, None] * width + rn[None, :]
-        keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
+        keep = kept(seed, offsets, p, MIX)
         gx = tl.load(gx_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
         gx += tl.where(keep, lora * scale, 0.0)
         tl.store(gx_ptr + offsets, gx.to(gx_ptr.dtype.element_ty), mask=inside)
@@ -443,7 +480,7 @@ def _kernels() -> dict[str, Any] | None:
     @triton.jit(do_not_specialize=["rows"])  # type: ignore[misc,unused-ignore]
     def dropout_grad_a(
         gb_ptr, x_ptr, out_ptr, seed_ptr, rows, width, rank, p, split_rows,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, MIX: tl.constexpr,
     ):  # type: ignore[no-untyped-def,unused-ignore]  # fmt: skip
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         split = tl.program_id(1)
@@ -459,7 +496,7 @@ def _kernels() -> dict[str, Any] | None:
                 mask=(rm[None, :] < end) & (rr[:, None] < rank),
                 other=0.0,
             )
-            x = dropped_tile(x_ptr, seed, rm, rn, end, width, p)
+            x = dropped_tile(x_ptr, seed, rm, rn, end, width, p, MIX)
             acc += tl.dot(gb_t, x)
         tl.store(
             out_ptr + split * rank * width + rr[:, None] * width + rn[None, :],
@@ -468,10 +505,10 @@ def _kernels() -> dict[str, Any] | None:
         )
 
     @triton.jit(do_not_specialize=["count"])  # type: ignore[misc,unused-ignore]
-    def dropout_keep(keep_ptr, seed_ptr, count, p, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
+    def dropout_keep(keep_ptr, seed_ptr, count, p, BLOCK: tl.constexpr, MIX: tl.constexpr):  # type: ignore[no-untyped-def,unused-ignore]
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         seed = tl.load(seed_ptr)
-        keep = tl.rand(seed, offsets.to(tl.uint32)) >= p
+        keep = kept(seed, offsets, p, MIX)
         tl.store(keep_ptr + offsets, keep.to(tl.uint8), mask=offsets < count)
 
     @triton.jit(do_not_specialize=["valid"])  # type: ignore[misc,unused-ignore]

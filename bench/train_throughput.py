@@ -44,7 +44,8 @@ the engine both ways in one command. Each row shape's first pass runs as usual a
 recorded, inside the timed steps: give ``--steps`` enough for shapes to come back (a real run
 has thousands of steps) and read ``*_all_steps_tokens_per_s`` too.
 
-Kernels that are off by default (``worker.training.kernels.DROPOUT`` and ``LOSS``):
+Kernels that are off by default (``worker.training.kernels.DROPOUT`` and ``LOSS``; the sets
+ending in ``-mix`` draw the dropout kernels' bits by ``DROPOUT_BITS = "mix"``):
 ``--kernels neither --kernels all --kernels all`` times the engine without and with them in
 one command. The first run with a kernel compiles it (Triton, about a second each), inside
 the run: compare the later runs. ``--profile`` also sums the GPU's time by kind of kernel
@@ -292,7 +293,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
         baseline = run_baseline(shape, ordered, config, args, step_tokens)
         log(f"{shape} baseline: {baseline}")
     engines = []
-    defaults = kernels.DROPOUT, kernels.LOSS
+    defaults = kernels.DROPOUT, kernels.LOSS, kernels.DROPOUT_BITS
     settings = itertools.product(
         args.micro_batch_tokens or [None],
         args.compile or [None],
@@ -304,13 +305,15 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
             os.environ["TUNELAB_COMPILE"] = compile_setting
         if graphs_setting is not None:
             os.environ["TUNELAB_CUDA_GRAPHS"] = graphs_setting
-        kernels.DROPOUT, kernels.LOSS = KERNEL_SETS[kernel_set] if kernel_set else defaults
+        kernels.DROPOUT, kernels.LOSS, kernels.DROPOUT_BITS = (
+            KERNEL_SETS[kernel_set] if kernel_set else defaults
+        )
         engines.append(run_engine(shape, samples, config, budget or None, args, step_tokens))
         engines[-1].notes["compile_setting"] = compile_setting
         engines[-1].notes["graphs_setting"] = graphs_setting
         engines[-1].notes["kernels"] = kernel_set
         log(f"{shape} engine: {engines[-1]}")
-    kernels.DROPOUT, kernels.LOSS = defaults
+    kernels.DROPOUT, kernels.LOSS, kernels.DROPOUT_BITS = defaults
     engine = engines[0]
 
     def mfu(result: RunResult) -> float | None:
@@ -658,12 +661,15 @@ def profile_engine(model: Any, samples: list[Sample], config: TrainConfig, clock
     return trained
 
 
-# --kernels: (kernels.DROPOUT, kernels.LOSS)
+# --kernels: (kernels.DROPOUT, kernels.LOSS, kernels.DROPOUT_BITS); "-mix": the dropout
+# kernels' keep bits from the integer finaliser instead of Philox
 KERNEL_SETS = {
-    "all": (True, True),
-    "no-dropout": (False, True),
-    "no-loss": (True, False),
-    "neither": (False, False),
+    "all": (True, True, "philox"),
+    "all-mix": (True, True, "mix"),
+    "no-dropout": (False, True, "philox"),
+    "no-loss": (True, False, "philox"),
+    "no-loss-mix": (True, False, "mix"),
+    "neither": (False, False, "philox"),
 }
 
 _KERNEL_GROUPS = (

@@ -157,17 +157,22 @@ def main() -> None:
         head = torch.randn(vocab, hidden, device=device, dtype=torch.bfloat16) * 0.02
         targets = torch.randint(0, vocab, (rows,), device=device)
 
-        def way(on: bool, block: int = 4096, warps: int = 8) -> Callable[[], torch.Tensor]:
+        def way(
+            on: bool, block: int = 4096, warps: int = 8, chunk: int = loss.DEFAULT_CHUNK_ELEMENTS
+        ) -> Callable[[], torch.Tensor]:
             def run() -> torch.Tensor:
                 kernels.LOSS = on
                 kernels._VOCAB_BLOCK, kernels._VOCAB_WARPS = block, warps
-                return loss.linear_cross_entropy_sum(states, head, targets)
+                return loss.linear_cross_entropy_sum(states, head, targets, chunk_elements=chunk)
 
             return run
 
         ways = {"chain": way(False), "kernel": way(True)}
         for block, warps in ((1024, 4), (2048, 4), (2048, 8), (8192, 16)):
             ways[f"kernel-b{block}-w{warps}"] = way(True, block, warps)
+        # Chunks 4x the default's rows (the kernel keeps no float32 copy of them)
+        ways["chain-chunk4x"] = way(False, chunk=4 * loss.DEFAULT_CHUNK_ELEMENTS)
+        ways["kernel-chunk4x"] = way(True, chunk=4 * loss.DEFAULT_CHUNK_ELEMENTS)
         return ways
 
     vocab_defaults = kernels._VOCAB_BLOCK, kernels._VOCAB_WARPS

@@ -40,9 +40,10 @@ DROPOUT = False
 LOSS = False
 # How the dropout kernels draw a keep bit from the seed and an element's position: "philox"
 # (``tl.rand``: ten Philox rounds an element) or "mix" (two rounds of a 32-bit integer
-# finaliser keyed by the seed's halves: about a sixth of the integer work). Both give
+# finaliser keyed by the seed: about a sixth of the integer work). Both give
 # independent-looking bits at the rate asked (tests/worker/test_kernels.py checks the rate
 # and that neighbours do not agree more than chance); bench/fused_parts.py times them.
+# "mix" has not run on a GPU yet (no machine started on 2026-12-07).
 DROPOUT_BITS = "philox"
 _BLOCK = 2048  # elements per program of the elementwise kernels
 

@@ -118,10 +118,9 @@ def main() -> None:
 
     def mlp(way: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
-            fused.PACK_MASK_MIN_WIDTH = (
-                packing if way != "before" and way != "recompute" else 1 << 30
-            )
-            kernels.TRITON = way not in ("before", "recompute")
+            plain = way in ("before", "recompute")  # byte masks, PyTorch's chains
+            fused.PACK_MASK_MIN_WIDTH = 1 << 30 if plain else packing
+            kernels.TRITON = not plain
             seeded(way)
             g = fused._LoraLinear.apply(x, *gate)
             u = fused._LoraLinear.apply(x, *up)

@@ -107,16 +107,23 @@ def test_inputs_the_kernels_do_not_take_go_through_pytorch(torch_only: None) -> 
 # --- Dropout inside the LoRA products, the loss head (off by default) ------------------------
 
 
-@pytest.fixture(params=["philox", "mix"])
-def extra_kernels(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The kernel sets that are off by default (see worker.training.kernels), on, with each
-    way of drawing the keep bits."""
+@pytest.fixture
+def extra_kernels() -> Iterator[None]:
+    """The kernel sets that are off by default (see worker.training.kernels), on."""
     kernels.DROPOUT = kernels.LOSS = True
-    kernels.DROPOUT_BITS = request.param
     try:
         yield
     finally:
         kernels.DROPOUT = kernels.LOSS = False
+
+
+@pytest.fixture(params=["philox", "mix"])
+def dropout_bits(request: pytest.FixtureRequest, extra_kernels: None) -> Iterator[None]:
+    """The extra kernels on, with each way of drawing the dropout kernels' keep bits."""
+    kernels.DROPOUT_BITS = request.param
+    try:
+        yield
+    finally:
         kernels.DROPOUT_BITS = "philox"
 
 
@@ -127,7 +134,7 @@ def test_the_dropout_and_loss_kernels_are_off_by_default() -> None:
 
 @pytest.mark.gpu
 @needs_gpu
-def test_the_keep_bits_follow_the_seed(extra_kernels: None) -> None:
+def test_the_keep_bits_follow_the_seed(dropout_bits: None) -> None:
     torch.manual_seed(0)
     seed = kernels.dropout_seed(torch.device("cuda"))
     keep = kernels.dropout_keep(1000, 896, 0.1, seed)
@@ -141,7 +148,7 @@ def test_the_keep_bits_follow_the_seed(extra_kernels: None) -> None:
 
 @pytest.mark.gpu
 @needs_gpu
-def test_neighbouring_and_reseeded_bits_agree_no_more_than_chance(extra_kernels: None) -> None:
+def test_neighbouring_and_reseeded_bits_agree_no_more_than_chance(dropout_bits: None) -> None:
     torch.manual_seed(1)
     p = 0.3
     chance = p * p + (1 - p) * (1 - p)  # two independent draws agree this often
@@ -177,7 +184,7 @@ def reference_products(
     [(1, 64, 16), (1037, 896, 16), (513, 200, 8), (2048, 4864, 64), (700, 1152, 128)],
 )
 def test_the_dropout_lora_kernels_compute_the_products(
-    rows: int, width: int, rank: int, extra_kernels: None
+    rows: int, width: int, rank: int, dropout_bits: None
 ) -> None:
     torch.manual_seed(rows + width)
     p = 0.1
@@ -208,7 +215,7 @@ def test_the_dropout_lora_kernels_compute_the_products(
 
 @pytest.mark.gpu
 @needs_gpu
-def test_inputs_the_dropout_kernels_do_not_take(extra_kernels: None) -> None:
+def test_inputs_the_dropout_kernels_do_not_take(dropout_bits: None) -> None:
     x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
     a = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
     assert kernels.dropout_kernels(x, a)
@@ -226,7 +233,7 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 @needs_gpu
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_a_fused_lora_linear_with_dropout_uses_the_keep_bits_of_its_seed(
-    swiglu: bool, extra_kernels: None
+    swiglu: bool, dropout_bits: None
 ) -> None:
     """The whole fused function (forward, backward) on the kernels' path against float64
     autograd over the same keep bits; no mask is kept, only the seed."""

@@ -77,6 +77,27 @@ def test_methods_without_the_fused_path_and_dropout_keep_more_per_token() -> Non
     )
 
 
+def test_on_a_gpu_the_dropout_kernels_keep_no_masks_up_to_their_largest_rank() -> None:
+    with_masks = rule.activation_bytes_per_token(LLAMA_8B, lora_dropout=0.05)
+    without = rule.activation_bytes_per_token(LLAMA_8B, lora_dropout=0.05, masks=False)
+    assert without == rule.activation_bytes_per_token(LLAMA_8B, lora_dropout=0.0)
+    # At 8B the bit masks are 4% of what a token keeps.
+    assert 1.03 < with_masks / without < 1.05
+    assert not rule.masks_kept(16) and not rule.masks_kept(rule.DROPOUT_KERNEL_MAX_RANK)
+    assert rule.masks_kept(rule.DROPOUT_KERNEL_MAX_RANK + 1)
+
+    # The estimate's memory and pass size follow: a rank past the kernels' keeps masks.
+    arch = CATALOG["qwen2.5-0.5b-instruct"].arch
+
+    def activations(r: int, dropout: float) -> float:
+        config = TrainConfig(base_model="m", max_steps=10, lora_r=r, lora_dropout=dropout)
+        result = estimate(config, arch, gpu=GPUS["H100"], dataset_records=1000, mean_tokens=300)
+        return float(result.breakdown["memory_bytes"]["activations"])
+
+    assert activations(16, 0.1) == activations(16, 0.0)
+    assert activations(256, 0.1) > activations(256, 0.0)
+
+
 def test_the_estimate_uses_the_same_rule_for_the_chosen_gpu() -> None:
     arch = CATALOG["llama-3.1-8b-instruct"].arch
 
@@ -97,7 +118,7 @@ def test_the_estimate_uses_the_same_rule_for_the_chosen_gpu() -> None:
     assert row_tokens("H200", micro_batch_tokens=4096) == 4096
     # What the estimate chose on a smaller card is the rule's own answer for that card.
     shape = rule.ModelShape(arch.hidden_size, arch.intermediate_size, arch.layers)
-    per_token = rule.activation_bytes_per_token(shape, lora_dropout=0.05)
+    per_token = rule.activation_bytes_per_token(shape, lora_dropout=0.05, masks=False)
     assert l40s * per_token < GPUS["L40S"].memory_bytes
     assert (l40s + 1024) * per_token > 0.5 * (GPUS["L40S"].memory_bytes - 16 * 2**30)
 

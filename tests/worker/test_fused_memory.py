@@ -166,10 +166,8 @@ def test_a_fused_mlp_keeps_gate_and_up_but_not_their_product() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_with_the_dropout_kernels_a_fused_mlp_keeps_no_mask(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(kernels, "DROPOUT", True)  # off by default (worker.training.kernels)
+def test_with_the_dropout_kernels_a_fused_mlp_keeps_no_mask() -> None:
+    assert kernels.DROPOUT  # the default on a GPU (worker.training.kernels)
     hidden, intermediate, tokens = 64, WIDE, 512
     model = mlp(hidden, intermediate, dropout=0.1).cuda()
     module = model.base_model.model.mlp
@@ -184,6 +182,11 @@ def test_with_the_dropout_kernels_a_fused_mlp_keeps_no_mask(
     # Gate, up, the shared input and the [tokens, r] products: the CPU test's count above
     # without its masks (a byte for each narrow input, a bit for the wide one).
     assert saved.total == (2 * 2 * intermediate + 2 * hidden + 3 * 2 * 4) * tokens + 3 * 8
+    # The budget rule without masks counts the same (its attention part aside).
+    assert rule.masks_kept(4) is False
+    shape = rule.ModelShape(hidden, intermediate, layers=1)
+    rule_mlp = rule.activation_bytes_per_token(shape, lora_dropout=0.1, masks=False)
+    assert rule_mlp - 2 * 8 * hidden == 2 * 2 * intermediate + 2 * hidden
     out.float().square().mean().backward()
 
 

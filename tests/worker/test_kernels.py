@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from worker.spec import budget
 from worker.training import kernels
 
 
@@ -104,17 +105,17 @@ def test_inputs_the_kernels_do_not_take_go_through_pytorch(torch_only: None) -> 
     assert out.shape == x.shape
 
 
-# --- Dropout inside the LoRA products, the loss head (off by default) ------------------------
+# --- Dropout inside the LoRA products, the loss head (on by default on a GPU) ----------------
 
 
 @pytest.fixture
 def extra_kernels() -> Iterator[None]:
-    """The kernel sets that are off by default (see worker.training.kernels), on."""
+    """The dropout and loss kernel sets on (their default), whatever a test before left."""
     kernels.DROPOUT = kernels.LOSS = True
     try:
         yield
     finally:
-        kernels.DROPOUT = kernels.LOSS = False
+        kernels.DROPOUT = kernels.LOSS = True
 
 
 @pytest.fixture(params=["philox", "mix"])
@@ -124,12 +125,15 @@ def dropout_bits(request: pytest.FixtureRequest, extra_kernels: None) -> Iterato
     try:
         yield
     finally:
-        kernels.DROPOUT_BITS = "philox"
+        kernels.DROPOUT_BITS = "mix"
 
 
-def test_the_dropout_and_loss_kernels_are_off_by_default() -> None:
-    assert kernels.DROPOUT is False and kernels.LOSS is False
-    assert kernels.DROPOUT_BITS == "philox"
+def test_the_dropout_and_loss_kernels_are_on_by_default() -> None:
+    assert kernels.DROPOUT is True and kernels.LOSS is True
+    assert kernels.DROPOUT_BITS == "mix"
+    # The memory rules (torch-free, for the web's estimate) follow the same switch.
+    assert kernels.DROPOUT is budget.DROPOUT_KERNELS
+    assert kernels._LORA_MAX_RANK == budget.DROPOUT_KERNEL_MAX_RANK
 
 
 @pytest.mark.gpu
@@ -303,7 +307,7 @@ def test_the_loss_kernel_gives_the_chains_loss_and_gradients(
         return total, h.grad, w.grad
 
     got = run()
-    kernels.LOSS = False
+    kernels.LOSS = False  # the fixture turns it back on
     expected = run()
     assert got[0].dtype == torch.float32
     assert torch.allclose(got[0], expected[0], rtol=1e-5, atol=1e-4)

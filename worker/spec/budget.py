@@ -59,6 +59,18 @@ FUSED_METHODS = frozenset({"lora", "qlora"})
 PACK_MASK_MIN_WIDTH = 2048
 
 
+# On a CUDA GPU the fused LoRA functions draw dropout inside Triton kernels from a seed and
+# keep no mask (worker.training.kernels.DROPOUT is this), for ranks up to DROPOUT_KERNEL_MAX_RANK.
+# The CPU path keeps its masks.
+DROPOUT_KERNELS = True
+DROPOUT_KERNEL_MAX_RANK = 128
+
+
+def masks_kept(lora_r: int | None) -> bool:
+    """Whether a GPU run of the fused LoRA path keeps dropout keep masks for backward."""
+    return not DROPOUT_KERNELS or (lora_r or 0) > DROPOUT_KERNEL_MAX_RANK
+
+
 def mask_bytes(width: int) -> int:
     """Bytes a token's dropout keep mask over an input of ``width`` takes in the fused path."""
     return width // 8 if width >= PACK_MASK_MIN_WIDTH and width % 8 == 0 else width
@@ -89,14 +101,20 @@ class Budget:
 
 
 def activation_bytes_per_token(
-    shape: ModelShape, *, lora_dropout: float, method: str = "lora", dora: bool = False
+    shape: ModelShape,
+    *,
+    lora_dropout: float,
+    method: str = "lora",
+    dora: bool = False,
+    masks: bool = True,
 ) -> int:
     """Rough bytes kept for backward per token of a pass (16-bit activations).
 
     Per layer with the fused layers: the block input and the normalised inputs (hidden x 2
     bytes each), query, key, value and attention output, gate and up (intermediate each; their
-    product is recomputed), plus a dropout keep mask per adapted input when dropout is on (a
-    byte an element, a bit for wide inputs: ``mask_bytes``). Methods
+    product is recomputed), plus a dropout keep mask per adapted input when dropout is on and
+    ``masks`` (a byte an element, a bit for wide inputs: ``mask_bytes``; on a GPU the dropout
+    kernels keep none: ``masks_kept``). Methods
     that run through PEFT's layers (DoRA, IA3, prompt learning) keep a float32 copy of each
     adapted input on top; full fine-tuning a float32 residual stream and a bf16 copy of each
     linear's input.
@@ -107,7 +125,7 @@ def activation_bytes_per_token(
         # The down projection's input, silu(gate) * up, is recomputed in backward; the keep
         # masks of the seven projections' inputs (six of hidden width, one intermediate).
         per_layer = 2 * (8 * h + 2 * i)
-        if lora_dropout > 0:
+        if lora_dropout > 0 and masks:
             per_layer += 6 * mask_bytes(h) + mask_bytes(i)
         return shape.layers * per_layer
     per_layer = 2 * (8 * h + 3 * i)

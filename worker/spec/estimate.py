@@ -448,8 +448,9 @@ class _Run:
             total += act * (2 * h + (0 if down_recomputed else inter))
             assert isinstance(c.lora_r, int)
             total += act * c.lora_r * len(projections)
-            if dropout:
-                # Keep masks: a byte an element, a bit for wide inputs.
+            if dropout and budget_rule.masks_kept(c.lora_r):
+                # Keep masks: a byte an element, a bit for wide inputs (on a GPU the dropout
+                # kernels keep none, up to their largest rank).
                 total += sum(budget_rule.mask_bytes(i) for i, _ in projections)
         elif self.method in LORA_METHODS:
             # PEFT's LoRA forward: a float32 copy of each adapted input (the dropped-out one
@@ -479,7 +480,11 @@ class _Run:
         )
         dropout = c.lora_dropout if isinstance(c.lora_dropout, float | int) else 0.0
         per_token = budget_rule.activation_bytes_per_token(
-            shape, lora_dropout=float(dropout), method=self.method, dora=self.dora
+            shape,
+            lora_dropout=float(dropout),
+            method=self.method,
+            dora=self.dora,
+            masks=budget_rule.masks_kept(c.lora_r if isinstance(c.lora_r, int) else None),
         )
         fixed = budget_rule.fixed_bytes(
             trainable=self.trainable, shape=shape, quantized=self.method == "qlora"

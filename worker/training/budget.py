@@ -28,6 +28,7 @@ from worker.spec import budget as rule
 from worker.spec.config import TrainConfig
 from worker.spec.errors import TrainingError
 from worker.spec.formatting import Sample
+from worker.training import kernels
 from worker.training.graphs import PassGraphs
 from worker.training.packing import MicroBatch, collate_padded, layer_weights
 from worker.training.steps import StepPlan, micro_batch_loss, micro_batches, optimiser_step
@@ -63,6 +64,9 @@ def plan_budget(
         lora_dropout=float(settled.lora_dropout or 0.0),
         method=config.method,
         dora=bool(getattr(config, "use_dora", False)),
+        # Masks are kept unless the dropout kernels run (on, Triton here, rank in range).
+        masks=rule.masks_kept(settled.lora_r if isinstance(settled.lora_r, int) else None)
+        or not (kernels.DROPOUT and kernels.available()),
     )
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     fixed = rule.fixed_bytes(trainable=trainable, shape=shape, quantized=config.method == "qlora")

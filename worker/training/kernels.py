@@ -26,25 +26,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from worker.spec import budget
+
 # False: PyTorch everywhere, the masks of mask_bits included (bench/fused_parts.py compares)
 TRITON = True
-# Two kernel sets that are built and correct (tests/worker/test_kernels.py, on an H100) but
-# off: in their one A/B (2026-12-06, H100, bench/train_throughput.py --kernels) the engine ran
-# slower with them (0.76x at 0.5B, 0.49x at 8B; not profiled). Until a profiled A/B says
-# otherwise (--kernels neither --kernels all --kernels all --profile) they stay off, and the
-# memory rules (worker.spec.budget) count the masks the default path keeps.
+# Two kernel sets on by default on a GPU since their profiled A/B (2026-12-07, one H100,
+# torch 2.11; bench/train_throughput.py --kernels neither --kernels all-mix): 8B LoRA at
+# 1.11x the tokens/s (MFU 40.6% to 45.2%) with 4% less peak memory, 0.5B at 1.19-1.27x with
+# 18-20% less. (Their first A/B, 2026-12-06, ran slower; that code has changed since.)
 # DROPOUT: LoRA dropout drawn inside the LoRA products from a seed, no mask kept (else
 # torch.native_dropout and a kept mask). LOSS: the loss head's cross-entropy in one kernel
-# (else the float32 PyTorch chain).
-DROPOUT = False
-LOSS = False
+# (else the float32 PyTorch chain). The memory rules follow DROPOUT through
+# worker.spec.budget.DROPOUT_KERNELS (the web's estimate cannot import this module).
+DROPOUT = budget.DROPOUT_KERNELS
+LOSS = True
 # How the dropout kernels draw a keep bit from the seed and an element's position: "philox"
 # (``tl.rand``: ten Philox rounds an element) or "mix" (two rounds of a 32-bit integer
 # finaliser keyed by the seed: about a sixth of the integer work). Both give
 # independent-looking bits at the rate asked (tests/worker/test_kernels.py checks the rate
-# and that neighbours do not agree more than chance); bench/fused_parts.py times them.
-# "mix" has not run on a GPU yet (no machine started on 2026-12-07).
-DROPOUT_BITS = "philox"
+# and that neighbours do not agree more than chance). bench/fused_parts.py on one H100
+# (2026-12-07, 8,192 tokens of an 8B layer): a LoRA linear 0.97x the time of the kept-mask
+# path with "mix" against 1.12x with "philox"; the whole MLP 0.91x against 1.08x.
+DROPOUT_BITS = "mix"
 _BLOCK = 2048  # elements per program of the elementwise kernels
 
 
@@ -55,6 +58,11 @@ def use_kernels(*tensors: torch.Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and _kernels() is not None
     )
+
+
+def available() -> bool:
+    """Whether Triton is here to build the kernels (a CUDA build of torch brings it)."""
+    return _kernels() is not None
 
 
 def get(name: str) -> Any:
@@ -157,7 +165,7 @@ _LORA_BLOCK_M = 64
 _LORA_BLOCK_N = 128
 _LORA_BLOCK_K = 64
 _LORA_SPLIT_ROWS = 512  # rows of one partial sum of A's gradient
-_LORA_MAX_RANK = 128
+_LORA_MAX_RANK = budget.DROPOUT_KERNEL_MAX_RANK
 
 
 def _mix() -> bool:

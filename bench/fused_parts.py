@@ -14,13 +14,13 @@ in one process on one GPU:
   as one that recomputes the down projection's input in backward, ``after`` that plus masks
   packed and the Triton kernels (the engine's path).
 - ``seeded-philox`` / ``seeded-mix`` (``lora``, ``mlp``, ``lora-small``): the dropout kernels
-  (``kernels.DROPOUT``, off by default), no mask kept, the keep bits drawn by Philox or by
+  (``kernels.DROPOUT``, on by default), no mask kept, the keep bits drawn by Philox or by
   the integer finaliser (``kernels.DROPOUT_BITS``).
 - ``lora-small``: a q-sized LoRA linear of Qwen2.5-0.5B (896 wide) over ``--small-tokens``.
 - ``loss-small`` / ``loss-8b``: the loss head of Qwen2.5-0.5B (896 wide, 151,936 tokens in
   the vocabulary; ``--small-tokens`` labelled rows) and of Llama-3-8B (4,096, 128,256;
   ``--tokens`` rows), its weight frozen: the float32 chain (``chain``) against the
-  cross-entropy kernel (``kernels.LOSS``, off by default) at a few block sizes and warps.
+  cross-entropy kernel (``kernels.LOSS``, on by default) at a few block sizes and warps.
 
 Prints one JSON line per part: median milliseconds per forward + backward, the bytes kept for
 backward per token, and each way's time and memory over the first way's.

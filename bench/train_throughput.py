@@ -44,9 +44,9 @@ the engine both ways in one command. Each row shape's first pass runs as usual a
 recorded, inside the timed steps: give ``--steps`` enough for shapes to come back (a real run
 has thousands of steps) and read ``*_all_steps_tokens_per_s`` too.
 
-Kernels that are off by default (``worker.training.kernels.DROPOUT`` and ``LOSS``; the sets
-ending in ``-mix`` draw the dropout kernels' bits by ``DROPOUT_BITS = "mix"``):
-``--kernels neither --kernels all --kernels all`` times the engine without and with them in
+Kernel sets on by default on a GPU (``worker.training.kernels.DROPOUT`` and ``LOSS``; the
+sets ending in ``-mix`` draw the dropout kernels' bits by ``DROPOUT_BITS = "mix"``, the
+default): ``--kernels all-mix --kernels neither`` times the engine with and without them in
 one command. The first run with a kernel compiles it (Triton, about a second each), inside
 the run: compare the later runs. ``--profile`` also sums the GPU's time by kind of kernel
 (matrix products, attention, Triton, elementwise, ...).
@@ -200,10 +200,10 @@ def main() -> None:
         "--kernels",
         choices=sorted(KERNEL_SETS),
         action="append",
-        help="engine runs with these of the Triton kernels that are off by default "
-        "(worker.training.kernels): LoRA dropout drawn inside the products (else "
-        "torch.native_dropout and a kept mask) and the loss head's cross-entropy (else the "
-        "float32 chain); default: neither",
+        help="engine runs with these of the Triton kernel sets (worker.training.kernels): "
+        "LoRA dropout drawn inside the products (else torch.native_dropout and a kept mask) "
+        "and the loss head's cross-entropy (else the float32 chain); default: the engine's "
+        "own (all-mix)",
     )
     parser.add_argument(
         "--compile-cache",

@@ -283,7 +283,7 @@ def _lora_product(
     ``dropout(x2) A^T``."""
     mask: torch.Tensor | None
     if p > 0.0 and kernels.dropout_kernels(x2, a):
-        # kernels.DROPOUT (off by default): the keep bits are a function of a seed and each
+        # kernels.DROPOUT (on by default): the keep bits are a function of a seed and each
         # element's position; backward draws them again from the seed, which is all that is
         # kept (kernels.dropout_down).
         mask = kernels.dropout_seed(x2.device)

@@ -21,32 +21,29 @@ from worker.spec.estimate import GPUS, default_token_budget, estimate, gpu_spec,
 
 H200 = GPUS["H200"]
 
-# tests/worker/test_gpu.py::test_memory_estimate_is_within_20_percent_of_the_measured_peak on
-# one H200 (torch 2.11, transformers 5.17, peft 0.21): random-initialised models of each shape,
-# three optimiser steps on random tokens of 75-125% of a mean length, half of each an answer.
-# (case, shape, settings, batch size, accumulation, max_seq_length, samples, mean tokens,
-#  95th-percentile tokens, answer share, measured peak GiB (max_memory_allocated, the same in
-#  both runs), tokens per second over steps 2-3, the mean of two runs (they differed by up
-#  to 45%: two timed steps are a short sample).) The LoRA cases' peaks were measured again
-#  on 2026-12-06 on one H100 (same versions) after the fused MLP stopped keeping the down
-#  projection's input and dropout masks of wide inputs went to a bit an element, at the
-#  budgets the engine chose there (pinned here; no different on an H200, whose memory these
-#  saturation caps do not reach). A peak at a pinned budget does not depend on the card. Where
-#  the new budget changed the passes of a step (qwen0.5b-lora-65k, llama1b-lora-48k and the
-#  two 8B cases), the rate is that H100 run's (one run); elsewhere the H200's of before.
-MEASURED_H200: list[tuple[Any, ...]] = [
-    ("qwen0.5b-lora-10k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 32768}, 8, 4, 1024, 96, 313.5, 384, 0.5008, 10.70, 56592.6),
-    ("qwen0.5b-lora-65k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 32768}, 16, 4, 2048, 192, 1013.1, 1252, 0.5003, 29.70, 59865.6),
-    ("llama1b-lora-4k-nodrop", "llama-3.2-1b-instruct", {"lora_dropout": 0.0, "micro_batch_tokens": 29378}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.20, 37988.7),
-    ("llama1b-lora-48k", "llama-3.2-1b-instruct", {"micro_batch_tokens": 29378}, 8, 4, 2048, 96, 1523.9, 1863, 0.5002, 32.05, 40873.8),
-    ("qwen3-0.6b-lora-22k", "qwen3-0.6b", {"micro_batch_tokens": 32768}, 16, 2, 1024, 96, 717.9, 854, 0.5004, 30.00, 49070.1),
-    ("llama8b-lora-8k", "llama-3.1-8b-instruct", {"micro_batch_tokens": 8192}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 44.50, 9903.9),
-    ("llama8b-lora-long", "llama-3.1-8b-instruct", {"micro_batch_tokens": 8192}, 4, 1, 4096, 12, 2857.7, 3634, 0.5001, 40.25, 8900.1),
-    ("qwen0.5b-dora", "qwen2.5-0.5b-instruct", {"use_dora": True}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 36.27, 15651.0),
-    ("qwen0.5b-ia3", "qwen2.5-0.5b-instruct", {"method": "ia3"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 10.84, 81000.3),
-    ("qwen0.5b-prefix", "qwen2.5-0.5b-instruct", {"method": "prefix_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.06, 22176.8),
-    ("qwen0.5b-ptuning", "qwen2.5-0.5b-instruct", {"method": "p_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 8.06, 26922.5),
-    ("qwen0.5b-full", "qwen2.5-0.5b-instruct", {"method": "full"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 17.26, 70707.6),
+# tests/worker/test_gpu.py::test_memory_estimate_is_within_20_percent_of_the_measured_peak,
+# random-initialised models of each shape, three optimiser steps on random tokens of 75-125% of
+# a mean length, half of each an answer. (case, shape, settings, batch size, accumulation,
+# max_seq_length, samples, mean tokens, 95th-percentile tokens, answer share, measured peak GiB
+# (max_memory_allocated), tokens per second over steps 2-3.) First measured on one H200, then
+# all again on 2026-12-07 on one H100 (torch 2.11, transformers 5.17, peft 0.21, bitsandbytes
+# 0.50.2) once the dropout and loss kernels came on by default (no dropout masks kept), at the
+# budgets the engine chose there (pinned here; the H200's were the same: these saturation caps
+# are below what either card holds). The estimate's rate is the same on either card (the same
+# bf16 peak). Two timed steps are a short sample: repeated runs differed by up to 45%.
+MEASURED: list[tuple[Any, ...]] = [
+    ("qwen0.5b-lora-10k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 32768}, 8, 4, 1024, 96, 313.5, 384, 0.5008, 8.61, 65475.2),
+    ("qwen0.5b-lora-65k", "qwen2.5-0.5b-instruct", {"micro_batch_tokens": 32768}, 16, 4, 2048, 192, 1013.1, 1252, 0.5003, 24.58, 103656.1),
+    ("llama1b-lora-4k-nodrop", "llama-3.2-1b-instruct", {"lora_dropout": 0.0, "micro_batch_tokens": 29378}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 6.52, 37657.6),
+    ("llama1b-lora-48k", "llama-3.2-1b-instruct", {"micro_batch_tokens": 29378}, 8, 4, 2048, 96, 1523.9, 1863, 0.5002, 29.82, 68687.8),
+    ("qwen3-0.6b-lora-22k", "qwen3-0.6b", {"micro_batch_tokens": 32768}, 16, 2, 1024, 96, 717.9, 854, 0.5004, 25.76, 70826.2),
+    ("llama8b-lora-8k", "llama-3.1-8b-instruct", {"micro_batch_tokens": 8192}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 42.67, 14561.1),
+    ("llama8b-lora-long", "llama-3.1-8b-instruct", {"micro_batch_tokens": 8192}, 4, 1, 4096, 12, 2857.7, 3634, 0.5001, 38.49, 12641.4),
+    ("qwen0.5b-dora", "qwen2.5-0.5b-instruct", {"use_dora": True}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 35.56, 15381.3),
+    ("qwen0.5b-ia3", "qwen2.5-0.5b-instruct", {"method": "ia3"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 10.13, 99105.7),
+    ("qwen0.5b-prefix", "qwen2.5-0.5b-instruct", {"method": "prefix_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 7.06, 21008.4),
+    ("qwen0.5b-ptuning", "qwen2.5-0.5b-instruct", {"method": "p_tuning"}, 8, 1, 1024, 24, 491.9, 607, 0.5004, 8.06, 24404.6),
+    ("qwen0.5b-full", "qwen2.5-0.5b-instruct", {"method": "full"}, 8, 2, 1024, 48, 496.9, 607, 0.5005, 17.05, 73254.2),
 ]  # fmt: skip
 
 
@@ -64,7 +61,7 @@ def measured_case(case: tuple[Any, ...]) -> tuple[Any, float, float]:
     result = estimate(
         config,
         CATALOG[shape].arch,
-        gpu=H200,
+        gpu=GPUS["H100"],  # where the table above was measured
         dataset_records=count,
         mean_tokens=mean,
         p95_tokens=p95,
@@ -73,20 +70,21 @@ def measured_case(case: tuple[Any, ...]) -> tuple[Any, float, float]:
     return result, gib * 2**30, rate
 
 
-@pytest.mark.parametrize("case", MEASURED_H200, ids=[c[0] for c in MEASURED_H200])
-def test_memory_estimates_are_within_20_percent_of_the_peaks_measured_on_an_h200(
+@pytest.mark.parametrize("case", MEASURED, ids=[c[0] for c in MEASURED])
+def test_memory_estimates_are_within_20_percent_of_the_peaks_measured_on_the_gpu(
     case: tuple[Any, ...],
 ) -> None:
     result, measured, _ = measured_case(case)
     assert 0.8 <= result.peak_memory_bytes / measured <= 1.2
 
 
-@pytest.mark.parametrize("case", MEASURED_H200, ids=[c[0] for c in MEASURED_H200])
-def test_throughput_estimates_are_within_half_again_of_the_measured_rates(
+@pytest.mark.parametrize("case", MEASURED, ids=[c[0] for c in MEASURED])
+def test_throughput_estimates_are_within_20_percent_of_the_measured_rates(
     case: tuple[Any, ...],
 ) -> None:
+    # Refitted on 2026-12-07 (worker.spec.estimate._MFU_POINTS): 0.89-1.08 of the table's rates.
     result, _, rate = measured_case(case)
-    assert 1 / 1.5 <= result.breakdown["tokens_per_second"] / rate <= 1.5
+    assert 0.8 <= result.breakdown["tokens_per_second"] / rate <= 1.2
 
 
 def config(**settings: Any) -> TrainConfig:

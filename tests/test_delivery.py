@@ -323,6 +323,9 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_once_it_wakes(
             what="the woken worker to give the job up",
         )
         assert stopped_at < 120
+        # Frozen inside a write, it would have held the row's locks against the reaper; its
+        # transactions end after the lease instead (tests/services/test_leases.py shows how).
+        assert "transactions left idle 5 s end" in (tmp_path / "frozen.log").read_text()
     finally:
         for proc in (frozen, other):
             if proc is not None:

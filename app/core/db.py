@@ -91,9 +91,35 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    engine = create_engine(url, pool_pre_ping=True, **pool)
+    connect_args: dict[str, Any] = {}
+    if _idle_transaction_seconds is not None:
+        # Postgres ends a session left idle inside a transaction this long, and its locks go
+        # with it (see end_idle_transactions_after).
+        timeout_ms = max(1, int(_idle_transaction_seconds * 1000))
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
     _guard_event_loop(engine)
     return engine
+
+
+# Set in worker processes (worker.tasks.upkeep, as Celery sets up): a worker frozen (SIGSTOP,
+# a stalled VM) in the middle of a transaction keeps the row locks of its claim, heartbeat or
+# progress write, and the reaper's conditional UPDATE of that row would wait on them for as
+# long as the freeze lasts: the job never re-queued. Postgres ends such a transaction after
+# the lease instead, so the reaper goes on and the frozen worker, once it wakes, finds its
+# connection gone and its lease lost (it writes nothing more).
+_idle_transaction_seconds: float | None = None
+
+
+def end_idle_transactions_after(seconds: float | None) -> None:
+    """Have Postgres end this process's transactions left idle ``seconds`` (None: never);
+    connections made from here on (the pool is started afresh) carry the setting."""
+    global _idle_transaction_seconds
+    _idle_transaction_seconds = seconds
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    get_engine.cache_clear()
+    get_sessionmaker.cache_clear()
 
 
 # The web server's event loop, once it runs (app.main's lifespan says which). Other loops (a

@@ -225,3 +225,43 @@ def test_waiting_work_without_a_recent_offer_is_found_again(
     assert found(-1) == [row.id]  # offered long ago, still waiting: the message is lost
     leases.claim(db_session, kind, row.id, worker="a")
     assert found(-1) == []
+
+
+def test_a_transaction_a_frozen_worker_left_open_ends_after_the_lease_and_frees_its_locks() -> None:
+    """A worker frozen in the middle of a write holds that row's locks; the reaper's UPDATE of
+    the row would wait for them as long as the freeze lasts. Worker processes have Postgres
+    end a transaction left idle past the lease (app.core.db.end_idle_transactions_after)."""
+    import time
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from app.core import db
+    from app.core.config import get_settings
+
+    url = get_settings().sqlalchemy_url
+    db.end_idle_transactions_after(1.0)  # as a worker does with its lease, shortened
+    try:
+        frozen = db.make_engine(url)
+    finally:
+        db.end_idle_transactions_after(None)  # this test process is no worker
+    reaper = db.make_engine(url)
+    try:
+        with frozen.connect() as worker, reaper.connect() as upkeep:
+            setting = worker.execute(text("SHOW idle_in_transaction_session_timeout")).scalar()
+            assert setting == "1s"
+            assert upkeep.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
+            worker.rollback()
+            # The worker locks (as its heartbeat's UPDATE locks its row), then freezes.
+            worker.execute(text("SELECT pg_advisory_xact_lock(424242)"))
+            upkeep.execute(text("SET lock_timeout = '20s'"))
+            started = time.monotonic()
+            upkeep.execute(text("SELECT pg_advisory_xact_lock(424242)"))  # the reaper waits...
+            assert time.monotonic() - started < 10  # ...about the second, not for ever
+            upkeep.rollback()
+            # Woken, the frozen worker finds its connection ended: nothing it sends lands.
+            with pytest.raises(DBAPIError, match="idle-in-transaction"):
+                worker.execute(text("SELECT 1"))
+    finally:
+        frozen.dispose()
+        reaper.dispose()

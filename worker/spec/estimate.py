@@ -118,7 +118,7 @@ _PROMPT_METHODS = ("prefix_tuning", "p_tuning")
 # bound by Python and launches: the same 0.5B runs on another H100 host went up to 28% faster.
 # Refitted on 2026-12-07 (one H100, bench/train_throughput.py, LoRA and 8B QLoRA) once the
 # dropout and loss kernels came on by default (1.11x at 8B, 1.13-1.27x at 0.5B and 1B): the
-# seven runs there within 0.82-1.01 of the measured rate (0.5B lowest: that host was fast);
+# seven runs there within 0.81-1.01 of the measured rate (0.5B lowest: that host was fast);
 # the runs of 2026-12-06 on another H100 host, with the kernels' gain applied, 0.96-1.21.
 _MFU_POINTS = ((494_032_768, 0.310), (1_235_814_400, 0.398), (8_030_261_248, 0.482))
 _ROW_OVERHEAD_WORK = 2.24e11

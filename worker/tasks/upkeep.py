@@ -14,7 +14,7 @@ from typing import Any
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutting_down
 
 from app.core.config import get_settings
-from app.core.db import session_scope, utcnow
+from app.core.db import end_idle_transactions_after, session_scope, utcnow
 from app.services import leases
 from app.services import workers as registry
 from app.services.queue import offer_all
@@ -86,8 +86,12 @@ def run_upkeep(queues: list[str], stop: threading.Event, interval: float) -> Non
 @celeryd_after_setup.connect
 def _add_class_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """Consume the queue of every capacity class this worker satisfies, beside the ones it
-    was started with: the broker then hands it only jobs it can run."""
+    was started with: the broker then hands it only jobs it can run. And, before this worker
+    touches the database, have Postgres end its transactions left idle past the lease
+    (app.core.db.end_idle_transactions_after): a freeze mid-write cannot hold the reaper."""
     settings = get_settings()
+    end_idle_transactions_after(settings.lease_seconds)
+    log.info("transactions left idle %.0f s end (the lease)", settings.lease_seconds)
     for queue in class_queues(settings, detect(settings)):
         instance.app.amqp.queues.select_add(queue)
 

@@ -45,8 +45,8 @@ LOSS = True
 # finaliser keyed by the seed: about a sixth of the integer work). Both give
 # independent-looking bits at the rate asked (tests/worker/test_kernels.py checks the rate
 # and that neighbours do not agree more than chance). bench/fused_parts.py on one H100
-# (2026-12-07, 8,192 tokens of an 8B layer): a LoRA linear 0.97x the time of the kept-mask
-# path with "mix" against 1.12x with "philox"; the whole MLP 0.91x against 1.08x.
+# (2026-12-07, 8,192 tokens of an 8B layer): a LoRA linear 0.89x the time of the bit-mask
+# path with "mix" against 1.02x with "philox"; the whole MLP 0.94x against 1.11x.
 DROPOUT_BITS = "mix"
 _BLOCK = 2048  # elements per program of the elementwise kernels
 

@@ -66,9 +66,11 @@ DROPOUT_KERNELS = True
 DROPOUT_KERNEL_MAX_RANK = 128
 
 
-def masks_kept(lora_r: int | None) -> bool:
-    """Whether a GPU run of the fused LoRA path keeps dropout keep masks for backward."""
-    return not DROPOUT_KERNELS or (lora_r or 0) > DROPOUT_KERNEL_MAX_RANK
+def masks_kept(lora_r: object) -> bool:
+    """Whether a GPU run of the fused LoRA path keeps dropout keep masks for backward
+    (``lora_r`` as a config holds it: a rank, or "auto"/None before it is settled)."""
+    rank = lora_r if isinstance(lora_r, int) else 0
+    return not DROPOUT_KERNELS or rank > DROPOUT_KERNEL_MAX_RANK
 
 
 def mask_bytes(width: int) -> int:

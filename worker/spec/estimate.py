@@ -493,7 +493,7 @@ class _Run:
             lora_dropout=float(dropout),
             method=self.method,
             dora=self.dora,
-            masks=budget_rule.masks_kept(c.lora_r if isinstance(c.lora_r, int) else None),
+            masks=budget_rule.masks_kept(c.lora_r),
         )
         fixed = budget_rule.fixed_bytes(
             trainable=self.trainable, shape=shape, quantized=self.method == "qlora"

@@ -86,14 +86,20 @@ def run_upkeep(queues: list[str], stop: threading.Event, interval: float) -> Non
 @celeryd_after_setup.connect
 def _add_class_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """Consume the queue of every capacity class this worker satisfies, beside the ones it
-    was started with: the broker then hands it only jobs it can run. And, before this worker
-    touches the database, have Postgres end its transactions left idle past the lease
-    (app.core.db.end_idle_transactions_after): a freeze mid-write cannot hold the reaper."""
+    was started with: the broker then hands it only jobs it can run."""
     settings = get_settings()
-    end_idle_transactions_after(settings.lease_seconds)
-    log.info("transactions left idle %.0f s end (the lease)", settings.lease_seconds)
     for queue in class_queues(settings, detect(settings)):
         instance.app.amqp.queues.select_add(queue)
+
+
+@celeryd_after_setup.connect
+def _end_idle_transactions(**_: Any) -> None:
+    """Before this worker touches the database, have Postgres end its transactions left idle
+    past the lease (app.core.db.end_idle_transactions_after): a freeze mid-write cannot hold
+    the row against the reaper."""
+    seconds = get_settings().lease_seconds
+    end_idle_transactions_after(seconds)
+    log.info("transactions left idle %.0f s end (the lease)", seconds)
 
 
 @worker_ready.connect

@@ -65,8 +65,7 @@ def plan_budget(
         method=config.method,
         dora=bool(getattr(config, "use_dora", False)),
         # Masks are kept unless the dropout kernels run (on, Triton here, rank in range).
-        masks=rule.masks_kept(settled.lora_r if isinstance(settled.lora_r, int) else None)
-        or not (kernels.DROPOUT and kernels.available()),
+        masks=rule.masks_kept(settled.lora_r) or not (kernels.DROPOUT and kernels.available()),
     )
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     fixed = rule.fixed_bytes(trainable=trainable, shape=shape, quantized=config.method == "qlora")

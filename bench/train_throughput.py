@@ -149,6 +149,7 @@ class RunResult:
     first_step_seconds: float = 0.0  # from that call to the end of the first step
     # The second half of the steps: a graphed run's rate once most row shapes are recorded.
     late_tokens_per_second: float = 0.0
+    step_ms: list[float] | None = None  # each step's wall time, the first from the start
 
 
 def main() -> None:
@@ -162,6 +163,12 @@ def main() -> None:
     )
     parser.add_argument("--method", choices=["lora", "qlora"], default="lora")
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per run")
+    parser.add_argument(
+        "--baseline-steps",
+        type=int,
+        help="stop the Trainer after this many of the steps (same schedule, same samples): "
+        "its steady rate in less time, for long engine runs; losses are compared there",
+    )
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed first steps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--accumulation", type=int, default=4)
@@ -217,6 +224,12 @@ def main() -> None:
         "--profile",
         action="store_true",
         help="profile the engine's second and third steps; print its busiest GPU kernels",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="with --profile: also write each engine run's Chrome trace (gzipped JSON) into "
+        "this folder, for bench/trace_gaps.py",
     )
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args()
@@ -330,6 +343,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
             "engine_all_steps_tokens_per_s": round(engine.all_steps_tokens_per_second, 1),
             "engine_first_step_s": round(engine.first_step_seconds, 2),
             "engine_late_tokens_per_s": round(engine.late_tokens_per_second, 1),
+            "engine_step_ms": engine.step_ms,
         }
     )
     if baseline is not None:
@@ -347,9 +361,13 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 "memory_ratio": round(engine.peak_memory_gib / baseline.peak_memory_gib, 3)
                 if baseline.peak_memory_gib
                 else None,
+                # At the baseline's last step (``--baseline-steps`` may stop it early).
                 "loss_rel_diff": round(
-                    abs(engine.losses[-1] - baseline.losses[-1]) / abs(baseline.losses[-1]), 5
+                    abs(engine.losses[len(baseline.losses) - 1] - baseline.losses[-1])
+                    / abs(baseline.losses[-1]),
+                    5,
                 ),
+                "baseline_steps": len(baseline.losses),
             }
         )
     # At the first run's own budget where one was given, as the job form would show it.
@@ -393,6 +411,7 @@ def bench_shape(shape: str, lengths: str, args: argparse.Namespace) -> dict[str,
                 "all_steps_tokens_per_s": round(extra.all_steps_tokens_per_second, 1),
                 "first_step_s": round(extra.first_step_seconds, 2),
                 "late_tokens_per_s": round(extra.late_tokens_per_second, 1),
+                "step_ms": extra.step_ms,
                 "peak_mem_gib": round(extra.peak_memory_gib, 2),
                 "final_loss": round(extra.losses[-1], 4),
             }
@@ -585,7 +604,11 @@ def run_engine(
     graphs_before = counters["stats"]["unique_graphs"]
     started = time.perf_counter()
     if args.profile:
-        trained = profile_engine(model, samples, config, clock)
+        trace = None
+        if args.trace is not None:
+            args.trace.mkdir(parents=True, exist_ok=True)
+            trace = args.trace / f"{shape}-{len(list(args.trace.iterdir()))}.json.gz"
+        trained = profile_engine(model, samples, config, clock, trace)
     else:
         trained = train_model(model, samples, config, pad_id=0, callbacks=clock)
     seconds = time.perf_counter() - started
@@ -618,12 +641,23 @@ def run_engine(
         / (clock.marks[-1] - started),
         first_step_seconds=clock.marks[0] - started,
         late_tokens_per_second=timed_rate(clock.marks, step_tokens, max(1, len(clock.marks) // 2)),
+        step_ms=[
+            round((b - a) * 1e3, 1)
+            for a, b in zip([started, *clock.marks], clock.marks, strict=False)
+        ],
     )
 
 
-def profile_engine(model: Any, samples: list[Sample], config: TrainConfig, clock: StepClock) -> Any:
+def profile_engine(
+    model: Any,
+    samples: list[Sample],
+    config: TrainConfig,
+    clock: StepClock,
+    trace: Path | None = None,
+) -> Any:
     """Run the engine under torch.profiler, recording steps 2 and 3, and print where the
-    GPU's time went and how much of the wall time it was busy."""
+    GPU's time went and how much of the wall time it was busy; with ``trace``, also write
+    the Chrome trace there (``bench/trace_gaps.py`` reads it)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
@@ -638,6 +672,15 @@ def profile_engine(model: Any, samples: list[Sample], config: TrainConfig, clock
 
         clock.on_step = stepping  # type: ignore[method-assign]
         trained = train_model(model, samples, config, pad_id=0, callbacks=clock)
+    if trace is not None:
+        import gzip
+
+        raw = trace.with_suffix("")  # the profiler writes plain JSON; kept gzipped
+        prof.export_chrome_trace(str(raw))
+        with raw.open("rb") as source, gzip.open(trace, "wb") as target:
+            target.write(source.read())
+        raw.unlink()
+        log(f"profile: trace written to {trace}")
     events = prof.key_averages()
     # Kernels only: an operator's row repeats the time of the kernels it launched.
     # ProfilerStep* rows count as device rows too, with the whole step's span: left out.
@@ -740,9 +783,11 @@ def run_baseline(
             self.marks: list[float] = []
             self.losses: list[float] = []
 
-        def on_step_end(self, *_: Any, **__: Any) -> None:
+        def on_step_end(self, _args: Any, _state: Any, control: Any, **__: Any) -> None:
             synchronize()
             self.marks.append(time.perf_counter())
+            if args.baseline_steps and len(self.marks) >= args.baseline_steps:
+                control.should_training_stop = True  # the schedule stays that of --steps
 
         def on_log(self, *_: Any, logs: dict[str, float] | None = None, **__: Any) -> None:
             if logs and "loss" in logs:

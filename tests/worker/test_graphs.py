@@ -50,12 +50,17 @@ def test_graph_rows_fall_into_a_few_shapes() -> None:
     """Steps of 32 short chat samples (one pass each, as at 0.5B): a run of 500 steps meets
     a few dozen shapes at most, and the padding stays small."""
     rng = random.Random(0)
-    keys = set()
+    keys, run_keys = set(), set()
     real = padded = 0
+    bound = packing.segment_bound(2048)  # the run's longest sample, rounded up
     for _ in range(500):
         lengths = [min(2048, int(rng.lognormvariate(5.4, 0.7)) + 8) for _ in range(32)]
         row = packing.graph_row(make_samples(lengths))
         keys.add(row.shape_key())
+        bounded = packing.graph_row(make_samples(lengths), bound)
+        run_keys.add(bounded.shape_key())
+        assert bounded.max_length == min(bound, bounded.input_ids.shape[1])
+        assert torch.equal(bounded.input_ids, row.input_ids)
         real += row.tokens
         padded += row.input_ids.shape[1]
         bounds = row.cu_seq_lens.tolist()
@@ -63,6 +68,8 @@ def test_graph_rows_fall_into_a_few_shapes() -> None:
         assert max(b - a for a, b in itertools.pairwise(bounds)) <= row.max_length
         assert row.max_length <= row.input_ids.shape[1]
     assert len(keys) <= 40
+    # One attention bound for the whole run: fewer shapes to record.
+    assert len(run_keys) < len(keys) * 0.7
     assert padded / real < 1.2
 
 
@@ -159,9 +166,9 @@ def test_the_switch_and_the_automatic_choice(
     ]:
         chosen, why = graphs.decide(lm, cuda, **{**common, **change})
         assert not chosen and reason in why, change
-    chosen, why = graphs.decide(lm, cuda, **common, run_passes=299)
+    chosen, why = graphs.decide(lm, cuda, **common, run_passes=99)
     assert not chosen and "too short to repay" in why
-    assert graphs.decide(lm, cuda, **common, run_passes=300)[0]
+    assert graphs.decide(lm, cuda, **common, run_passes=100)[0]
     # Llama-3-8B's layers (218M weights) keep a GPU busy without them.
     big = type(lm.config)(hidden_size=4096, intermediate_size=14336, num_key_value_heads=8)
     monkeypatch.setattr(lm, "config", big)
@@ -275,6 +282,45 @@ def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() 
     # Random numbers still come after the failed recording (dropout, a new model's weights).
     assert torch.isfinite(torch.nn.functional.dropout(torch.ones(8, device=device), 0.5)).all()
     torch.randn(4, device=device)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_new_shape_once_warm_is_recorded_then_replayed_and_gives_a_plain_pass() -> None:
+    """After the run's first pass, a pass of a new shape is recorded first and replayed at
+    once (no plain pass before it): its loss and the gradients it adds are a plain pass's."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        cuda_llama(),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
+    )
+    lm = model.get_base_model()
+    plan = StepPlan(packed=True, token_budget=4096, checkpointing=False, fused_head=True, note="")
+    plan = dataclasses.replace(plan, graphs=True, graph_bound=512)
+    recorded = graphs.PassGraphs(lambda lm, b: micro_batch_loss(lm, b, plan), lambda *_: None)
+    device = torch.device("cuda")
+    first = micro_batches([pattern_samples(6)], plan, pad_id=0)[0]
+    second = micro_batches([pattern_samples(9)], plan, pad_id=0)[0]
+    assert first.shape_key() != second.shape_key()
+    assert first.max_length == second.max_length == 512  # the run's bound, not the row's
+    params = [p for p in lm.parameters() if p.requires_grad]
+    with fused.fused_modules(model), attention.packed_attention(lm):
+        recorded.run(lm, first, 100, device)
+        for p in params:
+            p.grad.zero_()
+        loss = float(recorded.run(lm, second, 50, device))
+        replayed = [p.grad.clone() for p in params]
+        again = float(recorded.run(lm, second, 50, device))  # now a replay of its graph
+        for p in params:
+            p.grad.zero_()
+        expected = micro_batch_loss(lm, second.to(device), plan)
+        (expected / 50).backward()
+    assert (recorded.recorded, recorded.replayed, recorded.eager) == (2, 2, 1)
+    assert loss == pytest.approx(float(expected), rel=1e-3)
+    assert again == pytest.approx(loss, rel=1e-5)
+    for got, want in zip(replayed, [p.grad for p in params], strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-5)
 
 
 def test_once_graphs_are_off_a_run_packs_plain_rows_again(tiny_model_dir: Path) -> None:

@@ -128,10 +128,11 @@ _ROW_OVERHEAD_WORK = 2.24e11
 # _GRAPH_MIN_PASSES passes. At Qwen2.5-0.5B chat-short (8.4k-token passes) on an H100,
 # 2026-12-06, a 96-step run saved about 17 ms of ~140 ms on each of its 75 replayed passes
 # (1.14x) and spent it again recording its 21 shapes; the second half of that run ran 1.27x.
-# A long run has recorded its shapes early: 1.15x.
+# On 2026-12-07 (new shapes recorded first, one attention bound a run) a 100-step run ran
+# 1.09x overall and 1.18x in its second half. A long run has recorded its shapes early: 1.15x.
 _GRAPH_LAYER_WEIGHTS = 80_000_000
 _GRAPH_PASS_WORK = 1.6e11
-_GRAPH_MIN_PASSES = 300
+_GRAPH_MIN_PASSES = 100
 _GRAPH_SPEEDUP = 1.15
 # Time per token relative to fused LoRA at the same pass size, measured once each on a
 # Qwen2.5-0.5B shape on an H200. Plain QLoRA uses _QLORA_TIME_POINTS below (measured by

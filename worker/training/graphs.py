@@ -12,12 +12,15 @@ backward, and launches them all again with one call, so the host no longer sets 
   own tensors and sets the pass's share of the step's loss (1 / the step's answer tokens)
   before each replay. The optimiser, gradient clipping and validation run as before.
 - **Shapes**: a graph replays the shapes it was recorded with, so a graphed run packs its
-  rows into a few fixed shapes (``packing.graph_row``: width, label slots, sample boundaries
-  and longest segment rounded up; the filler predicts nothing and attends only to itself).
-  Each new shape's first pass runs as usual and is then recorded (recording runs no kernel):
-  a run records a handful to a few dozen graphs, in its first steps, and replays from then
-  on. All graphs share one memory pool, so together they hold about one pass's activations.
-  Past ``MAX_GRAPHS`` shapes, passes of a new shape run as usual.
+  rows into a few fixed shapes (``packing.graph_row``: width, label slots and sample
+  boundaries rounded up, the longest segment one bound for the whole run; the filler
+  predicts nothing and attends only to itself). The run's first pass runs as usual (it
+  compiles the kernels and sets up the libraries) and is then recorded; from then on a pass
+  of a new shape is recorded first (recording runs no kernel, and costs about the host time
+  of a plain pass) and replayed at once, which computes it. A run records a handful to a
+  few dozen graphs, most in its first steps. All graphs share one memory pool, so together
+  they hold about one pass's activations. Past ``MAX_GRAPHS`` shapes, passes of a new shape
+  run as usual.
 - **Faults**: a pass that cannot be recorded (an operation that waits for the GPU, say)
   turns graphs off for the rest of the run, with a warning, and the run goes on as usual;
   a pass that runs out of memory drops every graph and turns them off (see ``budget``).
@@ -54,11 +57,13 @@ MAX_GRAPHS = 48
 # the GPU is busy and the filler cost what the launches saved (1.00x); at Llama-3.2-1B in
 # 7k-token ones (4.3e11) replaying ran at 0.89-0.92x.
 MAX_PASS_WORK = 1.6e11
-# ... and only in runs of at least this many passes: each row shape's first pass is recorded
-# (as much host time again as a plain pass), and a run meets a few dozen shapes. Measured on
-# the same H100 at Qwen2.5-0.5B chat-short, a 32-step run ran at 0.82x with graphs (16 shapes
-# recorded), a 96-step run at 0.99x overall (21 recorded, 75 replayed).
-MIN_RUN_PASSES = 300
+# ... and only in runs of at least this many passes: recording a new shape costs about the
+# host time of a plain pass, and a run meets a few to a dozen shapes. Measured on an H100
+# (2026-12-07, with the dropout and loss kernels, new shapes recorded first and replayed, one
+# attention bound a run) at Qwen2.5-0.5B chat-short: a replayed pass took 75-105 ms where a
+# plain one took 110-130 ms and a recording 190-260 ms; a 100-step run ran 1.09x overall
+# (its second half 1.18x), a 6-step one 0.79x. (Before those changes a 96-step run ran 0.99x.)
+MIN_RUN_PASSES = 100
 
 Loss = Callable[[Any, MicroBatch], torch.Tensor]
 
@@ -160,7 +165,16 @@ class PassGraphs:
             return self._plain(lm, batch.to(device), answer_tokens)
         key = batch.shape_key()
         graph = self.graphs.get(key)
-        if graph is not None:
+        if graph is None and self.eager and self.off is None and len(self.graphs) < self.limit:
+            # A new shape once the run is warm (its first pass ran as usual: kernels
+            # compiled, libraries set up): recorded first, then replayed, which computes it.
+            graph = self._record(lm, key, batch.to(device))
+            if graph is not None:
+                graph.scale.fill_(1.0 / answer_tokens)
+                graph.graph.replay()
+                self.replayed += 1
+                return graph.loss
+        elif graph is not None:
             _load(graph.inputs, batch)
             graph.scale.fill_(1.0 / answer_tokens)
             graph.graph.replay()
@@ -169,7 +183,8 @@ class PassGraphs:
         moved = batch.to(device)
         summed = self._plain(lm, moved, answer_tokens)
         self.eager += 1
-        if self.off is None and len(self.graphs) < self.limit:
+        if self.eager == 1 and self.off is None and len(self.graphs) < self.limit:
+            # The run's first pass: recorded after running as usual (nothing is warm yet).
             self._record(lm, key, moved)
         return summed
 
@@ -181,10 +196,11 @@ class PassGraphs:
         (loss / answer_tokens).backward()
         return loss.detach()
 
-    def _record(self, lm: Any, key: tuple[int, int, int, int], inputs: MicroBatch) -> None:
-        """Record a pass over ``inputs`` (which stay the graph's inputs). The adapters'
-        gradients exist by now (the pass just run made them), so the recorded backward adds
-        into them in place."""
+    def _record(self, lm: Any, key: tuple[int, int, int, int], inputs: MicroBatch) -> _Graph | None:
+        """Record a pass over ``inputs`` (which stay the graph's inputs); recording runs no
+        kernel. The adapters' gradients exist by now (the run's first pass made them, and a
+        graphed run zeroes them in place), so the recorded backward adds into them in place.
+        None if it failed (graphs are then off)."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         device = inputs.input_ids.device
@@ -214,10 +230,11 @@ class PassGraphs:
             torch.cuda.current_stream(device).wait_stream(self.stream)
             generator.graphsafe_set_state(before)
             self.stop(f"recording a pass failed ({type(exc).__name__}: {exc})")
-            return
+            return None
         torch.cuda.current_stream(device).wait_stream(self.stream)
-        self.graphs[key] = _Graph(graph, inputs, scale, out)
+        recorded = self.graphs[key] = _Graph(graph, inputs, scale, out)
         self.recorded += 1
+        return recorded
 
     def stop(self, why: str) -> None:
         """Drop every graph (and their memory) and run plain passes from now on."""

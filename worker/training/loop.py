@@ -206,8 +206,8 @@ def _run_steps(
             "info",
             f"CUDA graphs: {summary['graphs_recorded']} row shapes recorded, "
             f"{summary['passes_replayed']} passes replayed, {summary['passes_plain']} run "
-            f"as usual (each shape's first) and {summary['passes_too_large']} too large to "
-            "gain from replaying.",
+            "as usual (the first, and any of a shape past the recorded ones) and "
+            f"{summary['passes_too_large']} too large to gain from replaying.",
             dict(summary),
         )
         fitter.recorded.release()  # their memory, for what follows training

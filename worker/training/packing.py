@@ -161,6 +161,12 @@ def bucket_length(tokens: int) -> int:
     return -(-tokens // step) * step
 
 
+def segment_bound(longest: int) -> int:
+    """The longest segment a graphed row's attention is recorded for, for segments of up to
+    ``longest`` tokens: the next power of two (at least ``_MIN_SEGMENT_BOUND``)."""
+    return max(_MIN_SEGMENT_BOUND, 1 << (max(1, longest) - 1).bit_length())
+
+
 def collate_packed(samples: Sequence[Sample], pad_to: int | None = None) -> MicroBatch:
     """One row holding ``samples`` end to end, with no padding; with ``pad_to``, followed by
     filler tokens up to that length. The filler is a segment of its own (it attends only to
@@ -225,7 +231,7 @@ def collate_padded(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
     )
 
 
-def graph_row(samples: Sequence[Sample]) -> MicroBatch:
+def graph_row(samples: Sequence[Sample], bound: int | None = None) -> MicroBatch:
     """One packed row in one of a few fixed shapes, for a pass replayed as a CUDA graph (see
     ``graphs``): a recorded pass repeats its kernels with the shapes and launch sizes it was
     recorded with, so everything that sets them is rounded up to a few values.
@@ -236,8 +242,11 @@ def graph_row(samples: Sequence[Sample]) -> MicroBatch:
       only to itself, so the filler changes nothing real.
     - **Width**: ``bucket_length`` of the tokens plus one token per filler segment (under a
       quarter of filler).
-    - **Longest segment**, which sets the attention kernels' grid: the next power of two (at
-      least ``_MIN_SEGMENT_BOUND``, at most the width).
+    - **Longest segment**, which sets the attention kernels' grid: ``bound`` where given (the
+      run's: the next power of two above its longest sample, ``segment_bound``, so that it
+      adds no shapes of its own), else the next power of two of this row's (at least
+      ``_MIN_SEGMENT_BOUND``); never more than the width. The kernels skip the blocks past a
+      segment's end, so a larger bound costs next to nothing.
     - **Labels**: ``bucket_length`` slots; those after the real labels point at the row's
       last (filler) position, with weight 0 in ``label_weights``: they add nothing to the
       loss or to any gradient.
@@ -252,8 +261,8 @@ def graph_row(samples: Sequence[Sample]) -> MicroBatch:
     # Shared out evenly, so that the filler's segments are rarely the longest.
     share, more = divmod(filler, extra)
     lengths = [share + 1] * more + [share] * (extra - more)
-    longest = max(row.max_length, lengths[0])
-    bound = min(width, max(_MIN_SEGMENT_BOUND, 1 << (longest - 1).bit_length()))
+    longest = max(row.max_length, lengths[0], bound or 0)
+    bound = min(width, segment_bound(longest))
     labels = int(row.label_positions.numel())
     slots = bucket_length(labels)
     weights = torch.zeros(slots, dtype=torch.float32)

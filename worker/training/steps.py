@@ -32,6 +32,7 @@ from worker.training.packing import (
     default_token_budget,
     graph_row,
     pack,
+    segment_bound,
 )
 
 
@@ -65,6 +66,9 @@ class StepPlan:
     graphs_note: str = ""
     # The most real tokens of a recorded pass; larger ones run as usual (None: any).
     graph_tokens: int | None = None
+    # The longest segment every recorded pass's attention is sized for: one value for the
+    # whole run (the next power of two above its longest sample), so it adds no shapes.
+    graph_bound: int | None = None
 
 
 def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepPlan:
@@ -140,6 +144,7 @@ def plan_steps(lm: Any, samples: Sequence[Sample], config: TrainConfig) -> StepP
         graphs=use_graphs,
         graphs_note=graphs_note,
         graph_tokens=graphs.row_limit(lm.config) if use_graphs else None,
+        graph_bound=segment_bound(longest) if use_graphs else None,
     )
 
 
@@ -303,7 +308,7 @@ def micro_batches(
         if plan.graphs:
             limit = plan.graph_tokens
             return [
-                graph_row(row)
+                graph_row(row, plan.graph_bound)
                 if limit is None or sum(len(s.input_ids) for s in row) <= limit
                 else collate_packed(row)
                 for row in rows

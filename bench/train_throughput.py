@@ -223,7 +223,15 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="profile the engine's second and third steps; print its busiest GPU kernels",
+        help="profile two of the engine's steps (--profile-from: the first of them, "
+        "default the second step); print its busiest GPU kernels",
+    )
+    parser.add_argument(
+        "--profile-from",
+        type=int,
+        default=2,
+        help="with --profile: the first profiled step (a later one profiles a graphed run's "
+        "replays rather than its recordings)",
     )
     parser.add_argument(
         "--trace",
@@ -608,7 +616,7 @@ def run_engine(
         if args.trace is not None:
             args.trace.mkdir(parents=True, exist_ok=True)
             trace = args.trace / f"{shape}-{len(list(args.trace.iterdir()))}.json.gz"
-        trained = profile_engine(model, samples, config, clock, trace)
+        trained = profile_engine(model, samples, config, clock, trace, args.profile_from)
     else:
         trained = train_model(model, samples, config, pad_id=0, callbacks=clock)
     seconds = time.perf_counter() - started
@@ -654,15 +662,18 @@ def profile_engine(
     config: TrainConfig,
     clock: StepClock,
     trace: Path | None = None,
+    first: int = 2,
 ) -> Any:
-    """Run the engine under torch.profiler, recording steps 2 and 3, and print where the
+    """Run the engine under torch.profiler, recording steps ``first`` and the next (from 2;
+    the first step is the warm-up), and print where the
     GPU's time went and how much of the wall time it was busy; with ``trace``, also write
     the Chrome trace there (``bench/trace_gaps.py`` reads it)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
     with profile(
-        activities=activities, schedule=schedule(wait=0, warmup=1, active=2, repeat=1)
+        activities=activities,
+        schedule=schedule(wait=max(0, first - 2), warmup=1, active=2, repeat=1),
     ) as prof:
         on_step = clock.on_step
 
@@ -690,7 +701,8 @@ def profile_engine(
         if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith("ProfilerStep")
     ]
     busy = sum(e.self_device_time_total for e in kernels) / 1e3
-    wall = (clock.marks[2] - clock.marks[0]) * 1e3
+    start = max(0, first - 2)
+    wall = (clock.marks[start + 2] - clock.marks[start]) * 1e3
     log(f"profile: GPU busy {busy:.0f} ms of {wall:.0f} ms wall over 2 steps")
     groups: dict[str, list[float]] = {}
     for e in kernels:

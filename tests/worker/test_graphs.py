@@ -347,4 +347,4 @@ def test_once_graphs_are_off_a_run_packs_plain_rows_again(tiny_model_dir: Path) 
     assert not fitter.plan.graphs
     assert all(r.label_weights is None for r in fitter.passes(group, 0))
     assert tokens == 61
-    assert loss == pytest.approx(expected, rel=1e-6)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)

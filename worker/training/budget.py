@@ -118,6 +118,15 @@ class StepFitter:
             for start in range(0, len(batch), rows)
         ]
 
+    def prepare(
+        self, group: Sequence[Sequence[Sample]], pad_id: int
+    ) -> tuple[StepPlan, list[MicroBatch]]:
+        """A step's passes made ahead of it (on the host, while the GPU works through the
+        step before), with the plan they were made for: ``step`` takes them while that plan
+        still holds."""
+        self._graphs_gone()
+        return self.plan, self.passes(group, pad_id)
+
     def step(
         self,
         lm: Any,
@@ -128,16 +137,20 @@ class StepFitter:
         device: torch.device,
         replicas: Replicas | Sharded | None = None,
         filler: MicroBatch | None = None,
-    ) -> tuple[float, int]:
+        prepared: tuple[StepPlan, list[MicroBatch]] | None = None,
+    ) -> tuple[torch.Tensor | float, int]:
         """Forward and backward of one step (see ``steps.optimiser_step``), refitted until
-        it fits. Returns the step's mean loss and its tokens. With ``replicas`` (a
-        multi-process run), ``group`` is this process's share of the step and the passes run
-        through DDP (see ``ranks``)."""
-        if self.plan.graphs and self.recorded is not None and self.recorded.off is not None:
-            # Graphs are off for the rest of the run: plain rows again, without the filler.
-            self.plan = dataclasses.replace(self.plan, graphs=False)
+        it fits. Returns the step's mean loss (a device tensor not yet read, or a number) and
+        its tokens. With ``replicas`` (a multi-process run), ``group`` is this process's share
+        of the step and the passes run through DDP (see ``ranks``). ``prepared``: its passes
+        from ``prepare``, used if the plan is still the one they were made for."""
+        self._graphs_gone()
         while True:
-            micro = self.passes(group, pad_id)
+            if prepared is not None and prepared[0] is self.plan:
+                micro = prepared[1]
+            else:
+                micro = self.passes(group, pad_id)
+            prepared = None  # a retry makes them again, for the halved plan
             try:
                 with self._simulated(lm):
                     if replicas is not None and filler is not None:
@@ -159,6 +172,11 @@ class StepFitter:
                 continue
             _release(device)
             self._halve(group, largest)
+
+    def _graphs_gone(self) -> None:
+        if self.plan.graphs and self.recorded is not None and self.recorded.off is not None:
+            # Graphs are off for the rest of the run: plain rows again, without the filler.
+            self.plan = dataclasses.replace(self.plan, graphs=False)
 
     def _sharded_halving(
         self, group: Sequence[Sequence[Sample]], largest: int

@@ -115,6 +115,7 @@ def _run_steps(
     saved_step = state.step  # the newest step a checkpoint holds (or the start)
     batches: list[list[data.Sample]] = []
     batches_epoch = -1
+    ahead: _Ahead | None = None  # the next step's rows, made while the GPU ran this one
     while state.step < run.total_steps and not stopped_early:
         if callbacks.should_stop():
             # Keep what was trained: the steps since the last checkpoint are saved (cheap next
@@ -136,30 +137,39 @@ def _run_steps(
         run.ranks.exit_if_told(state.step + 1)
         first = state.batch_index
         group = batches[first : first + accum]
-        answer_tokens = sum(packing.answer_token_count(s) for b in group for s in b)
-        loss_value, tokens = fitter.step(
+        if ahead is None or ahead.at != (state.epoch, first):
+            ahead = _Ahead.of(run, fitter, group, (state.epoch, first), numbers.batch_size)
+        loss, tokens = fitter.step(
             run.lm,
-            run.ranks.share(group, numbers.batch_size, run.plan.packed),
+            ahead.share,
             run.pad_id,
-            answer_tokens,
+            ahead.answer_tokens,
             run.optimizer,
             device,
             replicas=run.replicas,
             filler=_filler(run, group) if run.replicas is not None else None,
+            prepared=ahead.passes,
         )
         norm = torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
-        grad_norm = float(whole(norm))  # the norm of sharded gradients is sharded too
         learning_rate = run.scheduler.get_last_lr()[0]
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=not fitter.graphed)
+        # Nothing above has waited for the GPU: while it works through this step, the host
+        # makes the next step's rows (same epoch), then reads this step's loss and norm.
+        done = min(first + accum, len(batches))
+        ahead = None
+        if done < len(batches) and state.step + 1 < run.total_steps:
+            upcoming = batches[done : done + accum]
+            ahead = _Ahead.of(run, fitter, upcoming, (state.epoch, done), numbers.batch_size)
+        loss_value = float(loss)
+        grad_norm = float(whole(norm))  # the norm of sharded gradients is sharded too
         step = state.step + 1
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"The loss became {loss_value} at step {step}; lower the learning rate."
             )
         step_seconds = time.perf_counter() - step_started
-        done = min(first + accum, len(batches))
         epoch_reached = state.epoch + done / len(batches)
         state.step, state.loss, state.tokens = step, loss_value, state.tokens + tokens
         if done == len(batches):
@@ -212,6 +222,30 @@ def _run_steps(
         )
         fitter.recorded.release()  # their memory, for what follows training
     return state, stopped_early
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """One step's samples made ready on the host: this process's share, its answer tokens
+    and (packed or padded) passes, for the step at ``at`` (epoch, first batch)."""
+
+    at: tuple[int, int]
+    share: list[list[data.Sample]]
+    answer_tokens: int
+    passes: tuple[StepPlan, list[packing.MicroBatch]]
+
+    @classmethod
+    def of(
+        cls,
+        run: Run,
+        fitter: budget.StepFitter,
+        group: list[list[data.Sample]],
+        at: tuple[int, int],
+        batch_size: int,
+    ) -> _Ahead:
+        share = run.ranks.share(group, batch_size, run.plan.packed)
+        answer_tokens = sum(packing.answer_token_count(s) for b in group for s in b)
+        return cls(at, share, answer_tokens, fitter.prepare(share, run.pad_id))
 
 
 def _checkpoint_due(config: TrainConfig, step: int, since_last: float) -> bool:

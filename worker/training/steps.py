@@ -221,22 +221,25 @@ def optimiser_step(
     plan: StepPlan,
     device: torch.device,
     recorded: graphs.PassGraphs | None = None,
-) -> tuple[float, int]:
+) -> tuple[torch.Tensor, int]:
     """Forward and backward over the step's micro-batches. Each one's summed loss is divided
     by the answer tokens of the whole step, so the gradient is that of the mean over every
     answer token of the step however the samples were cut into micro-batches. With
-    ``recorded``, the passes replay CUDA graphs (see ``graphs``)."""
+    ``recorded``, the passes replay CUDA graphs (see ``graphs``).
+
+    Returns the step's mean loss as a one-element tensor on the device, not yet read (reading
+    it waits for the GPU: the caller queues the rest of the step first), and its tokens."""
     loss_sum = torch.zeros((), device=device)
     if recorded is not None and recorded.off is None:
         for batch in micro:
             loss_sum += recorded.run(lm, batch, answer_tokens, device)
-        return float(loss_sum) / answer_tokens, sum(b.tokens for b in micro)
+        return loss_sum / answer_tokens, sum(b.tokens for b in micro)
     # All copies queued up front: the host runs ahead of the GPU from here to the step's end.
     for batch in [b.to(device) for b in micro]:
         batch_loss = micro_batch_loss(lm, batch, plan)
         (batch_loss / answer_tokens).backward()
         loss_sum += batch_loss.detach()
-    return float(loss_sum) / answer_tokens, sum(b.tokens for b in micro)
+    return loss_sum / answer_tokens, sum(b.tokens for b in micro)
 
 
 def micro_batch_loss(lm: Any, batch: MicroBatch, plan: StepPlan) -> torch.Tensor:

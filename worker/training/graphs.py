@@ -165,28 +165,33 @@ class PassGraphs:
             return self._plain(lm, batch.to(device), answer_tokens)
         key = batch.shape_key()
         graph = self.graphs.get(key)
-        if graph is None and self.eager and self.off is None and len(self.graphs) < self.limit:
+        if graph is not None:
+            _load(graph.inputs, batch)
+            return self._replay(graph, answer_tokens)
+        if self.eager and self._room():
             # A new shape once the run is warm (its first pass ran as usual: kernels
             # compiled, libraries set up): recorded first, then replayed, which computes it.
             graph = self._record(lm, key, batch.to(device))
             if graph is not None:
-                graph.scale.fill_(1.0 / answer_tokens)
-                graph.graph.replay()
-                self.replayed += 1
-                return graph.loss
-        elif graph is not None:
-            _load(graph.inputs, batch)
-            graph.scale.fill_(1.0 / answer_tokens)
-            graph.graph.replay()
-            self.replayed += 1
-            return graph.loss
+                return self._replay(graph, answer_tokens)
         moved = batch.to(device)
         summed = self._plain(lm, moved, answer_tokens)
         self.eager += 1
-        if self.eager == 1 and self.off is None and len(self.graphs) < self.limit:
+        if self.eager == 1 and self._room():
             # The run's first pass: recorded after running as usual (nothing is warm yet).
             self._record(lm, key, moved)
         return summed
+
+    def _room(self) -> bool:
+        """Whether a new shape may still be recorded."""
+        return self.off is None and len(self.graphs) < self.limit
+
+    def _replay(self, graph: _Graph, answer_tokens: int) -> torch.Tensor:
+        """Replay a recorded pass over the inputs in its tensors; its summed loss."""
+        graph.scale.fill_(1.0 / answer_tokens)
+        graph.graph.replay()
+        self.replayed += 1
+        return graph.loss
 
     def _plain(self, lm: Any, batch: MicroBatch, answer_tokens: int) -> torch.Tensor:
         """A pass run as usual; its summed loss, detached. Nothing of its autograd graph

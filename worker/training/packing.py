@@ -262,7 +262,7 @@ def graph_row(samples: Sequence[Sample], bound: int | None = None) -> MicroBatch
     share, more = divmod(filler, extra)
     lengths = [share + 1] * more + [share] * (extra - more)
     longest = max(row.max_length, lengths[0], bound or 0)
-    bound = min(width, segment_bound(longest))
+    attention_bound = min(width, segment_bound(longest))
     labels = int(row.label_positions.numel())
     slots = bucket_length(labels)
     weights = torch.zeros(slots, dtype=torch.float32)
@@ -276,7 +276,7 @@ def graph_row(samples: Sequence[Sample], bound: int | None = None) -> MicroBatch
         cu_seq_lens=torch.cat(
             [row.cu_seq_lens, real + torch.tensor(lengths, dtype=torch.int32).cumsum(0)]
         ).to(torch.int32),
-        max_length=bound,
+        max_length=attention_bound,
         label_positions=torch.cat(
             [row.label_positions, torch.full((slots - labels,), width - 1, dtype=torch.long)]
         ),

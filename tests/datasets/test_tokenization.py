@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,16 @@ CONVERSATIONS = {"english": ENGLISH, "chinese": CHINESE, "chinese-thinking": CHI
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tokenizer-cache")
+    """A fresh cache for the exported tokenizers. Its GGUF conversions (SmolLM2's takes ~30 s)
+    are the persistent ones where TUNELAB_TEST_MODEL_CACHE names a folder, as in the engine's
+    tests: the export itself still runs in every session."""
+    folder = tmp_path_factory.mktemp("tokenizer-cache")
+    persistent = os.environ.get("TUNELAB_TEST_MODEL_CACHE")
+    if persistent:
+        conversions = Path(persistent) / "gguf"
+        conversions.mkdir(parents=True, exist_ok=True)
+        (folder / "gguf").symlink_to(conversions, target_is_directory=True)
+    return folder
 
 
 @pytest.fixture(scope="module")

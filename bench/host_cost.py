@@ -1,6 +1,7 @@
 """The host's cost of one forward and backward pass through a model's layers, by variant.
 
-A pass over a handful of tokens leaves the GPU nearly idle, so its wall time is the host's:
+The pass is the engine's (a packed row through the decoder, its attention
+``tunelab_packed``), less the loss head. A pass over a handful of tokens leaves the GPU nearly idle, so its wall time is the host's:
 the Python of the modules and autograd functions and the kernel launches they make. That is
 what bounds a small model's step when the GPU's own work is short (``bench/trace_gaps.py``
 reads the same thing out of a profile, slower and under the profiler's own cost).
@@ -38,15 +39,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_throughput import SHAPES, build_model, release, synchronize
-from worker.training import fused, kernels
+from worker.training import attention, fused, kernels
 
 VARIANTS = ("peft", "fused", "fused-no-dropout-kernels", "fused-torch", "fused-p0", "frozen")
+
+
+def packed_model(shape: str) -> Any:
+    """The shape's model with the engine's attention over packed rows."""
+    model = build_model(shape, seed=0)
+    attention.register()
+    model.set_attn_implementation(attention.ATTENTION_NAME)
+    return model
 
 
 def lora_model(shape: str, dropout: float) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    model = build_model(shape, seed=0)
+    model = packed_model(shape)
     config = LoraConfig(
         r=16,
         lora_alpha=32,
@@ -66,15 +75,28 @@ def lora_model(shape: str, dropout: float) -> Any:
 
 
 def time_passes(model: Any, tokens: int, repeats: int) -> tuple[float, float]:
+    """The engine's pass over one packed row (``steps.micro_batch_loss``, less its loss
+    head): the decoder with the row's sample boundaries, attention ``tunelab_packed``."""
     device = next(model.parameters()).device
     ids = torch.randint(0, 1000, (1, tokens), device=device)
+    bounds = torch.tensor([0, tokens], dtype=torch.int32, device=device)
+    inputs = {
+        "input_ids": ids,
+        "position_ids": torch.arange(tokens, device=device)[None],
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+        "max_length_q": tokens,
+        "max_length_k": tokens,
+        "use_cache": False,
+    }
+    decoder = model.get_decoder()
     model.train()
     whole: list[float] = []
     host: list[float] = []
     for i in range(repeats + 3):
         synchronize()
         started = time.perf_counter()
-        out = model(input_ids=ids).logits
+        out = decoder(**inputs).last_hidden_state
         out.float().mean().backward()
         returned = time.perf_counter()
         synchronize()
@@ -90,7 +112,7 @@ def run_variant(shape: str, variant: str, tokens: int, repeats: int) -> dict[str
     saved = (kernels.TRITON, kernels.DROPOUT)
     try:
         if variant == "frozen":
-            model = build_model(shape, seed=0)
+            model = packed_model(shape)
             model.requires_grad_(False)
             model.get_input_embeddings().weight.requires_grad_(True)
             return _timed(model, tokens, repeats, fused_count=0)

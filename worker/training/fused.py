@@ -280,30 +280,32 @@ def _lora_product(
     """``x2 W^T + b + s * dropout(x2) A^T B^T`` for a [tokens, in] input; also what backward
     needs of the dropout (None without it: the keep mask, packed for wide inputs, or with
     ``kernels.DROPOUT`` on a GPU the seed of the kernels' keep bits, an int64 tensor) and
-    ``dropout(x2) A^T``."""
+    ``s * dropout(x2) A^T``: the scaling is applied to this small [tokens, r] product, where
+    the dropout kernel and the CPU path scale anyway, so that B's gradient in backward is one
+    product (``_grad_b``)."""
     mask: torch.Tensor | None
     if p > 0.0 and kernels.dropout_kernels(x2, a):
         # kernels.DROPOUT (on by default): the keep bits are a function of a seed and each
         # element's position; backward draws them again from the seed, which is all that is
         # kept (kernels.dropout_down).
         mask = kernels.dropout_seed(x2.device)
-        xa = kernels.dropout_down(x2, a, p, mask)
+        xa = kernels.dropout_down(x2, a, p, mask, scaling)
     elif p > 0.0 and x2.device.type == "cpu":
-        # The mask alone; 1 / (1 - p) scales the small [tokens, r] product instead.
+        # The mask alone; s / (1 - p) scales the small [tokens, r] product instead.
         mask = _cpu_keep_mask(x2.shape, p)
-        xa = (torch.where(mask, x2, 0) @ a.t()).mul_(1.0 / (1.0 - p))
+        xa = (torch.where(mask, x2, 0) @ a.t()).mul_(scaling / (1.0 - p))
     else:
         if p > 0.0:
             dropped, mask = torch.native_dropout(x2, p, True)
         else:
             dropped, mask = x2, None
-        xa = dropped @ a.t()
+        xa = (dropped @ a.t()).mul_(scaling)
         del dropped
     full = dequantize() if dequantize is not None else weight
     assert full is not None
     out = F.linear(x2, full.to(x2.dtype), None if bias is None else bias.to(x2.dtype))
     del full
-    out.addmm_(xa, b.t(), alpha=scaling)
+    out.addmm_(xa, b.t())
     wide = x2.shape[-1] >= PACK_MASK_MIN_WIDTH and x2.shape[-1] % 8 == 0
     if mask is not None and mask.dtype == torch.bool and wide:
         mask = pack_mask(mask)
@@ -349,7 +351,7 @@ def _lora_grads(
         assert g_b is not None and x2 is not None
         if seeded:
             assert mask is not None
-            grad_a = kernels.dropout_grad_a(g_b, x2, p, mask).mul_(s / (1.0 - p)).to(a_dtype)
+            grad_a = kernels.dropout_grad_a(g_b, x2, p, mask, s / (1.0 - p)).to(a_dtype)
         elif mask is not None and mask.device.type == "cpu":
             grad_a = (g_b.t() @ torch.where(mask, x2, 0)).mul_(s / (1.0 - p)).to(a_dtype)
         else:
@@ -360,13 +362,37 @@ def _lora_grads(
             )
             grad_a = (g_b.t() @ dropped).mul_(s).to(a_dtype)
     if need_b:
-        grad_b = (g.t() @ xa).mul_(s).to(b_dtype)
+        grad_b = _grad_b(g, xa, b_dtype)
     if need_w:  # never for a quantised weight, which is frozen
         assert x2 is not None
         grad_w = (g.t() @ x2).to(w_dtype)
     if need_bias:
         grad_bias = g.sum(0).to(bias_dtype)
     return grad_x, grad_w, grad_bias, grad_a, grad_b
+
+
+# torch.mm's out_dtype (CUDA, 16-bit inputs to a float32 result; torch 2.8 and later)
+_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")
+
+
+def _grad_b(g: torch.Tensor, xa: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """B's gradient ``g^T (s dropout(x) A^T)``, in B's dtype. On a GPU a 16-bit product is
+    written in float32 by the matmul itself (one kernel, and not rounded to 16 bits first);
+    inside a compiled layer inductor fuses the cast into the product's epilogue itself."""
+    global _MM_OUT_DTYPE
+    if (
+        _MM_OUT_DTYPE
+        and g.is_cuda
+        and not torch.compiler.is_compiling()
+        and dtype == torch.float32
+        and g.dtype in (torch.bfloat16, torch.float16)
+        and xa.dtype == g.dtype
+    ):
+        try:
+            return torch.mm(g.t(), xa, out_dtype=dtype)
+        except (RuntimeError, TypeError):  # a build without it for this GPU: the two kernels
+            _MM_OUT_DTYPE = False
+    return (g.t() @ xa).to(dtype)
 
 
 def _remember(

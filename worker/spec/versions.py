@@ -27,7 +27,7 @@ from packaging.version import InvalidVersion, Version
 TESTED: dict[str, tuple[str, str]] = {
     "torch": ("2.13.0", "2.15.0"),
     "transformers": ("5.25.0", "5.25.0"),
-    "peft": ("0.21.2", "0.21.2"),
+    "peft": ("0.21.2", "0.22.0"),
     "accelerate": ("1.16.0", "1.16.0"),
     # On a CPU machine only imported alongside the CPU tests (make test-latest); QLoRA itself
     # needs a GPU (tests/worker/test_gpu.py).

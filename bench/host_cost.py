@@ -39,39 +39,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_throughput import SHAPES, build_model, release, synchronize
+from worker.spec.config import TrainConfig
 from worker.training import attention, fused, kernels
+from worker.training.adapters import build_peft_config
 
 VARIANTS = ("peft", "fused", "fused-no-dropout-kernels", "fused-torch", "fused-p0", "frozen")
 
 
-def packed_model(shape: str) -> Any:
-    """The shape's model with the engine's attention over packed rows."""
-    model = build_model(shape, seed=0)
-    attention.register()
-    model.set_attn_implementation(attention.ATTENTION_NAME)
-    return model
-
-
 def lora_model(shape: str, dropout: float) -> Any:
-    from peft import LoraConfig, get_peft_model
+    """The engine's adapter (``build_peft_config``: every projection) on the shape's model."""
+    from peft import get_peft_model
 
-    model = packed_model(shape)
-    config = LoraConfig(
-        r=16,
-        lora_alpha=32,
-        lora_dropout=dropout,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        bias="none",
+    model = build_model(shape, seed=0)
+    config = TrainConfig(
+        base_model=f"random {shape}", lora_r=16, lora_alpha=32, lora_dropout=dropout
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, build_peft_config(config, model))
 
 
 def time_passes(model: Any, tokens: int, repeats: int) -> tuple[float, float]:
@@ -112,7 +95,7 @@ def run_variant(shape: str, variant: str, tokens: int, repeats: int) -> dict[str
     saved = (kernels.TRITON, kernels.DROPOUT)
     try:
         if variant == "frozen":
-            model = packed_model(shape)
+            model = build_model(shape, seed=0)
             model.requires_grad_(False)
             model.get_input_embeddings().weight.requires_grad_(True)
             return _timed(model, tokens, repeats, fused_count=0)
@@ -129,7 +112,8 @@ def run_variant(shape: str, variant: str, tokens: int, repeats: int) -> dict[str
 
 
 def _timed(model: Any, tokens: int, repeats: int, fused_count: int) -> dict[str, Any]:
-    whole, host = time_passes(model, tokens, repeats)
+    with attention.packed_attention(model):
+        whole, host = time_passes(model, tokens, repeats)
     return {"ms": round(whole, 2), "host_ms": round(host, 2), "fused_modules": fused_count}
 
 

@@ -131,6 +131,22 @@ def test_the_web_app_never_imports_torch_or_transformers() -> None:
     assert not loaded & {"torch", "transformers", "peft"}
 
 
+def test_the_command_line_starts_without_the_service_layer() -> None:
+    # Every `tunelab` command loads app.cli; the service layer (the database, the queue, the
+    # web app) took a second of each start, data commands and --help included. A command that
+    # needs it imports it when it runs.
+    code = "import sys\nimport app.cli\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert not {name for name in loaded if name.startswith(("app.services", "app.api", "app.web"))}
+    assert not {name.split(".")[0] for name in loaded} & {
+        "sqlalchemy",
+        "celery",
+        "fastapi",
+        "torch",
+    }
+
+
 def test_the_training_engine_imports_no_web_database_or_queue_code() -> None:
     loaded = modules_after_import("import worker.training.engine, worker.training.models")
     assert "torch" in loaded

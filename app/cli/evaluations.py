@@ -24,7 +24,6 @@ from app.cli.http import (
 from app.core.i18n import N_, gettext
 from app.core.messages import status_text, translate_message
 from app.core.words import display_width, pad
-from app.services.evaluations.words import explanation_text
 from worker.spec.criteria import FRACTION_METRICS, METRICS
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -147,6 +146,10 @@ def headline(evaluation: Mapping[str, Any]) -> str:
 
 
 def _explanation(verdict: Mapping[str, Any]) -> str:
+    # Imported here: the package app.services.evaluations loads the whole service layer
+    # (the database, the queue), a second of every `tunelab` command's start.
+    from app.services.evaluations.words import explanation_text
+
     # Without the status ("not met: rougeL …"), which the mark already says.
     return explanation_text(verdict)
 

@@ -17,8 +17,6 @@ from app.core.errors import InvalidInput
 from app.core.i18n import N_, gettext
 from app.core.messages import translate_message
 from app.datasets import parsing as dataset_parsing
-from app.services.jobs import validate_config
-from app.services.jobs.events import event_text
 
 # The engine's event levels, as the terminal shows them.
 LEVELS = {"info": N_("info"), "warning": N_("warning"), "error": N_("error")}
@@ -31,6 +29,8 @@ class ProgressReporter:
         self.val_loss: float | None = None  # the latest, shown until the next evaluation
 
     def on_event(self, level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        from app.services.jobs.events import event_text
+
         shown = gettext(LEVELS[level]) if level in LEVELS else level
         text = f"[{shown}] {event_text(message, data)}"
         if self.bar is not None:
@@ -120,7 +120,10 @@ def run_config_file(
     config_path: Path, *, data: Path | None, output: Path | None, progress: bool = True
 ) -> int:
     """Validate the YAML and the data file, train, and print where the adapter went."""
-    from worker.training import TrainingCancelled, TrainingError, distributed
+    # Imported here, not at the top: the service layer (app.services.jobs) and the engine take
+    # seconds to load, which no other `tunelab` command should wait for; the engine only once
+    # the YAML and the data have passed, so their errors come back at once.
+    from app.services.jobs import validate_config
 
     raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
@@ -155,6 +158,8 @@ def run_config_file(
     validation = _read_records(validation_path) if validation_path is not None else []
     if validation is None:
         return 2
+    from worker.training import TrainingCancelled, TrainingError, distributed
+
     reporter = ProgressReporter(progress)
     settings = get_settings()
     try:

@@ -130,8 +130,10 @@ _ROW_OVERHEAD_WORK = 2.24e11
 # (1.14x) and spent it again recording its 21 shapes; the second half of that run ran 1.27x.
 # On 2026-12-07 (new shapes recorded first, one attention bound a run) a 100-step run ran
 # 1.09x overall and 1.18x in its second half. A long run has recorded its shapes early: 1.15x.
+# The pass bound rose to 6e11 on 2026-12-07 evening: 0.5B lognormal (2.2e11) then ran 1.23-1.42x
+# replayed and 1B chat-short (4.7e11) 1.11-1.17x over 100-step runs; 1.15x still stands.
 _GRAPH_LAYER_WEIGHTS = 80_000_000
-_GRAPH_PASS_WORK = 1.6e11
+_GRAPH_PASS_WORK = 6e11
 _GRAPH_MIN_PASSES = 100
 _GRAPH_SPEEDUP = 1.15
 # Time per token relative to fused LoRA at the same pass size, measured once each on a

@@ -373,8 +373,9 @@ def test_packed_training_learns_and_repeats_exactly_with_the_same_seed(
     settings = {"lora_dropout": 0.1, "seed": 11, "micro_batch_tokens": 96, "max_steps": 12}
     first = run_train(tiny_model_dir, tmp_path, "first", **settings)
     second = run_train(tiny_model_dir, tmp_path, "second", **settings)
-    other = run_train(tiny_model_dir, tmp_path, "other", **{**settings, "seed": 12})
+    # Another seed changes the curve from its first steps on: three of them show it.
+    other = run_train(tiny_model_dir, tmp_path, "other", **{**settings, "seed": 12, "max_steps": 3})
     assert first.started()["packing"] is True and first.started()["fused_layers"] > 0
     assert first.losses == second.losses
-    assert first.losses != other.losses
+    assert first.losses[:3] != other.losses
     assert sum(first.losses[-3:]) / 3 < sum(first.losses[:3]) / 3 - 0.5

@@ -489,10 +489,13 @@ def test_hostile_file_names_and_contents_leave_nothing_behind(
     after = {p for p in data_dir.rglob("*") if p.is_file() and "logs" not in p.parts}
     assert after - before == set()
 
-    good = upload(api, project["id"], jsonl(alpaca_records(2)), filename="../../x.jsonl")
+    # A name of this run's own: a file of a common name (/tmp/x.jsonl) may exist for any
+    # other reason on the machine.
+    name = f"traversal-{uuid.uuid4().hex[:8]}.jsonl"
+    good = upload(api, project["id"], jsonl(alpaca_records(2)), filename=f"../../{name}")
     assert good.status_code == 201
-    assert good.json()["versions"][0]["original_filename"] == "x.jsonl"
-    assert not (data_dir.parent / "x.jsonl").exists()
+    assert good.json()["versions"][0]["original_filename"] == name
+    assert not (data_dir.parent / name).exists()
 
 
 def test_storage_quota_is_enforced_per_user(api: httpx.Client, cluster: LiveServer) -> None:

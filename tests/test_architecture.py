@@ -120,10 +120,16 @@ def test_the_celery_tasks_import_one_another_without_cycles() -> None:
         visit(module, [])
 
 
-def modules_after_import(statement: str) -> set[str]:
+def modules_loaded_by(statement: str) -> set[str]:
+    """Every module a fresh interpreter holds after ``statement``, by full name."""
     code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return {name.split(".")[0] for name in out.stdout.split()}
+    return set(out.stdout.split())
+
+
+def modules_after_import(statement: str) -> set[str]:
+    """The top-level packages a fresh interpreter holds after ``statement``."""
+    return {name.split(".")[0] for name in modules_loaded_by(statement)}
 
 
 def test_the_web_app_never_imports_torch_or_transformers() -> None:
@@ -135,9 +141,7 @@ def test_the_command_line_starts_without_the_service_layer() -> None:
     # Every `tunelab` command loads app.cli; the service layer (the database, the queue, the
     # web app) took a second of each start, data commands and --help included. A command that
     # needs it imports it when it runs.
-    code = "import sys\nimport app.cli\nprint('\\n'.join(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = set(out.stdout.split())
+    loaded = modules_loaded_by("import app.cli")
     assert not {name for name in loaded if name.startswith(("app.services", "app.api", "app.web"))}
     assert not {name.split(".")[0] for name in loaded} & {
         "sqlalchemy",

@@ -111,6 +111,111 @@ def test_graph_rows_give_the_loss_and_gradients_of_plain_rows(
         assert float((got[name] - grad).norm()) / scale < 1e-5, name
 
 
+def test_a_graph_row_widened_to_a_larger_shape_keeps_its_tokens_and_labels() -> None:
+    samples = make_samples([5, 17, 9])
+    row = packing.graph_row(samples)
+    assert row.shape_key() == (256, 256, 9, 128)
+    wide = packing.widen_row(row, (384, 320, 17, 256))
+    assert wide is not None and wide.shape_key() == (384, 320, 17, 256)
+    assert wide.tokens == row.tokens == 31
+    assert torch.equal(wide.input_ids[:, :31], row.input_ids[:, :31])
+    assert torch.equal(wide.position_ids[:, :31], row.position_ids[:, :31])
+    bounds = wide.cu_seq_lens.tolist()
+    assert (
+        bounds[:4] == [0, 5, 22, 31] and bounds[-1] == 384 and wide.cu_seq_lens.dtype == torch.int32
+    )
+    # The filler shared evenly over 13 segments, each at most the longest segment.
+    filler = [b - a for a, b in itertools.pairwise(bounds[3:])]
+    assert len(filler) == 13 and max(filler) - min(filler) <= 1 and max(filler) <= 256
+    assert wide.position_ids[0, 31:].tolist() == [i for n in filler for i in range(n)]
+    labels = int(row.label_weights.sum())
+    assert torch.equal(wide.label_positions[:labels], row.label_positions[:labels])
+    assert torch.equal(wide.label_targets[:labels], row.label_targets[:labels])
+    assert set(wide.label_positions[labels:].tolist()) == {383}
+    assert wide.label_weights.tolist() == [1.0] * labels + [0.0] * (320 - labels)
+    # The same shape is the row itself; a smaller one, or filler segments longer than the
+    # shape's longest (here 353 tokens in one segment of at most 128), cannot be.
+    assert packing.widen_row(row, row.shape_key()).shape_key() == row.shape_key()
+    assert packing.widen_row(row, (256, 128, 9, 128)) is None
+    assert packing.widen_row(packing.graph_row(make_samples([60] * 7)), (768, 512, 9, 128)) is None
+
+
+def test_a_pass_of_a_new_shape_replays_in_a_larger_graph_until_that_costs_a_recording() -> None:
+    """Ski rental: the cheapest recorded shape that holds the pass, while the extra work its
+    shape's passes cost stays within a width; then the shape is recorded."""
+    recorded = [(4096, 2048, 65, 2048), (5120, 2048, 65, 2048), (5120, 3072, 65, 2048)]
+    key = (4096, 3072, 65, 2048)
+    # Only the last holds it: 1,024 more tokens and no more slots.
+    assert graphs.stand_in(recorded, key, 0.0, 0.4, room=True) == ((5120, 3072, 65, 2048), 1024)
+    assert graphs.stand_in(recorded, key, 3072.0, 0.4, room=True) == ((5120, 3072, 65, 2048), 1024)
+    assert graphs.stand_in(recorded, key, 3073.0, 0.4, room=True) is None  # now record it
+    # Slots are cheaper than tokens: of two that hold it, the one with more slots wins.
+    more_slots = [(4096, 4096, 65, 2048), (5120, 3072, 65, 2048)]
+    assert graphs.stand_in(more_slots, key, 0.0, 0.4, room=True) == ((4096, 4096, 65, 2048), 409.6)
+    # More boundaries and a longer segment hold it too; nothing smaller in any part does.
+    assert graphs.stand_in([(4096, 3072, 129, 4096)], key, 0.0, 0.4, room=True) is not None
+    for smaller in [(4096, 3072, 33, 2048), (4096, 3072, 65, 1024), (3072, 4096, 65, 2048)]:
+        assert graphs.stand_in([smaller], key, 0.0, 0.4, room=True) is None
+    # With no room for a recording, any that costs under a pass of its own.
+    assert graphs.stand_in(recorded, key, 1e9, 0.4, room=False) is not None
+    assert graphs.stand_in([(9000, 3072, 65, 2048)], key, 0.0, 0.4, room=False) is None
+
+
+def test_a_label_slot_costs_the_loss_heads_share_of_a_token() -> None:
+    from transformers import LlamaConfig, Qwen2Config
+
+    qwen = Qwen2Config(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    )
+    llama8b = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    )
+    assert graphs.slot_cost(qwen) == pytest.approx(0.38, abs=0.01)
+    assert graphs.slot_cost(llama8b) == pytest.approx(0.075, abs=0.005)
+
+
+def test_widened_graph_rows_give_the_loss_and_gradients_of_plain_rows(
+    tiny_model_dir: Path,
+) -> None:
+    """More filler, in more segments, and more label slots of weight 0 add nothing either."""
+    model = lora_model(tiny_model_dir)
+    lm = model.get_base_model()
+    plain = StepPlan(packed=True, token_budget=64, checkpointing=False, fused_head=True, note="")
+    graphed = dataclasses.replace(plain, graphs=True)
+    samples = make_samples([5, 17, 9, 30, 12, 40, 3])
+    rows = micro_batches([samples], graphed, pad_id=0)
+    wide = [packing.widen_row(r, (640, 320, 33, 512)) for r in rows]
+    assert all(w is not None and w.shape_key() == (640, 320, 33, 512) for w in wide)
+
+    def step(batches: list[Any]) -> tuple[float, dict[str, Any]]:
+        model.zero_grad(set_to_none=True)
+        total = torch.zeros(())
+        for batch in batches:
+            loss = micro_batch_loss(lm, batch, graphed)
+            loss.backward()
+            total += loss.detach()
+        return float(total), lora_grads(model)
+
+    with fused.fused_modules(model), attention.packed_attention(lm):
+        expected_loss, expected = _step(model, plain, samples)
+        loss, got = step(wide)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert expected.keys() == got.keys() and expected
+    for name, grad in expected.items():
+        scale = float(grad.norm()) or 1.0
+        assert float((got[name] - grad).norm()) / scale < 1e-5, name
+
+
 def test_passes_over_the_limit_run_plain_rows() -> None:
     plan = StepPlan(packed=True, token_budget=40, checkpointing=False, fused_head=True, note="")
     plan = dataclasses.replace(plan, graphs=True, graph_tokens=20)
@@ -292,22 +397,27 @@ def test_a_pass_that_cannot_be_recorded_turns_graphs_off_and_the_step_goes_on() 
     torch.randn(4, device=device)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_new_shape_once_warm_is_recorded_then_replayed_and_gives_a_plain_pass() -> None:
-    """After the run's first pass, a pass of a new shape is recorded first and replayed at
-    once (no plain pass before it): its loss and the gradients it adds are a plain pass's."""
+def _graphed_cuda_run() -> tuple[Any, StepPlan, graphs.PassGraphs]:
+    """A small LoRA model on the GPU, a graphed plan (a run bound of 512) and its graphs."""
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
         cuda_llama(),
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"),
     )
-    lm = model.get_base_model()
     plan = StepPlan(packed=True, token_budget=4096, checkpointing=False, fused_head=True, note="")
     plan = dataclasses.replace(plan, graphs=True, graph_bound=512)
     recorded = graphs.PassGraphs(lambda lm, b: micro_batch_loss(lm, b, plan), lambda *_: None)
-    device = torch.device("cuda")
+    return model, plan, recorded
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_new_shape_once_warm_is_recorded_then_replayed_and_gives_a_plain_pass() -> None:
+    """After the run's first pass, a pass of a new shape is recorded first and replayed at
+    once (no plain pass before it): its loss and the gradients it adds are a plain pass's."""
+    model, plan, recorded = _graphed_cuda_run()
+    lm, device = model.get_base_model(), torch.device("cuda")
     first = micro_batches([pattern_samples(6)], plan, pad_id=0)[0]
     second = micro_batches([pattern_samples(9)], plan, pad_id=0)[0]
     assert first.shape_key() != second.shape_key()
@@ -327,6 +437,35 @@ def test_a_new_shape_once_warm_is_recorded_then_replayed_and_gives_a_plain_pass(
     assert (recorded.recorded, recorded.replayed, recorded.eager) == (2, 2, 1)
     assert loss == pytest.approx(float(expected), rel=1e-3)
     assert again == pytest.approx(loss, rel=1e-5)
+    for got, want in zip(replayed, [p.grad for p in params], strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_pass_replayed_in_a_larger_recorded_graph_gives_a_plain_pass() -> None:
+    """A pass of a shape not recorded, widened into a larger recorded graph (``stand_in``):
+    no recording, and its loss and the gradients it adds are a plain pass's."""
+    model, plan, recorded = _graphed_cuda_run()
+    lm, device = model.get_base_model(), torch.device("cuda")
+    large = micro_batches([pattern_samples(9)], plan, pad_id=0)[0]
+    small = micro_batches([pattern_samples(8)], plan, pad_id=0)[0]
+    assert small.shape_key() != large.shape_key()
+    assert graphs.stand_in([large.shape_key()], small.shape_key(), 0.0, 0.5, room=True)
+    params = [p for p in lm.parameters() if p.requires_grad]
+    with fused.fused_modules(model), attention.packed_attention(lm):
+        recorded.run(lm, large, 100, device)  # the run's first pass: plain, then recorded
+        for p in params:
+            p.grad.zero_()
+        loss = float(recorded.run(lm, small, 50, device))
+        replayed = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad.zero_()
+        expected = micro_batch_loss(lm, small.to(device), plan)
+        (expected / 50).backward()
+    assert (recorded.recorded, recorded.replayed, recorded.widened) == (1, 1, 1)
+    assert list(recorded.graphs) == [large.shape_key()]
+    assert loss == pytest.approx(float(expected), rel=1e-3)
     for got, want in zip(replayed, [p.grad for p in params], strict=True):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-5)
 

@@ -161,6 +161,56 @@ def bucket_length(tokens: int) -> int:
     return -(-tokens // step) * step
 
 
+def widen_row(row: MicroBatch, key: tuple[int, int, int, int]) -> MicroBatch | None:
+    """``row`` (a ``graph_row``) in the larger shape ``key`` (width, label slots, sample
+    boundaries, longest segment; each at least the row's own), for a pass replayed in a graph
+    recorded for that shape: more filler, shared out over more filler segments where the key
+    has more boundaries, and more label slots of weight 0. None if the filler segments would
+    outgrow the key's longest segment (the attention kernels would skip their ends)."""
+    width, slots, bounds, longest = key
+    assert row.cu_seq_lens is not None and row.label_weights is not None
+    own = row.shape_key()
+    if width < own[0] or slots < own[1] or bounds < own[2] or longest < own[3]:
+        return None
+    real = row.tokens
+    cu = row.cu_seq_lens.tolist()
+    count = cu.index(real)  # the real samples' boundaries come first
+    extra = bounds - 1 - count
+    share, more = divmod(width - real, extra)
+    if share + (1 if more else 0) > longest:
+        return None
+    lengths = [share + 1] * more + [share] * (extra - more)
+    labels = int(row.label_weights.sum().item())
+    weights = torch.zeros(slots, dtype=torch.float32)
+    weights[:labels] = 1.0
+    assert row.position_ids is not None
+    return MicroBatch(
+        input_ids=torch.cat(
+            [row.input_ids[:, :real], torch.zeros((1, width - real), dtype=torch.long)], 1
+        ),
+        position_ids=torch.cat(
+            [
+                row.position_ids[:, :real],
+                torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0),
+            ],
+            1,
+        ),
+        attention_mask=None,
+        cu_seq_lens=torch.cat(
+            [row.cu_seq_lens[: count + 1], real + torch.tensor(lengths).cumsum(0).to(torch.int32)]
+        ).to(torch.int32),
+        max_length=longest,
+        label_positions=torch.cat(
+            [row.label_positions[:labels], torch.full((slots - labels,), width - 1)]
+        ),
+        label_targets=torch.cat(
+            [row.label_targets[:labels], torch.zeros(slots - labels, dtype=torch.long)]
+        ),
+        tokens=real,
+        label_weights=weights,
+    )
+
+
 def segment_bound(longest: int) -> int:
     """The longest segment a graphed row's attention is recorded for, for segments of up to
     ``longest`` tokens: the next power of two (at least ``_MIN_SEGMENT_BOUND``)."""

@@ -200,9 +200,7 @@ class PassGraphs:
             self._record(lm, key, moved)
         return summed
 
-    def _stand_in(
-        self, lm: Any, batch: MicroBatch, key: tuple[int, int, int, int]
-    ) -> tuple[_Graph | None, MicroBatch]:
+    def _stand_in(self, lm: Any, batch: MicroBatch, key: Key) -> tuple[_Graph | None, MicroBatch]:
         """The recorded graph ``stand_in`` picks for this pass and the pass widened to its
         shape; else (None, the pass as it was)."""
         if self.slot_cost is None:

@@ -215,7 +215,8 @@ def _run_steps(
         callbacks.on_event(
             "info",
             f"CUDA graphs: {summary['graphs_recorded']} row shapes recorded, "
-            f"{summary['passes_replayed']} passes replayed, {summary['passes_plain']} run "
+            f"{summary['passes_replayed']} passes replayed ({summary['passes_widened']} of "
+            f"them widened into a larger recorded shape), {summary['passes_plain']} run "
             "as usual (the first, and any of a shape past the recorded ones) and "
             f"{summary['passes_too_large']} too large to gain from replaying.",
             dict(summary),

@@ -179,11 +179,24 @@ def widen_row(row: MicroBatch, key: tuple[int, int, int, int]) -> MicroBatch | N
     share, more = divmod(width - real, extra)
     if share + (1 if more else 0) > longest:
         return None
+    return _with_filler(row, count, int(row.label_weights.sum().item()), key)
+
+
+def _with_filler(
+    row: MicroBatch, count: int, labels: int, key: tuple[int, int, int, int]
+) -> MicroBatch:
+    """The first ``count`` samples and ``labels`` labels of the packed ``row`` in the shape
+    ``key`` (width, label slots, sample boundaries, longest segment): the filler after them
+    shared out evenly over the boundaries the samples leave (each segment holds at least one
+    token and attends only to itself), and the label slots after the real labels pointing at
+    the row's last (filler) position with weight 0."""
+    width, slots, bounds, longest = key
+    assert row.cu_seq_lens is not None and row.position_ids is not None
+    real, extra = row.tokens, bounds - 1 - count
+    share, more = divmod(width - real, extra)
     lengths = [share + 1] * more + [share] * (extra - more)
-    labels = int(row.label_weights.sum().item())
     weights = torch.zeros(slots, dtype=torch.float32)
     weights[:labels] = 1.0
-    assert row.position_ids is not None
     return MicroBatch(
         input_ids=torch.cat(
             [row.input_ids[:, :real], torch.zeros((1, width - real), dtype=torch.long)], 1
@@ -302,35 +315,13 @@ def graph_row(samples: Sequence[Sample], bound: int | None = None) -> MicroBatch
       loss or to any gradient.
     """
     row = collate_packed(samples)
-    assert row.cu_seq_lens is not None and row.position_ids is not None
     real, count = row.tokens, len(samples)
     segments = max(_MIN_SEGMENTS, 1 << count.bit_length())  # a power of two above count
     extra = segments - count
     width = bucket_length(real + extra)
-    filler = width - real
-    # Shared out evenly, so that the filler's segments are rarely the longest.
-    share, more = divmod(filler, extra)
-    lengths = [share + 1] * more + [share] * (extra - more)
-    longest = max(row.max_length, lengths[0], bound or 0)
-    attention_bound = min(width, segment_bound(longest))
+    # Shared out evenly (``_with_filler``), so that the filler's segments are rarely the longest.
+    share, more = divmod(width - real, extra)
+    longest = max(row.max_length, share + (1 if more else 0), bound or 0)
     labels = int(row.label_positions.numel())
-    slots = bucket_length(labels)
-    weights = torch.zeros(slots, dtype=torch.float32)
-    weights[:labels] = 1.0
-    return MicroBatch(
-        input_ids=torch.cat([row.input_ids, torch.zeros((1, filler), dtype=torch.long)], 1),
-        position_ids=torch.cat(
-            [row.position_ids, torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)], 1
-        ),
-        attention_mask=None,
-        cu_seq_lens=torch.cat(
-            [row.cu_seq_lens, real + torch.tensor(lengths, dtype=torch.int32).cumsum(0)]
-        ).to(torch.int32),
-        max_length=attention_bound,
-        label_positions=torch.cat(
-            [row.label_positions, torch.full((slots - labels,), width - 1, dtype=torch.long)]
-        ),
-        label_targets=torch.cat([row.label_targets, torch.zeros(slots - labels, dtype=torch.long)]),
-        tokens=real,
-        label_weights=weights,
-    )
+    key = (width, bucket_length(labels), segments + 1, min(width, segment_bound(longest)))
+    return _with_filler(row, count, labels, key)

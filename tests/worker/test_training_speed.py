@@ -217,6 +217,16 @@ def test_the_cpu_dropout_mask_keeps_one_minus_p_and_repeats_with_the_seed() -> N
     # Rows and columns alike: no position is kept more often than another.
     assert big.float().mean(0).std() < 0.02 and big.float().mean(1).std() < 0.02
     assert fused._cpu_keep_mask(torch.Size((100, 100)), 1e-9).all()
+    assert not fused._cpu_keep_mask(torch.Size((100, 100)), 1 - 1e-9).any()
+    # The mask is the 16-bit draws compared with the threshold (the clamp is an integer form
+    # of that comparison), and multiplying by it keeps what torch.where keeps.
+    torch.manual_seed(3)
+    keep = fused._cpu_keep_mask(torch.Size((64, 96)), 0.3)
+    torch.manual_seed(3)
+    words = torch.randint(-(2**63), 2**63 - 1, (64 * 96 // 4,), dtype=torch.int64)
+    assert torch.equal(keep, words.view(torch.int16).view(64, 96) >= round(0.3 * 65536) - 32768)
+    x = torch.randn(64, 96, dtype=torch.bfloat16)
+    assert torch.equal(x * fused._cpu_keep(keep, x.dtype), torch.where(keep, x, 0))
 
 
 def test_fused_layers_compute_what_the_modules_they_replace_compute(tiny_model_dir: Path) -> None:

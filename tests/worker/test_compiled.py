@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from tests.worker.test_training_speed import lora_grads, lora_model, make_samples
 from worker.spec.config import TrainConfig
 from worker.spec.formatting import IGNORE_INDEX, Sample
-from worker.training import attention, compiled, cpu, fused, packing
+from worker.training import attention, compiled, cpu, fused, mask_bits, packing
 from worker.training.steps import (
     StepPlan,
     micro_batch_loss,
@@ -173,6 +173,23 @@ def test_compiled_layers_give_the_eager_loss_and_gradients_on_a_cpu(
             scale = float(grad.norm()) or 1.0
             assert float((grads[name] - grad).norm()) / scale < 1e-3, name
     assert any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.e2e  # a C compiler at work: the end-to-end tier
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs a C compiler")
+def test_a_packed_dropout_mask_unpacks_inside_a_compiled_function_on_a_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wide inputs keep their masks packed (mask_bits); a compiled layer unpacks them in its
+    own code, where the eager path's bytes-as-bool view does not compile on a CPU."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    mask = torch.rand(16, 2048, generator=torch.Generator().manual_seed(0)) > 0.3
+    packed = mask_bits.pack_mask(mask)
+    x = torch.randn(16, 2048)
+    torch._dynamo.reset()
+    dropped = torch.compile(lambda p, t: t * mask_bits.unpack_mask(p).to(t.dtype))(packed, x)
+    assert torch.equal(dropped, x * mask.to(x.dtype))
+    assert torch.equal(mask_bits.unpack_mask(packed), mask)
 
 
 @pytest.mark.e2e  # a C compiler at work for 10-30 s: the end-to-end tier

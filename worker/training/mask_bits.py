@@ -54,7 +54,11 @@ def unpack_mask(packed: torch.Tensor) -> torch.Tensor:
             grid = (triton_cdiv(count, _BLOCK),)
             kernels.get("unpack_mask")[grid](packed, out, count, BLOCK=_BLOCK)
         return out.view(torch.bool)
-    # Byte k of each word now holds bit k of the packed byte (0 or 2^k); clamped to 0/1 it is
-    # a valid bool. An integer clamp: torch's CPU comparisons into bool (``ne(0)``) cost 7x it.
+    # Byte k of each word now holds bit k of the packed byte (0 or 2^k).
     words = packed.to(torch.int64).mul_(_SPREAD).bitwise_and_(_SELECT)
-    return words.view(torch.uint8).view(rows, width * 8).clamp_(max=1).view(torch.bool)
+    spread = words.view(torch.uint8).view(rows, width * 8)
+    if torch.compiler.is_compiling():
+        return spread.ne(0)  # inductor fuses it (its CPU code cannot view bytes as bool)
+    # Clamped to 0/1 the bytes are a valid bool: torch's eager CPU comparisons into bool
+    # (``ne(0)``) cost 7x this integer clamp.
+    return spread.clamp_(max=1).view(torch.bool)

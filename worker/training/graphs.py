@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from worker.training.compiled import SMALL_LAYER_WEIGHTS, switch
-from worker.training.packing import MicroBatch, layer_weights, widen_row
+from worker.training.packing import MicroBatch, ShapeKey, layer_weights, widen_row
 
 MODE_ENV = "TUNELAB_CUDA_GRAPHS"
 # ``auto`` records passes of layers of at most SMALL_LAYER_WEIGHTS weights, as ``compiled``
@@ -81,7 +81,7 @@ RECORD_PASSES = 1.0
 
 Loss = Callable[[Any, MicroBatch], torch.Tensor]
 # A recorded pass's shape: width, label slots, sample boundaries, longest segment.
-Key = tuple[int, int, int, int]
+Key = ShapeKey
 
 
 def setting() -> str:
@@ -236,7 +236,7 @@ class PassGraphs:
         (loss / answer_tokens).backward()
         return loss.detach()
 
-    def _record(self, lm: Any, key: tuple[int, int, int, int], inputs: MicroBatch) -> _Graph | None:
+    def _record(self, lm: Any, key: Key, inputs: MicroBatch) -> _Graph | None:
         """Record a pass over ``inputs`` (which stay the graph's inputs); recording runs no
         kernel. The adapters' gradients exist by now (the run's first pass made them, and a
         graphed run zeroes them in place), so the recorded backward adds into them in place.

@@ -39,6 +39,10 @@ _MIN_SEGMENTS = 8
 _MIN_SEGMENT_BOUND = 128
 
 
+# A row's shape for CUDA graphs: (width, label slots, sample boundaries, longest segment).
+ShapeKey = tuple[int, int, int, int]
+
+
 @dataclass(frozen=True)
 class MicroBatch:
     """One forward pass: a packed row, or padded rows (``attention_mask`` set)."""
@@ -76,7 +80,7 @@ class MicroBatch:
             label_weights=move(self.label_weights),
         )
 
-    def shape_key(self) -> tuple[int, int, int, int]:
+    def shape_key(self) -> ShapeKey:
         """What a pass replayed as a CUDA graph is recorded for: the row's width, the label
         slots, the sample boundaries and the longest segment (see ``graph_row``)."""
         bounds = 0 if self.cu_seq_lens is None else int(self.cu_seq_lens.numel())
@@ -161,7 +165,7 @@ def bucket_length(tokens: int) -> int:
     return -(-tokens // step) * step
 
 
-def widen_row(row: MicroBatch, key: tuple[int, int, int, int]) -> MicroBatch | None:
+def widen_row(row: MicroBatch, key: ShapeKey) -> MicroBatch | None:
     """``row`` (a ``graph_row``) in the larger shape ``key`` (width, label slots, sample
     boundaries, longest segment; each at least the row's own), for a pass replayed in a graph
     recorded for that shape: more filler, shared out over more filler segments where the key
@@ -175,16 +179,18 @@ def widen_row(row: MicroBatch, key: tuple[int, int, int, int]) -> MicroBatch | N
     real = row.tokens
     cu = row.cu_seq_lens.tolist()
     count = cu.index(real)  # the real samples' boundaries come first
-    extra = bounds - 1 - count
-    share, more = divmod(width - real, extra)
-    if share + (1 if more else 0) > longest:
+    if _longest_filler(width, real, bounds - 1 - count) > longest:
         return None
     return _with_filler(row, count, int(row.label_weights.sum().item()), key)
 
 
-def _with_filler(
-    row: MicroBatch, count: int, labels: int, key: tuple[int, int, int, int]
-) -> MicroBatch:
+def _longest_filler(width: int, real: int, extra: int) -> int:
+    """The longest of ``extra`` filler segments that share ``width - real`` tokens evenly, as
+    ``_with_filler`` lays them out."""
+    return -(-(width - real) // extra)
+
+
+def _with_filler(row: MicroBatch, count: int, labels: int, key: ShapeKey) -> MicroBatch:
     """The first ``count`` samples and ``labels`` labels of the packed ``row`` in the shape
     ``key`` (width, label slots, sample boundaries, longest segment): the filler after them
     shared out evenly over the boundaries the samples leave (each segment holds at least one
@@ -320,8 +326,7 @@ def graph_row(samples: Sequence[Sample], bound: int | None = None) -> MicroBatch
     extra = segments - count
     width = bucket_length(real + extra)
     # Shared out evenly (``_with_filler``), so that the filler's segments are rarely the longest.
-    share, more = divmod(width - real, extra)
-    longest = max(row.max_length, share + (1 if more else 0), bound or 0)
+    longest = max(row.max_length, _longest_filler(width, real, extra), bound or 0)
     labels = int(row.label_positions.numel())
     key = (width, bucket_length(labels), segments + 1, min(width, segment_bound(longest)))
     return _with_filler(row, count, labels, key)
